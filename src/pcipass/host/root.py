@@ -1,0 +1,106 @@
+"""HostRoot: every path pcipass touches, made from one injected prefix.
+
+Production uses ``/``; tests and ``--root DIR`` use a fake tree.  No other
+module spells ``/sys``, ``/etc`` or ``/proc``: they ask a HostRoot.  Path parts
+that come from users are only ever :class:`~pcipass.address.PciAddress`
+values or names checked by :func:`safe_name`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pcipass.address import PciAddress
+from pcipass.errors import UsageError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+
+def safe_name(kind: str, text: str) -> str:
+    """Check a driver/module/guest name before it becomes a path part."""
+    if not _SAFE_NAME.match(text) or text in (".", ".."):
+        raise UsageError(f"{kind} {text!r}", "not a valid name (letters, digits, _ . + - only)")
+    return text
+
+
+@dataclass(frozen=True)
+class HostRoot:
+    prefix: Path
+
+    @classmethod
+    def at(cls, prefix: str | Path = "/") -> HostRoot:
+        return cls(Path(prefix).resolve() if str(prefix) != "/" else Path("/"))
+
+    def path(self, absolute: str) -> Path:
+        """Map an absolute host path (``/etc/modprobe.conf``) into the root."""
+        if not absolute.startswith("/"):
+            raise ValueError(f"not absolute: {absolute}")
+        return self.prefix / absolute.lstrip("/")
+
+    def host_path(self, path: Path) -> str:
+        """The path as the host would name it (for messages and JSON)."""
+        try:
+            return "/" + str(path.relative_to(self.prefix))
+        except ValueError:
+            return str(path)
+
+    # --- sysfs -----------------------------------------------------------
+    @property
+    def sys(self) -> Path:
+        return self.path("/sys")
+
+    @property
+    def pci_devices(self) -> Path:
+        return self.path("/sys/bus/pci/devices")
+
+    @property
+    def pci_drivers(self) -> Path:
+        return self.path("/sys/bus/pci/drivers")
+
+    def pci_device(self, address: PciAddress) -> Path:
+        return self.pci_devices / str(address)
+
+    def pci_driver(self, driver: str) -> Path:
+        return self.pci_drivers / safe_name("driver", driver)
+
+    @property
+    def iommu_groups(self) -> Path:
+        return self.path("/sys/kernel/iommu_groups")
+
+    def sys_module(self, module: str) -> Path:
+        return self.path("/sys/module") / safe_name("module", module).replace("-", "_")
+
+    # --- proc -----------------------------------------------------------
+    @property
+    def proc(self) -> Path:
+        return self.path("/proc")
+
+    # --- etc and state ------------------------------------------------------
+    @property
+    def etc(self) -> Path:
+        return self.path("/etc")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path("/var/lib/pcipass")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path("/run/pcipass")
+
+    def lib_modules(self, release: str) -> Path:
+        return self.path("/lib/modules") / safe_name("kernel release", release)
+
+    @property
+    def pci_ids_candidates(self) -> list[Path]:
+        return [
+            self.path("/usr/share/misc/pci.ids"),
+            self.path("/usr/share/hwdata/pci.ids"),
+            self.path("/usr/share/pci.ids"),
+        ]
+
+    @property
+    def is_real(self) -> bool:
+        return self.prefix == Path("/")

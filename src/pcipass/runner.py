@@ -1,0 +1,76 @@
+"""Running external programs: argument lists only, never a shell.
+
+Operations receive a :class:`CommandRunner` so tests can inject a recording
+fake, and the lab runs the real one.  User text reaches a program only as one
+element of ``argv``, never through a shell.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pcipass.errors import CommandFailed, CommandMissing
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> CommandResult:
+        if self.returncode != 0:
+            raise CommandFailed(self.argv, self.returncode, self.stderr or self.stdout)
+        return self
+
+
+class CommandRunner(Protocol):
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 120.0,
+    ) -> CommandResult: ...
+
+    def which(self, program: str) -> str | None: ...
+
+
+class SubprocessRunner:
+    """The real runner: ``subprocess.run`` with ``shell=False``."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 120.0,
+    ) -> CommandResult:
+        args = [str(a) for a in argv]
+        if not args:
+            raise ValueError("empty argv")
+        try:
+            completed = subprocess.run(
+                args,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=dict(env) if env is not None else None,
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError as error:
+            raise CommandMissing(args[0]) from error
+        except subprocess.TimeoutExpired as error:
+            return CommandResult(tuple(args), 124, "", f"timed out after {error.timeout}s")
+        return CommandResult(tuple(args), completed.returncode, completed.stdout, completed.stderr)
+
+    def which(self, program: str) -> str | None:
+        return shutil.which(program)
