@@ -1,0 +1,493 @@
+"""Xen scenario steps (issue 7), run in dom0 by agent.py.
+
+Every step that changes the host does it through pcipass and then checks the result against
+the real kernel (the ``driver`` symlink in sysfs), real kmod and real ``xl``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import (
+    StepFailed,
+    driver,
+    emit_file,
+    expect_driver,
+    find_device,
+    info,
+    mentions,
+    must,
+    pcipass,
+    plan,
+    read,
+    run,
+    step,
+    wait_for,
+)
+from topology import XEN_GATEWAY, XEN_SPARE, XEN_UPLINK, XEN_UPLINK_IP
+
+UPLINK, SPARE = XEN_UPLINK, XEN_SPARE
+DOMU_CFG = "/etc/xen/domu.cfg"
+CONSOLE = "/var/log/xen/console/guest-domu.log"
+XEN_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs")
+DOMU_BASE_CFG = """\
+# PV domU of the pcipass lab (kernel and initramfs shipped in dom0's /boot)
+name = "domu"
+type = "pv"
+kernel = "/boot/vmlinuz"
+ramdisk = "/boot/domu.cpio.gz"
+extra = "console=hvc0 rdinit=/init loglevel=4"
+memory = 192
+vcpus = 1
+on_crash = "preserve"
+"""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def assignable() -> list[str]:
+    out = must(["xl", "pci-assignable-list"]).out
+    return re.findall(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", out)
+
+
+def snapshot() -> dict[str, Any]:
+    """What a refused command must leave alone: bindings, overrides, modprobe.d, addresses."""
+    state: dict[str, Any] = {}
+    for bdf in (UPLINK, SPARE):
+        state[bdf] = (driver(bdf), read(f"/sys/bus/pci/devices/{bdf}/driver_override"))
+    conf = Path("/etc/modprobe.d")
+    state["modprobe.d"] = {p.name: p.read_text() for p in sorted(conf.glob("*"))}
+    state["addr"] = run(["ip", "-o", "addr"]).out
+    state["route"] = read("/proc/net/route")
+    if Path(DOMU_CFG).exists():
+        state["domu.cfg"] = read(DOMU_CFG)
+    if Path("/proc/xen/privcmd").exists():
+        state["assignable"] = assignable()
+    return state
+
+
+def expect_unchanged(before: dict[str, Any], what: str) -> None:
+    after = snapshot()
+    changed = [k for k in before if before[k] != after.get(k)]
+    if changed:
+        raise StepFailed(f"{what} changed the host: {', '.join(changed)}")
+
+
+def host_used(entry: dict[str, Any]) -> bool:
+    for key, value in entry.items():
+        if any(w in key.lower() for w in ("usage", "use", "host")) and value:
+            return True
+    return False
+
+
+def console() -> str:
+    return read(CONSOLE)
+
+
+def domu_pci_lines() -> list[str]:
+    return re.findall(r"@@DOMU pci=\[([^\]]*)\]", console())
+
+
+def domu_sees_nic() -> bool:
+    lines = domu_pci_lines()
+    return bool(lines) and "0x8086:0x100e" in lines[-1]
+
+
+def domu_sees_nothing() -> bool:
+    lines = domu_pci_lines()
+    return bool(lines) and lines[-1].strip() == ""
+
+
+def heartbeats() -> int:
+    return console().count("@@DOMU hb")
+
+
+def domu_alive(timeout: float = 30) -> float:
+    n0 = heartbeats()
+    return wait_for("two new domU heartbeats", lambda: heartbeats() >= n0 + 2, timeout)
+
+
+def domu_running() -> bool:
+    return run(["xl", "domid", "domu"]).rc == 0
+
+
+def expect_assignable(present: bool) -> None:
+    listed = SPARE in assignable()
+    if listed != present:
+        raise StepFailed(
+            f"xl pci-assignable-list {'lacks' if present else 'still lists'} {SPARE}"
+        )
+
+
+# ---------------------------------------------------------------- boot, toolstack
+
+
+@step("python-pcipass", timeout=60)
+def python_pcipass() -> str:
+    res = must(
+        [sys.executable, "-c", "import sqlite3, pcipass; print(pcipass.__version__, "
+         "sqlite3.sqlite_version)"]
+    )
+    return f"python {sys.version.split()[0]}, pcipass/sqlite {res.out.strip()}"
+
+
+@step("xen-toolstack", timeout=120)
+def xen_toolstack() -> str:
+    for mod in XEN_MODULES:
+        must(["/sbin/modprobe", mod])
+    must(["mount", "-t", "xenfs", "xenfs", "/proc/xen"])
+    must(["xenstored", "--pid-file", "/run/xenstored.pid"])
+    must(["xen-init-dom0"])
+    must(["xenconsoled", "--pid-file=/run/xenconsoled.pid", "--log=guest",
+          "--log-dir=/var/log/xen/console"])
+    caps = [ln for ln in must(["xl", "info"]).out.splitlines() if "virt_caps" in ln]
+    # Without an IOMMU Xen 4.17 refuses all passthrough (lab notes): the lab must have one.
+    if not caps or "directio" not in caps[0]:
+        raise StepFailed(f"xl info shows no IOMMU passthrough capability: {caps}")
+    return " ".join(caps[0].split())
+
+
+@step("uplink-network", timeout=60)
+def uplink_network() -> str:
+    # What a boot does with no udev: load the NIC driver, give the first NIC dom0's address.
+    must(["/sbin/modprobe", "e1000"])
+    expect_driver(UPLINK, "e1000")
+    expect_driver(SPARE, "e1000")
+    ifname = os.listdir(f"/sys/bus/pci/devices/{UPLINK}/net")[0]
+    must(["ip", "link", "set", ifname, "up"])
+    must(["ip", "addr", "add", XEN_UPLINK_IP, "dev", ifname])
+    must(["ip", "route", "add", "default", "via", XEN_GATEWAY])
+    return f"{UPLINK} = {ifname} {XEN_UPLINK_IP} default via {XEN_GATEWAY}"
+
+
+# ---------------------------------------------------------------- see, refuse, hide now
+
+
+@step("list", needs=("uplink-network",))
+def list_json() -> str:
+    doc = pcipass("list", "--json").json()
+    for bdf in (UPLINK, SPARE):
+        entry = find_device(doc, bdf)
+        if entry.get("driver") != "e1000":
+            raise StepFailed(f"list: {bdf} driver {entry.get('driver')!r}, sysfs says e1000")
+    if not host_used(find_device(doc, UPLINK)):
+        raise StepFailed(f"list: {UPLINK} carries dom0's address but is not reported host-used")
+    if host_used(find_device(doc, SPARE)):
+        raise StepFailed(f"list: spare NIC {SPARE} reported host-used")
+    return f"{UPLINK} host-used, {SPARE} free, both e1000"
+
+
+@step("refuse-host-nic", needs=("uplink-network",))
+def refuse_host_nic() -> str:
+    before = snapshot()
+    res = pcipass("hide", UPLINK, "--now", expect=3)
+    if "PP001" not in res.text:
+        raise StepFailed(f"refusal does not name PP001: {res.tail()}")
+    expect_unchanged(before, "refused hide")
+    chk = pcipass("check", UPLINK, "--json", expect=3)
+    if not mentions(chk.out, "PP001"):
+        raise StepFailed(f"check {UPLINK} exit 3 but no PP001 in JSON: {chk.out[:200]}")
+    expect_unchanged(before, "check")
+    return res.tail(1)
+
+
+def _hide_now() -> str:
+    pcipass("hide", SPARE, "--now")
+    expect_driver(SPARE, "pciback", "after hide --now")
+    expect_assignable(True)
+    expect_driver(UPLINK, "e1000", "(the uplink must not move)")
+    return f"{SPARE} -> pciback; xl pci-assignable-list agrees"
+
+
+@step("hide-now", needs=("xen-toolstack", "uplink-network"))
+def hide_now() -> str:
+    return _hide_now()
+
+
+@step("unhide-now", needs=("hide-now",))
+def unhide_now() -> str:
+    pcipass("unhide", SPARE, "--now")
+    expect_driver(SPARE, "e1000", "after unhide --now")
+    expect_assignable(False)
+    if not Path(f"/sys/bus/pci/devices/{SPARE}/net").is_dir():
+        raise StepFailed(f"{SPARE} is bound to e1000 but has no network interface")
+    return f"{SPARE} -> e1000 (netdev back); not assignable"
+
+
+@step("hide-again", needs=("unhide-now",))
+def hide_again() -> str:
+    return _hide_now()
+
+
+# ---------------------------------------------------------------- assign to a PV domU
+
+
+@step("attach-pv-refused", needs=("hide-again",))
+def attach_pv_refused() -> str:
+    Path(DOMU_CFG).write_text(DOMU_BASE_CFG)
+    before = snapshot()
+    res = pcipass("attach", SPARE, "domu", "--config", DOMU_CFG, expect=3)
+    if "PP004" not in res.text:
+        raise StepFailed(f"PV attach without --accept-pv-dma-risk: no PP004: {res.tail()}")
+    expect_unchanged(before, "refused attach")
+    return res.tail(1)
+
+
+@step("attach-config", needs=("hide-again",))
+def attach_config() -> str:
+    if not Path(DOMU_CFG).exists():
+        Path(DOMU_CFG).write_text(DOMU_BASE_CFG)
+    pcipass("attach", SPARE, "domu", "--config", DOMU_CFG, "--accept-pv-dma-risk")
+    cfg = read(DOMU_CFG)
+    pci_lines = [ln for ln in cfg.splitlines() if ln.strip().startswith("pci")]
+    if not pci_lines or SPARE[5:] not in pci_lines[0]:
+        raise StepFailed(f"{DOMU_CFG} has no pci=[...] naming {SPARE}: {pci_lines}")
+    if not cfg.startswith(DOMU_BASE_CFG.rstrip("\n")):
+        raise StepFailed("attach rewrote lines it did not own")
+    # xl's own parser is the judge of the syntax (needs the running Xen: only here).
+    must(["xl", "-N", "create", DOMU_CFG])
+    return pci_lines[0].strip()
+
+
+@step("domu-boot", needs=("attach-config",), timeout=240)
+def domu_boot() -> str:
+    must(["xl", "create", DOMU_CFG], timeout=120)
+    waited = wait_for("the domU to see the NIC through pcifront", domu_sees_nic, 180)
+    pci = must(["xl", "pci-list", "domu"]).out
+    if SPARE not in pci:
+        raise StepFailed(f"xl pci-list domu lacks {SPARE}: {pci}")
+    return f"domU sees {domu_pci_lines()[-1]} {waited:.0f}s after create"
+
+
+@step("detach-live", needs=("domu-boot",))
+def detach_live() -> str:
+    pcipass("detach", SPARE, "domu", "--live")
+    waited = wait_for("the device to leave the domU", domu_sees_nothing, 60)
+    if SPARE in run(["xl", "pci-list", "domu"]).out:
+        raise StepFailed("xl pci-list still shows the device")
+    expect_driver(SPARE, "pciback", "(detached devices stay hidden)")
+    return f"gone from domU after {waited:.1f}s"
+
+
+@step("attach-live", needs=("detach-live",))
+def attach_live() -> str:
+    pcipass("attach", SPARE, "domu", "--live", "--accept-pv-dma-risk")
+    waited = wait_for("the device to come back in the domU", domu_sees_nic, 60)
+    return f"back in domU after {waited:.1f}s"
+
+
+@step("hotplug-counted", needs=("attach-live",))
+def hotplug_counted() -> str:
+    doc = pcipass("status", "--json").json()
+    text = str(doc)
+    counts = [int(n) for n in re.findall(r"'(?:hotplug[a-z_]*|events?[a-z_]*)': (\d+)", text)]
+    lists = re.findall(r"'(?:hotplug[a-z_]*|events?)': \[", text)
+    if not counts and not lists:
+        raise StepFailed(f"status --json shows no hotplug event count: {text[:300]}")
+    if counts and max(counts) < 2:
+        raise StepFailed(f"status counts {counts} hotplug events, expected >= 2 (detach+attach)")
+    return f"status --json hotplug counts {counts or lists}"
+
+
+# ---------------------------------------------------------------- guard (PP003)
+
+
+@step("guard-refuses", needs=("attach-live",))
+def guard_refuses() -> str:
+    notes = []
+    for op in ("save", "migrate"):
+        res = pcipass("guard", op, "domu", expect=None)
+        if res.rc == 0:
+            raise StepFailed(f"guard {op} domu allowed it while {SPARE} is attached")
+        if "PP003" not in res.text:
+            raise StepFailed(f"guard {op} refusal does not name PP003: {res.tail()}")
+        notes.append(f"{op}: exit {res.rc}")
+    domu_alive()
+    return "; ".join(notes) + "; domU still alive"
+
+
+XL_WRAPPER = """#!/bin/sh
+# xl wrapper: ask pcipass's guard (PP003) before save/migrate/restore, then run the real xl.
+case "$1" in
+  save|migrate)
+    for a in "$@"; do case "$a" in -*|save|migrate) ;; *) g="$a"; break;; esac; done
+    python3 -m pcipass guard "$1" "$g" || exit $? ;;
+esac
+exec /usr/lib/xen-4.17/bin/xl "$@"
+"""
+
+
+@step("xl-wrapper-refuses-save", needs=("attach-live",))
+def xl_wrapper_refuses_save() -> str:
+    wrapper = Path("/usr/local/sbin/xl")
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(XL_WRAPPER)
+    wrapper.chmod(0o755)
+    res = run([str(wrapper), "save", "domu", "/tmp/wrapped.save"], timeout=120)
+    if res.rc == 0:
+        raise StepFailed("xl save through the guard wrapper succeeded")
+    if Path("/tmp/wrapped.save").exists() or not domu_running():
+        raise StepFailed("the refused save still touched the domain")
+    domu_alive()
+    return f"wrapped xl save exit {res.rc}: {res.tail(1)}; domU alive"
+
+
+@step("xl-save-unguarded", needs=("attach-live",), timeout=300)
+def xl_save_unguarded() -> str:
+    """Record what Xen itself does (lab notes: accepts, restored guest hangs)."""
+    save = run(["xl", "save", "domu", "/tmp/domu.save"], timeout=150)
+    facts = [f"real xl save exit {save.rc}"]
+    if save.rc == 0 and not domu_running():
+        restore = run(["xl", "restore", "/tmp/domu.save"], timeout=150)
+        facts.append(f"xl restore exit {restore.rc}")
+        try:
+            domu_alive(40)
+            facts.append("restored domU alive")
+        except StepFailed:
+            lockup = "soft lockup" in console() or "pciback not responding" in console()
+            facts.append("restored domU NOT alive" + (" (pcifront lockup)" if lockup else ""))
+    run(["xl", "destroy", "domu"], timeout=60)
+    Path("/tmp/domu.save").unlink(missing_ok=True)
+    return "; ".join(facts)
+
+
+# ---------------------------------------------------------------- persistent hiding
+
+
+PERSISTED = ("/etc/modprobe.d", "/var/lib/pcipass", "/etc/default", "/etc/modprobe.conf")
+
+
+@step("persist-hide", needs=("hide-again",))
+def persist_hide() -> str:
+    if domu_running():
+        run(["xl", "destroy", "domu"], timeout=60)
+    pcipass("hide", SPARE, "--persist")
+    shown = must(["/sbin/modprobe", "-c"]).out
+    opts = [ln for ln in shown.splitlines() if "pciback" in ln]
+    if not any(f"hide=({SPARE})" in ln for ln in opts):
+        raise StepFailed(f"real kmod (modprobe -c) shows no pciback hide of {SPARE}: {opts}")
+    files = []
+    for root in PERSISTED:
+        p = Path(root)
+        for f in [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()):
+            emit_file(str(f))
+            files.append(str(f))
+    info("persist-hide", "files carried to the next boot: " + " ".join(files))
+    return "; ".join(opts)
+
+
+def udev_coldplug() -> None:
+    """Load drivers the way udev's coldplug does: modprobe each PCI function's modalias."""
+    for dev in sorted(Path("/sys/bus/pci/devices").iterdir()):
+        alias = read(dev / "modalias")
+        if alias:
+            run(["/sbin/modprobe", "-q", alias], timeout=60)
+
+
+@step("boot-claims-device", timeout=120)
+def boot_claims_device() -> str:
+    udev_coldplug()
+    expect_driver(SPARE, "pciback", "after coldplug with the persisted configuration")
+    expect_driver(UPLINK, "e1000")
+    return f"{SPARE} on pciback at boot (kmod read {', '.join(os.listdir('/etc/modprobe.d'))})"
+
+
+@step("boot-assignable", needs=("boot-claims-device", "xen-toolstack"))
+def boot_assignable() -> str:
+    expect_assignable(True)
+    return "xl pci-assignable-list lists it"
+
+
+@step("check-no-drift", needs=("boot-claims-device",))
+def check_no_drift() -> str:
+    res = pcipass("check", SPARE, "--json", expect=None)
+    doc = res.json()
+    if mentions(doc, "PP010") or res.rc not in (0, 1):
+        raise StepFailed(f"check reports drift or refuses (exit {res.rc}): {res.out[:300]}")
+    return f"check exit {res.rc}, no PP010"
+
+
+RHEL5_LINES = (
+    "options pciback hide=({bdf})\n"
+    "install e1000 /sbin/modprobe pciback; /sbin/modprobe --first-time --ignore-install e1000\n"
+)
+
+
+def _reset_drivers() -> None:
+    for mod in ("e1000", "xen-pciback"):
+        run(["/sbin/rmmod", mod])
+
+
+@step("rhel5-lines-on-this-kernel", needs=("boot-claims-device",))
+def rhel5_lines() -> str:
+    """The document's lines verbatim under real kmod: expected to fail silently (lab notes)."""
+    saved = {p: p.read_text() for p in Path("/etc/modprobe.d").glob("*")}
+    for p in saved:
+        p.unlink()
+    try:
+        _reset_drivers()
+        Path("/etc/modprobe.d/rhel5.conf").write_text(RHEL5_LINES.format(bdf=SPARE))
+        res = run(["/sbin/modprobe", "-v", "e1000"])
+        facts = f"modprobe e1000 exit {res.rc}, spare -> {driver(SPARE)}: {res.tail(1)}"
+        chk = pcipass("check", SPARE, "--json", expect=None)
+        if chk.rc == 0 or not mentions(chk.out, "pciback"):
+            raise StepFailed(f"check did not flag the broken RHEL 5 form: {facts}; check exit "
+                             f"{chk.rc}: {chk.out[:200]}")
+        return facts + f"; check flags it (exit {chk.rc})"
+    finally:
+        Path("/etc/modprobe.d/rhel5.conf").unlink(missing_ok=True)
+        _reset_drivers()
+        for p, text in saved.items():
+            p.write_text(text)
+
+
+@step("rhel5-platform-works", needs=("boot-claims-device",))
+def rhel5_platform_works() -> str:
+    """pcipass's RHEL 5 form must be one that real kmod honours on this kernel."""
+    for p in Path("/etc/modprobe.d").glob("*"):
+        p.unlink()
+    _reset_drivers()
+    pcipass("hide", SPARE, "--persist", "--platform", "rhel5")
+    written = {str(p): p.read_text() for p in Path("/etc").rglob("modprobe*") if p.is_file()}
+    res = run(["/sbin/modprobe", "-v", "e1000"])
+    expect_driver(SPARE, "pciback", f"after modprobe e1000 with pcipass's rhel5 form {written}")
+    return f"modprobe e1000 exit {res.rc}; {SPARE} on pciback"
+
+
+SMOKE = ["python-pcipass", "xen-toolstack", "uplink-network", "list", "hide-now", "unhide-now"]
+plan("xen-smoke", SMOKE)
+plan(
+    "xen-full",
+    [
+        *SMOKE,
+        "refuse-host-nic",
+        "hide-again",
+        "attach-pv-refused",
+        "attach-config",
+        "domu-boot",
+        "detach-live",
+        "attach-live",
+        "hotplug-counted",
+        "guard-refuses",
+        "xl-wrapper-refuses-save",
+        "xl-save-unguarded",
+        "persist-hide",
+    ],
+)
+plan(
+    "xen-boot2",
+    [
+        "python-pcipass",
+        "boot-claims-device",
+        "xen-toolstack",
+        "boot-assignable",
+        "check-no-drift",
+        "rhel5-lines-on-this-kernel",
+        "rhel5-platform-works",
+    ],
+)

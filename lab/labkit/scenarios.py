@@ -1,0 +1,185 @@
+"""Scenarios: which images to build, which boots to run with which agent plan, and the report."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit import image, packages, qemu
+
+LAB = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(LAB / "guest"))
+import topology  # noqa: E402  (shared with the guest agent)
+
+XEN_CMDLINE = (
+    "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M noreboot iommu=1 "
+    "loglvl=all guest_loglvl=all"
+)
+
+
+@dataclass
+class Report:
+    """Every PASS/FAIL line, printed as it happens and summed up at the end."""
+
+    results: list[qemu.StepResult] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+    verbose: bool = False
+
+    def add(self, name: str, ok: bool, seconds: float, why: str = "") -> None:
+        self.results.append(qemu.StepResult(name, ok, seconds, why))
+        if ok:
+            print(f"PASS {name} ({seconds:.1f}s)" + (f"  # {why}" if why and self.verbose else ""),
+                  flush=True)
+        else:
+            print(f"FAIL {name}: {why} ({seconds:.1f}s)", flush=True)
+
+    def info(self, text: str) -> None:
+        if self.verbose:
+            print(f"     {text}", flush=True)
+
+    def failures(self) -> int:
+        return sum(1 for r in self.results if not r.ok)
+
+    def summary(self, scenario: str) -> str:
+        ok = sum(1 for r in self.results if r.ok)
+        return (f"SUMMARY {scenario}: {ok} PASS, {self.failures()} FAIL, "
+                f"{time.monotonic() - self.t0:.0f}s wall")
+
+
+@dataclass
+class Prepared:
+    stage: Path
+    kver: str
+    work: Path
+
+
+def timed(report: Report, name: str, func: Callable[[], object]) -> object | None:
+    t0 = time.monotonic()
+    try:
+        value = func()
+    except Exception as exc:  # a failed build must be a FAIL line, not a traceback
+        report.add(name, False, time.monotonic() - t0, f"{type(exc).__name__}: {exc}")
+        return None
+    report.add(name, True, time.monotonic() - t0)
+    return value
+
+
+def prepare(report: Report, cache: Path, out: Path, kinds: tuple[str, ...]) -> Prepared | None:
+    log: list[str] = []
+
+    def fetch() -> Prepared:
+        packages.ensure_host_tools(log)
+        kver_file = cache / "kver"
+        if kver_file.exists():
+            kver = kver_file.read_text().strip()
+        else:
+            kver = packages.kernel_version()
+            cache.mkdir(parents=True, exist_ok=True)
+            kver_file.write_text(kver + "\n")
+        names = [*packages.BASE_PACKAGES, f"linux-image-{kver}"]
+        if "xen" in kinds:
+            names += packages.XEN_PACKAGES
+        debs = packages.fetch(names, cache, log)
+        stage = cache / "stage"
+        packages.unpack(debs, stage)
+        return Prepared(stage, kver, out / "images")
+
+    prep = timed(report, "fetch", fetch)
+    for line in log:
+        report.info(line)
+    return prep if isinstance(prep, Prepared) else None
+
+
+def build(report: Report, prep: Prepared, kind: str) -> Path | None:
+    log: list[str] = []
+    prep.work.mkdir(parents=True, exist_ok=True)
+
+    def do() -> Path:
+        if kind == "xen":
+            xen = prep.work / "xen"
+            with gzip.open(prep.stage / "boot/xen-4.17-amd64.gz") as src, xen.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return image.build_dom0(prep.work, prep.stage, prep.kver, log)
+        return image.build_l1(prep.work, prep.stage, prep.kver, log)
+
+    result = timed(report, f"build-{kind}", do)
+    for line in log:
+        report.info(line)
+    return result if isinstance(result, Path) else None
+
+
+def xen_argv(prep: Prepared, initrd: Path, plan: str, extra: str = "") -> list[str]:
+    dom0 = f"{prep.stage}/boot/vmlinuz-{prep.kver} console=hvc0 rdinit=/init quiet lab={plan}"
+    if extra:
+        dom0 += " " + extra
+    nics: list[str] = []
+    for i, bdf in enumerate((topology.XEN_UPLINK, topology.XEN_SPARE), start=1):
+        slot = bdf.split(":")[2]  # "03.0"
+        nics += ["-netdev", f"user,id=n{i},restrict=on",
+                 "-device", f"e1000,netdev=n{i},addr={slot},romfile="]
+    # Lab notes: q35 + an emulated intel-iommu are mandatory (no passthrough without an IOMMU);
+    # -cpu max crashes the PV dom0, qemu64,+svm works.
+    return [
+        "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "qemu64,+svm",
+        "-m", "1536", "-smp", "2", "-nographic", "-no-reboot", "-device", "intel-iommu",
+        "-kernel", str(prep.work / "xen"), "-append", XEN_CMDLINE,
+        "-initrd", f"{dom0},{initrd}", *nics,
+    ]  # fmt: skip
+
+
+def run_boot(report: Report, name: str, argv: list[str], out: Path, timeout: float,
+             expect_steps: bool = True) -> qemu.BootResult:
+    def on_event(ev: qemu.StepResult | str) -> None:
+        if isinstance(ev, qemu.StepResult):
+            report.add(f"{name}/{ev.name}", ev.ok, ev.seconds, ev.why)
+        else:
+            report.info(f"{name}: {ev}")
+
+    res = qemu.boot(name, argv, out / "logs" / f"{name}.log", timeout, on_event)
+    why = ""
+    if res.timed_out:
+        why = f"QEMU killed after {timeout:.0f}s timeout"
+    elif res.init_at is None:
+        why = f"guest never reached /init (QEMU exit {res.rc}); see {res.log}"
+    elif not res.done:
+        why = f"agent did not finish ({res.exit_line or 'no exit line'}); see {res.log}"
+    elif res.rc != 0:
+        why = f"QEMU exit {res.rc}"
+    elif expect_steps and not res.steps:
+        why = "no step results"
+    init = f", /init at {res.init_at:.0f}s" if res.init_at is not None else ""
+    report.add(f"{name}/boot", not why, res.wall, why or f"wall {res.wall:.0f}s{init}")
+    return res
+
+
+def xen(report: Report, cache: Path, out: Path, smoke: bool) -> None:
+    prep = prepare(report, cache, out, ("xen",))
+    if prep is None:
+        return
+    initrd = build(report, prep, "xen")
+    if initrd is None:
+        return
+    if smoke:
+        run_boot(report, "xen-smoke", xen_argv(prep, initrd, "xen-smoke"), out, 300)
+        return
+    first = run_boot(report, "xen1", xen_argv(prep, initrd, "xen-full"), out, 480)
+    if not first.files:
+        report.add("xen2/boot", False, 0, "no persisted state came back from the first boot")
+        return
+    # Second boot of the same image, with what pcipass persisted in the first one appended.
+    state = image.overlay(prep.work, first.files, "xen-persisted")
+    both = prep.work / "dom0+persisted.cpio.gz"
+    with both.open("wb") as dst:
+        for part in (initrd, state):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, dst)
+    run_boot(report, "xen2", xen_argv(prep, both, "xen-boot2"), out, 300)
+
+
+def kvm(report: Report, cache: Path, out: Path, smoke: bool) -> None:
+    report.add("kvm", False, 0, "KVM scenario not built yet")
