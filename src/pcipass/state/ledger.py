@@ -296,8 +296,11 @@ class Ledger:
         except sqlite3.Error as exc:
             raise _open_error(display, exc) from exc
         try:
-            _configure(conn, display, wal=True)
+            _configure(conn, display, writable=True)
+            # Schema first: a file that is not ours (or is newer) is refused
+            # before anything about it, its journal mode included, changes.
             _ensure_schema(conn, display)
+            _enable_wal(conn, display)
         except BaseException:
             conn.close()
             raise
@@ -328,7 +331,7 @@ class Ledger:
             except sqlite3.Error as exc:
                 raise _open_error(display, exc) from exc
             try:
-                _configure(conn, display, wal=False)
+                _configure(conn, display, writable=False)
                 _check_schema_readonly(conn, display)
             except _ReadonlyNeedsShm:
                 conn.close()
@@ -786,16 +789,24 @@ class _ReadonlyNeedsShm(Exception):
     """A read-only open failed because the WAL index could not be created."""
 
 
-def _configure(conn: sqlite3.Connection, display: str, *, wal: bool) -> None:
+def _configure(conn: sqlite3.Connection, display: str, *, writable: bool) -> None:
+    # Only writers set synchronous: that pragma opens the WAL index, which a
+    # non-root reader cannot create; _check_schema_readonly handles that case.
     with _sqlite_errors(display):
         conn.execute("PRAGMA foreign_keys = ON")
-        if not wal:
-            return
-        conn.execute("PRAGMA synchronous = FULL")
-        # journal_mode is stored in the file; only the first writer switches it.
-        # Switching needs a moment of exclusive access, which another process
-        # opening at the same time may hold: retry within the busy timeout.
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        if writable:
+            conn.execute("PRAGMA synchronous = FULL")
+
+
+def _enable_wal(conn: sqlite3.Connection, display: str) -> None:
+    """Switch a database pcipass has checked to be its own into WAL mode.
+
+    journal_mode is stored in the file, so only the first writer switches it.
+    Switching needs a moment of exclusive access, which another process
+    opening at the same time may hold: retry within the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    with _sqlite_errors(display):
         while True:
             try:
                 (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
@@ -893,7 +904,7 @@ def _refuse_newer(version: int, display: str) -> None:
 
 def _empty_view(display: str) -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    _configure(conn, display, wal=False)
+    _configure(conn, display, writable=False)
     _ensure_schema(conn, display)
     return conn
 
