@@ -1,0 +1,168 @@
+"""``pcipass list`` and ``pcipass show``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from pcipass.errors import UsageError
+
+if TYPE_CHECKING:
+    from pcipass.host.context import Host
+    from pcipass.ops.inventory import DeviceInfo, Inventory
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "list":
+        parser.add_argument(
+            "--class",
+            dest="device_class",
+            metavar="CLASS",
+            help="only this class: net, storage, display, multimedia, bridge, "
+            "serial, ... or a hex class code like 0200",
+        )
+        parser.add_argument("--driver", help="only devices bound to this driver ('none' = unbound)")
+        parser.add_argument("--group", type=int, metavar="N", help="only IOMMU group N")
+        parser.add_argument("--tree", action="store_true", help="show the bus topology")
+    else:
+        parser.add_argument("address", metavar="BDF", help="PCI address, e.g. 0000:09:00.0")
+
+
+def run(name: str, args: argparse.Namespace, host: Host) -> int:
+    if name == "list":
+        return _list(args, host)
+    return _show(args, host)
+
+
+def _class_matches(info: DeviceInfo, wanted: str) -> bool:
+    from pcipass.host.device import class_filter_value
+
+    code = info.device.class_code
+    if code is None:
+        return False
+    named = class_filter_value(wanted)
+    if named is not None:
+        return code >> 16 == named
+    text = wanted.lower().removeprefix("0x")
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise UsageError(
+            f"--class {wanted}",
+            "unknown class name",
+            "use net, storage, display, bridge, ... or a hex code like 0200",
+        ) from None
+    if len(text) <= 2:
+        return code >> 16 == value
+    if len(text) <= 4:
+        return code >> 8 == value
+    return code == value
+
+
+def _filtered(inv: Inventory, args: argparse.Namespace) -> list[DeviceInfo]:
+    items = inv.devices
+    if args.device_class:
+        items = [d for d in items if _class_matches(d, args.device_class)]
+    if args.driver:
+        want = None if args.driver == "none" else args.driver
+        items = [d for d in items if d.device.driver == want]
+    if args.group is not None:
+        items = [d for d in items if d.device.iommu_group == args.group]
+    return items
+
+
+def _use_text(info: DeviceInfo) -> str:
+    if info.owner:
+        return f"guest {info.owner}"
+    if info.uses:
+        shorts = list(dict.fromkeys(u.short for u in info.uses))
+        return "host: " + ", ".join(shorts)
+    return ""
+
+
+def _desc(info: DeviceInfo) -> str:
+    dev = info.device
+    cls = info.class_name or "Class"
+    code = f"{dev.class_code >> 8:04x}" if dev.class_code is not None else "????"
+    return f"{cls} [{code}]: {info.describe()}"
+
+
+def _list(args: argparse.Namespace, host: Host) -> int:
+    from pcipass.cli.render import print_json, table, warn
+    from pcipass.ops.inventory import inventory
+
+    inv = inventory(host)
+    items = _filtered(inv, args)
+    if args.json:
+        data = inv.to_json()
+        data["devices"] = [d.to_json() for d in items]
+        print_json(data)
+        return 0
+    if args.tree:
+        print(_tree(inv, {d.address for d in items}))
+    else:
+        rows = [
+            [
+                str(d.address),
+                d.device.id_text,
+                d.device.driver or "-",
+                "-" if d.device.iommu_group is None else str(d.device.iommu_group),
+                _use_text(d) or "-",
+                _desc(d),
+            ]
+            for d in items
+        ]
+        print(table(rows, ["ADDRESS", "IDS", "DRIVER", "GROUP", "USE", "DESCRIPTION"]))
+    for problem in inv.problems:
+        warn(problem)
+    return 0
+
+
+def _tree(inv: Inventory, shown: set[object]) -> str:
+    from pcipass.address import PciAddress
+
+    children: dict[PciAddress | None, list[DeviceInfo]] = {}
+    for info in inv.devices:
+        children.setdefault(info.device.parent, []).append(info)
+    lines: list[str] = []
+
+    def walk(parent: PciAddress | None, prefix: str) -> None:
+        kids = children.get(parent, [])
+        for index, info in enumerate(kids):
+            last = index == len(kids) - 1
+            branch = "└─ " if last else "├─ "
+            group = info.device.iommu_group
+            tags = [info.device.driver or "no driver"]
+            if group is not None:
+                tags.append(f"group {group}")
+            use = _use_text(info)
+            if use:
+                tags.append(use)
+            mark = "" if info.address in shown else " (filtered)"
+            lines.append(f"{prefix}{branch}{info.address} {_desc(info)} [{', '.join(tags)}]{mark}")
+            walk(info.address, prefix + ("   " if last else "│  "))
+
+    roots = sorted({(i.address.domain, i.address.bus) for i in children.get(None, [])})
+    for domain, bus in roots:
+        lines.append(f"pci{domain:04x}:{bus:02x}")
+        saved = children.get(None, [])
+        children[None] = [i for i in saved if (i.address.domain, i.address.bus) == (domain, bus)]
+        walk(None, "")
+        children[None] = saved
+    return "\n".join(lines)
+
+
+def _show(args: argparse.Namespace, host: Host) -> int:
+    from pcipass.address import PciAddress
+    from pcipass.cli.render import print_json, warn
+    from pcipass.ops.show import device_report
+
+    address = PciAddress.parse(args.address)
+    report = device_report(host, address)
+    if args.json:
+        print_json(report.to_json())
+        return 0
+    print(report.render())
+    for problem in report.problems:
+        warn(problem)
+    return 0

@@ -1,0 +1,133 @@
+"""The command line: parse, build one Host, call one operation, render.
+
+Commands are data (:data:`COMMANDS`): name, handler module, whether it
+modifies the host and whether it supports ``--dry-run``.  Errors are turned
+into messages and exit codes in exactly one place (:func:`main`).  Heavy
+modules are imported only by the handler that needs them, so ``pcipass
+--version`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pcipass import __version__
+from pcipass.errors import ExitCode, PcipassError, exit_code_for
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str  # pcipass.cli.<module> defines add_arguments(parser) and run(args, host, out)
+    help: str
+    modifies: bool
+    dry_run: bool
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "list",
+        "cmd_inventory",
+        "list host PCI devices (driver, IOMMU group, host use)",
+        False,
+        False,
+    ),
+    Command(
+        "show",
+        "cmd_inventory",
+        "everything about one device, and whether it can be assigned",
+        False,
+        False,
+    ),
+)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before or after the command: the sub-parser copy must not
+    # overwrite a value given before the command, hence SUPPRESS there.
+    default_root = "/" if top else argparse.SUPPRESS
+    default_json = False if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        default=default_root,
+        help="treat DIR as the host's / (a fake tree, an image); default /",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default_json,
+        help="print machine-readable JSON (schema: docs/json.md)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcipass",
+        description="Give virtual machines exclusive, safe use of host PCI devices "
+        "(Xen pciback, KVM vfio-pci).",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 refused by a rule, 4 not found.",
+    )
+    parser.add_argument("--version", action="version", version=f"pcipass {__version__}")
+    _global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        _global_options(child, top=False)
+        if command.dry_run:
+            child.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="show what would be done (diffs, sysfs writes); change nothing",
+            )
+        module = importlib.import_module(f"pcipass.cli.{command.module}")
+        adder: Callable[[str, argparse.ArgumentParser], None] = module.add_arguments
+        adder(command.name, child)
+        child.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exit_:
+        return int(exit_.code) if isinstance(exit_.code, int) else int(ExitCode.USAGE)
+    command: Command | None = getattr(args, "_command", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return int(ExitCode.USAGE)
+    from pcipass.host.context import Host
+
+    try:
+        host = Host.open(args.root)
+        module = importlib.import_module(f"pcipass.cli.{command.module}")
+        runner: Callable[[str, argparse.Namespace, Host], int] = module.run
+        return runner(command.name, args, host)
+    except PcipassError as error:
+        return report_error(error, as_json=bool(args.json))
+    except KeyboardInterrupt:
+        print("pcipass: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+
+
+def report_error(error: PcipassError, *, as_json: bool) -> int:
+    code = exit_code_for(error)
+    if as_json:
+        print(json.dumps(error.to_json(), indent=2))
+    else:
+        print(f"pcipass: {error.render()}", file=sys.stderr)
+    return int(code)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

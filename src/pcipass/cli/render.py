@@ -1,0 +1,36 @@
+"""Output helpers: tables, JSON, progress on stderr.  Only the CLI prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+
+def print_json(data: object, out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    stream.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    """Left-aligned columns; the last column is never padded."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for index, cell in enumerate(row[:-1]):
+            widths[index] = max(widths[index], len(cell))
+    lines = []
+    for row in [list(headers), *[list(r) for r in rows]]:
+        cells = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def warn(message: str) -> None:
+    print(f"pcipass: {message}", file=sys.stderr)
+
+
+def progress(message: str) -> None:
+    """Progress for slow steps, on stderr so --json stays clean."""
+    if sys.stderr.isatty():
+        print(f"... {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,278 @@
+"""PciDevice: a read-only snapshot of one PCI function, read from sysfs.
+
+Built only by the factories :func:`read_device` and :func:`read_all`.  Every
+field a kernel may lack, or a non-root user may not read, is optional, and
+what could not be read is listed in ``unreadable`` rather than raised: `list`
+must show every other device when one is odd, and `show` says what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcipass.address import PciAddress
+from pcipass.errors import AddressError, DeviceNotFoundError, NoPciBusError
+from pcipass.host.sysfs import Sysfs
+
+# PCI Code and ID Assignment spec 1.12, §1: base class 06h subclass 04h is a
+# PCI-to-PCI bridge, 06h/00h a host bridge; header type 1 (PCI 3.0 §6.1) also
+# marks a bridge.
+CLASS_HOST_BRIDGE = 0x0600
+CLASS_PCI_BRIDGE = 0x0604
+CLASS_DISPLAY = 0x03
+CLASS_NAMES = {
+    "unclassified": 0x00,
+    "storage": 0x01,
+    "net": 0x02,
+    "display": 0x03,
+    "multimedia": 0x04,
+    "memory": 0x05,
+    "bridge": 0x06,
+    "communication": 0x07,
+    "system": 0x08,
+    "input": 0x09,
+    "docking": 0x0A,
+    "processor": 0x0B,
+    "serial": 0x0C,
+    "wireless": 0x0D,
+    "intelligent": 0x0E,
+    "satellite": 0x0F,
+    "encryption": 0x10,
+    "signal": 0x11,
+    "accelerator": 0x12,
+}
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    address: PciAddress
+    sysfs_path: str  # host-named, e.g. /sys/devices/pci0000:00/0000:00:1c.0/0000:09:00.0
+    vendor: int | None
+    device: int | None
+    subsystem_vendor: int | None
+    subsystem_device: int | None
+    class_code: int | None  # 24-bit: base class, subclass, prog-if
+    revision: int | None
+    driver: str | None
+    driver_override: str | None
+    iommu_group: int | None
+    numa_node: int | None
+    parent: PciAddress | None  # upstream bridge; None on a root bus
+    sriov_totalvfs: int | None = None
+    sriov_numvfs: int | None = None
+    physfn: PciAddress | None = None
+    virtfns: tuple[PciAddress, ...] = ()
+    boot_vga: bool = False
+    physical_slot: str | None = None
+    unreadable: tuple[str, ...] = field(default=())
+
+    @property
+    def base_class(self) -> int | None:
+        return None if self.class_code is None else self.class_code >> 16
+
+    @property
+    def class_sub(self) -> int | None:
+        return None if self.class_code is None else self.class_code >> 8
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.class_sub in (CLASS_HOST_BRIDGE, CLASS_PCI_BRIDGE) or (
+            self.base_class == 0x06 and self.class_sub == 0x0607
+        )
+
+    @property
+    def is_host_bridge(self) -> bool:
+        return self.class_sub == CLASS_HOST_BRIDGE
+
+    @property
+    def id_text(self) -> str:
+        v = "????" if self.vendor is None else f"{self.vendor:04x}"
+        d = "????" if self.device is None else f"{self.device:04x}"
+        return f"{v}:{d}"
+
+    @property
+    def is_vf(self) -> bool:
+        return self.physfn is not None
+
+
+def _parse_uevent(text: str | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            result[key] = value
+    return result
+
+
+def _hex_pair(text: str | None) -> tuple[int | None, int | None]:
+    if not text:
+        return None, None
+    left, _, right = text.partition(":")
+    try:
+        return int(left, 16), int(right, 16)
+    except ValueError:
+        return None, None
+
+
+def _address_or_none(name: str | None) -> PciAddress | None:
+    if not name:
+        return None
+    try:
+        return PciAddress.parse(name)
+    except AddressError:
+        return None
+
+
+def read_device(sysfs: Sysfs, address: PciAddress) -> PciDevice:
+    """Read one function.  Raises DeviceNotFoundError if it is not on the bus."""
+    root = sysfs.root
+    link = root.pci_device(address)
+    if not sysfs.exists(link):
+        if not sysfs.exists(root.pci_devices):
+            raise NoPciBusError(root.host_path(root.pci_devices))
+        raise DeviceNotFoundError(str(address), str(root.prefix))
+    real = sysfs.resolve(link)
+    if real is None:
+        raise DeviceNotFoundError(str(address), str(root.prefix))
+    return _read_at(sysfs, address, real)
+
+
+def _read_at(sysfs: Sysfs, address: PciAddress, real: Path) -> PciDevice:
+    root = sysfs.root
+    unreadable: list[str] = []
+    # One read of uevent gives driver, ids, subsystem ids and class (the
+    # kernel's pci_uevent()); separate attributes are the fallback.
+    uevent = _parse_uevent(sysfs.read_text(real / "uevent"))
+    vendor, device = _hex_pair(uevent.get("PCI_ID"))
+    if vendor is None:
+        vendor = sysfs.read_int(real / "vendor", 16)
+        device = sysfs.read_int(real / "device", 16)
+        if vendor is None:
+            unreadable.append("vendor")
+    sub_vendor, sub_device = _hex_pair(uevent.get("PCI_SUBSYS_ID"))
+    if sub_vendor is None:
+        sub_vendor = sysfs.read_int(real / "subsystem_vendor", 16)
+        sub_device = sysfs.read_int(real / "subsystem_device", 16)
+    class_text = uevent.get("PCI_CLASS")
+    class_code: int | None
+    if class_text is not None:
+        try:
+            class_code = int(class_text, 16)
+        except ValueError:
+            class_code = None
+    else:
+        class_code = sysfs.read_int(real / "class", 16)
+    if class_code is None:
+        unreadable.append("class")
+    driver = uevent.get("DRIVER") or sysfs.link_name(real / "driver")
+    revision = sysfs.read_int(real / "revision", 16)
+    override = sysfs.read_text(real / "driver_override")
+    if override in ("(null)", ""):
+        override = None
+    group_name = sysfs.link_name(real / "iommu_group")
+    group = int(group_name) if group_name and group_name.isdigit() else None
+    numa = sysfs.read_int(real / "numa_node")
+    if numa is not None and numa < 0:
+        numa = None
+    parent = _address_or_none(real.parent.name)
+    totalvfs = sysfs.read_int(real / "sriov_totalvfs")
+    numvfs = sysfs.read_int(real / "sriov_numvfs") if totalvfs is not None else None
+    physfn = _address_or_none(sysfs.link_name(real / "physfn"))
+    virtfns: list[PciAddress] = []
+    if totalvfs:
+        for entry in sysfs.scan(real):
+            if entry.name.startswith("virtfn"):
+                vf = _address_or_none(sysfs.link_name(Path(entry.path)))
+                if vf is not None:
+                    virtfns.append(vf)
+    boot_vga = sysfs.read_text(real / "boot_vga") == "1"
+    return PciDevice(
+        address=address,
+        sysfs_path=root.host_path(real),
+        vendor=vendor,
+        device=device,
+        subsystem_vendor=sub_vendor,
+        subsystem_device=sub_device,
+        class_code=class_code,
+        revision=revision,
+        driver=driver,
+        driver_override=override,
+        iommu_group=group,
+        numa_node=numa,
+        parent=parent,
+        sriov_totalvfs=totalvfs,
+        sriov_numvfs=numvfs,
+        physfn=physfn,
+        virtfns=tuple(sorted(virtfns)),
+        boot_vga=boot_vga,
+        physical_slot=None,
+        unreadable=tuple(unreadable),
+    )
+
+
+def list_addresses(sysfs: Sysfs) -> list[PciAddress]:
+    """Every function on the bus, sorted; names that are not addresses are skipped."""
+    root = sysfs.root
+    if not sysfs.exists(root.pci_devices):
+        raise NoPciBusError(root.host_path(root.pci_devices))
+    found: list[PciAddress] = []
+    for name in sysfs.list_dir(root.pci_devices):
+        address = _address_or_none(name)
+        if address is not None:
+            found.append(address)
+    return sorted(found)
+
+
+def read_all(sysfs: Sysfs) -> tuple[list[PciDevice], list[str]]:
+    """Every readable function, and a problem line for each one that vanished."""
+    devices: list[PciDevice] = []
+    problems: list[str] = []
+    slots = physical_slots(sysfs)
+    for address in list_addresses(sysfs):
+        try:
+            dev = read_device(sysfs, address)
+        except DeviceNotFoundError:
+            problems.append(f"{address}: vanished while being read (dangling link?)")
+            continue
+        slot = slots.get(address.slot_key)
+        if slot is not None:
+            dev = _with_slot(dev, slot)
+        devices.append(dev)
+    return devices, problems
+
+
+def read_one(sysfs: Sysfs, address: PciAddress) -> PciDevice:
+    dev = read_device(sysfs, address)
+    slot = physical_slots(sysfs).get(address.slot_key)
+    return _with_slot(dev, slot) if slot is not None else dev
+
+
+def _with_slot(dev: PciDevice, slot: str) -> PciDevice:
+    from dataclasses import replace
+
+    return replace(dev, physical_slot=slot)
+
+
+def physical_slots(sysfs: Sysfs) -> dict[tuple[int, int, int], str]:
+    """``/sys/bus/pci/slots/NAME/address`` (``0000:09:00``) -> slot name."""
+    result: dict[tuple[int, int, int], str] = {}
+    slots_dir = sysfs.root.path("/sys/bus/pci/slots")
+    for name in sysfs.list_dir(slots_dir):
+        text = sysfs.read_text(slots_dir / name / "address")
+        if not text:
+            continue
+        parsed = _address_or_none(text + ".0")
+        if parsed is not None:
+            result[parsed.slot_key] = name
+    return result
+
+
+def iommu_group_members(sysfs: Sysfs, group: int) -> list[PciAddress]:
+    path = sysfs.root.iommu_groups / str(group) / "devices"
+    members = [_address_or_none(n) for n in sysfs.list_dir(path)]
+    return sorted(a for a in members if a is not None)
+
+
+def class_filter_value(name: str) -> int | None:
+    return CLASS_NAMES.get(name.lower())

@@ -1,0 +1,125 @@
+"""The only module that touches files under ``sys/``.
+
+Reads are forgiving (a missing attribute is ``None``: devices vanish, kernels
+differ, non-root users cannot read everything).  Writes go through one seam,
+:meth:`Sysfs.write_attr`, which hands them to a :class:`KernelWriter`: the
+real one writes the control file; the tests' fake kernel acts on the write as
+Linux would (moves driver links, honours driver_override...).  Every other
+file operation in pcipass reads production code paths against the same tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from pcipass.errors import SysfsWriteError
+from pcipass.host.root import HostRoot
+
+
+class KernelWriter(Protocol):
+    """Performs one write to a sysfs control file."""
+
+    def write(self, path: Path, value: str) -> None: ...
+
+
+class RealKernelWriter:
+    """Writes control files for real.  sysfs wants one write() per value."""
+
+    def write(self, path: Path, value: str) -> None:
+        data = value.encode()
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
+        finally:
+            os.close(fd)
+
+
+class Sysfs:
+    def __init__(self, root: HostRoot, writer: KernelWriter | None = None) -> None:
+        self.root = root
+        self.writer: KernelWriter = writer or RealKernelWriter()
+
+    # ---- reads -----------------------------------------------------------
+    @staticmethod
+    def read_text(path: Path) -> str | None:
+        """The attribute's text without the trailing newline, or None if unreadable."""
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                return handle.read().rstrip("\n")
+        except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
+            return None
+        except OSError:
+            return None
+
+    @staticmethod
+    def read_bytes(path: Path, limit: int = 4096) -> bytes | None:
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(limit)
+        except OSError:
+            return None
+
+    @classmethod
+    def read_int(cls, path: Path, base: int = 10) -> int | None:
+        text = cls.read_text(path)
+        if text is None:
+            return None
+        try:
+            return int(text.strip(), base)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def link_name(path: Path) -> str | None:
+        """Last component of a symlink's target (``driver`` -> ``e1000``)."""
+        try:
+            return os.path.basename(os.readlink(path))
+        except OSError:
+            return None
+
+    @staticmethod
+    def resolve(path: Path) -> Path | None:
+        try:
+            return path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+
+    @staticmethod
+    def list_dir(path: Path) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except OSError:
+            return []
+
+    @staticmethod
+    def scan(path: Path) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as entries:
+                yield from entries
+        except OSError:
+            return
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return os.path.lexists(path)
+
+    # ---- the one write seam ---------------------------------------------
+    def write_attr(self, path: Path, value: str) -> None:
+        """Write ``value`` to a sysfs control file, as one write.
+
+        Errors become :class:`SysfsWriteError` carrying errno and the path as
+        the host names it.
+        """
+        try:
+            self.writer.write(path, value)
+        except OSError as error:
+            code = error.errno or errno.EIO
+            raise SysfsWriteError(
+                self.root.host_path(path), value.strip(), code, error.strerror or os.strerror(code)
+            ) from error

@@ -1,0 +1,33 @@
+"""A fake host, its fake kernel and runner, and the Host pcipass sees over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcipass.host.context import Host
+from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
+
+
+@dataclass
+class Lab:
+    fake: FakeHost
+    kernel: FakeKernel
+    runner: FakeRunner
+    host: Host
+    clock_now: list[float] = field(default_factory=lambda: [1_800_000_000.0])
+
+    @property
+    def base(self) -> Path:
+        return self.fake.base
+
+    def tick(self, seconds: float) -> None:
+        self.clock_now[0] += seconds
+
+
+def make_lab(fake: FakeHost) -> Lab:
+    kernel = FakeKernel(fake)
+    runner = FakeRunner(kernel)
+    now = [1_800_000_000.0]
+    host = Host.open(fake.base, runner=runner, writer=kernel, clock=lambda: now[0])
+    return Lab(fake, kernel, runner, host, now)
