@@ -78,11 +78,26 @@ def expect_unchanged(before: dict[str, Any], what: str) -> None:
         raise StepFailed(f"{what} changed the host: {', '.join(changed)}")
 
 
-def host_used(entry: dict[str, Any]) -> bool:
-    for key, value in entry.items():
-        if any(w in key.lower() for w in ("usage", "use", "host")) and value:
-            return True
-    return False
+def host_used(entry: dict[str, Any]) -> list[Any]:
+    """What ``pcipass list --json`` says the host uses this device for (``host_uses``)."""
+    uses = entry.get("host_uses")
+    return list(uses) if isinstance(uses, list) else []
+
+
+def crosscheck_list(doc: Any) -> int:
+    """Every device in ``list --json`` agrees with the sysfs driver link and with real lspci."""
+    lspci = must(["lspci", "-n", "-D"]).out
+    ids = {ln.split()[0]: ln.split()[2] for ln in lspci.splitlines() if len(ln.split()) > 2}
+    devices = doc.get("devices", []) if isinstance(doc, dict) else []
+    if len(devices) != len(ids):
+        raise StepFailed(f"list shows {len(devices)} devices, lspci {len(ids)}")
+    for dev in devices:
+        bdf = dev.get("address")
+        if dev.get("driver") != driver(bdf):
+            raise StepFailed(f"list: {bdf} driver {dev.get('driver')!r}, sysfs {driver(bdf)!r}")
+        if f"{dev.get('vendor_id')}:{dev.get('device_id')}" != ids.get(bdf):
+            raise StepFailed(f"list: {bdf} ids differ from lspci ({ids.get(bdf)})")
+    return len(devices)
 
 
 def console() -> str:
@@ -171,15 +186,17 @@ def uplink_network() -> str:
 @step("list", needs=("uplink-network",))
 def list_json() -> str:
     doc = pcipass("list", "--json").json()
+    count = crosscheck_list(doc)
     for bdf in (UPLINK, SPARE):
         entry = find_device(doc, bdf)
         if entry.get("driver") != "e1000":
             raise StepFailed(f"list: {bdf} driver {entry.get('driver')!r}, sysfs says e1000")
-    if not host_used(find_device(doc, UPLINK)):
-        raise StepFailed(f"list: {UPLINK} carries dom0's address but is not reported host-used")
+    uses = host_used(find_device(doc, UPLINK))
+    if not uses:
+        raise StepFailed(f"list: {UPLINK} carries dom0's address but host_uses is empty")
     if host_used(find_device(doc, SPARE)):
         raise StepFailed(f"list: spare NIC {SPARE} reported host-used")
-    return f"{UPLINK} host-used, {SPARE} free, both e1000"
+    return f"{count} devices agree with sysfs+lspci; {UPLINK} host_uses={uses}; {SPARE} free"
 
 
 @step("refuse-host-nic", needs=("uplink-network",))
@@ -491,3 +508,23 @@ plan(
         "rhel5-platform-works",
     ],
 )
+
+
+# ---------------------------------------------------------------- lab self-test (no pcipass)
+
+
+@step("selftest-xl-domu", needs=("xen-toolstack", "uplink-network"), timeout=240)
+def selftest_xl_domu() -> str:
+    """The lab's own plumbing with plain xl (what the lab notes did by hand): domU sees the NIC."""
+    must(["/sbin/modprobe", "xen-pciback"])
+    must(["xl", "pci-assignable-add", SPARE])
+    Path(DOMU_CFG).write_text(DOMU_BASE_CFG + f"pci = [ '{SPARE}' ]\n")
+    must(["xl", "create", DOMU_CFG], timeout=120)
+    waited = wait_for("the domU to see the NIC", domu_sees_nic, 180)
+    run(["xl", "destroy", "domu"], timeout=60)
+    must(["xl", "pci-assignable-remove", "-r", SPARE])
+    expect_driver(SPARE, "e1000")
+    return f"domU saw the NIC {waited:.0f}s after xl create"
+
+
+plan("xen-selftest", ["python-pcipass", "xen-toolstack", "uplink-network", "selftest-xl-domu"])

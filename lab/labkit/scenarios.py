@@ -157,7 +157,7 @@ def run_boot(report: Report, name: str, argv: list[str], out: Path, timeout: flo
     return res
 
 
-def xen(report: Report, cache: Path, out: Path, smoke: bool) -> None:
+def xen(report: Report, cache: Path, out: Path, smoke: bool, plan: str = "xen-smoke") -> None:
     prep = prepare(report, cache, out, ("xen",))
     if prep is None:
         return
@@ -165,7 +165,7 @@ def xen(report: Report, cache: Path, out: Path, smoke: bool) -> None:
     if initrd is None:
         return
     if smoke:
-        run_boot(report, "xen-smoke", xen_argv(prep, initrd, "xen-smoke"), out, 300)
+        run_boot(report, plan, xen_argv(prep, initrd, plan), out, 300)
         return
     first = run_boot(report, "xen1", xen_argv(prep, initrd, "xen-full"), out, 480)
     if not first.files:
