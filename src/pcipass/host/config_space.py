@@ -66,6 +66,7 @@ CAP_LIST_MAX = 48
 # --- Capability ids (PCI Code and ID Assignment Specification, table 7-1) --------------------
 CAP_ID_PM = 0x01
 CAP_ID_MSI = 0x05
+CAP_ID_PCIX = 0x07
 CAP_ID_PCIE = 0x10
 CAP_ID_MSIX = 0x11
 CAP_ID_AF = 0x13
@@ -306,7 +307,7 @@ class PcieInfo:
 @dataclass(frozen=True)
 class PmInfo:
     """Power Management capability.  ``no_soft_reset`` / ``power_state`` are None when
-    PMCSR could not be read."""
+    PMCSR could not be read (PMC could)."""
 
     offset: int
     version: int
@@ -385,7 +386,8 @@ class ConfigSpace:
     dsn: int | None = None
     sriov: SriovInfo | None = None
     caps_complete: bool = False  # the whole conventional list was read
-    ext_caps_complete: bool = False  # the whole extended list was read (False if not in data)
+    # The whole extended list was read (true, and empty, for a conventional function).
+    ext_caps_complete: bool = False
     problems: tuple[str, ...] = field(default=())
 
     @property
@@ -404,7 +406,7 @@ class ConfigSpace:
 
     @property
     def is_pcie(self) -> bool:
-        return self.pcie is not None
+        return self.has_cap(CAP_ID_PCIE)
 
     def has_cap(self, cap_id: int) -> bool:
         return any(cap.cap_id == cap_id for cap in self.capabilities)
@@ -414,24 +416,26 @@ class ConfigSpace:
 
     @property
     def flr_capable(self) -> bool | None:
-        """Function Level Reset through PCIe DevCap bit 28 or AF (TP and FLR).
-
-        None when it cannot be told (the capability list was not fully readable)."""
+        """Function Level Reset through PCIe DevCap bit 28 or AF (TP and FLR; Linux's
+        pci_af_flr wants both).  None when it cannot be told: the capability list or the
+        capability itself was not fully readable."""
         if self.pcie is not None and self.pcie.flr:
             return True
         if self.af is not None and self.af.tp and self.af.flr:
             return True
-        if self.pcie is not None and self.pcie.flr is None:
+        if self.has_cap(CAP_ID_PCIE) and (self.pcie is None or self.pcie.flr is None):
+            return None
+        if self.has_cap(CAP_ID_AF) and self.af is None:
             return None
         return False if self.caps_complete else None
 
     @property
     def pm_reset_capable(self) -> bool | None:
         """PCI PM 1.2 §3.2.4: with No_Soft_Reset clear, D3hot->D0 resets the function."""
-        if self.pm is not None:
-            if self.pm.no_soft_reset is None:
-                return None
+        if self.pm is not None and self.pm.no_soft_reset is not None:
             return not self.pm.no_soft_reset
+        if self.has_cap(CAP_ID_PM):
+            return None
         return False if self.caps_complete else None
 
     @property
@@ -577,7 +581,13 @@ def parse_config(data: bytes) -> ConfigSpace:
 
     caps, caps_complete = _walk_caps(reader, status, cap_pointer_reg, problems)
     std = _decode_caps(reader, caps, problems)
-    ext_caps, ext_complete = _walk_ext_caps(reader, std.pcie is not None, problems)
+    # Only PCI Express and PCI-X 2.0 functions have extended configuration space (PCIe 4.0
+    # §7.2.2); Linux and lspci look past 0x100 only for them, and so do we.
+    if any(cap.cap_id in (CAP_ID_PCIE, CAP_ID_PCIX) for cap in caps):
+        is_pcie = any(cap.cap_id == CAP_ID_PCIE for cap in caps)
+        ext_caps, ext_complete = _walk_ext_caps(reader, is_pcie, problems)
+    else:
+        ext_caps, ext_complete = [], caps_complete
     ext = _decode_ext_caps(reader, ext_caps, problems)
     return dataclasses.replace(
         header,
@@ -657,13 +667,17 @@ def _decode_caps(reader: _Reader, caps: list[Capability], problems: list[str]) -
     """Decode the first instance of each capability we care about (Linux does the same:
     pci_find_capability returns the first)."""
     found = _StdCaps()
+    decoded: set[int] = set()  # ids already seen, decodable or not
     for cap in caps:
         at = cap.offset
-        if cap.cap_id == CAP_ID_PCIE and found.pcie is None:
+        if cap.cap_id in decoded:
+            continue
+        decoded.add(cap.cap_id)
+        if cap.cap_id == CAP_ID_PCIE:
             found = dataclasses.replace(found, pcie=_decode_pcie(reader, at, problems))
-        elif cap.cap_id == CAP_ID_PM and found.pm is None:
+        elif cap.cap_id == CAP_ID_PM:
             found = dataclasses.replace(found, pm=_decode_pm(reader, at, problems))
-        elif cap.cap_id == CAP_ID_MSI and found.msi is None:
+        elif cap.cap_id == CAP_ID_MSI:
             control = reader.u16(at + MSI_CONTROL)
             if control is None:
                 problems.append(f"MSI capability at {at:#04x} truncated")
@@ -675,14 +689,14 @@ def _decode_caps(reader: _Reader, caps: list[Capability], problems: list[str]) -
                 max_vectors=1 << ((control & MSI_CONTROL_MMC) >> 1),
             )
             found = dataclasses.replace(found, msi=msi)
-        elif cap.cap_id == CAP_ID_MSIX and found.msix is None:
+        elif cap.cap_id == CAP_ID_MSIX:
             control = reader.u16(at + MSIX_CONTROL)
             if control is None:
                 problems.append(f"MSI-X capability at {at:#04x} truncated")
                 continue
             msix = MsixInfo(at, (control & MSIX_CONTROL_TABLE_SIZE) + 1)
             found = dataclasses.replace(found, msix=msix)
-        elif cap.cap_id == CAP_ID_AF and found.af is None:
+        elif cap.cap_id == CAP_ID_AF:
             af_caps = reader.u8(at + AF_CAPS)
             if af_caps is None:
                 problems.append(f"Advanced Features capability at {at:#04x} truncated")
@@ -692,12 +706,13 @@ def _decode_caps(reader: _Reader, caps: list[Capability], problems: list[str]) -
     return found
 
 
-def _decode_pcie(reader: _Reader, at: int, problems: list[str]) -> PcieInfo:
+def _decode_pcie(reader: _Reader, at: int, problems: list[str]) -> PcieInfo | None:
     flags = reader.u16(at + PCIE_CAPS)
     devcap = reader.u32(at + PCIE_DEVCAP)
     if flags is None or devcap is None:
         problems.append(f"PCI Express capability at {at:#04x} truncated: FLR support unknown")
-    flags = flags or 0
+    if flags is None:
+        return None
     return PcieInfo(
         offset=at,
         version=flags & PCIE_CAPS_VERSION,
@@ -707,14 +722,16 @@ def _decode_pcie(reader: _Reader, at: int, problems: list[str]) -> PcieInfo:
     )
 
 
-def _decode_pm(reader: _Reader, at: int, problems: list[str]) -> PmInfo:
+def _decode_pm(reader: _Reader, at: int, problems: list[str]) -> PmInfo | None:
     pmc = reader.u16(at + PM_PMC)
     pmcsr = reader.u16(at + PM_PMCSR)
     if pmcsr is None:
         problems.append(f"Power Management capability at {at:#04x} truncated: PM reset unknown")
+    if pmc is None:
+        return None
     return PmInfo(
         offset=at,
-        version=0 if pmc is None else pmc & PM_PMC_VERSION,
+        version=pmc & PM_PMC_VERSION,
         no_soft_reset=None if pmcsr is None else bool(pmcsr & PM_PMCSR_NO_SOFT_RESET),
         power_state=None if pmcsr is None else pmcsr & PM_PMCSR_STATE,
     )
@@ -772,9 +789,13 @@ class _ExtCaps:
 
 def _decode_ext_caps(reader: _Reader, caps: list[ExtCapability], problems: list[str]) -> _ExtCaps:
     found = _ExtCaps()
+    decoded: set[int] = set()
     for cap in caps:
         at = cap.offset
-        if cap.cap_id == EXT_CAP_ID_ACS and found.acs is None:
+        if cap.cap_id in decoded:
+            continue
+        decoded.add(cap.cap_id)
+        if cap.cap_id == EXT_CAP_ID_ACS:
             acs_cap = reader.u16(at + ACS_CAPABILITY)
             acs_ctl = reader.u16(at + ACS_CONTROL)
             if acs_cap is None or acs_ctl is None:
@@ -787,14 +808,14 @@ def _decode_ext_caps(reader: _Reader, caps: list[ExtCapability], problems: list[
                 egress_vector_size=acs_cap >> 8,
             )
             found = dataclasses.replace(found, acs=acs)
-        elif cap.cap_id == EXT_CAP_ID_DSN and found.dsn is None:
+        elif cap.cap_id == EXT_CAP_ID_DSN:
             lower = reader.u32(at + DSN_LOWER)
             upper = reader.u32(at + DSN_UPPER)
             if lower is None or upper is None:
                 problems.append(f"Device Serial Number capability at {at:#05x} truncated")
                 continue
             found = dataclasses.replace(found, dsn=(upper << 32) | lower)
-        elif cap.cap_id == EXT_CAP_ID_SRIOV and found.sriov is None:
+        elif cap.cap_id == EXT_CAP_ID_SRIOV:
             sriov = _decode_sriov(reader, at)
             if sriov is None:
                 problems.append(f"SR-IOV capability at {at:#05x} truncated")
