@@ -1,3 +1,258 @@
-"""KVM scenario steps (issue 8), run in the L1 guest by agent.py."""
+"""KVM scenario steps (issue 8), run in the L1 guest by agent.py.
+
+L1 is a q35 guest with an emulated intel-iommu (interrupt remapping on), so it has real IOMMU
+groups and a real vfio-pci; pcipass hides devices to vfio-pci there and gives them back, and
+every result is checked against sysfs and /dev/vfio.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from agent import (
+    StepFailed,
+    driver,
+    emit_file,
+    expect_driver,
+    find_device,
+    info,
+    mentions,
+    must,
+    pcipass,
+    plan,
+    read,
+    run,
+    step,
+    wait_for,
+)
+from topology import KVM_E1000E, KVM_E1000E_PORT, KVM_ICH9, KVM_SPARE_E1000, KVM_UPLINK
+
+SYS = Path("/sys/bus/pci/devices")
+
+
+def group_of(bdf: str) -> str | None:
+    link = SYS / bdf / "iommu_group"
+    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+
+def reset_methods(bdf: str) -> list[str]:
+    # The attribute is absent when the kernel knows no reset method for the function.
+    return read(SYS / bdf / "reset_method").split()
+
+
+def kvm_snapshot() -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for dev in sorted(SYS.iterdir()):
+        state[dev.name] = (driver(dev.name), read(dev / "driver_override"))
+    conf = Path("/etc/modprobe.d")
+    state["modprobe.d"] = {p.name: p.read_text() for p in sorted(conf.glob("*"))}
+    state["vfio"] = sorted(os.listdir("/dev/vfio")) if Path("/dev/vfio").is_dir() else []
+    state["addr"] = run(["ip", "-o", "addr"]).out
+    return state
+
+
+def expect_unchanged(before: dict[str, Any], what: str) -> None:
+    after = kvm_snapshot()
+    changed = [k for k in before if before[k] != after.get(k)]
+    if changed:
+        raise StepFailed(f"{what} changed the host: {', '.join(changed)}")
+
+
+def refused(args: tuple[str, ...], rule: str) -> str:
+    before = kvm_snapshot()
+    res = pcipass(*args, expect=3)
+    if rule not in res.text:
+        raise StepFailed(f"pcipass {' '.join(args)} refused without naming {rule}: {res.tail()}")
+    expect_unchanged(before, f"refused {' '.join(args)}")
+    return res.tail(1)
+
+
+@step("l1-iommu", timeout=60)
+def l1_iommu() -> str:
+    groups = os.listdir("/sys/kernel/iommu_groups") if Path("/sys/kernel/iommu_groups").is_dir() \
+        else []
+    if not groups:
+        raise StepFailed("no IOMMU groups: intel_iommu did not come up")
+    dmesg = must(["dmesg"]).out
+    if "IRQ remapping" not in dmesg:
+        raise StepFailed("no interrupt remapping (vfio would refuse the device)")
+    return f"{len(groups)} IOMMU groups, interrupt remapping on"
+
+
+@step("l1-drivers", timeout=60)
+def l1_drivers() -> str:
+    for mod in ("e1000", "e1000e"):
+        must(["/sbin/modprobe", mod])
+    wait_for("e1000e to bind", lambda: driver(KVM_E1000E) == "e1000e", 20)
+    expect_driver(KVM_UPLINK, "e1000")
+    ifname = os.listdir(SYS / KVM_UPLINK / "net")[0]
+    must(["ip", "link", "set", ifname, "up"])
+    must(["ip", "addr", "add", "10.0.2.15/24", "dev", ifname])
+    must(["ip", "route", "add", "default", "via", "10.0.2.2"])
+    return f"{KVM_UPLINK}={ifname} carries 10.0.2.15 and the default route"
+
+
+@step("kvm-list", needs=("l1-drivers",))
+def kvm_list() -> str:
+    doc = pcipass("list", "--json").json()
+    devices = doc.get("devices", [])
+    if len(devices) != len(list(SYS.iterdir())):
+        raise StepFailed(f"list shows {len(devices)} devices, sysfs {len(list(SYS.iterdir()))}")
+    for dev in devices:
+        bdf = dev["address"]
+        if dev.get("driver") != driver(bdf):
+            raise StepFailed(f"{bdf}: list driver {dev.get('driver')!r}, sysfs {driver(bdf)!r}")
+        if str(dev.get("iommu_group")) != str(group_of(bdf)):
+            raise StepFailed(f"{bdf}: list group {dev.get('iommu_group')}, sysfs {group_of(bdf)}")
+    ich9 = find_device(doc, KVM_ICH9[0])
+    members = set(ich9.get("iommu_group_members", []))
+    if not set(KVM_ICH9) <= members:
+        raise StepFailed(f"ICH9 group members {sorted(members)} lack {KVM_ICH9}")
+    if not find_device(doc, KVM_UPLINK).get("host_uses"):
+        raise StepFailed(f"{KVM_UPLINK} carries L1's address but host_uses is empty")
+    # Reset methods come from `show` (the kernel's reset_method attribute, absent = none).
+    notes = [f"{len(devices)} devices agree with sysfs (driver, group)"]
+    for bdf, want in ((KVM_SPARE_E1000, []), (KVM_E1000E, ["pm", "bus"])):
+        if reset_methods(bdf) != want:
+            raise StepFailed(f"lab topology: {bdf} reset_method {reset_methods(bdf)}, "
+                             f"expected {want}")
+        shown = pcipass("show", bdf, "--json").json()
+        text = str(shown)
+        if want and not all(m in text for m in want):
+            raise StepFailed(f"show {bdf} lacks reset methods {want}: {text[:300]}")
+        if not want and not mentions(shown, "PP104"):
+            raise StepFailed(f"show {bdf} (no reset method) does not warn PP104: {text[:300]}")
+        notes.append(f"{bdf} reset {want or 'none (PP104)'}")
+    return "; ".join(notes)
+
+
+@step("refuse-host-nic-kvm", needs=("l1-drivers",))
+def refuse_host_nic_kvm() -> str:
+    return refused(("hide", KVM_UPLINK, "--now", "--backend", "vfio"), "PP001")
+
+
+@step("refuse-partial-group", needs=("l1-drivers",))
+def refuse_partial_group() -> str:
+    note = refused(("hide", KVM_ICH9[1], "--now", "--backend", "vfio"), "PP102")
+    others = [b for b in KVM_ICH9 if b != KVM_ICH9[1]]
+    res = pcipass("hide", KVM_ICH9[1], "--now", "--backend", "vfio", expect=3)
+    if not all(b in res.text or b[5:] in res.text for b in others):
+        raise StepFailed(f"PP102 refusal does not name the other group members {others}")
+    return note
+
+
+@step("refuse-bridge", needs=("l1-drivers",))
+def refuse_bridge() -> str:
+    return refused(("hide", KVM_E1000E_PORT, "--now", "--backend", "vfio"), "PP103")
+
+
+def _vfio_node() -> Path:
+    return Path("/dev/vfio") / str(group_of(KVM_E1000E))
+
+
+@step("hide-vfio", needs=("l1-drivers",))
+def hide_vfio() -> str:
+    pcipass("hide", KVM_E1000E, "--now", "--backend", "vfio")
+    expect_driver(KVM_E1000E, "vfio-pci", "after hide --now --backend vfio")
+    wait_for(f"{_vfio_node()} to appear", _vfio_node().exists, 10)
+    expect_driver(KVM_UPLINK, "e1000", "(the uplink must not move)")
+    return f"{KVM_E1000E} -> vfio-pci, {_vfio_node()} present"
+
+
+@step("unhide-vfio", needs=("hide-vfio",))
+def unhide_vfio() -> str:
+    pcipass("unhide", KVM_E1000E, "--now")
+    expect_driver(KVM_E1000E, "e1000e", "after unhide --now")
+    wait_for(f"{_vfio_node()} to go away", lambda: not _vfio_node().exists(), 10)
+    return f"{KVM_E1000E} -> e1000e, {_vfio_node()} gone"
+
+
+@step("recover-interrupted", needs=("unhide-vfio",))
+def recover_interrupted() -> str:
+    """Kill pcipass part-way through a hide (SIGKILL after its first sysfs write), then recover."""
+    # The agent cannot stop pcipass at an exact step from outside, so it lets pcipass run with
+    # a Python-level trace hook that SIGKILLs the process right after the first sysfs write.
+    hook = (
+        "import os, signal, runpy, sys\n"
+        "import pcipass.host.sysfs as s\n"
+        "orig = s.Sysfs.write_attr\n"
+        "def killer(self, *a, **k):\n"
+        "    orig(self, *a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "s.Sysfs.write_attr = killer\n"
+        "sys.argv = ['pcipass', 'hide', sys.argv[1], '--now', '--backend', 'vfio']\n"
+        "runpy.run_module('pcipass', run_name='__main__')\n"
+    )
+    res = run([os.sys.executable, "-c", hook, KVM_E1000E], timeout=60)
+    if res.rc != -9:
+        raise StepFailed(f"interrupted hide did not die by SIGKILL (exit {res.rc}): {res.tail()}")
+    half = driver(KVM_E1000E)
+    pcipass("recover")
+    if driver(KVM_E1000E) not in ("e1000e", "vfio-pci"):
+        raise StepFailed(f"after recover {KVM_E1000E} is bound to {driver(KVM_E1000E)}")
+    status = pcipass("status", "--json").json()
+    if mentions(status, "pending") or mentions(status, "interrupted"):
+        raise StepFailed(f"status still shows an unfinished operation: {str(status)[:200]}")
+    return f"killed half-way (driver then {half}); recover -> {driver(KVM_E1000E)}"
+
+
+@step("guest-setup-builtin", needs=())
+def guest_setup_builtin() -> str:
+    res = pcipass("guest-setup", "--json", expect=None)
+    if res.rc not in (0,):
+        raise StepFailed(f"guest-setup exit {res.rc}: {res.tail()}")
+    if not mentions(res.out, "built"):
+        raise StepFailed(f"guest-setup does not report acpiphp built in: {res.out[:300]}")
+    return res.tail(1)
+
+
+@step("persist-vfio", needs=("unhide-vfio",))
+def persist_vfio() -> str:
+    pcipass("hide", KVM_E1000E, "--persist", "--backend", "vfio")
+    shown = must(["/sbin/modprobe", "-c"]).out
+    lines = [ln for ln in shown.splitlines() if "vfio" in ln and ("ids=" in ln or "softdep" in ln)]
+    if not any("8086:10d3" in ln for ln in lines):
+        raise StepFailed(f"real kmod shows no vfio-pci ids=8086:10d3: {lines}")
+    for p in sorted(Path("/etc/modprobe.d").glob("*")) + sorted(Path("/var/lib/pcipass").glob("*")):
+        if p.is_file():
+            emit_file(str(p))
+    info("persist-vfio", "carried to the next boot: " + " ".join(os.listdir("/etc/modprobe.d")))
+    return "; ".join(lines)
+
+
+@step("boot-claims-vfio", timeout=120)
+def boot_claims_vfio() -> str:
+    for dev in sorted(SYS.iterdir()):  # udev coldplug: modprobe each function's modalias
+        alias = read(dev / "modalias")
+        if alias:
+            run(["/sbin/modprobe", "-q", alias], timeout=60)
+    expect_driver(KVM_E1000E, "vfio-pci", "at boot with the persisted configuration")
+    expect_driver(KVM_UPLINK, "e1000")
+    return f"{KVM_E1000E} on vfio-pci at boot; {_vfio_node()} {_vfio_node().exists()}"
+
+
+@step("check-no-drift-kvm", needs=("boot-claims-vfio",))
+def check_no_drift_kvm() -> str:
+    res = pcipass("check", KVM_E1000E, "--json", expect=None)
+    if mentions(res.out, "PP010") or res.rc not in (0, 1):
+        raise StepFailed(f"check reports drift (exit {res.rc}): {res.out[:300]}")
+    return f"check exit {res.rc}, no PP010"
+
+
+KVM_SMOKE = ["python-pcipass", "l1-iommu", "l1-drivers", "kvm-list", "hide-vfio", "unhide-vfio"]
+plan("kvm-smoke", KVM_SMOKE)
+plan(
+    "kvm-full",
+    [
+        *KVM_SMOKE,
+        "refuse-host-nic-kvm",
+        "refuse-partial-group",
+        "refuse-bridge",
+        "recover-interrupted",
+        "guest-setup-builtin",
+        "persist-vfio",
+    ],
+)
+plan("kvm-boot2", ["python-pcipass", "l1-iommu", "boot-claims-vfio", "check-no-drift-kvm"])
