@@ -71,8 +71,9 @@ def refused(args: tuple[str, ...], rule: str) -> str:
 
 @step("l1-iommu", timeout=60)
 def l1_iommu() -> str:
-    groups = os.listdir("/sys/kernel/iommu_groups") if Path("/sys/kernel/iommu_groups").is_dir() \
-        else []
+    groups = (
+        os.listdir("/sys/kernel/iommu_groups") if Path("/sys/kernel/iommu_groups").is_dir() else []
+    )
     if not groups:
         raise StepFailed("no IOMMU groups: intel_iommu did not come up")
     dmesg = must(["dmesg"]).out
@@ -116,8 +117,9 @@ def kvm_list() -> str:
     notes = [f"{len(devices)} devices agree with sysfs (driver, group)"]
     for bdf, want in ((KVM_SPARE_E1000, []), (KVM_E1000E, ["pm", "bus"])):
         if reset_methods(bdf) != want:
-            raise StepFailed(f"lab topology: {bdf} reset_method {reset_methods(bdf)}, "
-                             f"expected {want}")
+            raise StepFailed(
+                f"lab topology: {bdf} reset_method {reset_methods(bdf)}, expected {want}"
+            )
         shown = pcipass("show", bdf, "--json").json()
         text = str(shown)
         if want and not all(m in text for m in want):

@@ -134,9 +134,7 @@ def domu_running() -> bool:
 def expect_assignable(present: bool) -> None:
     listed = SPARE in assignable()
     if listed != present:
-        raise StepFailed(
-            f"xl pci-assignable-list {'lacks' if present else 'still lists'} {SPARE}"
-        )
+        raise StepFailed(f"xl pci-assignable-list {'lacks' if present else 'still lists'} {SPARE}")
 
 
 # ---------------------------------------------------------------- boot, toolstack
@@ -145,8 +143,11 @@ def expect_assignable(present: bool) -> None:
 @step("python-pcipass", timeout=60)
 def python_pcipass() -> str:
     res = must(
-        [sys.executable, "-c", "import sqlite3, pcipass; print(pcipass.__version__, "
-         "sqlite3.sqlite_version)"]
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, pcipass; print(pcipass.__version__, sqlite3.sqlite_version)",
+        ]
     )
     return f"python {sys.version.split()[0]}, pcipass/sqlite {res.out.strip()}"
 
@@ -158,8 +159,14 @@ def xen_toolstack() -> str:
     must(["mount", "-t", "xenfs", "xenfs", "/proc/xen"])
     must(["xenstored", "--pid-file", "/run/xenstored.pid"])
     must(["xen-init-dom0"])
-    must(["xenconsoled", "--pid-file=/run/xenconsoled.pid", "--log=guest",
-          "--log-dir=/var/log/xen/console"])
+    must(
+        [
+            "xenconsoled",
+            "--pid-file=/run/xenconsoled.pid",
+            "--log=guest",
+            "--log-dir=/var/log/xen/console",
+        ]
+    )
     caps = [ln for ln in must(["xl", "info"]).out.splitlines() if "virt_caps" in ln]
     # Without an IOMMU Xen 4.17 refuses all passthrough (lab notes): the lab must have one.
     if not caps or "directio" not in caps[0]:
@@ -453,8 +460,10 @@ def rhel5_lines() -> str:
         facts = f"modprobe e1000 exit {res.rc}, spare -> {driver(SPARE)}: {res.tail(1)}"
         chk = pcipass("check", SPARE, "--json", expect=None)
         if chk.rc == 0 or not mentions(chk.out, "pciback"):
-            raise StepFailed(f"check did not flag the broken RHEL 5 form: {facts}; check exit "
-                             f"{chk.rc}: {chk.out[:200]}")
+            raise StepFailed(
+                f"check did not flag the broken RHEL 5 form: {facts}; check exit "
+                f"{chk.rc}: {chk.out[:200]}"
+            )
         return facts + f"; check flags it (exit {chk.rc})"
     finally:
         Path("/etc/modprobe.d/rhel5.conf").unlink(missing_ok=True)

@@ -72,8 +72,24 @@ def _copy(src: Path, dst: Path) -> None:
 def _busybox_root(root: Path, stage: Path) -> None:
     if root.exists():
         shutil.rmtree(root)
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "etc",
-              "root", "var/lib", "var/log", "var/lock", "lib", "usr/lib"):
+    for d in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "etc",
+        "root",
+        "var/lib",
+        "var/log",
+        "var/lock",
+        "lib",
+        "usr/lib",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "var/run").symlink_to("../run")
     shutil.copy2(stage / "bin/busybox", root / "bin/busybox")
@@ -105,14 +121,18 @@ def _libraries(root: Path, stage: Path, log: list[str]) -> None:
     (root / "lib64/ld-linux-x86-64.so.2").symlink_to("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
     # Any library the ELF files need that no fetched package provides comes from the host
     # (same Debian release); the build log names each one so a missing package is visible.
-    search = [root / "lib/x86_64-linux-gnu", root / "usr/lib/x86_64-linux-gnu",
-              root / "usr/lib/xen-4.17/lib/x86_64-linux-gnu"]
+    search = [
+        root / "lib/x86_64-linux-gnu",
+        root / "usr/lib/x86_64-linux-gnu",
+        root / "usr/lib/xen-4.17/lib/x86_64-linux-gnu",
+    ]
     env = {"LD_LIBRARY_PATH": ":".join(str(p) for p in search), "PATH": "/usr/bin:/bin"}
     elves = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and _is_elf(p)]
     missing: set[str] = set()
     for elf in elves:
-        out = subprocess.run(["ldd", str(elf)], capture_output=True, text=True, env=env,
-                             check=False).stdout
+        out = subprocess.run(
+            ["ldd", str(elf)], capture_output=True, text=True, env=env, check=False
+        ).stdout
         for line in out.splitlines():
             parts = line.split()
             if "=>" in parts and parts[-1] != "found)":
@@ -141,8 +161,9 @@ def _python(root: Path, stage: Path) -> None:
     (root / "usr/bin/python3").symlink_to("python3.11")
     src = stage / "usr/lib/python3.11"
     dst = root / "usr/lib/python3.11"
-    shutil.copytree(src, dst, symlinks=True,
-                    ignore=shutil.ignore_patterns(*STDLIB_DROP, "__pycache__"))
+    shutil.copytree(
+        src, dst, symlinks=True, ignore=shutil.ignore_patterns(*STDLIB_DROP, "__pycache__")
+    )
     for so in (dst / "lib-dynload").iterdir():
         if so.name.startswith(DYNLOAD_DROP_PREFIXES):
             so.unlink()
@@ -243,7 +264,10 @@ def write_cpio_gz(root: Path, out: Path) -> None:
     ).stdout
     proc = subprocess.run(
         ["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
-        cwd=root, input=names, capture_output=True, check=False,
+        cwd=root,
+        input=names,
+        capture_output=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise BuildError(f"cpio failed: {proc.stderr.decode()[-300:]}")

@@ -80,12 +80,12 @@ class FetchError(RuntimeError):
 
 
 def kernel_version() -> str:
-    """The kernel ABI that Debian's ``linux-image-amd64`` currently depends on (e.g. 6.1.0-56-amd64)."""
+    """The kernel ABI Debian's ``linux-image-amd64`` depends on now (e.g. 6.1.0-56-amd64)."""
     out = subprocess.run(
         ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=False
     ).stdout
-    for line in out.splitlines():
-        line = line.strip()
+    for raw in out.splitlines():
+        line = raw.strip()
         if line.startswith("Depends: linux-image-") and line.endswith("-amd64"):
             return line.removeprefix("Depends: linux-image-")
     raise FetchError("apt-cache knows no linux-image-amd64 dependency (run apt-get update?)")

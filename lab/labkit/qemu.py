@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -84,7 +85,10 @@ def boot(
     t0 = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -97,8 +101,9 @@ def boot(
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     for raw in lines:
-                        ev = parse_marker(raw.decode(errors="replace"), result,
-                                          time.monotonic() - t0)
+                        ev = parse_marker(
+                            raw.decode(errors="replace"), result, time.monotonic() - t0
+                        )
                         if ev is not None:
                             on_event(ev)
                 if rc is not None:
@@ -126,8 +131,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=5)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=5)

@@ -33,8 +33,10 @@ class Report:
     def add(self, name: str, ok: bool, seconds: float, why: str = "") -> None:
         self.results.append(qemu.StepResult(name, ok, seconds, why))
         if ok:
-            print(f"PASS {name} ({seconds:.1f}s)" + (f"  # {why}" if why and self.verbose else ""),
-                  flush=True)
+            print(
+                f"PASS {name} ({seconds:.1f}s)" + (f"  # {why}" if why and self.verbose else ""),
+                flush=True,
+            )
         else:
             print(f"FAIL {name}: {why} ({seconds:.1f}s)", flush=True)
 
@@ -47,8 +49,10 @@ class Report:
 
     def summary(self, scenario: str) -> str:
         ok = sum(1 for r in self.results if r.ok)
-        return (f"SUMMARY {scenario}: {ok} PASS, {self.failures()} FAIL, "
-                f"{time.monotonic() - self.t0:.0f}s wall")
+        return (
+            f"SUMMARY {scenario}: {ok} PASS, {self.failures()} FAIL, "
+            f"{time.monotonic() - self.t0:.0f}s wall"
+        )
 
 
 @dataclass
@@ -120,8 +124,12 @@ def xen_argv(prep: Prepared, initrd: Path, plan: str, extra: str = "") -> list[s
     nics: list[str] = []
     for i, bdf in enumerate((topology.XEN_UPLINK, topology.XEN_SPARE), start=1):
         slot = bdf.split(":")[2]  # "03.0"
-        nics += ["-netdev", f"user,id=n{i},restrict=on",
-                 "-device", f"e1000,netdev=n{i},addr={slot},romfile="]
+        nics += [
+            "-netdev",
+            f"user,id=n{i},restrict=on",
+            "-device",
+            f"e1000,netdev=n{i},addr={slot},romfile=",
+        ]
     # Lab notes: q35 + an emulated intel-iommu are mandatory (no passthrough without an IOMMU);
     # -cpu max crashes the PV dom0, qemu64,+svm works.
     return [
@@ -132,8 +140,9 @@ def xen_argv(prep: Prepared, initrd: Path, plan: str, extra: str = "") -> list[s
     ]  # fmt: skip
 
 
-def run_boot(report: Report, name: str, argv: list[str], out: Path, timeout: float,
-             expect_steps: bool = True) -> qemu.BootResult:
+def run_boot(
+    report: Report, name: str, argv: list[str], out: Path, timeout: float, expect_steps: bool = True
+) -> qemu.BootResult:
     def on_event(ev: qemu.StepResult | str) -> None:
         if isinstance(ev, qemu.StepResult):
             report.add(f"{name}/{ev.name}", ev.ok, ev.seconds, ev.why)

@@ -1,0 +1,106 @@
+"""Fast static checks of the end-to-end lab (lab/): no QEMU, no downloads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAB = Path(__file__).resolve().parent.parent / "lab"
+sys.path.insert(0, str(LAB))
+sys.path.insert(0, str(LAB / "guest"))
+
+import agent  # noqa: E402
+import steps_kvm  # noqa: E402, F401  (registers its steps)
+import steps_xen  # noqa: E402, F401
+from labkit import qemu, scenarios  # noqa: E402
+
+
+@pytest.mark.parametrize("plan_name", sorted(agent.REGISTRY.plans))
+def test_plan_steps_exist_and_needs_come_first(plan_name: str) -> None:
+    seen: list[str] = []
+    for name in agent.REGISTRY.plans[plan_name]:
+        assert name in agent.REGISTRY.steps, f"{plan_name}: unknown step {name}"
+        for need in agent.REGISTRY.steps[name].needs:
+            assert need in seen, f"{plan_name}: {name} needs {need}, which does not run before it"
+        seen.append(name)
+    assert len(seen) == len(set(seen))
+
+
+def test_expected_plans_are_there() -> None:
+    for name in ("xen-smoke", "xen-full", "xen-boot2", "kvm-smoke", "kvm-full", "kvm-boot2"):
+        assert name in agent.REGISTRY.plans
+
+
+def test_marker_parsing_pass_fail_file() -> None:
+    res = qemu.BootResult("b", None, 0.0, False, Path("x"))
+    ok = qemu.parse_marker("[   5.1] @@LAB PASS hide-now 3.2", res, 1.0)
+    bad = qemu.parse_marker("@@LAB FAIL list 1.5 list: 0000:00:03.0 driver None", res, 2.0)
+    qemu.parse_marker("@@LAB FILE /etc/modprobe.d/pcipass.conf b3B0aW9ucwo=", res, 3.0)
+    qemu.parse_marker("@@LAB INIT plan=xen-smoke uptime=9.8", res, 4.0)
+    assert ok == qemu.StepResult("hide-now", True, 3.2, "")
+    assert bad == qemu.StepResult("list", False, 1.5, "list: 0000:00:03.0 driver None")
+    assert res.files == {"/etc/modprobe.d/pcipass.conf": b"options\n"}
+    assert res.init_at == 4.0
+    assert qemu.parse_marker("kernel: e1000 eth0 link up", res, 5.0) is None
+
+
+def test_failed_step_reports_unknown_command() -> None:
+    res = agent.Result(
+        ["python3", "-m", "pcipass", "hide"],
+        2,
+        "",
+        "pcipass: error: argument COMMAND: invalid choice: 'hide'",
+    )
+    orig = agent.run
+    agent.run = lambda argv, timeout=60, stdin=None: res  # type: ignore[assignment]
+    try:
+        with pytest.raises(agent.StepFailed, match="not available in pcipass yet"):
+            agent.pcipass("hide", "0000:00:04.0", "--now")
+    finally:
+        agent.run = orig  # type: ignore[assignment]
+
+
+def test_run_plan_continues_after_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    reg = agent.Registry()
+    saved = agent.REGISTRY
+    agent.REGISTRY = reg
+    try:
+        agent.step("a")(lambda: (_ for _ in ()).throw(agent.StepFailed("boom")))
+        agent.step("b", needs=("a",))(lambda: None)
+        agent.step("c")(lambda: "fine")
+        agent.plan("p", ["a", "b", "c"])
+        assert agent.run_plan("p") == 1
+    finally:
+        agent.REGISTRY = saved
+    out = capsys.readouterr().out
+    assert "@@LAB FAIL a " in out and "boom" in out
+    assert "@@LAB FAIL b 0.0 not run: needs a" in out
+    assert "@@LAB PASS c " in out
+
+
+def test_qemu_command_lines_match_lab_notes() -> None:
+    prep = scenarios.Prepared(Path("/s"), "6.1.0-1-amd64", Path("/w"))
+    xen = " ".join(scenarios.xen_argv(prep, Path("/w/dom0.cpio.gz"), "xen-smoke"))
+    assert "-machine q35" in xen and "-device intel-iommu" in xen and "qemu64,+svm" in xen
+    assert "addr=03.0" in xen and "addr=04.0" in xen and "lab=xen-smoke" in xen
+    kvm = " ".join(scenarios.kvm_argv(prep, Path("/w/l1.cpio.gz"), "kvm-smoke"))
+    assert "kernel-irqchip=split" in kvm and "intremap=on" in kvm and "intel_iommu=on" in kvm
+    assert "pcie-root-port" in kvm and "e1000e,bus=rp1" in kvm
+
+
+@pytest.mark.parametrize("script", ["init", "domu-init"])
+def test_guest_shell_scripts_parse(script: str) -> None:
+    path = LAB / "guest" / script
+    assert path.stat().st_mode & 0o111
+    subprocess.run(["sh", "-n", str(path)], check=True)
+
+
+def test_entry_point_help() -> None:
+    out = subprocess.run(
+        [sys.executable, str(LAB / "run"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("smoke", "xen", "kvm"):
+        assert name in out
