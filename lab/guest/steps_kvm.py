@@ -8,6 +8,7 @@ every result is checked against sysfs and /dev/vfio.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def kvm_snapshot() -> dict[str, Any]:
     conf = Path("/etc/modprobe.d")
     state["modprobe.d"] = {p.name: p.read_text() for p in sorted(conf.glob("*"))}
     state["vfio"] = sorted(os.listdir("/dev/vfio")) if Path("/dev/vfio").is_dir() else []
-    state["addr"] = run(["ip", "-o", "addr"]).out
+    state["addr"] = run(["ip", "-o", "-4", "addr"]).out  # v6 DAD flags change by themselves
     return state
 
 
@@ -57,7 +58,8 @@ def expect_unchanged(before: dict[str, Any], what: str) -> None:
     after = kvm_snapshot()
     changed = [k for k in before if before[k] != after.get(k)]
     if changed:
-        raise StepFailed(f"{what} changed the host: {', '.join(changed)}")
+        diffs = [f"{k}: {before[k]!r} -> {after.get(k)!r}"[:240] for k in changed]
+        raise StepFailed(f"{what} changed the host: {'; '.join(diffs)}")
 
 
 def refused(args: tuple[str, ...], rule: str) -> str:
@@ -171,33 +173,48 @@ def unhide_vfio() -> str:
     return f"{KVM_E1000E} -> e1000e, {_vfio_node()} gone"
 
 
+KILL_HOOK = """
+import os, signal, runpy, sys
+import pcipass.host.sysfs as s
+orig, left = s.Sysfs.write_attr, [int(sys.argv[2])]
+def killer(self, *a, **k):
+    orig(self, *a, **k)
+    left[0] -= 1
+    if left[0] == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+s.Sysfs.write_attr = killer
+sys.argv = ['pcipass', 'hide', sys.argv[1], '--now', '--backend', 'vfio']
+runpy.run_module('pcipass', run_name='__main__')
+"""
+
+
 @step("recover-interrupted", needs=("unhide-vfio",))
 def recover_interrupted() -> str:
-    """Kill pcipass part-way through a hide (SIGKILL after its first sysfs write), then recover."""
-    # The agent cannot stop pcipass at an exact step from outside, so it lets pcipass run with
-    # a Python-level trace hook that SIGKILLs the process right after the first sysfs write.
-    hook = (
-        "import os, signal, runpy, sys\n"
-        "import pcipass.host.sysfs as s\n"
-        "orig = s.Sysfs.write_attr\n"
-        "def killer(self, *a, **k):\n"
-        "    orig(self, *a, **k)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "s.Sysfs.write_attr = killer\n"
-        "sys.argv = ['pcipass', 'hide', sys.argv[1], '--now', '--backend', 'vfio']\n"
-        "runpy.run_module('pcipass', run_name='__main__')\n"
-    )
-    res = run([os.sys.executable, "-c", hook, KVM_E1000E], timeout=60)
-    if res.rc != -9:
-        raise StepFailed(f"interrupted hide did not die by SIGKILL (exit {res.rc}): {res.tail()}")
-    half = driver(KVM_E1000E)
-    pcipass("recover")
-    if driver(KVM_E1000E) not in ("e1000e", "vfio-pci"):
-        raise StepFailed(f"after recover {KVM_E1000E} is bound to {driver(KVM_E1000E)}")
-    status = pcipass("status", "--json").json()
-    if mentions(status, "pending") or mentions(status, "interrupted"):
-        raise StepFailed(f"status still shows an unfinished operation: {str(status)[:200]}")
-    return f"killed half-way (driver then {half}); recover -> {driver(KVM_E1000E)}"
+    """Kill pcipass after its 1st, 2nd, 3rd sysfs write of a hide; ``recover`` must clean up."""
+    # The agent cannot stop pcipass at an exact point from outside, so pcipass runs with its one
+    # sysfs write seam (Sysfs.write_attr) wrapped to SIGKILL the process after the k-th write.
+    notes = []
+    for k in (1, 2, 3):
+        res = run([sys.executable, "-c", KILL_HOOK, KVM_E1000E, str(k)], timeout=60)
+        if res.rc != -9:
+            notes.append(f"k={k}: finished before the kill (exit {res.rc})")
+            break
+        half = driver(KVM_E1000E)
+        pcipass("recover")
+        after = driver(KVM_E1000E)
+        if after not in ("e1000e", "vfio-pci"):
+            raise StepFailed(f"killed after write {k} (driver {half}); after recover: {after}")
+        override = read(SYS / KVM_E1000E / "driver_override")
+        if after == "e1000e" and override not in ("", "(null)"):
+            raise StepFailed(f"recover left driver_override={override!r} on {KVM_E1000E}")
+        status = pcipass("status", "--json").json()
+        if mentions(status, "pending") or mentions(status, "interrupted"):
+            raise StepFailed(f"status still shows an unfinished operation: {str(status)[:200]}")
+        notes.append(f"k={k}: {half} -> recover -> {after}")
+        if after == "vfio-pci":
+            pcipass("unhide", KVM_E1000E, "--now")
+    expect_driver(KVM_E1000E, "e1000e", "at the end")
+    return "; ".join(notes)
 
 
 @step("guest-setup-builtin", needs=())

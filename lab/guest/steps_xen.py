@@ -62,7 +62,7 @@ def snapshot() -> dict[str, Any]:
         state[bdf] = (driver(bdf), read(f"/sys/bus/pci/devices/{bdf}/driver_override"))
     conf = Path("/etc/modprobe.d")
     state["modprobe.d"] = {p.name: p.read_text() for p in sorted(conf.glob("*"))}
-    state["addr"] = run(["ip", "-o", "addr"]).out
+    state["addr"] = run(["ip", "-o", "-4", "addr"]).out  # v6 DAD flags change by themselves
     state["route"] = read("/proc/net/route")
     if Path(DOMU_CFG).exists():
         state["domu.cfg"] = read(DOMU_CFG)
@@ -75,7 +75,8 @@ def expect_unchanged(before: dict[str, Any], what: str) -> None:
     after = snapshot()
     changed = [k for k in before if before[k] != after.get(k)]
     if changed:
-        raise StepFailed(f"{what} changed the host: {', '.join(changed)}")
+        diffs = [f"{k}: {before[k]!r} -> {after.get(k)!r}"[:240] for k in changed]
+        raise StepFailed(f"{what} changed the host: {'; '.join(diffs)}")
 
 
 def host_used(entry: dict[str, Any]) -> list[Any]:
