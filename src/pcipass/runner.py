@@ -74,3 +74,30 @@ class SubprocessRunner:
 
     def which(self, program: str) -> str | None:
         return shutil.which(program)
+
+
+class OfflineRunner:
+    """For ``--root DIR`` (an image or a copied tree): programs would act on
+    the machine pcipass runs on, not on DIR, so none is run."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 120.0,
+    ) -> CommandResult:
+        from pcipass.errors import OperationFailed
+
+        raise OperationFailed(
+            " ".join(str(a) for a in argv[:2]),
+            f"not run: --root {self.root} is not the running system",
+            "run it on the host itself, or use --persist to prepare an image",
+        )
+
+    def which(self, program: str) -> str | None:
+        return None

@@ -15,9 +15,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pcipass import __version__
 from pcipass.errors import ExitCode, PcipassError, exit_code_for
+
+if TYPE_CHECKING:
+    from pcipass.host.context import Host
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    # name, handler module, help, modifies the host, has --dry-run
     Command(
         "list",
         "cmd_inventory",
@@ -44,6 +49,23 @@ COMMANDS: tuple[Command, ...] = (
         False,
         False,
     ),
+    Command(
+        "check",
+        "cmd_hide",
+        "check devices against every rule; exit 0 ok, 1 warnings, 3 refusals",
+        False,
+        False,
+    ),
+    Command("hide", "cmd_hide", "hide devices from the host (--now, --persist)", True, True),
+    Command("unhide", "cmd_hide", "give devices back to the host (--now, --persist)", True, True),
+    Command(
+        "status",
+        "cmd_hide",
+        "what pcipass holds: hidden devices, owners, interrupted operations",
+        False,
+        False,
+    ),
+    Command("recover", "cmd_hide", "roll back operations interrupted half-way", True, False),
 )
 
 
@@ -103,10 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return int(ExitCode.USAGE)
-    from pcipass.host.context import Host
-
     try:
-        host = Host.open(args.root)
+        host = _open_host(args.root)
         module = importlib.import_module(f"pcipass.cli.{command.module}")
         runner: Callable[[str, argparse.Namespace, Host], int] = module.run
         return runner(command.name, args, host)
@@ -119,12 +139,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK)
 
 
+def _open_host(root: str) -> Host:
+    from pathlib import Path
+
+    from pcipass.host.context import Host
+
+    if root != "/" and (Path(root) / ".pcipass-simulated-host").exists():
+        # The example host: a fake kernel acts on sysfs writes so users can try
+        # hide --now without hardware (pcipass.testing.example).
+        from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
+
+        kernel = FakeKernel(FakeHost.load(Path(root)))
+        return Host.open(root, runner=FakeRunner(kernel), writer=kernel)
+    return Host.open(root)
+
+
 def report_error(error: PcipassError, *, as_json: bool) -> int:
     code = exit_code_for(error)
     if as_json:
         print(json.dumps(error.to_json(), indent=2))
     else:
         print(f"pcipass: {error.render()}", file=sys.stderr)
+        for finding in getattr(error, "findings", []):
+            render = getattr(finding, "render", None)
+            if callable(render):
+                print(f"  {render()}", file=sys.stderr)
     return int(code)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pcipass.host.root import HostRoot
 from pcipass.host.sysfs import KernelWriter, Sysfs
-from pcipass.runner import CommandRunner, SubprocessRunner
+from pcipass.runner import CommandRunner, OfflineRunner, SubprocessRunner
 
 
 @dataclass
@@ -34,7 +34,9 @@ class Host:
         clock: Callable[[], float] = time.time,
     ) -> Host:
         root = HostRoot.at(prefix)
-        return cls(root, Sysfs(root, writer), runner or SubprocessRunner(), clock)
+        if runner is None:
+            runner = SubprocessRunner() if root.is_real else OfflineRunner(str(root.prefix))
+        return cls(root, Sysfs(root, writer), runner, clock)
 
     @property
     def is_real(self) -> bool:

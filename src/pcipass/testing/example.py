@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if directory.exists() and any(directory.iterdir()):
         print(f"{directory}: exists and is not empty; choose a new directory", file=sys.stderr)
         return 2
-    (build_kvm if args.kind == "kvm" else build_rhel5_xen)(directory)
+    host = (build_kvm if args.kind == "kvm" else build_rhel5_xen)(directory)
+    host.mark_simulated()
     print(directory)
     return 0
 

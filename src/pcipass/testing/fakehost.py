@@ -61,7 +61,7 @@ def _known(name: str, module: str, ids: Sequence[tuple[int, int]] = (), stub: bo
 
 
 _known("bnx2", "bnx2", [(0x14E4, 0x163B), (0x14E4, 0x1639)])
-_known("e1000", "e1000", [(0x8086, 0x100E)])
+_known("e1000", "e1000", [(0x8086, 0x100E), (0x8086, 0x1010)])
 _known("e1000e", "e1000e", [(0x8086, 0x10D3)])
 _known("igb", "igb", [(0x8086, 0x1521)])
 _known("igbvf", "igbvf", [(0x8086, 0x1520)])
@@ -120,6 +120,32 @@ class FakeHost:
         _write(self.base / "proc/modules", "")
         (self.base / "etc").mkdir(exist_ok=True)
         self._flush_proc()
+
+    MARKER = ".pcipass-simulated-host"
+
+    @classmethod
+    def load(cls, base: Path) -> FakeHost:
+        """Re-open a tree built earlier (the example host), e.g. for the CLI's
+        simulated kernel: device paths come from the bus's links."""
+        host = cls.__new__(cls)
+        host.base = Path(base)
+        host.sys = host.base / "sys"
+        host.devices_root = host.sys / "devices"
+        host.bus = host.sys / "bus" / "pci"
+        host._paths = {}
+        for name in sorted(os.listdir(host.bus / "devices")):
+            link = host.bus / "devices" / name
+            if link.exists():
+                host._paths[name] = link.resolve()
+        host._groups_next = 0
+        host.iommu_groups = (host.sys / "kernel" / "iommu_groups").exists()
+        host.driver_override = True
+        host._disk_count = 0
+        return host
+
+    def mark_simulated(self) -> None:
+        """Let ``pcipass --root`` drive this tree with the fake kernel (demo)."""
+        _write(self.base / self.MARKER, "pcipass example host: sysfs writes are simulated\n")
 
     # ---- drivers and modules ---------------------------------------------
     def driver_dir(self, name: str) -> Path:
@@ -511,8 +537,10 @@ class FakeKernel:
         self.host = host
         self.writes: list[tuple[str, str]] = []
         self._failures: list[tuple[str, str | None, int, int]] = []
-        self.pciback_slots: set[str] = set()
-        self.on_write: Callable[[str, str], None] | None = None
+        slots = host.driver_dir("pciback") / "slots"
+        self.pciback_slots: set[str] = set(slots.read_text().split()) if slots.exists() else set()
+        self.on_write: Callable[[str, str], None] | None = None  # before the kernel acts
+        self.on_written: Callable[[str, str], None] | None = None  # after it acted
 
     def fail(
         self, pattern: str, err: int = errno.EIO, *, value: str | None = None, times: int = 1
@@ -557,6 +585,8 @@ class FakeKernel:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         else:
             path.write_text(value)
+        if self.on_written is not None:
+            self.on_written(host_path, value)
 
     # ---- helpers ---------------------------------------------------------
     def _device(self, text: str) -> str:
@@ -730,6 +760,8 @@ def snapshot(base: Path, *, skip: Sequence[str] = ("var/lib/pcipass",)) -> dict[
         for name in dirs + files:
             path = os.path.join(directory, name)
             rel = os.path.normpath(os.path.join(rel_dir, name))
+            if any(rel == s or rel.startswith(s + "/") for s in skip):
+                continue
             if os.path.islink(path):
                 result[rel] = ("link", os.readlink(path))
             elif os.path.isfile(path):

@@ -1,0 +1,119 @@
+"""``pcipass check``: every rule, over devices, ledger, files and guests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pcipass.address import PciAddress
+from pcipass.host import binding
+from pcipass.host.context import Host
+from pcipass.ops.inventory import inventory
+from pcipass.policy.assignable import assignability_findings, current_identity
+from pcipass.policy.verdict import Finding, Severity
+from pcipass.state.ledger import Ledger
+
+
+@dataclass
+class CheckReport:
+    findings: list[Finding] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        from pcipass.policy.verdict import worst_exit
+
+        return {
+            "checked": self.checked,
+            "findings": [f.to_json() for f in self.findings],
+            "exit_code": worst_exit(self.findings),
+        }
+
+    def render(self) -> str:
+        if not self.findings:
+            return f"ok: {len(self.checked)} device(s) checked, no findings"
+        return "\n".join(f.render() for f in self.findings)
+
+
+def run_check(host: Host, addresses: Sequence[PciAddress]) -> CheckReport:
+    from pcipass.host.identity import identity_mismatch
+
+    inv = inventory(host)
+    report = CheckReport()
+    ledger = Ledger.open(host.root, readonly=True)
+    try:
+        hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
+        owned = {PciAddress.parse(o.address) for o in ledger.owners()}
+        for op in ledger.open_operations():
+            report.findings.append(
+                Finding(
+                    "PP010",
+                    Severity.WARN,
+                    f"operation {op.id}",
+                    f"interrupted {op.kind} ({len(op.steps)} step(s) done)",
+                    "run pcipass recover",
+                )
+            )
+    finally:
+        ledger.close()
+    by_address = inv.by_address()
+    if addresses:
+        report.checked = [str(a) for a in addresses]
+        report.findings += assignability_findings(host, addresses, inv=inv)
+    else:
+        targets = sorted(set(hidden) | owned)
+        report.checked = [str(a) for a in targets]
+        for address in targets:
+            info = by_address.get(address)
+            record = hidden.get(address)
+            if info is None:
+                report.findings.append(
+                    Finding(
+                        "PP105",
+                        Severity.REFUSE,
+                        str(address),
+                        "recorded by pcipass but no longer on the bus",
+                        "was the card removed? pcipass unhide --persist it to clean up",
+                    )
+                )
+                continue
+            if record is not None:
+                changes = identity_mismatch(record.identity, current_identity(host, info))
+                if changes:
+                    report.findings.append(
+                        Finding(
+                            "PP105",
+                            Severity.REFUSE,
+                            str(address),
+                            "is not the device pcipass recorded (" + "; ".join(changes) + ")",
+                            "check the hardware before any guest starts",
+                        )
+                    )
+                current = binding.current_driver(host, address)
+                if record.how in ("now", "both") and current != record.stub_driver:
+                    report.findings.append(
+                        Finding(
+                            "PP010",
+                            Severity.WARN,
+                            str(address),
+                            f"recorded as hidden on {record.stub_driver} but bound to "
+                            f"{current or 'no driver'} now",
+                            f"pcipass hide --now {address}",
+                        )
+                    )
+            for use in info.uses:
+                report.findings.append(
+                    Finding(
+                        "PP001",
+                        Severity.REFUSE,
+                        str(address),
+                        f"held by pcipass but the host uses it: {use.detail}",
+                        "give it back or free it",
+                    )
+                )
+    try:
+        from pcipass.ops.persist import persistence_findings
+    except ImportError:
+        pass
+    else:
+        report.findings += persistence_findings(host, inv)
+    return report

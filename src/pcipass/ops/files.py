@@ -1,0 +1,49 @@
+"""Applying planned file edits with a journal, and undoing them.
+
+Every configuration write in pcipass goes through :func:`apply_edits`: the
+previous content is saved in the ledger's content-addressed backups, the
+edit is recorded against the running operation, then written atomically by
+persist/atomic.py.  :func:`undo_file_edits` restores a file only when it still
+holds what pcipass wrote (someone else's later change is never clobbered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from pcipass.host.context import Host
+from pcipass.persist.atomic import FileEdit, apply_edit, digest, read_bytes
+from pcipass.state.ledger import FileEditRecord, Ledger, OperationHandle
+
+
+def apply_edits(ledger: Ledger, op: OperationHandle, edits: Sequence[FileEdit]) -> None:
+    for edit in edits:
+        if not edit.changes_anything:
+            continue
+        backup = ledger.save_backup(edit.before) if edit.before is not None else None
+        op.record_file_edit(edit.display, digest(edit.before), digest(edit.after), backup)
+        apply_edit(edit)
+
+
+def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord]) -> list[str]:
+    report = []
+    for record in sorted(records, key=lambda r: r.id, reverse=True):
+        path = host.root.path(record.display_path)
+        current = read_bytes(path)
+        current_sha = digest(current)
+        if current_sha == record.before_sha:
+            continue  # the write never happened
+        if current_sha != record.after_sha:
+            report.append(f"{record.display_path}: changed since pcipass wrote it; left alone")
+            continue
+        before: bytes | None = None
+        if record.before_sha != "absent":
+            sha = record.backup_path or record.before_sha
+            before = ledger.load_backup(sha.rsplit("/", 1)[-1])
+            if hashlib.sha256(before).hexdigest() != record.before_sha:
+                report.append(f"{record.display_path}: backup damaged; left alone")
+                continue
+        apply_edit(FileEdit(path, record.display_path, current, before), check_before=True)
+        report.append(f"{record.display_path}: restored")
+    return report

@@ -1,0 +1,301 @@
+"""``hide --persist`` / ``unhide --persist``: hidden at every boot.
+
+Procedure 15.3 steps 1-2 of the document: the modprobe lines that make
+pciback claim a device before its driver does.  The platform decides the
+form (persist/platform.py): the document's exact ``/etc/modprobe.conf`` lines
+on RHEL 5, ``/etc/modprobe.d/pcipass.conf`` on current systems, the kernel
+command line when the stub is built in.  Every edit is planned (diff for
+``--dry-run``), journalled, backed up and written atomically (ops/files.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pcipass.address import PciAddress
+from pcipass.errors import UsageError
+from pcipass.host import binding
+from pcipass.host.binding import Backend
+from pcipass.host.context import Host
+from pcipass.ops.inventory import Inventory, inventory
+from pcipass.persist.atomic import FileEdit, plan_edit
+from pcipass.persist.modprobe import (
+    HideDevice,
+    HidePlan,
+    findings,
+    plan_add_hide,
+    plan_remove_hide,
+    read_persistent_hides,
+)
+from pcipass.persist.platform import Backend as PersistBackend
+from pcipass.persist.platform import PersistMethod, Platform, detect_platform
+from pcipass.policy.verdict import Finding, Severity
+from pcipass.state.ledger import Ledger
+from pcipass.state.lock import StateLock
+
+MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/lib/modprobe.d")
+
+
+@dataclass
+class PersistResult:
+    platform: Platform
+    method: PersistMethod
+    edits: list[FileEdit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    regenerate: list[list[str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "platform": self.platform.to_json(),
+            "method": str(self.method),
+            "files": [{"path": e.display, "diff": e.diff()} for e in self.edits],
+            "notes": self.notes,
+            "regenerate": self.regenerate,
+        }
+
+    def render_lines(self) -> list[str]:
+        lines = [f"persistent ({self.method}, {self.platform.pretty_name or 'unknown'}):"]
+        for edit in self.edits:
+            lines.append(edit.diff().rstrip("\n") if self.dry_run else f"  wrote {edit.display}")
+        if not self.edits:
+            lines.append("  nothing to change")
+        lines += [f"  {n}" for n in self.notes]
+        for argv in self.regenerate:
+            lines.append(f"  then run: {' '.join(argv)}")
+        return lines
+
+
+def _files(host: Host) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    conf = host.root.path("/etc/modprobe.conf")
+    if conf.is_file():
+        files["/etc/modprobe.conf"] = conf.read_bytes()
+    for directory in MODPROBE_DIRS:
+        path = host.root.path(directory)
+        for name in host.sysfs.list_dir(path):
+            if name.endswith(".conf") and (path / name).is_file():
+                files[f"{directory}/{name}"] = (path / name).read_bytes()
+    return files
+
+
+def _platform(host: Host, override: str | None) -> Platform:
+    return detect_platform(host.root, override=override)
+
+
+def _devices(
+    host: Host, inv: Inventory, addresses: Sequence[PciAddress], ledger: Ledger
+) -> list[HideDevice]:
+    by = inv.by_address()
+    devices = []
+    for address in addresses:
+        info = by.get(address)
+        record = ledger.get_hidden(address)
+        driver = record.original_driver if record else None
+        if (
+            driver is None
+            and info is not None
+            and info.device.driver not in ("pciback", "vfio-pci")
+        ):
+            driver = info.device.driver
+        device_id = info.device.id_text if info is not None and info.device.vendor else None
+        devices.append(HideDevice(address, driver, device_id))
+    return devices
+
+
+def _plan(
+    host: Host, addresses: Sequence[PciAddress], backend: Backend, platform: Platform, *, add: bool
+) -> tuple[PersistMethod, list[FileEdit], list[str]]:
+    pbackend = PersistBackend(backend.value)
+    method = platform.method_for(pbackend)
+    notes: list[str] = []
+    if method is PersistMethod.CMDLINE:
+        raise UsageError(
+            "--persist",
+            "this platform needs the kernel command line (the stub is built in), which this "
+            "version does not edit yet",
+            "add xen-pciback.hide=(...) or vfio-pci.ids=... to GRUB_CMDLINE_LINUX by hand",
+        )
+    display = platform.modprobe_path(method)
+    path = host.root.path(display)
+    current = path.read_bytes() if path.is_file() else None
+    if add:
+        inv = inventory(host)
+        ledger = Ledger.open(host.root, readonly=True)
+        try:
+            devices = _devices(host, inv, addresses, ledger)
+        finally:
+            ledger.close()
+        plan = HidePlan.for_platform(platform, pbackend, devices, method)
+        result = plan_add_hide(current, plan, path=display)
+        if result.already:
+            notes.append("already hidden at boot: " + ", ".join(str(a) for a in result.already))
+        if plan.needs_alias:
+            notes.append(
+                "added 'alias pciback xen-pciback': this kernel's module is xen-pciback "
+                "and the document's lines would otherwise fail silently"
+            )
+        new = result.text
+    else:
+        removed = plan_remove_hide(current, addresses, path=display)
+        for address, line in removed.user_held:
+            notes.append(
+                f"{address} stays hidden by a line pcipass did not write "
+                f"({display}:{line}); edit it by hand"
+            )
+        new = removed.text
+        from pcipass.persist.modprobe import only_header_left
+
+        if only_header_left(new) and display.endswith("/pcipass.conf"):
+            return method, [plan_edit(path, display, None)], notes
+    return method, [plan_edit(path, display, new)], notes
+
+
+def hide_persist(
+    host: Host,
+    addresses: Sequence[PciAddress],
+    backend: Backend,
+    *,
+    platform: str | None = None,
+    dry_run: bool = False,
+) -> PersistResult:
+    return _persist(host, addresses, backend, platform, dry_run, add=True)
+
+
+def unhide_persist(
+    host: Host,
+    addresses: Sequence[PciAddress],
+    *,
+    platform: str | None = None,
+    dry_run: bool = False,
+) -> PersistResult:
+    backend = Backend.PCIBACK if host.is_xen_dom0 else Backend.VFIO
+    ledger = Ledger.open(host.root, readonly=True)
+    try:
+        for address in addresses:
+            record = ledger.get_hidden(address)
+            if record is not None:
+                backend = Backend.VFIO if record.stub_driver == "vfio-pci" else Backend.PCIBACK
+    finally:
+        ledger.close()
+    return _persist(host, addresses, backend, platform, dry_run, add=False)
+
+
+def _persist(
+    host: Host,
+    addresses: Sequence[PciAddress],
+    backend: Backend,
+    platform_text: str | None,
+    dry_run: bool,
+    *,
+    add: bool,
+) -> PersistResult:
+    if add:
+        from pcipass.errors import RefusedError
+        from pcipass.policy.assignable import assignability_findings
+        from pcipass.policy.verdict import refusals
+
+        blocking = refusals(assignability_findings(host, addresses))
+        if blocking:
+            raise RefusedError(
+                ", ".join(str(a) for a in addresses),
+                blocking[0].message,
+                blocking[0].remedy,
+                rule=blocking[0].rule,
+                findings=blocking,
+            )
+    platform = _platform(host, platform_text)
+    method, edits, notes = _plan(host, addresses, backend, platform, add=add)
+    edits = [e for e in edits if e.changes_anything]
+    result = PersistResult(platform, method, edits, notes, dry_run=dry_run)
+    if edits:
+        result.regenerate = [list(r.argv) for r in platform.regeneration(method)]
+    if method is not PersistMethod.CMDLINE and add:
+        result.notes.append(
+            "takes effect when the driver is reloaded or at the next boot "
+            "(Procedure 15.3 step 1); add --now to rebind at once"
+        )
+    if dry_run or not edits:
+        return result
+    from pcipass.ops.files import apply_edits
+
+    with StateLock(host.root):
+        ledger = Ledger.open(host.root, clock=host.clock)
+        try:
+            op = ledger.begin(
+                "hide-persist" if add else "unhide-persist",
+                {"devices": [str(a) for a in addresses], "files": [e.display for e in edits]},
+            )
+            apply_edits(ledger, op, edits)
+            if add:
+                inv = inventory(host)
+                by = inv.by_address()
+                for address in addresses:
+                    record = ledger.get_hidden(address)
+                    info = by.get(address)
+                    if info is None:
+                        raise UsageError(str(address), "no such device")
+                    from pcipass.policy.assignable import current_identity
+
+                    stub = binding.stub_for(host, backend).driver
+                    how = (
+                        "both"
+                        if record is not None and record.how in ("now", "both")
+                        else ("persist")
+                    )
+                    original = record.original_driver if record else info.device.driver
+                    ledger.record_hidden(
+                        address,
+                        identity=current_identity(host, info),
+                        stub_driver=stub,
+                        original_driver=original,
+                        how=how,
+                    )
+            op.finish()
+        finally:
+            ledger.close()
+    return result
+
+
+def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
+    """PP009/PP010 from the modprobe files, and runtime vs persistent drift."""
+    result: list[Finding] = []
+    files = _files(host)
+    try:
+        platform = _platform(host, None)
+    except UsageError:
+        platform = None
+    state = read_persistent_hides(files)
+    for item in findings(state, platform):
+        severity = Severity.REFUSE if item.severity == "error" else Severity.WARN
+        result.append(Finding(item.rule, severity, item.subject, item.problem, item.remedy))
+    persistent = state.hidden()
+    by = inv.by_address()
+    for address in sorted(persistent):
+        info = by.get(address)
+        if info is not None and not info.hidden:
+            result.append(
+                Finding(
+                    "PP010",
+                    Severity.WARN,
+                    str(address),
+                    f"hidden at boot by the modprobe configuration but bound to "
+                    f"{info.device.driver or 'no driver'} now",
+                    f"pcipass hide --now {address} (or reload the driver)",
+                )
+            )
+    for info in inv.devices:
+        if info.hidden and info.address not in persistent:
+            result.append(
+                Finding(
+                    "PP010",
+                    Severity.INFO,
+                    str(info.address),
+                    f"bound to {info.device.driver} now but not hidden at boot: "
+                    "a reboot gives it back to the host",
+                    f"pcipass hide --persist {info.address}",
+                )
+            )
+    return result

@@ -1,0 +1,82 @@
+"""``pcipass status``: what the ledger says, next to what the kernel says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pcipass.address import PciAddress
+from pcipass.host import binding
+from pcipass.host.context import Host
+from pcipass.state.ledger import Ledger, format_time
+
+
+@dataclass
+class StatusReport:
+    hidden: list[dict[str, object]] = field(default_factory=list)
+    owners: list[dict[str, object]] = field(default_factory=list)
+    open_operations: list[dict[str, object]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "hidden": self.hidden,
+            "owners": self.owners,
+            "open_operations": self.open_operations,
+        }
+
+    def render(self) -> str:
+        lines = []
+        if not (self.hidden or self.owners or self.open_operations):
+            return "pcipass holds no devices (the ledger is empty)"
+        for item in self.hidden:
+            lines.append(
+                f"{item['address']}: hidden ({item['how']}) on {item['stub_driver']}, "
+                f"now {item['current_driver'] or 'no driver'}; gives back to "
+                f"{item['original_driver'] or 'kernel probe'}; since {item['since']}"
+            )
+        for item in self.owners:
+            lines.append(
+                f"{item['address']}: assigned to guest {item['guest']} "
+                f"({item['config_kind']} {item['config_path'] or ''})".rstrip()
+            )
+        for item in self.open_operations:
+            lines.append(
+                f"interrupted operation {item['id']} ({item['kind']}, "
+                f"{item['steps']} step(s) done): run pcipass recover"
+            )
+        return "\n".join(lines)
+
+
+def status(host: Host) -> StatusReport:
+    report = StatusReport()
+    ledger = Ledger.open(host.root, readonly=True)
+    try:
+        for record in ledger.hidden():
+            address = PciAddress.parse(record.address)
+            report.hidden.append(
+                {
+                    "address": record.address,
+                    "stub_driver": record.stub_driver,
+                    "original_driver": record.original_driver,
+                    "how": record.how,
+                    "since": format_time(record.since),
+                    "current_driver": binding.current_driver(host, address),
+                    "identity": record.identity,
+                }
+            )
+        for owner in ledger.owners():
+            report.owners.append(
+                {
+                    "address": owner.address,
+                    "guest": owner.guest,
+                    "config_kind": owner.config_kind,
+                    "config_path": owner.config_path,
+                    "since": format_time(owner.since),
+                }
+            )
+        for op in ledger.open_operations():
+            report.open_operations.append(
+                {"id": op.id, "kind": op.kind, "intent": op.intent, "steps": len(op.steps)}
+            )
+    finally:
+        ledger.close()
+    return report
