@@ -1,0 +1,1118 @@
+"""Persistent hiding on the kernel command line: ``/etc/default/grub`` and ``/proc/cmdline``.
+
+When the stub is built into the kernel, modprobe options never reach it and
+only ``xen-pciback.hide=(...)`` or ``vfio-pci.ids=...`` on the kernel command
+line hides a device at boot (kmod also passes these to a *module* stub: it
+reads /proc/cmdline, lab-notes §5).
+
+``/etc/default/grub`` is a shell fragment that grub-mkconfig sources
+(``. /etc/default/grub``, then Debian's ``/etc/default/grub.d/*.cfg``).
+pcipass never runs it: a small lexer finds the bytes of one assignment's
+value, and an edit changes only those bytes.  What the lexer cannot follow
+safely (command substitution, a heredoc, the variable set inside an ``if``,
+``unset``) makes the edit refuse with ConfigSyntaxError, file untouched.
+
+Which variable: ``GRUB_CMDLINE_LINUX`` (every Linux entry), except that for
+Xen entries ``20_linux_xen`` replaces it with
+``GRUB_CMDLINE_LINUX_XEN_REPLACE`` when that is set, and
+``GRUB_CMDLINE_LINUX_DEFAULT`` (or ``..._XEN_REPLACE_DEFAULT``) is appended
+for the default entry.  The kernel keeps the last value of a parameter given
+twice (charp/string parameters), so an address is merged into the last
+existing ``hide=`` token (PP009) wherever it is, and a new token is appended
+to the end of the base variable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pcipass.address import PciAddress, format_hide_list
+from pcipass.errors import ConfigSyntaxError, UsageError
+from pcipass.host.root import HostRoot
+from pcipass.persist.modprobe import (
+    PersistentState,
+    PersistFinding,
+    hide_items,
+    id_items,
+    module_key,
+    normalise_device_id,
+    parse_params,
+)
+from pcipass.persist.platform import (
+    DEFAULT_GRUB_FILE,
+    Backend,
+    PersistMethod,
+    Platform,
+    Regeneration,
+)
+
+BASE = "GRUB_CMDLINE_LINUX"
+BASE_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
+XEN_REPLACE = "GRUB_CMDLINE_LINUX_XEN_REPLACE"
+XEN_REPLACE_DEFAULT = "GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT"
+GRUB_D = "/etc/default/grub.d"
+MARKER = "# pcipass: added"
+_EOL_NOTE = " (and the newline before this comment)"
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RESERVED_OPEN = frozenset({"if", "while", "until", "for", "case", "select", "{"})
+_RESERVED_CLOSE = frozenset({"fi", "done", "esac", "}"})
+_RESERVED_LEAD = frozenset({"then", "do", "else", "elif", "!"})
+#: Kernel parameters that hide devices, keyed by kmod-normalised name.
+_HIDE_PARAMS = {
+    "xen_pciback.hide": ("xen_pciback", "hide"),
+    "pciback.hide": ("pciback", "hide"),
+    "vfio_pci.ids": ("vfio_pci", "ids"),
+}
+
+
+# --------------------------------------------------------------------------
+# A shell lexer just good enough to find assignments and their bytes
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Part of a shell word: bare text, "double-quoted" or 'single-quoted'."""
+
+    kind: str  # "bare", "dq", "sq"
+    start: int  # byte offset of the segment (the opening quote for dq/sq)
+    end: int  # byte offset after it (after the closing quote)
+
+    @property
+    def content_start(self) -> int:
+        return self.start if self.kind == "bare" else self.start + 1
+
+    @property
+    def content_end(self) -> int:
+        return self.end if self.kind == "bare" else self.end - 1
+
+
+@dataclass
+class _Word:
+    start: int
+    end: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    unsafe: str | None = None  # why its value cannot be known without running the shell
+
+
+@dataclass
+class _Command:
+    line: int
+    depth: int
+    words: list[_Word] = field(default_factory=list)
+    unsafe: str | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """``NAME=value`` at the top level of the file."""
+
+    name: str
+    line: int  # 1-based line of the assignment
+    value_start: int  # byte offset of the value (just after "=")
+    value_end: int
+    segments: tuple[Segment, ...]  # the value's segments
+    unsafe: str | None
+    marked: bool  # preceded by pcipass's "# pcipass: added NAME" comment
+
+
+@dataclass(frozen=True)
+class ShellFile:
+    """The assignments of a shell fragment, and what makes editing it unsafe."""
+
+    data: bytes
+    path: str
+    assignments: tuple[Assignment, ...]
+    blocked: Mapping[str, tuple[str, int]]  # variable -> (why pcipass must not edit it, line)
+    error: str | None  # the file could not be followed at all (from this line on)
+
+    @classmethod
+    def parse(cls, data: bytes, path: str = DEFAULT_GRUB_FILE) -> ShellFile:
+        commands, error = _lex(data)
+        assignments: list[Assignment] = []
+        blocked: dict[str, tuple[str, int]] = {}
+        for command in commands:
+            _collect(data, command, assignments, blocked)
+        return cls(data, path, tuple(assignments), blocked, error)
+
+    def last(self, name: str) -> Assignment | None:
+        found = [a for a in self.assignments if a.name == name]
+        return found[-1] if found else None
+
+
+class _Lexer:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.n = len(data)
+        self.i = 0
+        self.line = 1
+        self.depth = 0  # open if/while/case/{ ...
+        self.parens = 0  # open ( subshells
+        self.commands: list[_Command] = []
+        self.command: _Command | None = None
+        self.word: _Word | None = None
+        self.pending_unsafe: str | None = None
+
+    # --- words and commands ---------------------------------------------------
+    def _word(self, start: int) -> _Word:
+        if self.word is None:
+            if self.command is None:
+                self.command = _Command(self.line, self.depth + self.parens)
+            self.word = _Word(start)
+        return self.word
+
+    def _add_segment(self, kind: str, start: int, end: int) -> None:
+        word = self._word(start)
+        if self.pending_unsafe:
+            word.unsafe = self.pending_unsafe
+            self.pending_unsafe = None
+        if kind == "bare" and word.segments and word.segments[-1].kind == "bare":
+            last = word.segments[-1]
+            if last.end == start:
+                word.segments[-1] = Segment("bare", last.start, end)
+                return
+        word.segments.append(Segment(kind, start, end))
+
+    def _end_word(self) -> None:
+        if self.word is not None and self.command is not None:
+            self.word.end = self.i
+            self.command.words.append(self.word)
+            self._track_depth()
+        self.word = None
+
+    def _track_depth(self) -> None:
+        assert self.command is not None
+        words = self.command.words
+        if len(words) != 1:
+            return
+        text = self.data[words[0].start : words[0].end].decode("latin-1")
+        if text in _RESERVED_OPEN:
+            self.depth += 1
+        elif text in _RESERVED_CLOSE:
+            self.depth = max(0, self.depth - 1)
+        if text in _RESERVED_OPEN or text in _RESERVED_CLOSE or text in _RESERVED_LEAD:
+            # What follows a reserved word is a command of its own (conditional).
+            self.command.depth = max(self.command.depth, self.depth + self.parens, 1)
+
+    def _end_command(self) -> None:
+        self._end_word()
+        if self.command is not None and self.command.words:
+            self.commands.append(self.command)
+        self.command = None
+
+    # --- scanning -------------------------------------------------------------
+    def run(self) -> str | None:
+        data = self.data
+        while self.i < self.n:
+            c = data[self.i]
+            if c in b" \t\r":
+                self._end_word()
+                self.i += 1
+            elif c == 0x0A:
+                self._end_command()
+                self.i += 1
+                self.line += 1
+            elif c in b";&|":
+                self._end_command()
+                self.i += 1
+            elif c in b"()":
+                self._end_command()
+                if c == 0x28:
+                    self.parens += 1
+                elif self.parens:
+                    self.parens -= 1
+                # else: the ")" that ends a case pattern
+                self.i += 1
+            elif c in b"<>":
+                if data[self.i : self.i + 2] == b"<<":
+                    return f"line {self.line}: a heredoc (<<) is beyond what pcipass edits"
+                self._end_word()
+                if self.command is None:
+                    self.command = _Command(self.line, self.depth + self.parens)
+                self.command.unsafe = "a redirection"
+                self.i += 1
+            elif c == 0x23 and self.word is None:  # '#' starts a comment
+                while self.i < self.n and data[self.i] != 0x0A:
+                    self.i += 1
+            else:
+                problem = self._scan_word_part()
+                if problem:
+                    return problem
+        self._end_command()
+        return None
+
+    def _scan_word_part(self) -> str | None:
+        data = self.data
+        c = data[self.i]
+        start = self.i
+        if c == 0x27:  # single quote: no escapes at all
+            close = data.find(b"'", self.i + 1)
+            if close < 0:
+                return f"line {self.line}: unterminated single quote"
+            self.line += data.count(b"\n", self.i, close)
+            self.i = close + 1
+            self._add_segment("sq", start, self.i)
+            return None
+        if c == 0x22:  # double quote
+            self.i += 1
+            while self.i < self.n and data[self.i] != 0x22:
+                problem = self._scan_dollar_or_escape(in_dq=True)
+                if problem:
+                    return problem
+            if self.i >= self.n:
+                return f"line {self.line}: unterminated double quote"
+            self.i += 1
+            self._add_segment("dq", start, self.i)
+            return None
+        problem = self._scan_dollar_or_escape(in_dq=False)
+        if problem:
+            return problem
+        self._add_segment("bare", start, self.i)
+        return None
+
+    def _scan_dollar_or_escape(self, *, in_dq: bool) -> str | None:
+        """Advance over one character (or escape / expansion) of a word."""
+        data = self.data
+        c = data[self.i]
+        if c == 0x5C:  # backslash
+            if self.i + 1 < self.n and data[self.i + 1] == 0x0A:
+                self.line += 1
+            self.i += 2
+            self.i = min(self.i, self.n)
+            return None
+        if c == 0x60:  # backtick
+            self.pending_unsafe = "command substitution (`...`)"
+            close = self.i + 1
+            while close < self.n and data[close] != 0x60:
+                close += 2 if data[close] == 0x5C else 1
+            if close >= self.n:
+                return f"line {self.line}: unterminated backquote"
+            self.line += data.count(b"\n", self.i, close)
+            self.i = close + 1
+            return None
+        if c == 0x24 and self.i + 1 < self.n and data[self.i + 1] == 0x28:  # $(
+            self.pending_unsafe = "command substitution $(...)"
+            return self._skip_parens()
+        if c == 0x24 and self.i + 1 < self.n and data[self.i + 1] == 0x7B:  # ${
+            close = data.find(b"}", self.i)
+            if close < 0:
+                return f"line {self.line}: unterminated ${{"
+            self.i = close + 1
+            return None
+        if c == 0x0A:
+            self.line += 1
+        if not in_dq and c in b" \t\r\n;&|()<>'\"":
+            return None  # end of the bare run (never reached for the first byte)
+        self.i += 1
+        if not in_dq:
+            # keep consuming a bare run
+            while self.i < self.n and data[self.i] not in b" \t\r\n;&|()<>'\"\\`$":
+                self.i += 1
+        return None
+
+    def _skip_parens(self) -> str | None:
+        data = self.data
+        depth = 0
+        quote = 0
+        while self.i < self.n:
+            c = data[self.i]
+            if c == 0x0A:
+                self.line += 1
+            if quote:
+                if c == 0x5C and quote == 0x22:
+                    self.i += 1
+                elif c == quote:
+                    quote = 0
+            elif c in b"'\"":
+                quote = c
+            elif c == 0x5C:
+                self.i += 1
+            elif c == 0x28:
+                depth += 1
+            elif c == 0x29:
+                depth -= 1
+                if depth == 0:
+                    self.i += 1
+                    return None
+            self.i += 1
+        return f"line {self.line}: unterminated $("
+
+
+def _lex(data: bytes) -> tuple[list[_Command], str | None]:
+    lexer = _Lexer(data)
+    error = lexer.run()
+    return lexer.commands, error
+
+
+def _collect(
+    data: bytes,
+    command: _Command,
+    assignments: list[Assignment],
+    blocked: dict[str, tuple[str, int]],
+) -> None:
+    words = command.words
+    texts = [data[w.start : w.end].decode("latin-1") for w in words]
+    first = 1 if texts and texts[0] in ("export", "readonly") else 0
+    assigns = [_split_assignment(data, w) for w in words[first:]]
+    all_assign = all(a is not None for a in assigns)
+    for word, split in zip(words[first:], assigns, strict=True):
+        if split is None:
+            continue
+        name, value_start, segments = split
+        if command.depth > 0:
+            blocked.setdefault(name, ("set inside an if/case/loop/function block", command.line))
+            continue
+        if command.unsafe:
+            blocked.setdefault(name, (f"set together with {command.unsafe}", command.line))
+            continue
+        if not all_assign:
+            continue  # NAME=value cmd: only the command's environment
+        assignments.append(
+            Assignment(
+                name,
+                command.line,
+                value_start,
+                word.end,
+                segments,
+                word.unsafe,
+                _marked(data, word.start, name),
+            )
+        )
+    # Any other mention of a name as a word (unset NAME, read NAME, NAME+=...)
+    for text in texts:
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\+=.*", text, re.DOTALL)
+        if match:
+            blocked.setdefault(match.group(1), ("appended to with +=", command.line))
+    if texts and texts[0] in ("unset", "read"):
+        for text in texts[1:]:
+            if _NAME.fullmatch(text):
+                blocked.setdefault(text, (f"given to {texts[0]}", command.line))
+
+
+def _split_assignment(data: bytes, word: _Word) -> tuple[str, int, tuple[Segment, ...]] | None:
+    if not word.segments or word.segments[0].kind != "bare":
+        return None
+    head = word.segments[0]
+    text = data[head.start : head.end].decode("latin-1")
+    match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)=", text)
+    if match is None:
+        return None
+    value_start = head.start + match.end()
+    rest: list[Segment] = []
+    if value_start < head.end:
+        rest.append(Segment("bare", value_start, head.end))
+    rest.extend(word.segments[1:])
+    return match.group(1), value_start, tuple(rest)
+
+
+def _marked(data: bytes, word_start: int, name: str) -> bool:
+    line_start = data.rfind(b"\n", 0, word_start) + 1
+    if data[line_start:word_start].strip(b" \t") not in (b"", b"export"):
+        return False
+    previous_end = line_start - 1
+    if previous_end < 0:
+        return False
+    previous_start = data.rfind(b"\n", 0, previous_end) + 1
+    previous = data[previous_start:previous_end].decode("latin-1")
+    return previous in (f"{MARKER} {name}", f"{MARKER} {name}{_EOL_NOTE}")
+
+
+# --------------------------------------------------------------------------
+# Values: what the shell would make of an assignment, character by character
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Value:
+    """An expanded value; ``origins[k]`` is the byte offset of character k in
+    the file when it is a literal copy of that byte, or None (expansion,
+    escape)."""
+
+    text: str
+    origins: tuple[int | None, ...]
+
+    def literal_span(self, start: int, end: int) -> tuple[int, int] | None:
+        """The file bytes that hold text[start:end] verbatim, if any."""
+        if start >= end:
+            return None
+        first = self.origins[start]
+        if first is None:
+            return None
+        for k in range(start, end):
+            if self.origins[k] != first + (k - start):
+                return None
+        return first, first + (end - start)
+
+
+def evaluate(data: bytes, assignment: Assignment, env: Mapping[str, str]) -> Value:
+    """The value the shell assigns (``$NAME`` taken from ``env``); never runs anything."""
+    if assignment.unsafe:
+        raise ConfigSyntaxError(
+            DEFAULT_GRUB_FILE, f"{assignment.name} uses {assignment.unsafe}", assignment.line
+        )
+    chars: list[str] = []
+    origins: list[int | None] = []
+    for segment in assignment.segments:
+        _evaluate_segment(data, segment, env, (chars, origins), assignment)
+    return Value("".join(chars), tuple(origins))
+
+
+def _evaluate_segment(
+    data: bytes,
+    segment: Segment,
+    env: Mapping[str, str],
+    out: tuple[list[str], list[int | None]],
+    assignment: Assignment,
+) -> None:
+    chars, origins = out
+    i, end = segment.content_start, segment.content_end
+    if segment.kind == "sq":
+        for k in range(i, end):
+            chars.append(chr(data[k]))
+            origins.append(k)
+        return
+    escapable = b'$`"\\\n' if segment.kind == "dq" else None
+    while i < end:
+        c = data[i]
+        if c == 0x5C and i + 1 < end:
+            nxt = data[i + 1]
+            if escapable is None or nxt in escapable:
+                if nxt != 0x0A:  # backslash-newline vanishes
+                    chars.append(chr(nxt))
+                    origins.append(None)
+                i += 2
+                continue
+        if c == 0x24 and i + 1 < end:
+            name, consumed = _expansion(data, i, end, assignment)
+            if consumed:
+                for ch in env.get(name, ""):
+                    chars.append(ch)
+                    origins.append(None)
+                i += consumed
+                continue
+        chars.append(chr(c))
+        origins.append(i)
+        i += 1
+
+
+def _expansion(data: bytes, i: int, end: int, assignment: Assignment) -> tuple[str, int]:
+    """``$NAME`` or ``${NAME}`` at i: (name, bytes consumed); (\"\", 0) if just a '$'."""
+    text = data[i + 1 : end].decode("latin-1")
+    if text.startswith("{"):
+        match = re.match(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+        if match is None:
+            raise ConfigSyntaxError(
+                DEFAULT_GRUB_FILE,
+                f"{assignment.name} uses a ${{...}} form pcipass does not evaluate",
+                assignment.line,
+            )
+        return match.group(1), 1 + match.end()
+    match = _NAME.match(text)
+    if match is not None:
+        return match.group(0), 1 + match.end()
+    if text[:1] and text[:1] in "0123456789@*#?-$!":
+        raise ConfigSyntaxError(
+            DEFAULT_GRUB_FILE,
+            f"{assignment.name} uses the shell parameter ${text[0]}",
+            assignment.line,
+        )
+    return "", 0
+
+
+# --------------------------------------------------------------------------
+# Kernel command line tokens
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CmdlineToken:
+    """One hiding parameter on a kernel command line."""
+
+    where: str  # "/proc/cmdline" or "GRUB_CMDLINE_LINUX (/etc/default/grub:5)"
+    param: str  # as written: xen-pciback.hide
+    stub: str  # kmod-normalised module: xen_pciback, pciback, vfio_pci
+    kind: str  # hide or ids
+    value: str
+    start: int  # index in the command line text of the parameter name
+    value_start: int
+    end: int  # after the whole parameter
+    addresses: tuple[PciAddress, ...] = ()
+    ids: tuple[str, ...] = ()
+    error: str | None = None
+    effective: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "where": self.where,
+            "param": self.param,
+            "value": self.value,
+            "addresses": [str(a) for a in self.addresses],
+            "ids": list(self.ids),
+            "error": self.error,
+            "effective": self.effective,
+        }
+
+
+@dataclass(frozen=True)
+class CmdlineHides:
+    """The hiding parameters of one kernel command line, last one winning."""
+
+    tokens: tuple[CmdlineToken, ...]
+
+    def hidden(self, stub: str | None = None) -> frozenset[PciAddress]:
+        return frozenset(
+            a
+            for t in self.tokens
+            if t.effective and t.kind == "hide" and (stub is None or t.stub == module_key(stub))
+            for a in t.addresses
+        )
+
+    def hidden_ids(self) -> frozenset[str]:
+        return frozenset(i for t in self.tokens if t.effective and t.kind == "ids" for i in t.ids)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "hidden": sorted(str(a) for a in self.hidden()),
+            "ids": sorted(self.hidden_ids()),
+            "tokens": [t.to_json() for t in self.tokens],
+        }
+
+
+def hide_tokens(text: str, where: str) -> list[CmdlineToken]:
+    """The hiding parameters in a command line, split as the kernel's next_arg() does."""
+    tokens: list[CmdlineToken] = []
+    for param in parse_params(text, 0):
+        known = _HIDE_PARAMS.get(module_key(param.name).lower())
+        if known is None:
+            continue
+        stub, kind = known
+        value = text[param.value_start : param.value_end]
+        addresses: tuple[PciAddress, ...] = ()
+        ids: tuple[str, ...] = ()
+        error = None
+        try:
+            if kind == "hide":
+                addresses = tuple(
+                    a for a, _ in hide_items(text, param.value_start, param.value_end)
+                )
+            else:
+                ids = tuple(i for i, _ in id_items(text, param.value_start, param.value_end))
+        except UsageError as problem:
+            error = problem.problem
+        tokens.append(
+            CmdlineToken(
+                where, param.name, stub, kind, value, param.start, param.value_start,
+                param.end, addresses, ids, error,
+            )
+        )  # fmt: skip
+    return tokens
+
+
+def _with_effective(tokens: Sequence[CmdlineToken]) -> tuple[CmdlineToken, ...]:
+    last: dict[tuple[str, str], int] = {}
+    for index, token in enumerate(tokens):
+        last[(token.stub, token.kind)] = index
+    return tuple(
+        CmdlineToken(**{**t.__dict__, "effective": last[(t.stub, t.kind)] == i})
+        for i, t in enumerate(tokens)
+    )
+
+
+def parse_kernel_cmdline(text: str, where: str = "/proc/cmdline") -> CmdlineHides:
+    return CmdlineHides(_with_effective(hide_tokens(text, where)))
+
+
+def read_running(root: HostRoot) -> CmdlineHides:
+    """What the running kernel was booted with (``/proc/cmdline``)."""
+    try:
+        text = root.path("/proc/cmdline").read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        text = ""
+    return parse_kernel_cmdline(text.strip(), "/proc/cmdline")
+
+
+# --------------------------------------------------------------------------
+# Reading /etc/default/grub (+ grub.d): the configured command line
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfiguredCmdline:
+    """The command line grub-mkconfig would write, from the files, without running them."""
+
+    variables: Mapping[str, str]  # final values of the GRUB_CMDLINE_* variables
+    sources: Mapping[str, str]  # variable -> "path:line" of its last assignment
+    hides: CmdlineHides  # the hiding parameters, for the entries asked about
+    findings: tuple[PersistFinding, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "variables": dict(self.variables),
+            "sources": dict(self.sources),
+            "hides": self.hides.to_json(),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def grub_file_order(paths: Iterable[str]) -> list[str]:
+    """/etc/default/grub first, then /etc/default/grub.d/*.cfg by name (Debian's grub-mkconfig)."""
+    paths = list(paths)
+    snippets = sorted(p for p in paths if p.startswith(GRUB_D + "/") and p.endswith(".cfg"))
+    return [p for p in paths if p == DEFAULT_GRUB_FILE] + snippets
+
+
+def collect_grub_files(root: HostRoot) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    main = root.path(DEFAULT_GRUB_FILE)
+    if main.is_file():
+        files[DEFAULT_GRUB_FILE] = main.read_bytes()
+    snippets = root.path(GRUB_D)
+    if snippets.is_dir():
+        for entry in sorted(snippets.iterdir()):
+            if entry.is_file() and entry.name.endswith(".cfg"):
+                files[f"{GRUB_D}/{entry.name}"] = entry.read_bytes()
+    return files
+
+
+def read_configured(files: Mapping[str, bytes], *, xen: bool = False) -> ConfiguredCmdline:
+    """Evaluate the GRUB_CMDLINE_* assignments of the grub files, in order.
+
+    ``xen``: describe the command line of dom0's entries (20_linux_xen's
+    XEN_REPLACE rules) instead of the plain Linux ones.
+    """
+    env: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    problems: list[PersistFinding] = []
+    names = (BASE, BASE_DEFAULT, XEN_REPLACE, XEN_REPLACE_DEFAULT)
+    for path in grub_file_order(files):
+        shell = ShellFile.parse(files[path], path)
+        if shell.error:
+            problems.append(_unreadable(path, shell.error))
+        for name, (why, line) in shell.blocked.items():
+            if name in names:
+                problems.append(_unreadable(path, f"{name} is {why} at line {line}"))
+        for assignment in shell.assignments:
+            if assignment.name not in names:
+                continue
+            try:
+                env[assignment.name] = evaluate(shell.data, assignment, env).text
+            except ConfigSyntaxError as error:
+                problems.append(_unreadable(path, error.problem))
+                continue
+            if path != DEFAULT_GRUB_FILE and not _self_appends(shell.data, assignment):
+                problems.append(_overridden_by_snippet(path, assignment))
+            sources[assignment.name] = f"{path}:{assignment.line}"
+    base, default = _entry_variables(env, xen)
+    tokens: list[CmdlineToken] = []
+    for name in (base, default):
+        where = f"{name} ({sources.get(name, 'unset')})"
+        tokens.extend(hide_tokens(env.get(name, ""), where))
+    hides = CmdlineHides(_with_effective(tokens))
+    problems.extend(cmdline_findings(hides))
+    return ConfiguredCmdline(env, sources, hides, tuple(problems))
+
+
+def _entry_variables(env: Mapping[str, str], xen: bool) -> tuple[str, str]:
+    if not xen:
+        return BASE, BASE_DEFAULT
+    base = XEN_REPLACE if env.get(XEN_REPLACE) else BASE
+    default = XEN_REPLACE_DEFAULT if env.get(XEN_REPLACE_DEFAULT) else BASE_DEFAULT
+    return base, default
+
+
+def _self_appends(data: bytes, assignment: Assignment) -> bool:
+    raw = data[assignment.value_start : assignment.value_end].decode("latin-1")
+    return f"${assignment.name}" in raw or f"${{{assignment.name}}}" in raw
+
+
+def _unreadable(path: str, problem: str) -> PersistFinding:
+    return PersistFinding(
+        "PP010",
+        "cmdline-unreadable",
+        "warning",
+        path,
+        f"pcipass cannot follow this file ({problem}); the configured command line is unknown",
+        "simplify the assignment, or check the generated grub.cfg by hand",
+        path,
+    )
+
+
+def _overridden_by_snippet(path: str, assignment: Assignment) -> PersistFinding:
+    return PersistFinding(
+        "PP010",
+        "cmdline-overridden",
+        "warning",
+        f"{path}:{assignment.line}",
+        f"{assignment.name} is set again after /etc/default/grub, replacing what is there "
+        "(including anything pcipass adds)",
+        f'make it append instead: {assignment.name}="${assignment.name} ..."',
+        path,
+        assignment.line,
+    )
+
+
+def cmdline_findings(hides: CmdlineHides) -> list[PersistFinding]:
+    """PP009 for a hiding parameter given twice; PP010 for a value the stub rejects."""
+    result: list[PersistFinding] = []
+    for token in hides.tokens:
+        if token.error is not None:
+            result.append(
+                PersistFinding(
+                    "PP010",
+                    f"bad-{token.kind}",
+                    "error",
+                    token.where,
+                    f"{token.param}={token.value!r} cannot be parsed ({token.error})",
+                    "write addresses as (DDDD:BB:DD.F)(...) and ids as vendor:device,...",
+                )
+            )
+        if token.effective:
+            continue
+        winner = next(
+            t for t in hides.tokens if t.effective and (t.stub, t.kind) == (token.stub, token.kind)
+        )
+        same = [t for t in hides.tokens if (t.stub, t.kind) == (token.stub, token.kind)]
+        if token.kind == "hide":
+            merged = format_hide_list(list(dict.fromkeys(a for t in same for a in t.addresses)))
+        else:
+            merged = ",".join(dict.fromkeys(i for t in same for i in t.ids))
+        result.append(
+            PersistFinding(
+                "PP009",
+                f"duplicate-{token.kind}",
+                "error",
+                token.where,
+                f"{token.param}= is given again later ({winner.where}); the kernel keeps only "
+                "the last value, so this one is lost",
+                f"merge them into one: {winner.param}={merged}",
+            )
+        )
+    return result
+
+
+def cross_findings(modprobe: PersistentState, configured: CmdlineHides) -> list[PersistFinding]:
+    """Both modprobe options and the command line set one stub's value.
+
+    kmod appends the command line's options after the files' options
+    (``kmod_config_new`` parses /proc/cmdline last), and the kernel keeps
+    the last value: the command line wins and the modprobe value is lost.
+    """
+    result: list[PersistFinding] = []
+    for entry in modprobe.entries:
+        if not entry.effective:
+            continue
+        for token in configured.tokens:
+            if token.effective and (token.stub, token.kind) == (entry.stub, entry.param):
+                result.append(
+                    PersistFinding(
+                        "PP009",
+                        f"cmdline-and-modprobe-{entry.param}",
+                        "error",
+                        f"{entry.path}:{entry.line}",
+                        f"{entry.param}= for {entry.stub.replace('_', '-')} is also on the kernel "
+                        f"command line ({token.where}); the command line value wins and this "
+                        "one is lost",
+                        "keep the devices in one place",
+                        entry.path,
+                        entry.line,
+                    )
+                )
+    return result
+
+
+# --------------------------------------------------------------------------
+# Editing /etc/default/grub
+# --------------------------------------------------------------------------
+
+
+def hide_param(backend: Backend, stub: str = "xen-pciback") -> tuple[str, str]:
+    """(parameter name, kind) written for ``backend``: xen-pciback.hide or vfio-pci.ids."""
+    if backend is Backend.VFIO:
+        return "vfio-pci.ids", "ids"
+    if module_key(stub) not in ("xen_pciback", "pciback"):
+        raise UsageError(f"stub {stub!r}", "not a Xen PCI backend module")
+    return f"{stub}.hide", "hide"
+
+
+def add_hide(
+    text: bytes | None,
+    *,
+    backend: Backend,
+    addresses: Sequence[PciAddress] = (),
+    ids: Sequence[str] = (),
+    xen: bool | None = None,
+    stub: str = "xen-pciback",
+    path: str = DEFAULT_GRUB_FILE,
+) -> bytes:
+    """Hide ``addresses`` (pciback) or ``ids`` (vfio) on the configured command line.
+
+    Merges into the last existing token for the stub (PP009), otherwise
+    appends ``xen-pciback.hide=(...)`` / ``vfio-pci.ids=...`` to the base
+    variable (created with a marker comment when absent).  ``xen`` defaults
+    to True for the pciback backend (dom0 entries).
+    """
+    xen = backend is Backend.PCIBACK if xen is None else xen
+    param, kind = hide_param(backend, stub)
+    items = _items(kind, addresses, ids)
+    data = text or b""
+    for item in items:
+        data = _add_item(data, param, kind, item, xen=xen, path=path)
+    return data
+
+
+def remove_hide(
+    text: bytes | None,
+    *,
+    backend: Backend,
+    addresses: Sequence[PciAddress] = (),
+    ids: Sequence[str] = (),
+    xen: bool | None = None,
+    stub: str = "xen-pciback",
+    path: str = DEFAULT_GRUB_FILE,
+) -> bytes:
+    """Take ``addresses`` / ``ids`` out of every hiding token of the entry variables.
+
+    A token left empty goes with its separating space; a variable pcipass
+    created (marker comment) goes when nothing is left in it.
+    """
+    xen = backend is Backend.PCIBACK if xen is None else xen
+    _param, kind = hide_param(backend, stub)
+    data = text or b""
+    for item in _items(kind, addresses, ids):
+        data = _remove_item(data, kind, item, xen, path)
+    return data
+
+
+def _items(kind: str, addresses: Sequence[PciAddress], ids: Sequence[str]) -> list[str]:
+    if kind == "hide":
+        if ids:
+            raise UsageError("--backend pciback", "xen-pciback hides by address, not by id")
+        return [str(a) for a in addresses]
+    if addresses and not ids:
+        raise UsageError("--backend vfio", "vfio-pci.ids needs vendor:device ids")
+    return [normalise_device_id(i) for i in ids]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The variables of one boot entry and their current values, ready to edit."""
+
+    shell: ShellFile
+    base: str
+    default: str
+    values: Mapping[str, tuple[Assignment, Value]]
+
+
+def _target(data: bytes, xen: bool, path: str) -> _Target:
+    shell = ShellFile.parse(data, path)
+    if shell.error:
+        raise ConfigSyntaxError(path, shell.error)
+    env: dict[str, str] = {}
+    values: dict[str, tuple[Assignment, Value]] = {}
+    names = (BASE, BASE_DEFAULT, XEN_REPLACE, XEN_REPLACE_DEFAULT)
+    for assignment in shell.assignments:
+        if assignment.name in names:
+            value = evaluate(data, assignment, env)
+            env[assignment.name] = value.text
+            values[assignment.name] = (assignment, value)
+    base, default = _entry_variables(env, xen)
+    for name in (base, default):
+        if name in shell.blocked:
+            why, line = shell.blocked[name]
+            raise ConfigSyntaxError(path, f"{name} is {why}; pcipass will not edit it", line)
+    return _Target(shell, base, default, values)
+
+
+def _tokens_of(target: _Target, kind: str) -> list[tuple[str, CmdlineToken]]:
+    found: list[tuple[str, CmdlineToken]] = []
+    for name in (target.base, target.default):
+        if name in target.values:
+            _assignment, value = target.values[name]
+            for token in hide_tokens(value.text, name):
+                if token.kind == kind:
+                    found.append((name, token))
+    return found
+
+
+def _add_item(data: bytes, param: str, kind: str, item: str, *, xen: bool, path: str) -> bytes:
+    target = _target(data, xen, path)
+    tokens = [
+        (n, t) for n, t in _tokens_of(target, kind) if t.stub == module_key(param.partition(".")[0])
+    ]
+    if tokens:
+        name, token = tokens[-1]  # the one the kernel keeps
+        if token.error is not None:
+            raise ConfigSyntaxError(
+                path, f"cannot merge into {token.param}={token.value!r}: {token.error}"
+            )
+        if (kind == "hide" and PciAddress.parse(item) in token.addresses) or item in token.ids:
+            return data
+        assignment, value = target.values[name]
+        value_end = token.value_start + len(token.value)
+        span = value.literal_span(token.start, value_end)
+        if span is None or token.end != value_end:
+            raise ConfigSyntaxError(
+                path,
+                f"{token.param}= in {name} is built from quotes or expansions pcipass cannot edit",
+                assignment.line,
+            )
+        insert = f"({item})" if kind == "hide" else ("," if token.ids else "") + item
+        result = data[: span[1]] + insert.encode() + data[span[1] :]
+    else:
+        token_text = (
+            f"{param}={format_hide_list([PciAddress.parse(item)])}"
+            if kind == "hide"
+            else f"{param}={item}"
+        )
+        result = _append_token(data, target, token_text, path)
+    _verify(result, kind, item, xen, path, present=True)
+    return result
+
+
+def _append_token(data: bytes, target: _Target, token: str, path: str) -> bytes:
+    name = target.base
+    if name not in target.values:
+        return _create_variable(data, name, token)
+    assignment, value = target.values[name]
+    separator = " " if value.text and not value.text[-1].isspace() else ""
+    segments = assignment.segments
+    last = segments[-1] if segments else None
+    if last is not None and last.kind in ("dq", "sq") and (last.kind == "dq" or "'" not in token):
+        insert = (separator + token).encode()
+        offset = last.content_end
+    else:
+        insert = f'"{separator}{token}"'.encode()
+        offset = assignment.value_end
+    return data[:offset] + insert + data[offset:]
+
+
+def _create_variable(data: bytes, name: str, token: str) -> bytes:
+    note = ""
+    prefix = b""
+    if data and not data.endswith(b"\n"):
+        prefix = b"\n"
+        note = _EOL_NOTE
+    block = f'{MARKER} {name}{note}\n{name}="{token}"\n'.encode()
+    return data + prefix + block
+
+
+def _remove_item(data: bytes, kind: str, item: str, xen: bool, path: str) -> bytes:
+    while True:
+        target = _target(data, xen, path)
+        edit = _one_removal(data, target, kind, item, path)
+        if edit is None:
+            break
+        data = edit
+    _verify(data, kind, item, xen, path, present=False)
+    return data
+
+
+def _one_removal(data: bytes, target: _Target, kind: str, item: str, path: str) -> bytes | None:
+    for name, token in _tokens_of(target, kind):
+        if kind == "hide":
+            address = PciAddress.parse(item)
+            if address not in token.addresses:
+                continue
+        elif item not in token.ids:
+            continue
+        assignment, value = target.values[name]
+        value_text = value.text
+        value_end = token.value_start + len(token.value)
+        items = (
+            hide_items(value_text, token.value_start, value_end)
+            if kind == "hide"
+            else id_items(value_text, token.value_start, value_end)
+        )
+        keys = [str(a) if kind == "hide" else a for a, _v in items]
+        spans = [v for _a, v in items]
+        index = keys.index(item)
+        if len(keys) > 1:
+            begin, end = spans[index].start, spans[index].end
+            if kind == "ids":
+                if begin > 0 and value_text[begin - 1] == ",":
+                    begin -= 1
+                elif end < len(value_text) and value_text[end] == ",":
+                    end += 1
+        else:
+            begin, end = _token_with_space(value_text, token.start, token.end)
+        span = value.literal_span(begin, end)
+        if span is None:
+            raise ConfigSyntaxError(
+                path,
+                f"{token.param}= in {name} is not plain text pcipass can edit",
+                assignment.line,
+            )
+        result = data[: span[0]] + data[span[1] :]
+        return _tidy_after_removal(result, data, assignment, span, name=name, path=path)
+    return None
+
+
+def _token_with_space(text: str, start: int, end: int) -> tuple[int, int]:
+    """A whole token and one separating blank: before it, else after it."""
+    if start > 0 and text[start - 1] in " \t":
+        return start - 1, end
+    if end < len(text) and text[end] in " \t":
+        return start, end + 1
+    return start, end
+
+
+def _tidy_after_removal(
+    result: bytes,
+    before: bytes,
+    assignment: Assignment,
+    span: tuple[int, int],
+    *,
+    name: str,
+    path: str,
+) -> bytes:
+    """Drop a quoted segment pcipass's token emptied, or the variable pcipass created."""
+    removed = span[1] - span[0]
+    for segment in assignment.segments:
+        if (
+            segment.kind in ("dq", "sq")
+            and segment.content_start <= span[0]
+            and span[1] <= segment.content_end
+        ):
+            now_empty = segment.content_end - segment.content_start == removed
+            if now_empty and len(assignment.segments) > 1:
+                result = before[: segment.start] + before[segment.end :]
+            break
+    shell = ShellFile.parse(result, path)
+    current = shell.last(name)
+    if current is None or not current.marked:
+        return result
+    value = evaluate(result, current, {})
+    if value.text.strip():
+        return result
+    line_start = result.rfind(b"\n", 0, current.value_start) + 1
+    marker_start = result.rfind(b"\n", 0, line_start - 1) + 1
+    line_end = result.find(b"\n", current.value_end)
+    line_end = len(result) if line_end < 0 else line_end + 1
+    marker = result[marker_start : line_start - 1].decode("latin-1")
+    start = marker_start
+    if marker.endswith(_EOL_NOTE) and line_end == len(result) and start > 0:
+        start -= 1  # pcipass added the file's last newline along with the variable
+    return result[:start] + result[line_end:]
+
+
+def _verify(data: bytes, kind: str, item: str, xen: bool, path: str, *, present: bool) -> None:
+    """Read the edited text back; refuse an edit that would not do what it says."""
+    target = _target(data, xen, path)
+    tokens = [t for _n, t in _tokens_of(target, kind)]
+    hides = CmdlineHides(_with_effective(tokens))
+    held = (
+        PciAddress.parse(item) in hides.hidden() if kind == "hide" else item in hides.hidden_ids()
+    )
+    if held != present:
+        state = "not in effect" if present else "still in effect"
+        raise ConfigSyntaxError(
+            path, f"pcipass's edit would leave {item} {state}; file left untouched"
+        )
+
+
+def regeneration(platform: Platform) -> tuple[Regeneration, ...]:
+    """The command that turns /etc/default/grub into the boot menu."""
+    return platform.regeneration(PersistMethod.CMDLINE)
