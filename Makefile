@@ -29,13 +29,13 @@ test-deps:
 
 test: test-deps venv
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/ruff check src tests lab benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: venv
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/ruff check src tests lab benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
