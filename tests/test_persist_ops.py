@@ -1,0 +1,121 @@
+"""hide/unhide --persist end to end on the example hosts (through the CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from pcipass.cli.main import main
+from pcipass.testing.fakehost import snapshot
+from pcipass.testing.harness import Lab
+
+DOCUMENT_LINES = [
+    "install bnx2 /sbin/modprobe pciback; /sbin/modprobe --first-time --ignore-install bnx2",
+    "options pciback hide=(0000:09:00.0)(0000:0a:04.1)",
+]
+
+
+def cli(lab: Lab, *argv: str) -> int:
+    # The CLI builds its own Host; a tree marked as simulated gets the fake kernel.
+    return main(["--root", str(lab.base), *argv])
+
+
+@pytest.fixture(autouse=True)
+def simulated(request: pytest.FixtureRequest) -> None:
+    for name in ("rhel5", "kvm"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).fake.mark_simulated()
+
+
+def test_document_procedure_then_give_back_byte_for_byte(
+    rhel5: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = rhel5.base / "etc/modprobe.conf"
+    original = conf.read_bytes()
+    before = snapshot(
+        rhel5.base,
+        skip=(
+            "var/lib/pcipass",
+            "sys/bus/pci/drivers/pciback",
+            "sys/module/pciback",
+            "proc/modules",
+        ),
+    )
+    assert cli(rhel5, "hide", "--now", "--persist", "0000:09:00.0", "0000:0a:04.1") == 0
+    lines = conf.read_text().splitlines()
+    for expected in DOCUMENT_LINES:
+        assert expected in lines
+    # PP009: one merged options line, never a second one.
+    assert sum(line.startswith("options pciback") for line in lines) == 1
+    assert [rhel5.fake.bound_driver(a) for a in ("0000:09:00.0", "0000:0a:04.1")] == [
+        "pciback",
+        "pciback",
+    ]
+    capsys.readouterr()
+    assert cli(rhel5, "check", "--json") in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert not [f for f in report["findings"] if f["rule"] == "PP010"]
+    assert cli(rhel5, "unhide", "--now", "--persist", "0000:09:00.0", "0000:0a:04.1") == 0
+    assert conf.read_bytes() == original
+    after = snapshot(
+        rhel5.base,
+        skip=(
+            "var/lib/pcipass",
+            "sys/bus/pci/drivers/pciback",
+            "sys/module/pciback",
+            "proc/modules",
+        ),
+    )
+    assert after == before
+
+
+def test_dry_run_prints_the_diff_and_changes_nothing(
+    rhel5: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(rhel5.base)
+    assert cli(rhel5, "hide", "--now", "--persist", "--dry-run", "09:00.0") == 0
+    out = capsys.readouterr().out
+    assert "+options pciback hide=(0000:09:00.0)" in out
+    assert "echo 0000:09:00.0 > /sys/bus/pci/drivers/bnx2/unbind" in out
+    assert snapshot(rhel5.base) == before
+
+
+def test_refused_persist_leaves_the_file(rhel5: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(rhel5.base)
+    assert cli(rhel5, "hide", "--persist", "0000:00:1f.2") == 3
+    err = capsys.readouterr().err
+    assert "[PP001]" in err and "mounted filesystem /" in err
+    assert snapshot(rhel5.base) == before
+
+
+def test_drift_is_reported_when_only_runtime_is_hidden(
+    rhel5: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(rhel5, "hide", "--now", "09:00.0") == 0
+    capsys.readouterr()
+    cli(rhel5, "check", "--json")
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    drift = [f for f in findings if f["rule"] == "PP010"]
+    assert drift and "a reboot gives it back to the host" in drift[0]["message"]
+
+
+@pytest.mark.needs_tool
+@pytest.mark.skipif(shutil.which("modprobe") is None, reason="kmod not installed")
+def test_kmod_parses_what_was_written_for_a_current_debian(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(kvm, "hide", "--persist", "--backend", "vfio", "0000:03:00.0") == 3  # PP001
+    capsys.readouterr()
+    assert cli(kvm, "hide", "--persist", "--backend", "vfio", "0000:02:10.0") == 0
+    conf = kvm.base / "etc/modprobe.d/pcipass.conf"
+    shown = subprocess.run(
+        ["modprobe", "-C", str(conf.parent), "--showconfig"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert "options vfio_pci ids=8086:1520" in shown
+    assert "softdep igbvf pre: vfio-pci" in shown or "softdep igbvf pre: vfio_pci" in shown
