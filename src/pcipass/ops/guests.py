@@ -1,0 +1,220 @@
+"""Finding guest configurations on a host, and who else lists a device.
+
+A guest is described by one file in a place its toolstack reads:
+
+* ``/etc/xen/NAME`` (xm, RHEL 5's xend: the source document's guests),
+* ``/etc/xen/NAME.cfg`` (xl, xl.cfg(5)),
+* ``/etc/libvirt/qemu/NAME.xml`` (libvirt's QEMU/KVM driver),
+* ``/etc/libvirt/libxl/NAME.xml`` (libvirt's Xen driver),
+
+or a file the user names with ``--config FILE``.  Rule PP101 (a device
+belongs to one guest) needs every configuration on the host, not only the
+ledger: a guest set up by hand, before pcipass, still takes its devices when
+it starts.  :func:`scan_guests` reads them all; a file that does not parse is
+reported, never fatal, because one broken file must not stop the others from
+being checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcipass.address import PciAddress
+from pcipass.errors import ConfigSyntaxError, GuestNotFoundError, PcipassError, UsageError
+from pcipass.guests.libvirt_xml import parse_domain_xml
+from pcipass.guests.model import GuestConfig, GuestKind
+from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
+from pcipass.host.context import Host
+from pcipass.host.root import safe_name
+
+XEN_DIR = "/etc/xen"
+LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"
+LIBVIRT_LIBXL_DIR = "/etc/libvirt/libxl"
+
+# Files in /etc/xen that are not guests: xend's and xl's own settings, the
+# shipped examples (xmexample1, xlexample.hvm...), helper scripts.
+_XEN_NOT_GUESTS = frozenset({"cpupool", "qemu-ifup", "README", "README.incompatibilities"})
+_XEN_NOT_GUEST_PREFIXES = ("xmexample", "xlexample", "README")
+_XEN_NOT_GUEST_SUFFIXES = (".sxp", ".conf", ".rpmnew", ".rpmsave", ".rpmorig", "~", ".bak", ".orig")
+
+# Largest guest configuration pcipass reads; real ones are a few kilobytes.
+_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GuestFile:
+    """A parsed guest configuration and where it lives."""
+
+    config: GuestConfig
+    path: Path  # inside the host root
+    display: str  # as the host names it
+    data: bytes  # the bytes that were parsed (edits are planned against them)
+
+    @property
+    def kind(self) -> GuestKind:
+        return self.config.kind
+
+    @property
+    def guest_name(self) -> str:
+        """The guest's name: the ``name`` setting, else the file's stem."""
+        return self.config.name or _stem(self.path)
+
+    @property
+    def libvirt_uri(self) -> str | None:
+        """The libvirt connection for this file's driver (None for xm/xl files)."""
+        if self.kind is not GuestKind.LIBVIRT:
+            return None
+        return "xen:///system" if self.config.hypervisor == "xen" else "qemu:///system"
+
+    @property
+    def is_xen(self) -> bool:
+        return self.kind in (GuestKind.XM, GuestKind.XL) or self.config.hypervisor == "xen"
+
+
+@dataclass
+class GuestScan:
+    """Every guest configuration found on the host."""
+
+    guests: list[GuestFile] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # files that could not be read
+
+    def listing(self, address: PciAddress) -> list[GuestFile]:
+        """The configurations that assign ``address`` (directly or by a wildcard)."""
+        return [g for g in self.guests if any(d.covers(address) for d in g.config.devices())]
+
+
+def parse_guest_file(path: Path, display: str, data: bytes) -> GuestConfig:
+    """Parse one file as the toolstack that owns its location would."""
+    if path.suffix == ".xml" or data.lstrip().startswith(b"<"):
+        return parse_domain_xml(data, display)
+    return parse_xen_config(data, display, guess_kind(path.name, data))
+
+
+def read_guest_file(path: Path, display: str) -> GuestFile:
+    try:
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ConfigSyntaxError(display, "larger than 4 MiB; not a guest configuration")
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise UsageError(display, "no such file") from error
+    except IsADirectoryError as error:
+        raise UsageError(display, "is a directory, not a guest configuration") from error
+    except PermissionError as error:
+        raise UsageError(display, "cannot be read (permission denied)") from error
+    return GuestFile(parse_guest_file(path, display, data), path, display, data)
+
+
+def candidate_paths(host: Host, guest: str) -> list[str]:
+    """Where the toolstacks keep ``guest``'s configuration (host paths)."""
+    name = safe_name("guest", guest)
+    return [
+        f"{XEN_DIR}/{name}",
+        f"{XEN_DIR}/{name}.cfg",
+        f"{LIBVIRT_QEMU_DIR}/{name}.xml",
+        f"{LIBVIRT_LIBXL_DIR}/{name}.xml",
+    ]
+
+
+def config_path(host: Host, text: str) -> tuple[Path, str]:
+    """``--config FILE`` as a path inside the root and as the host names it.
+
+    An absolute FILE is a host path and so lies under ``--root``; a relative
+    one is relative to the current directory, as for any command.
+    """
+    if not text or "\x00" in text:
+        raise UsageError("--config", "empty or invalid file name")
+    path = host.root.path(text) if text.startswith("/") else Path(text).absolute()
+    return path, host.root.host_path(path)
+
+
+def find_guest(host: Host, guest: str, config: str | None = None) -> GuestFile:
+    """The configuration of ``guest``: ``config`` if given, else the first
+    file found in :func:`candidate_paths`.
+
+    A ``config`` whose ``name`` names another guest is refused: editing it
+    would give the device to the wrong guest.
+    """
+    safe_name("guest", guest)
+    if config is not None:
+        path, display = config_path(host, config)
+        return _check_name(read_guest_file(path, display), guest)
+    looked = candidate_paths(host, guest)
+    for display in looked:
+        path = host.root.path(display)
+        if path.is_file():
+            return _check_name(read_guest_file(path, display), guest)
+    raise GuestNotFoundError(guest, looked)
+
+
+def _check_name(found: GuestFile, guest: str) -> GuestFile:
+    if found.config.name and found.config.name != guest:
+        raise UsageError(
+            found.display,
+            f"describes guest {found.config.name!r}, not {guest!r}",
+            f"name the guest as the file does: {found.config.name}",
+        )
+    return found
+
+
+def _xen_dir_entries(host: Host) -> list[Path]:
+    directory = host.root.path(XEN_DIR)
+    try:
+        entries = sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    result = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name in _XEN_NOT_GUESTS:
+            continue
+        if name.startswith(_XEN_NOT_GUEST_PREFIXES) or name.endswith(_XEN_NOT_GUEST_SUFFIXES):
+            continue
+        if entry.is_file():  # scripts/, auto/ (links to guests listed here too)...
+            result.append(entry)
+    return result
+
+
+def _xml_entries(host: Host, absolute: str) -> list[Path]:
+    try:
+        return sorted(p for p in host.root.path(absolute).glob("*.xml") if p.is_file())
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def scan_guests(host: Host, extra: GuestFile | None = None) -> GuestScan:
+    """Read every guest configuration on the host (plus ``extra``, a
+    ``--config`` file that may live elsewhere)."""
+    scan = GuestScan()
+    seen: set[Path] = set()
+    paths = (
+        _xen_dir_entries(host)
+        + _xml_entries(host, LIBVIRT_QEMU_DIR)
+        + _xml_entries(host, LIBVIRT_LIBXL_DIR)
+    )
+    if extra is not None:
+        scan.guests.append(extra)
+        seen.add(extra.path.resolve())
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        display = host.root.host_path(path)
+        try:
+            scan.guests.append(read_guest_file(path, display))
+        except PcipassError as error:
+            scan.problems.append(error.render())
+    return scan
+
+
+def same_guest(a: GuestFile, b: GuestFile) -> bool:
+    return a.path.resolve() == b.path.resolve() or a.guest_name == b.guest_name
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".xml", ".cfg"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -1,0 +1,338 @@
+"""The rules about guests: PP002, PP003, PP004, PP005, PP006 and PP101.
+
+Each function turns facts (a driver, a ledger record, a parsed guest
+configuration, what the host says about its IOMMU) into findings; the
+operations in :mod:`pcipass.ops.attach` and :mod:`pcipass.ops.guard` decide
+what a finding means for the request.  The quoted words are the source
+document's (RHEL 5 Virtualization Guide §15.5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pcipass.address import PciAddress
+from pcipass.guests.model import GuestConfig, GuestOs, VirtMode
+from pcipass.host.context import Host
+from pcipass.persist.platform import Platform
+from pcipass.policy.verdict import Finding, Severity
+
+# Stub drivers by hypervisor: Xen's toolstack hands a device to a domain only
+# from pciback (xen-pciback registers as "pciback"); KVM/QEMU only from
+# vfio-pci (pci-stub served the removed legacy KVM assignment).
+XEN_STUBS = frozenset({"pciback"})
+KVM_STUBS = frozenset({"vfio-pci", "pci-stub"})
+
+PV_DMA_WORDS = (
+    "a guest which has access to a non-virtualized PCI device via PCI passthrough also has "
+    "the potential to access the DMA address space of dom0"
+)
+
+# Xen's physinfo flags (xl info / xm info "virt_caps"): *_directio means the
+# hypervisor has an IOMMU it can use for device assignment.
+_VIRT_CAPS = re.compile(r"^virt_caps\s*:\s*(?P<caps>.*)$", re.M)
+# Xen prints "I/O virtualisation enabled|disabled" at boot (xen/drivers/
+# passthrough/iommu.c); RHEL 5's Xen 3.1 has no virt_caps, only this line.
+_IO_VIRT = re.compile(r"I/O virtuali[sz]ation (?P<state>enabled|disabled)")
+
+
+def hidden_findings(
+    address: PciAddress,
+    driver: str | None,
+    recorded_stub: str | None,
+    *,
+    xen: bool,
+) -> list[Finding]:
+    """PP002: the device must first be hidden from the host.
+
+    ``driver`` is the driver bound now, ``recorded_stub`` the stub the ledger
+    says pcipass hid it on (None if it never did), ``xen`` whether the guest
+    runs on Xen (pciback) or KVM (vfio-pci).
+    """
+    subject = str(address)
+    wanted = XEN_STUBS if xen else KVM_STUBS
+    wanted_text = "pciback" if xen else "vfio-pci"
+    other = KVM_STUBS if xen else XEN_STUBS
+    if driver in wanted:
+        return []
+    if driver in other:
+        return [
+            Finding(
+                "PP002",
+                Severity.REFUSE,
+                subject,
+                f"is bound to {driver}, but a {'Xen' if xen else 'KVM'} guest takes devices "
+                f"only from {wanted_text}",
+                f"pcipass unhide --now {address}, then "
+                f"pcipass hide --now --backend {'pciback' if xen else 'vfio'} {address}",
+            )
+        ]
+    if recorded_stub is not None:
+        # Hidden persistently (modprobe / kernel command line): it takes
+        # effect after a driver reload or reboot (Procedure 15.3 step 1, PP010).
+        return [
+            Finding(
+                "PP002",
+                Severity.WARN,
+                subject,
+                f"is recorded hidden on {recorded_stub} but bound to {driver or 'no driver'} now; "
+                "the guest cannot start with it until the host lets it go",
+                f"reload the driver, reboot, or run pcipass hide --now {address}",
+            )
+        ]
+    return [
+        Finding(
+            "PP002",
+            Severity.REFUSE,
+            subject,
+            f"is not hidden from the host (driver {driver or 'none'}); "
+            "to link a PCI device to a guest the device must first be hidden from the host",
+            f"pcipass hide --now {address} first, or add --hide",
+        )
+    ]
+
+
+def exclusive_findings(
+    address: PciAddress,
+    guest: str,
+    ledger_owner: str | None,
+    listed_by: Sequence[tuple[str, str, str]],
+) -> list[Finding]:
+    """PP101: a device belongs to one guest.  ``listed_by`` holds
+    (guest, file, entry) for every *other* guest's configuration that lists it."""
+    subject = str(address)
+    findings: list[Finding] = []
+    if ledger_owner is not None and ledger_owner != guest:
+        findings.append(
+            Finding(
+                "PP101",
+                Severity.REFUSE,
+                subject,
+                f"is assigned to guest {ledger_owner}; a device belongs to one guest at a time",
+                f"detach it first: pcipass detach {address} {ledger_owner}",
+            )
+        )
+    for other, display, entry in listed_by:
+        if other == ledger_owner:
+            continue
+        findings.append(
+            Finding(
+                "PP101",
+                Severity.REFUSE,
+                subject,
+                f"is listed by guest {other} in {display} ({entry}); "
+                "a device belongs to one guest at a time",
+                f"detach it from {other} first: pcipass detach {address} {other}",
+            )
+        )
+    return findings
+
+
+def pv_dma_finding(address: PciAddress, config: GuestConfig) -> Finding | None:
+    """PP004: every PV assignment carries the document's DMA warning."""
+    if config.virt_mode is not VirtMode.PV:
+        return None
+    return Finding(
+        "PP004",
+        Severity.WARN,
+        str(address),
+        f"guest {config.name or config.display} is paravirtualized: {PV_DMA_WORDS}, "
+        "which is a potential security concern",
+        "use a fully virtualized (HVM) guest with an IOMMU, or accept the risk with "
+        "--accept-pv-dma-risk",
+    )
+
+
+def rhel6_pv_findings(address: PciAddress, config: GuestConfig, guest_os: GuestOs) -> list[Finding]:
+    """PP005: "PCI passthrough to para-virtualized guests is considered
+    insecure and is not supported for Red Hat Enterprise Linux 6 guests"."""
+    if config.virt_mode is not VirtMode.PV:
+        return []
+    name = config.name or config.display
+    if guest_os.is_rhel(6):
+        return [
+            Finding(
+                "PP005",
+                Severity.REFUSE,
+                str(address),
+                f"guest {name} is a paravirtualized {guest_os} guest (from {guest_os.source}); "
+                "PCI passthrough to para-virtualized guests is not supported for Red Hat "
+                "Enterprise Linux 6 guests",
+                "run the guest fully virtualized (HVM) on an IOMMU host, or give the device "
+                "to another guest",
+            )
+        ]
+    if not guest_os.known:
+        return [
+            Finding(
+                "PP005",
+                Severity.INFO,
+                str(address),
+                f"the OS of PV guest {name} is not known ({guest_os.source}); "
+                "if it is RHEL 6, PV passthrough is not supported",
+                "say which with --guest-os (e.g. rhel5.4, rhel6)",
+            )
+        ]
+    return []
+
+
+@dataclass(frozen=True)
+class IommuState:
+    """What the host says about its IOMMU, and where it said it.
+
+    ``hvm``/``pv`` are True (active), False (the host says no) or None
+    (nothing could tell); ``evidence`` is the source, for messages.
+    """
+
+    hvm: bool | None
+    pv: bool | None
+    evidence: str
+
+
+def _entries(host: Host, absolute: str) -> list[str]:
+    try:
+        return sorted(p.name for p in host.root.path(absolute).iterdir())
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def probe_iommu(host: Host) -> IommuState:
+    """Is an IOMMU active?  Linux shows one in ``/sys/class/iommu`` and
+    ``/sys/kernel/iommu_groups``; in a Xen dom0 the hypervisor owns the IOMMU
+    and Linux sees neither, so Xen is asked (``xl info`` virt_caps, or its
+    boot message "I/O virtualisation enabled" in ``xl dmesg``/``xm dmesg``)."""
+    units = _entries(host, "/sys/class/iommu")
+    if units:
+        return IommuState(True, True, f"/sys/class/iommu/{units[0]}")
+    groups = _entries(host, "/sys/kernel/iommu_groups")
+    if groups:
+        return IommuState(True, True, f"/sys/kernel/iommu_groups ({len(groups)} groups)")
+    if not host.root.path("/proc/xen").exists():
+        return IommuState(
+            False, False, "no /sys/class/iommu entries and no /sys/kernel/iommu_groups"
+        )
+    for program in ("xl", "xm"):
+        if host.runner.which(program) is None:
+            continue
+        info = host.runner.run([program, "info"], timeout=30.0)
+        if info.returncode == 0:
+            match = _VIRT_CAPS.search(info.stdout)
+            if match:
+                caps = match.group("caps").split()
+                return IommuState(
+                    "hvm_directio" in caps,
+                    "pv_directio" in caps,
+                    f"`{program} info` virt_caps: {' '.join(caps) or '(empty)'}",
+                )
+        dmesg = host.runner.run([program, "dmesg"], timeout=30.0)
+        if dmesg.returncode == 0:
+            found = _IO_VIRT.search(dmesg.stdout)
+            if found:
+                on = found.group("state") == "enabled"
+                return IommuState(on, None, f"`{program} dmesg`: {found.group(0)}")
+        return IommuState(
+            None, None, f"Xen dom0: `{program} info` and `{program} dmesg` did not say"
+        )
+    return IommuState(
+        None,
+        None,
+        "Xen dom0 without /sys IOMMU entries, and neither xl nor xm could be run to ask Xen",
+    )
+
+
+def hvm_support_findings(
+    address: PciAddress,
+    config: GuestConfig,
+    platform: Platform,
+    iommu: IommuState,
+) -> list[Finding]:
+    """PP006: "PCI passthrough with fully virtualized guests is only supported
+    on Red Hat Enterprise Linux 5.4 and newer", and it needs an active IOMMU.
+
+    On current Xen (4.x, xl) PV passthrough needs the IOMMU too: Xen 4.17
+    refuses with "passthrough not supported on this platform" (lab-notes).
+    """
+    subject = str(address)
+    name = config.name or config.display
+    findings: list[Finding] = []
+    if config.virt_mode is VirtMode.HVM:
+        if platform.rhel_like and platform.major is not None and platform.major <= 5:
+            minor = _minor(platform.version)
+            if platform.major < 5 or minor is None or minor < 4:
+                shown = platform.pretty_name or f"{platform.family} {platform.version}"
+                findings.append(
+                    Finding(
+                        "PP006",
+                        Severity.REFUSE,
+                        subject,
+                        f"guest {name} is fully virtualized (HVM) and this host runs {shown}; "
+                        "PCI passthrough with fully virtualized guests is only supported on "
+                        "Red Hat Enterprise Linux 5.4 and newer",
+                        "update the host to RHEL 5.4 or newer, or use a PV guest",
+                    )
+                )
+        if iommu.hvm is not True:
+            findings.append(
+                Finding(
+                    "PP006",
+                    Severity.REFUSE,
+                    subject,
+                    f"guest {name} is fully virtualized (HVM), which needs an active IOMMU "
+                    f"(Intel VT-d or AMD-Vi); missing: {iommu.evidence}",
+                    "enable VT-d/AMD-Vi in the firmware and boot with it on "
+                    "(Xen: iommu=1; Linux: intel_iommu=on or amd_iommu=on)",
+                )
+            )
+    elif config.virt_mode is VirtMode.PV and iommu.pv is False:
+        findings.append(
+            Finding(
+                "PP006",
+                Severity.REFUSE,
+                subject,
+                f"Xen reports no IOMMU for PV passthrough ({iommu.evidence}); current Xen "
+                "refuses every passthrough without one ('passthrough not supported on this "
+                "platform')",
+                "enable VT-d/AMD-Vi in the firmware and boot Xen with iommu=1",
+            )
+        )
+    return findings
+
+
+def _minor(version: str) -> int | None:
+    parts = version.split(".")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def save_restore_findings(
+    guest: str,
+    operation: str,
+    owned: Sequence[str],
+    listed: Sequence[str],
+    where: str,
+) -> list[Finding]:
+    """PP003: "Any guest using PCI passthrough will no longer be available
+    for save, restore, or migration capabilities"."""
+    if not owned and not listed:
+        return []
+    devices = sorted(set(owned) | set(listed))
+    sources = []
+    if owned:
+        sources.append("pcipass's ledger")
+    if listed:
+        sources.append(where)
+    return [
+        Finding(
+            "PP003",
+            Severity.REFUSE,
+            f"guest {guest}",
+            f"holds passed-through PCI device(s) {', '.join(devices)} (per "
+            f"{' and '.join(sources)}); a guest using PCI passthrough is not available for "
+            f"save, restore, or migration, so {operation} is refused",
+            f"detach first: {'; '.join(f'pcipass detach --live {d} {guest}' for d in devices)}"
+            f"; then {operation}, and attach again after it",
+        )
+    ]
