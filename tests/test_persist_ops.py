@@ -119,3 +119,61 @@ def test_kmod_parses_what_was_written_for_a_current_debian(
     ).stdout
     assert "options vfio_pci ids=8086:1520" in shown
     assert "softdep igbvf pre: vfio-pci" in shown or "softdep igbvf pre: vfio_pci" in shown
+
+
+def test_vfio_ids_would_take_the_hosts_own_nic_too(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A second 82574L, the same id as the default-route NIC at 0000:03:00.0.
+    kvm.fake.add_bridge("0000:00:1c.3", secondary_bus=5)
+    kvm.fake.add_device(
+        "0000:05:00.0",
+        vendor=0x8086,
+        device=0x10D3,
+        class_code=0x020000,
+        driver="e1000e",
+        parent="0000:00:1c.3",
+        reset_method="flr",
+    )
+    before = snapshot(kvm.base)
+    assert cli(kvm, "hide", "--persist", "--backend", "vfio", "0000:05:00.0") == 3
+    err = capsys.readouterr().err
+    assert "0000:03:00.0: has the same id 8086:10d3" in err
+    assert "vfio-pci ids= would take it at boot too" in err
+    assert snapshot(kvm.base) == before
+
+
+def test_cmdline_method_edits_only_the_grub_variable(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grub = kvm.base / "etc/default/grub"
+    grub.parent.mkdir(parents=True, exist_ok=True)
+    original = b'# my grub\nGRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX="intel_iommu=on  quiet"\n'
+    grub.write_bytes(original)
+    assert (
+        cli(kvm, "hide", "--persist", "--platform", "cmdline", "--backend", "vfio", "0000:03:00.0")
+        == 3
+    )  # PP001: the default-route NIC
+    assert (
+        cli(
+            kvm,
+            "hide",
+            "--persist",
+            "--platform",
+            "cmdline",
+            "--backend",
+            "vfio",
+            "0000:01:00.0",
+            "0000:01:00.1",
+        )
+        == 0
+    )
+    text = grub.read_text()
+    assert "vfio-pci.ids=10de:0fb9,10de:1b80" in text or "vfio-pci.ids=10de:1b80,10de:0fb9" in text
+    assert text.startswith("# my grub\nGRUB_DEFAULT=0\n")
+    assert "update-grub" in capsys.readouterr().out
+    assert (
+        cli(kvm, "unhide", "--persist", "--platform", "cmdline", "0000:01:00.0", "0000:01:00.1")
+        == 0
+    )
+    assert grub.read_bytes() == original

@@ -66,8 +66,13 @@ COMMANDS: tuple[Command, ...] = (
         False,
     ),
     Command("recover", "cmd_hide", "roll back operations interrupted half-way", True, False),
-    Command("guest-setup", "cmd_setup", "inside a KVM guest (or an image with --root): acpiphp "
-            "now and at every boot (PP008)", True, True),
+    Command(
+        "guest-setup",
+        "cmd_setup",
+        "inside a KVM guest (or an image with --root): acpiphp now and at every boot (PP008)",
+        True,
+        True,
+    ),
     Command("attach", "cmd_guests", "assign a hidden device to a guest (--live too)", True, True),
     Command("detach", "cmd_guests", "take a device back from a guest (--live too)", True, True),
     Command(

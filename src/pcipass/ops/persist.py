@@ -45,6 +45,7 @@ class PersistResult:
     notes: list[str] = field(default_factory=list)
     regenerate: list[list[str]] = field(default_factory=list)
     dry_run: bool = False
+    findings: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -54,10 +55,12 @@ class PersistResult:
             "files": [{"path": e.display, "diff": e.diff()} for e in self.edits],
             "notes": self.notes,
             "regenerate": self.regenerate,
+            "findings": [f.to_json() for f in self.findings],
         }
 
     def render_lines(self) -> list[str]:
-        lines = [f"persistent ({self.method}, {self.platform.pretty_name or 'unknown'}):"]
+        lines = [f.render() for f in self.findings]
+        lines.append(f"persistent ({self.method}, {self.platform.pretty_name or 'unknown'}):")
         for edit in self.edits:
             lines.append(edit.diff().rstrip("\n") if self.dry_run else f"  wrote {edit.display}")
         if not self.edits:
@@ -112,12 +115,7 @@ def _plan(
     method = platform.method_for(pbackend)
     notes: list[str] = []
     if method is PersistMethod.CMDLINE:
-        raise UsageError(
-            "--persist",
-            "this platform needs the kernel command line (the stub is built in), which this "
-            "version does not edit yet",
-            "add xen-pciback.hide=(...) or vfio-pci.ids=... to GRUB_CMDLINE_LINUX by hand",
-        )
+        return method, [_plan_cmdline(host, addresses, pbackend, platform, add=add)], notes
     display = platform.modprobe_path(method)
     path = host.root.path(display)
     current = path.read_bytes() if path.is_file() else None
@@ -151,6 +149,76 @@ def _plan(
         if only_header_left(new) and display.endswith("/pcipass.conf"):
             return method, [plan_edit(path, display, None)], notes
     return method, [plan_edit(path, display, new)], notes
+
+
+def _plan_cmdline(
+    host: Host,
+    addresses: Sequence[PciAddress],
+    backend: PersistBackend,
+    platform: Platform,
+    *,
+    add: bool,
+) -> FileEdit:
+    """The kernel command line in /etc/default/grub (stub built in, or asked for)."""
+    from pcipass.persist import cmdline
+    from pcipass.persist.platform import DEFAULT_GRUB_FILE
+
+    display = DEFAULT_GRUB_FILE
+    path = host.root.path(display)
+    current = path.read_bytes() if path.is_file() else None
+    ids: list[str] = []
+    if backend is PersistBackend.VFIO:
+        by = inventory(host).by_address()
+        ids = sorted({by[a].device.id_text for a in addresses if a in by})
+    edit = cmdline.add_hide if add else cmdline.remove_hide
+    new = edit(
+        current,
+        backend=backend,
+        addresses=[] if ids else list(addresses),
+        ids=ids,
+        stub=platform.stub_module(backend),
+        path=display,
+    )
+    return plan_edit(path, display, new)
+
+
+def id_collateral(host: Host, addresses: Sequence[PciAddress], inv: Inventory) -> list[Finding]:
+    """vfio-pci ``ids=`` claims EVERY device with that vendor:device at boot.
+
+    Hiding one of two identical NICs by id also takes the other, which may be
+    the host's own (ANCHORS pain 4): refuse when a same-id device the host
+    uses is not part of the request, warn for any other.
+    """
+    by = inv.by_address()
+    wanted = set(addresses)
+    ids = {by[a].device.id_text for a in addresses if a in by}
+    findings: list[Finding] = []
+    for info in inv.devices:
+        if info.address in wanted or info.device.id_text not in ids:
+            continue
+        if info.uses:
+            findings.append(
+                Finding(
+                    "PP001",
+                    Severity.REFUSE,
+                    str(info.address),
+                    f"has the same id {info.device.id_text} as the device to hide, and vfio-pci "
+                    f"ids= would take it at boot too; the host uses it: {info.uses[0].detail}",
+                    "hide by address instead (driver_override: a udev rule or pcipass hide --now "
+                    "at boot), or use the pciback backend",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "PP102",
+                    Severity.WARN,
+                    str(info.address),
+                    f"has the same id {info.device.id_text}: vfio-pci ids= hides it at boot too",
+                    "add it to the request or accept that it leaves the host",
+                )
+            )
+    return findings
 
 
 def hide_persist(
@@ -192,12 +260,16 @@ def _persist(
     *,
     add: bool,
 ) -> PersistResult:
+    checked: list[Finding] = []
     if add:
         from pcipass.errors import RefusedError
         from pcipass.policy.assignable import assignability_findings
         from pcipass.policy.verdict import refusals
 
-        blocking = refusals(assignability_findings(host, addresses))
+        checked = assignability_findings(host, addresses)
+        if backend is Backend.VFIO:
+            checked += id_collateral(host, addresses, inventory(host))
+        blocking = refusals(checked)
         if blocking:
             raise RefusedError(
                 ", ".join(str(a) for a in addresses),
@@ -209,7 +281,14 @@ def _persist(
     platform = _platform(host, platform_text)
     method, edits, notes = _plan(host, addresses, backend, platform, add=add)
     edits = [e for e in edits if e.changes_anything]
-    result = PersistResult(platform, method, edits, notes, dry_run=dry_run)
+    result = PersistResult(
+        platform,
+        method,
+        edits,
+        notes,
+        dry_run=dry_run,
+        findings=[f for f in checked if f.severity is not Severity.REFUSE],
+    )
     if edits:
         result.regenerate = [list(r.argv) for r in platform.regeneration(method)]
     if method is not PersistMethod.CMDLINE and add:
