@@ -7,7 +7,11 @@ every result is checked against sysfs and /dev/vfio.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -260,6 +264,103 @@ def check_no_drift_kvm() -> str:
     return f"check exit {res.rc}, no PP010"
 
 
+# ---------------------------------------------------------------- nested L2 with vfio-pci
+
+L2_LOG = "/tmp/l2-console.log"
+L2_QMP = "/run/l2.qmp"
+L2: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def qmp(command: str, arguments: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    """One QMP command on the L2's socket (raw recv buffer: makefile+timeout breaks, notes)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(L2_QMP)
+        buf = b""
+
+        def message() -> dict[str, Any]:
+            nonlocal buf
+            while b"\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise StepFailed("QMP socket closed")
+                buf += chunk
+            line, buf = buf.split(b"\n", 1)
+            return dict(json.loads(line))
+
+        message()  # greeting
+        for cmd, args in (("qmp_capabilities", None), (command, arguments)):
+            req: dict[str, Any] = {"execute": cmd}
+            if args:
+                req["arguments"] = args
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            while True:
+                msg = message()
+                if "return" in msg or "error" in msg:
+                    break
+        if "error" in msg:
+            raise StepFailed(f"QMP {command}: {msg['error']}")
+        return msg["return"]
+
+
+def l2_pci() -> list[str]:
+    return re.findall(r"@@DOMU pci=\[([^\]]*)\]", read(L2_LOG))
+
+
+@step("nested-l2-sees-device", needs=("unhide-vfio",), timeout=480)
+def nested_l2_sees_device() -> str:
+    """A nested QEMU started with -device vfio-pci on the device pcipass hid boots an L2 that
+    sees it (TCG inside TCG: the slow part of the scenario)."""
+    pcipass("hide", KVM_E1000E, "--now", "--backend", "vfio")
+    expect_driver(KVM_E1000E, "vfio-pci")
+    argv = [
+        "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-cpu", "qemu64", "-m", "192",
+        "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
+        "-serial", f"file:{L2_LOG}", "-qmp", f"unix:{L2_QMP},server,nowait",
+        "-L", "/usr/share/qemu", "-kernel", "/l2/vmlinuz", "-initrd", "/l2/l2.cpio.gz",
+        "-append", "console=ttyS0 quiet loglevel=4 mitigations=off nokaslr tsc=reliable",
+        "-device", f"vfio-pci,host={KVM_E1000E[5:]},rombar=0,id=pt0",
+    ]  # fmt: skip
+    with open("/tmp/l2-qemu.out", "wb") as out:
+        L2["proc"] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    proc = L2["proc"]
+    waited = wait_for(
+        "the L2 to list 8086:10d3",
+        lambda: proc.poll() is not None or any("0x8086:0x10d3" in ln for ln in l2_pci()),
+        420,
+        poll=2,
+    )
+    if proc.poll() is not None:
+        raise StepFailed(f"nested QEMU exit {proc.returncode}: {read('/tmp/l2-qemu.out')[-300:]}")
+    return f"L2 sees [{l2_pci()[-1]}] {waited:.0f}s after the nested QEMU started"
+
+
+@step("nested-guard", needs=("nested-l2-sees-device",))
+def nested_guard() -> str:
+    notes = []
+    for op in ("save", "migrate"):
+        res = pcipass("guard", op, "l2", expect=None)
+        if res.rc == 0 or "PP003" not in res.text:
+            raise StepFailed(f"guard {op} l2 (holds {KVM_E1000E}): exit {res.rc}: {res.tail()}")
+        notes.append(f"{op}: exit {res.rc}")
+    return "; ".join(notes)
+
+
+@step("nested-stop", needs=("unhide-vfio",))
+def nested_stop() -> str:
+    proc = L2.get("proc")
+    if proc is not None and proc.poll() is None:
+        try:
+            qmp("quit")
+        except (OSError, StepFailed):
+            proc.terminate()
+        proc.wait(timeout=30)
+    if driver(KVM_E1000E) == "vfio-pci":
+        pcipass("unhide", KVM_E1000E, "--now")
+    expect_driver(KVM_E1000E, "e1000e", "after the L2 stopped and unhide --now")
+    return "L2 stopped (QMP quit); device back on e1000e"
+
+
 KVM_SMOKE = ["python-pcipass", "l1-iommu", "l1-drivers", "kvm-list", "hide-vfio", "unhide-vfio"]
 plan("kvm-smoke", KVM_SMOKE)
 plan(
@@ -271,6 +372,9 @@ plan(
         "refuse-bridge",
         "recover-interrupted",
         "guest-setup-builtin",
+        "nested-l2-sees-device",
+        "nested-guard",
+        "nested-stop",
         "persist-vfio",
     ],
 )

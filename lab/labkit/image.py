@@ -325,6 +325,79 @@ def build_l1(work: Path, stage: Path, kver: str, log: list[str]) -> Path:
     return out
 
 
+def _elf_closure(root: Path, stage: Path, elves: Iterable[Path], log: list[str]) -> None:
+    """Copy every library the ELF files need into ``root`` (from the stage, else the host)."""
+    libdirs = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+    env = {"LD_LIBRARY_PATH": ":".join(str(stage / d) for d in libdirs), "PATH": "/usr/bin:/bin"}
+    for elf in elves:
+        out = subprocess.run(
+            ["ldd", str(elf)], capture_output=True, text=True, env=env, check=False
+        ).stdout
+        for line in out.splitlines():
+            if "not found" in line:
+                raise BuildError(f"{elf.name}: {line.strip()}")
+            parts = line.split()
+            if "=>" not in parts:
+                continue
+            lib = Path(parts[parts.index("=>") + 1])
+            if not lib.is_absolute():
+                continue
+            if lib.is_relative_to(stage):
+                dst = root / lib.relative_to(stage)
+            else:
+                dst = root / "usr/lib/x86_64-linux-gnu" / lib.name
+                if (
+                    not (stage / "usr/lib/x86_64-linux-gnu" / lib.name).exists()
+                    and not (stage / "lib/x86_64-linux-gnu" / lib.name).exists()
+                ):
+                    log.append(f"library from the host (no fetched package has it): {lib}")
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(lib.resolve(), dst)
+
+
+def build_l2(work: Path, stage: Path) -> Path:
+    """The nested L2 guest's initramfs: busybox and the device-reporting loop, nothing else."""
+    root = work / "l2-root"
+    _busybox_root(root, stage)
+    _copy(GUEST / "domu-init", root / "init")
+    (root / "init").chmod(0o755)
+    out = work / "l2.cpio.gz"
+    write_cpio_gz(root, out)
+    return out
+
+
+def build_nested_overlay(work: Path, stage: Path, kver: str, log: list[str]) -> Path:
+    """Appended to the L1 image: qemu-system-x86_64 (+TCG module, firmware) and the L2 payload.
+
+    Debian's QEMU loads TCG as a module (accel-tcg-x86_64.so) and finds bios-256k.bin through
+    /usr/share/qemu -> ../seabios links (KVM lab notes).
+    """
+    root = work / "nested-root"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    qemu_bin = stage / "usr/bin/qemu-system-x86_64"
+    tcg = stage / "usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so"
+    _copy(qemu_bin, root / "usr/bin/qemu-system-x86_64")
+    _copy(tcg, root / "usr/lib/x86_64-linux-gnu/qemu" / tcg.name)
+    share = root / "usr/share/qemu"
+    share.mkdir(parents=True)
+    for name in ("bios-256k.bin", "kvmvapic.bin", "linuxboot_dma.bin", "linuxboot.bin"):
+        src = stage / "usr/share/qemu" / name
+        real = src.resolve() if src.is_symlink() else src
+        if not real.exists():
+            real = stage / "usr/share/seabios" / name
+        shutil.copy2(real, share / name)
+    _elf_closure(root, stage, [qemu_bin, tcg], log)
+    (root / "l2").mkdir()
+    shutil.copy2(stage / f"boot/vmlinuz-{kver}", root / "l2/vmlinuz")
+    shutil.copy2(build_l2(work, stage), root / "l2/l2.cpio.gz")
+    out = work / "nested.cpio.gz"
+    write_cpio_gz(root, out)
+    return out
+
+
 def overlay(work: Path, files: dict[str, bytes], name: str) -> Path:
     """A cpio.gz holding ``files`` (guest path -> bytes), to append after a base image.
 

@@ -75,6 +75,53 @@ BASE_PACKAGES = (
 )
 
 
+# A QEMU to run inside the KVM L1 guest (nested L2 with -device vfio-pci), with its firmware and
+# the libraries Debian's qemu-system-x86 depends on (anything else ldd finds comes from the host,
+# and the build log names it).
+NESTED_PACKAGES = (
+    "qemu-system-x86",
+    "qemu-system-common",  # accel-tcg-x86_64.so
+    "qemu-system-data",
+    "seabios",
+    "libaio1",
+    "libbpf1",
+    "libelf1",
+    "libcapstone4",
+    "libfdt1",
+    "libfuse3-3",
+    "libglib2.0-0",
+    "libpcre2-8-0",
+    "libmount1",
+    "libblkid1",
+    "libselinux1",
+    "libgmp10",
+    "libgnutls30",
+    "libp11-kit0",
+    "libidn2-0",
+    "libunistring2",
+    "libtasn1-6",
+    "libhogweed6",
+    "libnettle8",
+    "libibverbs1",
+    "libnl-3-200",
+    "libnl-route-3-200",
+    "librdmacm1",
+    "libjpeg62-turbo",
+    "libnuma1",
+    "libpixman-1-0",
+    "libpmem1",
+    "libndctl6",
+    "libdaxctl1",
+    "libkmod2",
+    "libpng16-16",
+    "libsasl2-2",
+    "libseccomp2",
+    "libslirp0",
+    "liburing2",
+    "libvdeplug2",
+)
+
+
 class FetchError(RuntimeError):
     """A package could not be downloaded or unpacked."""
 
