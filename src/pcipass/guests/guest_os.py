@@ -136,6 +136,9 @@ def parse_os_text(text: str) -> GuestOs:
     version = match.group("version")
     if family == "windows" and version is not None:
         return GuestOs("windows", version, source)
+    if version is not None:
+        # SUSE service packs: libosinfo's "sles12sp5" is release 12.5.
+        version = re.sub(r"^([0-9]+)sp([0-9]+)$", r"\1.\2", version)
     if version is not None and not re.fullmatch(r"[0-9]+(?:\.[0-9]+)*", version):
         raise UsageError(f"guest OS {text.strip()!r}", f"version {version!r} is not a number")
     return GuestOs(family, version, source)

@@ -38,6 +38,7 @@ import ast
 import bisect
 import codecs
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -322,7 +323,8 @@ class XenConfig:
         for device in self._devices:
             if not device.covers(address):
                 continue
-            if device.address == address and (not requested or device.options == requested):
+            # The same entry (or a wildcard entry covering the function).
+            if not requested or (device.address == address and device.options == requested):
                 return self.data
             raise UsageError(
                 f"{self._display}:{device.line}",
@@ -333,7 +335,7 @@ class XenConfig:
         style = self._style()
         if setting is None:
             element = f"{style.quote}{spec}{style.quote}"
-            return _append_statement(self.data, f"pci{style.equals}[ {element} ]", style.newline)
+            return self._append(f"pci{style.equals}[ {element} ]", style)
         assert setting.items is not None  # checked by _read_devices
         quote = next((i.quote for i in reversed(setting.items) if i.quote), style.quote)
         return self._insert_item(setting, f"{quote}{spec}{quote}".encode(), style)
@@ -376,12 +378,14 @@ class XenConfig:
                 occurrences[-1].line,
             )
         if not occurrences:
-            return _append_statement(self.data, f"{key}{style.equals}{text}", style.newline)
+            return self._append(f"{key}{style.equals}{text}", style)
         setting = occurrences[0]
         if setting.items is not None or setting.value is CODE or setting.operator != "=":
             raise ConfigSyntaxError(
                 self._display, f"{key} is not a plain scalar value here", setting.line
             )
+        if setting.quote and text.startswith(style.quote):
+            text = setting.quote + text[1:-1] + setting.quote  # keep this value's own quotes
         return self.data[: setting.value_start] + text.encode() + self.data[setting.value_end :]
 
     # -- reading helpers -------------------------------------------------
@@ -533,8 +537,8 @@ class XenConfig:
         crlf = self.data.count(b"\r\n")
         if crlf and crlf * 2 >= self.data.count(b"\n"):
             newline = b"\r\n"
-        elif self.data.count(b"\r") > self.data.count(b"\n"):
-            newline = b"\r"
+        elif self._kind is GuestKind.XM and self.data.count(b"\r") > self.data.count(b"\n"):
+            newline = b"\r"  # old Mac line ends: Python reads them, libxlu does not
         else:
             newline = b"\n"
         return _Style(quote, _most_common(equals, " = "), newline)
@@ -612,11 +616,36 @@ class XenConfig:
         writes when it creates one?  Then removing its device removes it."""
         text = self.data[setting.start : setting.value_end]
         element = self.data[item.start : item.end]
+        line_start = self._lines.start_of(setting.start)
+        line_end, _ = self._lines.end_of(setting.value_end)
         return (
             setting.operator == "="
+            and line_start == setting.start
+            and line_end == setting.value_end
             and re.fullmatch(rb"pci[ \t]*=[ \t]*\[ " + re.escape(element) + rb" \]", text)
             is not None
         )
+
+    def _append(self, text: str, style: _Style) -> bytes:
+        """Append a statement on a line of its own, keeping the file's
+        last-line style (final newline or not)."""
+        data, line = self.data, text.encode()
+        if not data:
+            return line + style.newline
+        line_ended = data.endswith(b"\n") or (
+            self._kind is GuestKind.XM and data.endswith(b"\r")  # Python: \r ends a line
+        )
+        if line_ended:
+            return data + line + style.newline
+        if data.endswith(b"\r"):
+            # libxlu: a carriage return ends no line, and a newline after it
+            # would read as one CRLF; xl rejects such a file anyway.
+            raise ConfigSyntaxError(
+                self._display,
+                "the file ends in a carriage return, which xl rejects (run dos2unix)",
+                self._lines.line_of(len(data)),
+            )
+        return data + style.newline + line
 
 
 # --------------------------------------------------------------------------
@@ -882,7 +911,9 @@ def _parse_xm(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[s
         line = body[: error.start].count(b"\n") + 1
         raise ConfigSyntaxError(display, "not UTF-8 text", line) from error
     try:
-        module = ast.parse(text, filename=display)
+        with warnings.catch_warnings():  # "invalid escape sequence" and the like
+            warnings.simplefilter("ignore")
+            module = ast.parse(text, filename=display)
     except SyntaxError as error:
         raise ConfigSyntaxError(
             display, f"not valid Python: {error.msg}", error.lineno or None
@@ -898,10 +929,11 @@ def _parse_xm(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[s
     notes: list[str] = []
     settings: list[_Setting] = []
     for statement in module.body:
-        literal = _xm_literal_setting(statement, data, display, offset)
-        if literal is not None:
-            settings.append(literal)
-            continue
+        setting = _xm_setting(statement, data, display, offset)
+        if setting is not None:
+            settings.append(setting)
+            if setting.value is not CODE:
+                continue
         if isinstance(statement, ast.Pass) or (
             isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
         ):
@@ -916,12 +948,14 @@ def _parse_xm(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[s
     return settings, lines, notes
 
 
-def _xm_literal_setting(
+def _xm_setting(
     statement: ast.stmt,
     data: bytes,
     display: str,
     offset: Callable[[int, int], int],
 ) -> _Setting | None:
+    """A top-level ``NAME = value`` as a setting (value CODE when it is not a
+    literal: never evaluated), or None for any other statement."""
     if not (
         isinstance(statement, ast.Assign)
         and len(statement.targets) == 1
@@ -941,11 +975,11 @@ def _xm_literal_setting(
                 "files as data and needs a literal here",
                 statement.lineno,
             ) from None
-        return None
+        value = CODE
     value_start = offset(node.lineno, node.col_offset)
     value_end = offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
     items: tuple[_Item, ...] | None = None
-    if isinstance(node, ast.List):
+    if isinstance(node, ast.List) and value is not CODE:
         items = tuple(
             _Item(
                 start=(start := offset(elt.lineno, elt.col_offset)),
@@ -1128,19 +1162,9 @@ def _trailing_comma(data: bytes, after: int, close_at: int) -> int | None:
     return None if index < 0 else after + index
 
 
-def _append_statement(data: bytes, text: str, newline: bytes) -> bytes:
-    """Append a line, keeping the file's last-line style (final newline or not)."""
-    line = text.encode()
-    if not data:
-        return line + newline
-    if data.endswith((b"\n", b"\r")):
-        return data + line + newline
-    return data + newline + line
-
-
 def _remove_lines(data: bytes, lines: _Lines, start: int, end: int) -> bytes:
     """Remove the statement in data[start:end] with its line, the exact
-    inverse of :func:`_append_statement` when it stands alone on its line."""
+    inverse of :meth:`XenConfig._append` when it stands alone on its line."""
     line_start = lines.start_of(start)
     line_end, next_line = lines.end_of(end)
     if data[line_start:start] or data[end:line_end]:
