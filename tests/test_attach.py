@@ -532,3 +532,35 @@ def test_cli_exit_codes_and_messages(rhel5: Lab, capsys: pytest.CaptureFixture[s
     assert main(["--root", base, "detach", "09:00.0", "rhel5pv", "--dry-run"]) == 0
     assert "-pci = [ '0000:09:00.0' ]" in capsys.readouterr().out
     assert main(["--root", base, "attach", "09:00.0", "nosuch"]) == 4
+
+
+# --- PP003 at host shutdown (xendomains) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "warned"),
+    [
+        ("XENDOMAINS_SAVE=/var/lib/xen/save\n", True),
+        ('XENDOMAINS_SAVE="/var/lib/xen/save"  # default\n', True),
+        ('XENDOMAINS_SAVE=/var/lib/xen/save\nXENDOMAINS_SAVE=""\n', False),
+        ("# XENDOMAINS_SAVE=/var/lib/xen/save\n", False),
+    ],
+)
+def test_xendomains_save_at_shutdown_is_warned(rhel5: Lab, content: str, warned: bool) -> None:
+    hidden_nic(rhel5)
+    rhel5.fake.write_file("/etc/sysconfig/xendomains", content)
+    result = attach(rhel5.host, NIC, "rhel5pv", accept_pv_dma_risk=True)
+    found = [f for f in result.findings if f.rule == "PP003"]
+    assert bool(found) is warned
+    if warned:
+        assert "XENDOMAINS_SAVE=/var/lib/xen/save" in found[0].message
+        assert 'XENDOMAINS_SAVE=""' in found[0].remedy
+
+
+def test_pci_stub_does_not_serve_a_vfio_guest(kvm: Lab) -> None:
+    kvm.fake.add_driver("pci-stub")
+    kvm.fake.unbind(str(VF))
+    kvm.fake.bind(str(VF), "pci-stub")
+    error = refused(attach, kvm.host, VF, "win10", hide=True)
+    assert error.rule == "PP002" and "bound to pci-stub" in error.problem
+    assert "only from vfio-pci" in error.problem

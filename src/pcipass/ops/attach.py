@@ -240,7 +240,8 @@ def attach(
     hidden = guest_rules.hidden_findings(
         address, driver, record.stub_driver if record else None, xen=xen
     )
-    stub_mismatch = driver in (guest_rules.KVM_STUBS if xen else guest_rules.XEN_STUBS)
+    wanted = guest_rules.XEN_STUBS if xen else guest_rules.KVM_STUBS
+    stub_mismatch = driver in guest_rules.ALL_STUBS - wanted
     needs_hide = hide and bool(hidden) and not stub_mismatch and _device_exists(host, address)
     if not needs_hide:
         findings += hidden
@@ -254,6 +255,8 @@ def attach(
     findings += guest_rules.hvm_support_findings(
         address, cfg, detect_platform(host.root), guest_rules.probe_iommu(host)
     )
+    if xen:
+        findings += guest_rules.shutdown_save_findings(host, guest)
     blocking = [f for f in findings if f.severity is Severity.REFUSE]
     if pv_dma is not None and not accept_pv_dma_risk:
         blocking.append(pv_dma)
@@ -329,21 +332,21 @@ def _apply(
             )
             apply_edits(ledger, op, [edit])
             if action == "attach":
+                if live:
+                    try:
+                        _run_live(host, guest_file, guest, address, action)
+                    except PcipassError:
+                        undo_file_edits(host, ledger, ledger.file_edits(op.id))
+                        op.finish()
+                        raise
+                # Claimed last, after every step that can fail: a refused
+                # hotplug leaves no owner behind.
                 ledger.claim(
                     address,
                     guest,
                     config_kind=str(guest_file.kind),
                     config_path=guest_file.display,
                 )
-                if live:
-                    try:
-                        _run_live(host, guest_file, guest, address, action)
-                    except PcipassError:
-                        undo_file_edits(host, ledger, ledger.file_edits(op.id))
-                        if owner is None:
-                            ledger.release(address, guest)
-                        op.finish()
-                        raise
             else:
                 ledger.release(address, guest)
             op.finish()

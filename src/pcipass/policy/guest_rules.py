@@ -21,9 +21,10 @@ from pcipass.policy.verdict import Finding, Severity
 
 # Stub drivers by hypervisor: Xen's toolstack hands a device to a domain only
 # from pciback (xen-pciback registers as "pciback"); KVM/QEMU only from
-# vfio-pci (pci-stub served the removed legacy KVM assignment).
+# vfio-pci (pci-stub served legacy KVM assignment, removed from QEMU 2.12).
 XEN_STUBS = frozenset({"pciback"})
-KVM_STUBS = frozenset({"vfio-pci", "pci-stub"})
+KVM_STUBS = frozenset({"vfio-pci"})
+ALL_STUBS = frozenset({"pciback", "vfio-pci", "pci-stub"})
 
 PV_DMA_WORDS = (
     "a guest which has access to a non-virtualized PCI device via PCI passthrough also has "
@@ -35,7 +36,15 @@ PV_DMA_WORDS = (
 _VIRT_CAPS = re.compile(r"^virt_caps\s*:\s*(?P<caps>.*)$", re.M)
 # Xen prints "I/O virtualisation enabled|disabled" at boot (xen/drivers/
 # passthrough/iommu.c); RHEL 5's Xen 3.1 has no virt_caps, only this line.
-_IO_VIRT = re.compile(r"I/O virtuali[sz]ation (?P<state>enabled|disabled)")
+# Xen 3.2/3.3 (RHEL 5.4's backports among them) print "Intel VT-d has been
+# enabled" instead.
+_IO_VIRT = re.compile(
+    r"I/O virtuali[sz]ation (?P<state>enabled|disabled)|Intel VT-d has been (?P<vtd>enabled)"
+)
+# xendomains(8) settings: where running domains are saved at dom0 shutdown
+# ("Set to empty to disable saving").  Read as text, never sourced.
+XENDOMAINS_FILES = ("/etc/sysconfig/xendomains", "/etc/default/xendomains")
+_XENDOMAINS_SAVE = re.compile(r"^[ \t]*XENDOMAINS_SAVE=(?P<value>[^#\n]*)", re.M)
 
 
 def hidden_findings(
@@ -54,10 +63,9 @@ def hidden_findings(
     subject = str(address)
     wanted = XEN_STUBS if xen else KVM_STUBS
     wanted_text = "pciback" if xen else "vfio-pci"
-    other = KVM_STUBS if xen else XEN_STUBS
     if driver in wanted:
         return []
-    if driver in other:
+    if driver in ALL_STUBS:
         return [
             Finding(
                 "PP002",
@@ -230,7 +238,7 @@ def probe_iommu(host: Host) -> IommuState:
         if dmesg.returncode == 0:
             found = _IO_VIRT.search(dmesg.stdout)
             if found:
-                on = found.group("state") == "enabled"
+                on = found.group("state") == "enabled" or found.group("vtd") is not None
                 return IommuState(on, None, f"`{program} dmesg`: {found.group(0)}")
         return IommuState(
             None, None, f"Xen dom0: `{program} info` and `{program} dmesg` did not say"
@@ -336,3 +344,33 @@ def save_restore_findings(
             f"; then {operation}, and attach again after it",
         )
     ]
+
+
+def shutdown_save_findings(host: Host, guest: str) -> list[Finding]:
+    """PP003 at host shutdown: xendomains saves every running domain to
+    ``XENDOMAINS_SAVE`` and restores it at boot, which is the save/restore
+    the document rules out (and ``xl save`` does not refuse: lab-notes)."""
+    for absolute in XENDOMAINS_FILES:
+        try:
+            text = host.root.path(absolute).read_text(errors="replace")
+        except OSError:
+            continue
+        matches = list(_XENDOMAINS_SAVE.finditer(text))
+        if not matches:
+            return []
+        value = matches[-1].group("value").strip().strip("'\"").strip()
+        if not value:
+            return []
+        return [
+            Finding(
+                "PP003",
+                Severity.WARN,
+                f"guest {guest}",
+                f"{absolute} sets XENDOMAINS_SAVE={value}: at host shutdown xendomains will "
+                "save this guest and restore it at boot, and a guest using PCI passthrough "
+                "cannot be saved or restored",
+                f'set XENDOMAINS_SAVE="" in {absolute} (guests are then shut down), '
+                "or detach the device before every host shutdown",
+            )
+        ]
+    return []
