@@ -87,7 +87,14 @@ def addresses(config: GuestConfig) -> list[str]:
             ["0000:09:00.0", "0000:0a:04.1"],
         ),
         ("xl-hvm.cfg", GuestKind.XL, "win10-hvm", VirtMode.HVM, "unknown OS", []),
-        ("xl-messy.cfg", GuestKind.XL, "messy", VirtMode.HVM, "unknown OS", ["0000:09:00.0", "None"]),
+        (
+            "xl-messy.cfg",
+            GuestKind.XL,
+            "messy",
+            VirtMode.HVM,
+            "unknown OS",
+            ["0000:09:00.0", "None"],
+        ),
         ("xl-crlf.cfg", GuestKind.XL, "crlf", VirtMode.PVH, "unknown OS", []),
     ],
 )
@@ -113,7 +120,7 @@ def test_rhel5_hvm_detected_from_builder_not_kernel() -> None:
 
 
 def test_xm_python_code_is_tolerated_and_reported_not_run() -> None:
-    data, config = load("xm-python-code")
+    _, config = load("xm-python-code")
     assert config.get("device_model") is CODE
     assert config.get("builder") == "hvm"
     assert any(note.startswith("line 8:") for note in config.notes)  # import os, re
@@ -185,7 +192,7 @@ def test_add_then_remove_is_identity_and_touches_nothing_else(name: str, line_en
     assert b"\n" not in new_bytes.replace(line_end, b"")  # the file's own line ends
     again = reparse(config, added)
     assert addresses(again) == [*addresses(config), "0000:0b:00.0"]
-    others = [k for k in config.keys() if k != "pci"]
+    others = [k for k in config.setting_names() if k != "pci"]
     assert {k: again.get(k) for k in others} == {k: config.get(k) for k in others}
     assert again.with_device_removed(NEW) == raw
 
@@ -273,7 +280,7 @@ def test_remove_of_a_device_not_listed_changes_nothing() -> None:
 
 
 def test_remove_refuses_one_function_of_a_wildcard_entry() -> None:
-    data, config = load("xl-messy.cfg")
+    _, config = load("xl-messy.cfg")
     with pytest.raises(UsageError) as caught:
         config.with_device_removed(HBA)
     assert "0000:0a:04.*" in caught.value.problem
@@ -521,13 +528,13 @@ def test_generated_documents_edit_exactly(kind: GuestKind, data: st.DataObject) 
     text, existing = data.draw(xen_documents(kind))
     config = parse_xen_config(text, "g", kind)
     assert [d.address for d in config.devices()] == existing
-    before = {k: config.get(k) for k in config.keys() if k != "pci"}
+    before = {k: config.get(k) for k in config.setting_names() if k != "pci"}
 
     added = config.with_device_added(NEW)
     inserted(text, added)
     grown = reparse(config, added)
     assert [d.address for d in grown.devices()] == [*existing, NEW]
-    assert {k: grown.get(k) for k in grown.keys() if k != "pci"} == before
+    assert {k: grown.get(k) for k in grown.setting_names() if k != "pci"} == before
     assert grown.with_device_removed(NEW) == text
 
     for address in existing:
@@ -535,7 +542,7 @@ def test_generated_documents_edit_exactly(kind: GuestKind, data: st.DataObject) 
         inserted(removed, text)  # a pure deletion
         shrunk = reparse(config, removed)
         assert [d.address for d in shrunk.devices()] == [a for a in existing if a != address]
-        assert {k: shrunk.get(k) for k in shrunk.keys() if k != "pci"} == before
+        assert {k: shrunk.get(k) for k in shrunk.setting_names() if k != "pci"} == before
 
 
 _XEN_ALPHABET = "pci=[]'\",# \n\r\t0123456789abcdef:.;+x*@\\"
@@ -561,7 +568,9 @@ def test_arbitrary_input_gives_a_result_or_a_usage_error(kind: GuestKind, text: 
 @given(
     name=st.sampled_from(XEN_SAMPLES),
     position=st.floats(0, 1, exclude_max=True),
-    replacement=st.sampled_from([b"", b"[", b"]", b"'", b'"', b",", b"#", b"\n", b"=", b"(", b"\\"]),
+    replacement=st.sampled_from(
+        [b"", b"[", b"]", b"'", b'"', b",", b"#", b"\n", b"=", b"(", b"\\"]
+    ),
 )
 def test_perturbed_samples_give_a_result_or_a_usage_error(
     name: str, position: float, replacement: bytes

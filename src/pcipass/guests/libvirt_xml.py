@@ -20,7 +20,11 @@ host device form (libvirt.org/formatdomain.html#host-device-assignment)::
     </hostdev>
 
 indented like its siblings, with the document's attribute quote and line
-ends.  Inserting then removing a device gives the original bytes back.
+ends.  Inserting then removing a device gives the original bytes back, with
+one exception: a ``<devices>`` element left empty by a removal goes too (so
+the ``<devices>`` pcipass creates in a domain without one is removed again,
+while an empty ``<devices/>`` the file had before does not come back;
+libvirt reads both the same).
 """
 
 from __future__ import annotations
@@ -338,15 +342,15 @@ class LibvirtDomain:
         return base + b"  "
 
     def _only_content(self, devices: _Span, hostdev: _Span) -> bool:
-        """Is ``hostdev`` all that ``devices`` holds (besides blanks), with
-        ``<devices>`` on its own lines?  Then removing it removes both."""
+        """Is ``hostdev`` all that ``devices`` holds (besides blanks)?  Then
+        removing it removes both."""
         if devices.children != [hostdev]:
             return False
         rest = (
             self.data[devices.open_end : hostdev.start]
             + self.data[hostdev.end : devices.close_start]
         )
-        return not rest.strip() and _own_lines(self.data, devices.start, devices.end)
+        return not rest.strip()
 
     def _insert_devices(
         self, address: PciAddress, driver: str, managed: bool, style: _Style

@@ -308,7 +308,7 @@ class XenConfig:
         setting = self._by_key.get(key)
         return None if setting is None else setting.value
 
-    def keys(self) -> list[str]:
+    def setting_names(self) -> list[str]:
         return list(self._by_key)
 
     # -- edits -----------------------------------------------------------
