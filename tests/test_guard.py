@@ -172,3 +172,39 @@ def test_installed_hook_script_is_called_the_libvirt_way(kvm: Lab, tmp_path: Pat
     assert "so restore is refused" in done.stderr
     done = run_cli(["win10", "started", "begin", "-"], WIN10_WITH_HOSTDEV, argv0=[str(hook)])
     assert done.returncode == 0 and done.stdout == ""
+
+
+# --- check_guest and `pcipass guests` -------------------------------------------------
+
+
+def test_check_guest_reports_drift_between_config_and_ledger(rhel5: Lab) -> None:
+    from pcipass.ops.guard import check_guest
+    from pcipass.ops.guests import find_guest
+
+    attached(rhel5)
+    # Hand edit: the NIC leaves the file, an absent device and a wildcard arrive.
+    path = rhel5.host.root.path("/etc/xen/rhel5pv")
+    text = path.read_text().replace("'0000:09:00.0'", "'0000:0b:00.0', '0000:0a:04.1'")
+    path.write_text(text)
+    result = check_guest(rhel5.host, find_guest(rhel5.host, "rhel5pv"))
+    by_rule = {(f.rule, str(f.severity), f.subject) for f in result.findings}
+    assert ("PP101", "warn", "0000:09:00.0") in by_rule  # owned, no longer listed
+    assert ("PP002", "warn", "0000:0b:00.0") in by_rule  # not on this host
+    assert ("PP002", "refuse", "0000:0a:04.1") in by_rule  # still on e1000
+    assert ("PP101", "info", "0000:0a:04.1") in by_rule  # listed, not in the ledger
+    assert ("PP004", "warn", "0000:0a:04.1") in by_rule
+
+
+def test_guests_command_lists_and_checks(rhel5: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    base = str(rhel5.base)
+    rhel5.fake.write_file("/etc/xen/hand.cfg", 'name = "hand"\ntype = "hvm"\npci = [ "09:00.0" ]\n')
+    rhel5.fake.write_file("/etc/xen/bad.cfg", "pci = [ 'x\n")
+    assert main(["--root", base, "guests"]) == 0
+    out, err = capsys.readouterr()
+    assert "hand     xl    hvm" in out and "rhel5pv  xm    pv" in out
+    assert "could not read: /etc/xen/bad.cfg" in err
+    assert main(["--root", base, "guests", "--check"]) == 3
+    out = capsys.readouterr().out
+    assert "[PP002] refuse: 0000:09:00.0" in out and "[PP006] refuse" in out
+    assert main(["--root", base, "guests", "rhel5pv"]) == 0
+    assert "no findings" in capsys.readouterr().out

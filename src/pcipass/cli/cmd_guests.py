@@ -1,4 +1,4 @@
-"""``pcipass attach``, ``detach`` and ``guard``."""
+"""``pcipass attach``, ``detach``, ``guard`` and ``guests``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="OS",
             help="the guest's OS when its configuration does not say (rhel5.4, rhel6, ...)",
         )
+    if name == "guests":
+        parser.add_argument("names", nargs="*", metavar="GUEST", help="only these guests")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="apply every guest rule to each guest's devices; exit 0 ok, 1 warnings, "
+            "3 refusals (implied when GUEST is given)",
+        )
+        parser.add_argument("--config", metavar="FILE", help="check this configuration file")
+        parser.add_argument("--guest-os", metavar="OS", help="the guest's OS (rhel5.4, rhel6...)")
     if name == "guard":
         parser.add_argument(
             "words",
@@ -60,6 +70,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 def run(name: str, args: argparse.Namespace, host: Host) -> int:
     if name == "guard":
         return _guard(args, host)
+    if name == "guests":
+        return _guests(args, host)
     from pcipass.address import PciAddress
     from pcipass.cli.render import print_json
     from pcipass.ops.attach import attach, detach
@@ -114,3 +126,76 @@ def _guard(args: argparse.Namespace, host: Host) -> int:
     else:
         print(result.render())
     return 0
+
+
+def _guests(args: argparse.Namespace, host: Host) -> int:
+    from pcipass.cli.render import print_json, table, warn
+    from pcipass.ops.attach import GuestContext
+    from pcipass.ops.guard import check_guest
+    from pcipass.ops.guests import GuestFile, find_guest, scan_guests
+    from pcipass.policy.verdict import worst_exit
+
+    guest_os = None
+    if args.guest_os:
+        from pcipass.guests.guest_os import parse_os_text
+
+        guest_os = parse_os_text(args.guest_os)
+    scan = scan_guests(host)
+    chosen: list[GuestFile]
+    if args.config is not None or args.names:
+        if args.config is not None and len(args.names) != 1:
+            raise UsageError("guests --config", "name exactly one GUEST with --config")
+        chosen = [find_guest(host, n, args.config) for n in args.names]
+    else:
+        chosen = list(scan.guests)
+    checking = args.check or bool(args.names)
+    if not checking:
+        rows = [
+            [
+                g.guest_name,
+                str(g.kind),
+                str(g.config.virt_mode),
+                str(g.config.os),
+                " ".join(d.spec_text for d in g.config.devices()) or "-",
+                g.display,
+            ]
+            for g in chosen
+        ]
+        if args.json:
+            print_json(
+                {
+                    "guests": [
+                        dict(
+                            zip(
+                                ("name", "kind", "virt_mode", "os", "devices", "config"),
+                                r,
+                                strict=True,
+                            )
+                        )
+                        for r in rows
+                    ],
+                    "problems": scan.problems,
+                }
+            )
+        else:
+            print(table(rows, ["GUEST", "KIND", "MODE", "OS", "PCI", "CONFIG"]))
+            for problem in scan.problems:
+                warn(f"could not read: {problem}")
+        return 0
+    context = GuestContext.gather(host, scan)
+    checks = [check_guest(host, g, guest_os=guest_os, context=context) for g in chosen]
+    findings = [f for c in checks for f in c.findings]
+    if args.json:
+        print_json({"guests": [c.to_json() for c in checks], "problems": scan.problems})
+    else:
+        for check in checks:
+            print(
+                f"guest {check.guest} ({check.kind}, {check.virt_mode}, {check.os}): {check.config}"
+            )
+            for line in [f.render() for f in check.findings] + [f"note: {n}" for n in check.notes]:
+                print(f"  {line}")
+            if not check.findings:
+                print("  no findings")
+        for problem in scan.problems:
+            warn(f"could not read: {problem}")
+    return worst_exit(findings)

@@ -82,6 +82,7 @@ COMMANDS: tuple[Command, ...] = (
         False,
         False,
     ),
+    Command("guests", "cmd_guests", "guest configurations, their devices and rules", False, False),
 )
 
 

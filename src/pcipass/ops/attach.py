@@ -31,9 +31,9 @@ from pcipass.host import binding
 from pcipass.host.binding import Backend
 from pcipass.host.context import Host
 from pcipass.ops.files import apply_edits, undo_file_edits
-from pcipass.ops.guests import GuestFile, find_guest, same_guest, scan_guests
+from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
 from pcipass.persist.atomic import FileEdit, plan_edit
-from pcipass.persist.platform import detect_platform
+from pcipass.persist.platform import Platform, detect_platform
 from pcipass.policy import guest_rules
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
@@ -198,6 +198,49 @@ def _device_exists(host: Host, address: PciAddress) -> bool:
     return host.sysfs.exists(host.root.pci_device(address))
 
 
+@dataclass
+class GuestContext:
+    """Facts shared by every device and guest checked in one run: the guest
+    configurations on the host, its platform and its IOMMU (asked once)."""
+
+    scan: GuestScan
+    platform: Platform
+    iommu: guest_rules.IommuState
+
+    @classmethod
+    def gather(cls, host: Host, scan: GuestScan | None = None) -> GuestContext:
+        return cls(
+            scan if scan is not None else scan_guests(host),
+            detect_platform(host.root),
+            guest_rules.probe_iommu(host),
+        )
+
+    def device_findings(
+        self,
+        guest_file: GuestFile,
+        guest: str,
+        address: PciAddress,
+        ledger_owner: str | None,
+        guest_os: GuestOs | None = None,
+    ) -> list[Finding]:
+        """PP101, PP004 (as a warning), PP005 and PP006 for ``address`` in ``guest``."""
+        cfg = guest_file.config
+        listed_by = [
+            (other.guest_name, other.display, d.spec_text)
+            for other in self.scan.listing(address)
+            if not same_guest(other, guest_file)
+            for d in other.config.devices()
+            if d.covers(address)
+        ]
+        findings = guest_rules.exclusive_findings(address, guest, ledger_owner, listed_by)
+        pv_dma = guest_rules.pv_dma_finding(address, cfg)
+        if pv_dma is not None:
+            findings.append(pv_dma)
+        findings += guest_rules.rhel6_pv_findings(address, cfg, guest_os or cfg.os)
+        findings += guest_rules.hvm_support_findings(address, cfg, self.platform, self.iommu)
+        return findings
+
+
 def attach(
     host: Host,
     address: PciAddress,
@@ -219,42 +262,28 @@ def attach(
     result.notes += [f"{guest_file.display}: {n}" for n in cfg.notes]
     scan = scan_guests(host, extra=guest_file if config is not None else None)
     result.notes += [f"not checked for PP101: {p}" for p in scan.problems]
-    listed_by = [
-        (other.guest_name, other.display, d.spec_text)
-        for other in scan.listing(address)
-        if not same_guest(other, guest_file)
-        for d in other.config.devices()
-        if d.covers(address)
-    ]
     ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
     try:
         owner = ledger.owner(address)
         record = ledger.get_hidden(address)
     finally:
         ledger.close()
-    if not _device_exists(host, address) and record is None:
+    exists = _device_exists(host, address)
+    if not exists and record is None:
         raise DeviceNotFoundError(str(address), str(host.root.prefix))
-    driver = binding.current_driver(host, address) if _device_exists(host, address) else None
+    driver = binding.current_driver(host, address) if exists else None
     xen = guest_file.is_xen
-    findings: list[Finding] = []
     hidden = guest_rules.hidden_findings(
         address, driver, record.stub_driver if record else None, xen=xen
     )
     wanted = guest_rules.XEN_STUBS if xen else guest_rules.KVM_STUBS
     stub_mismatch = driver in guest_rules.ALL_STUBS - wanted
-    needs_hide = hide and bool(hidden) and not stub_mismatch and _device_exists(host, address)
-    if not needs_hide:
-        findings += hidden
-    findings += guest_rules.exclusive_findings(
-        address, guest, owner.guest if owner else None, listed_by
+    needs_hide = hide and bool(hidden) and not stub_mismatch and exists
+    context = GuestContext.gather(host, scan)
+    findings = ([] if needs_hide else hidden) + context.device_findings(
+        guest_file, guest, address, owner.guest if owner else None, guest_os
     )
-    pv_dma = guest_rules.pv_dma_finding(address, cfg)
-    if pv_dma is not None:
-        findings.append(pv_dma)
-    findings += guest_rules.rhel6_pv_findings(address, cfg, guest_os or cfg.os)
-    findings += guest_rules.hvm_support_findings(
-        address, cfg, detect_platform(host.root), guest_rules.probe_iommu(host)
-    )
+    pv_dma = next((f for f in findings if f.rule == "PP004"), None)
     if xen:
         findings += guest_rules.shutdown_save_findings(host, guest)
     blocking = [f for f in findings if f.severity is Severity.REFUSE]

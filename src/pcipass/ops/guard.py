@@ -24,11 +24,15 @@ from dataclasses import dataclass, field
 
 from pcipass.errors import GuestNotFoundError, RefusedError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
-from pcipass.guests.model import GuestConfig
+from pcipass.guests.model import GuestConfig, GuestOs
+from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.root import safe_name
-from pcipass.ops.guests import find_guest
+from pcipass.ops.attach import GuestContext
+from pcipass.ops.guests import GuestFile, find_guest
+from pcipass.policy import guest_rules
 from pcipass.policy.guest_rules import save_restore_findings
+from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 
 OPERATIONS = ("save", "restore", "migrate")
@@ -135,3 +139,111 @@ def guard_libvirt_hook(host: Host, words: list[str], stdin: bytes) -> GuardResul
     if operation == "migrate" and len(words) > 2 and words[2] != "begin":
         return None
     return guard(host, guest, operation, domain_xml=stdin if stdin.strip() else None)
+
+
+@dataclass
+class GuestCheck:
+    """Every guest rule applied to one guest's configuration (``check --guest``)."""
+
+    guest: str
+    config: str
+    kind: str
+    virt_mode: str
+    os: str
+    devices: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "guest": self.guest,
+            "config": self.config,
+            "kind": self.kind,
+            "virt_mode": self.virt_mode,
+            "os": self.os,
+            "devices": self.devices,
+            "findings": [f.to_json() for f in self.findings],
+            "notes": self.notes,
+        }
+
+
+def check_guest(
+    host: Host,
+    guest_file: GuestFile,
+    *,
+    guest_os: GuestOs | None = None,
+    context: GuestContext | None = None,
+) -> GuestCheck:
+    """Check a configured guest as ``attach`` would check each of its devices,
+    plus drift between its configuration and the ledger."""
+    cfg = guest_file.config
+    guest = guest_file.guest_name
+    context = context or GuestContext.gather(host)
+    result = GuestCheck(
+        guest, guest_file.display, str(cfg.kind), str(cfg.virt_mode), str(guest_os or cfg.os)
+    )
+    result.notes += [f"{guest_file.display}: {n}" for n in cfg.notes]
+    ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
+    try:
+        owners = {o.address: o.guest for o in ledger.owners()}
+        hidden = {h.address: h.stub_driver for h in ledger.hidden()}
+    finally:
+        ledger.close()
+    listed: set[str] = set()
+    for device in cfg.devices():
+        result.devices.append(device.spec_text)
+        address = device.address
+        if address is None:
+            result.notes.append(
+                f"{device.spec_text!r} names no single function; not checked device by device"
+            )
+            continue
+        key = str(address)
+        listed.add(key)
+        if not host.sysfs.exists(host.root.pci_device(address)):
+            result.findings.append(
+                Finding(
+                    "PP002",
+                    Severity.WARN,
+                    key,
+                    f"listed by guest {guest} in {guest_file.display} but not present on this "
+                    "host; the guest will fail to start",
+                    f"pcipass detach {key} {guest}, or check the address (pcipass list)",
+                )
+            )
+            continue
+        result.findings += guest_rules.hidden_findings(
+            address,
+            binding.current_driver(host, address),
+            hidden.get(key),
+            xen=guest_file.is_xen,
+        )
+        result.findings += context.device_findings(
+            guest_file, guest, address, owners.get(key), guest_os
+        )
+        if key not in owners:
+            result.findings.append(
+                Finding(
+                    "PP101",
+                    Severity.INFO,
+                    key,
+                    f"listed by guest {guest} but not recorded in pcipass's ledger",
+                    f"pcipass attach {key} {guest} records it; the file stays as it is",
+                )
+            )
+    for key, owner in sorted(owners.items()):
+        if owner == guest and key not in listed:
+            result.findings.append(
+                Finding(
+                    "PP101",
+                    Severity.WARN,
+                    key,
+                    f"the ledger says guest {guest} owns it, but {guest_file.display} "
+                    "does not list it",
+                    f"pcipass detach {key} {guest} releases it, "
+                    f"or pcipass attach {key} {guest} lists it again",
+                )
+            )
+    if guest_file.is_xen and listed:
+        result.findings += guest_rules.shutdown_save_findings(host, guest)
+    return result

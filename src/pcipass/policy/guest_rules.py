@@ -180,7 +180,7 @@ def rhel6_pv_findings(address: PciAddress, config: GuestConfig, guest_os: GuestO
                 str(address),
                 f"the OS of PV guest {name} is not known ({guest_os.source}); "
                 "if it is RHEL 6, PV passthrough is not supported",
-                "say which with --guest-os (e.g. rhel5.4, rhel6)",
+                "say which with --guest-os, e.g. rhel5.4 or rhel6",
             )
         ]
     return []
@@ -289,8 +289,8 @@ def hvm_support_findings(
                     subject,
                     f"guest {name} is fully virtualized (HVM), which needs an active IOMMU "
                     f"(Intel VT-d or AMD-Vi); missing: {iommu.evidence}",
-                    "enable VT-d/AMD-Vi in the firmware and boot with it on "
-                    "(Xen: iommu=1; Linux: intel_iommu=on or amd_iommu=on)",
+                    "enable VT-d/AMD-Vi in the firmware and boot with it on: iommu=1 for Xen, "
+                    "intel_iommu=on or amd_iommu=on for Linux",
                 )
             )
     elif config.virt_mode is VirtMode.PV and iommu.pv is False:
@@ -369,7 +369,7 @@ def shutdown_save_findings(host: Host, guest: str) -> list[Finding]:
                 f"{absolute} sets XENDOMAINS_SAVE={value}: at host shutdown xendomains will "
                 "save this guest and restore it at boot, and a guest using PCI passthrough "
                 "cannot be saved or restored",
-                f'set XENDOMAINS_SAVE="" in {absolute} (guests are then shut down), '
+                f'set XENDOMAINS_SAVE="" in {absolute} so guests are shut down instead, '
                 "or detach the device before every host shutdown",
             )
         ]
