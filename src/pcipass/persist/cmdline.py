@@ -155,6 +155,7 @@ class _Lexer:
         self.command: _Command | None = None
         self.word: _Word | None = None
         self.pending_unsafe: str | None = None
+        self.open_list = False  # after &&, || or |: the next word continues the list
 
     # --- words and commands ---------------------------------------------------
     def _word(self, start: int) -> _Word:
@@ -166,6 +167,9 @@ class _Lexer:
 
     def _add_segment(self, kind: str, start: int, end: int) -> None:
         word = self._word(start)
+        if self.open_list and self.command is not None:
+            self.command.depth = max(self.command.depth, 1)  # runs only if the list says so
+        self.open_list = False
         if self.pending_unsafe:
             word.unsafe = self.pending_unsafe
             self.pending_unsafe = None
@@ -208,7 +212,7 @@ class _Lexer:
         data = self.data
         while self.i < self.n:
             c = data[self.i]
-            if c in b" \t\r":
+            if c in b" \t":  # sh splits words on blanks only; \r is part of a word
                 self._end_word()
                 self.i += 1
             elif c == 0x0A:
@@ -216,9 +220,19 @@ class _Lexer:
                 self.i += 1
                 self.line += 1
             elif c in b";&|":
+                pair = data[self.i : self.i + 2]
+                if c == 0x7C and pair != b"||" and self.command is not None:
+                    self.command.depth = max(self.command.depth, 1)  # a pipeline's subshell
                 self._end_command()
-                self.i += 1
+                # "a &&", "a ||" and "a |" need a next command: text appended
+                # after them would become part of that list.
+                self.open_list = pair in (b"&&", b"||") or (c == 0x7C and pair != b"||")
+                self.i += 2 if pair in (b"&&", b"||", b";;") else 1
+                continue
             elif c in b"()":
+                if c == 0x28 and self.word is not None and data[self.i + 1 : self.i + 2] != b")":
+                    # "word(" is a syntax error in sh (only "name()" defines a function).
+                    return f"line {self.line}: unexpected '(' (sh would refuse this file)"
                 self._end_command()
                 if c == 0x28:
                     self.parens += 1
@@ -242,6 +256,8 @@ class _Lexer:
                 if problem:
                     return problem
         self._end_command()
+        if self.open_list:
+            return f"line {self.line}: the file ends in the middle of a command list (&&, || or |)"
         return None
 
     def _scan_word_part(self) -> str | None:
@@ -278,10 +294,11 @@ class _Lexer:
         data = self.data
         c = data[self.i]
         if c == 0x5C:  # backslash
-            if self.i + 1 < self.n and data[self.i + 1] == 0x0A:
+            if self.i + 1 >= self.n:
+                return f"line {self.line}: the file ends in a backslash"
+            if data[self.i + 1] == 0x0A:
                 self.line += 1
             self.i += 2
-            self.i = min(self.i, self.n)
             return None
         if c == 0x60:  # backtick
             self.pending_unsafe = "command substitution (`...`)"
@@ -304,12 +321,12 @@ class _Lexer:
             return None
         if c == 0x0A:
             self.line += 1
-        if not in_dq and c in b" \t\r\n;&|()<>'\"":
+        if not in_dq and c in b" \t\n;&|()<>'\"":
             return None  # end of the bare run (never reached for the first byte)
         self.i += 1
         if not in_dq:
             # keep consuming a bare run
-            while self.i < self.n and data[self.i] not in b" \t\r\n;&|()<>'\"\\`$":
+            while self.i < self.n and data[self.i] not in b" \t\n;&|()<>'\"\\`$":
                 self.i += 1
         return None
 
@@ -363,7 +380,14 @@ def _collect(
             continue
         name, value_start, segments = split
         if command.depth > 0:
-            blocked.setdefault(name, ("set inside an if/case/loop/function block", command.line))
+            blocked.setdefault(
+                name,
+                (
+                    "set conditionally (in an if/case/loop/function, after && or ||, "
+                    "or in a pipeline)",
+                    command.line,
+                ),
+            )
             continue
         if command.unsafe:
             blocked.setdefault(name, (f"set together with {command.unsafe}", command.line))
@@ -977,15 +1001,19 @@ def _append_token(data: bytes, target: _Target, token: str, path: str) -> bytes:
     if name not in target.values:
         return _create_variable(data, name, token)
     assignment, value = target.values[name]
-    separator = " " if value.text and not value.text[-1].isspace() else ""
     segments = assignment.segments
     last = segments[-1] if segments else None
-    if last is not None and last.kind in ("dq", "sq") and (last.kind == "dq" or "'" not in token):
-        insert = (separator + token).encode()
+    if last is not None and last.kind in ("dq", "sq"):
         offset = last.content_end
+        # Decide on the raw bytes, not the value: after "$X" a token written
+        # without a blank would change the variable's name to $Xxen...
+        before = data[last.content_start : offset]
+        separator = "" if not before or before[-1:] in (b" ", b"\t") else " "
+        insert = (separator + token).encode()
     else:
-        insert = f'"{separator}{token}"'.encode()
         offset = assignment.value_end
+        separator = " " if value.text and value.text[-1] not in " \t" else ""
+        insert = f'"{separator}{token}"'.encode()
     return data[:offset] + insert + data[offset:]
 
 

@@ -140,7 +140,8 @@ class Param:
     name: str
     start: int  # index of the first character of the name
     value_start: int
-    value_end: int
+    value_end: int  # after the value (before a closing quote)
+    end: int  # after the whole parameter (after a closing quote)
 
     @property
     def key(self) -> str:
@@ -333,12 +334,12 @@ def parse_params(text: str, start: int) -> list[Param]:
                 equals = i
             i += 1
         if equals < 0:
-            params.append(Param(text[begin:i], begin, i, i))
+            params.append(Param(text[begin:i], begin, i, i, i))
             continue
         value_start, value_end = equals + 1, i
         if value_end - value_start >= 2 and text[value_start] == text[value_end - 1] == '"':
             value_start, value_end = value_start + 1, value_end - 1
-        params.append(Param(text[begin:equals], begin, value_start, value_end))
+        params.append(Param(text[begin:equals], begin, value_start, value_end, i))
     return params
 
 
@@ -599,8 +600,24 @@ def plan_add_hide(text: bytes | None, plan: HidePlan, *, path: str = "modprobe f
     already: list[PciAddress] = []
     for device in plan.devices:
         data, was_added = _add_one(data, plan, device, path)
+        _verify_hidden(data, plan, device, path)
         (added if was_added else already).append(device.address)
     return AddResult(data, tuple(added), tuple(already))
+
+
+def _verify_hidden(data: bytes, plan: HidePlan, device: HideDevice, path: str) -> None:
+    """Read the result back the way kmod would; refuse an edit that would not work."""
+    state = read_one_file(path, data)
+    if plan.backend is Backend.VFIO:
+        held = device.device_id in state.hidden_ids()
+    else:
+        held = device.address in state.hidden()
+    if not held:
+        raise ConfigSyntaxError(
+            path,
+            f"after pcipass's edit kmod would still not hide {device.address} "
+            "(an alias or line in the file redirects it)",
+        )
 
 
 def _stub_group(doc: Document, plan: HidePlan) -> set[str]:
@@ -783,6 +800,15 @@ def _ordering_lines(
                     alias.line.first_line,
                 )
             _extend_for(alias, address, splices)
+    written = module_key(plan.written_module)
+    for alias in doc.find("alias", written):
+        if not plan.needs_alias and module_key(alias.target) != written:
+            raise ConfigSyntaxError(
+                path,
+                f"'alias {alias.module} {alias.target}' sends {plan.written_module} to another "
+                "module, so its options would not reach the stub",
+                alias.line.first_line,
+            )
     if device.driver is None:
         return new
     driver = device.driver
@@ -821,7 +847,7 @@ def _ordering_lines(
 
 def _extend_for(directive: Directive, address: PciAddress, splices: list[_Splice]) -> None:
     marker = directive.marker
-    if marker is None or not marker.whole_line or address in marker.for_:
+    if marker is None or not marker.whole_line or not marker.for_ or address in marker.for_:
         return  # the user's own line (or already ours for this device): leave it be
     splices.append(_rewrite_marker(directive, replace(marker, for_=(*marker.for_, address))))
 
@@ -900,7 +926,7 @@ def _remove_one(data: bytes, address: PciAddress, path: str) -> tuple[bytes, boo
                 assert marker is not None
                 splices.extend(_remove_from_options(directive, marker, address, path))
                 removed = True
-        elif ours and marker is not None and marker.whole_line:
+        elif marker is not None and marker.whole_line and address in marker.for_:
             remaining = tuple(a for a in marker.for_ if a != address)
             if remaining:
                 splices.append(_rewrite_marker(directive, replace(marker, for_=remaining)))
@@ -991,10 +1017,7 @@ def _delete_param(directive: Directive, param: Param) -> _Splice:
     begin = param.start
     while begin > directive.rest_start and text[begin - 1] in _SPACE:
         begin -= 1
-    end = param.value_end
-    quoted = param.value_start > 0 and text[param.value_start - 1] == '"'
-    if quoted and end < len(text) and text[end] == '"':
-        end += 1
+    end = param.end
     start_offset = line.offsets[begin] if begin < len(text) else line.offsets[-1] + 1
     end_offset = line.offset_after(end - 1)
     return _Splice(start_offset, end_offset - start_offset, b"")
@@ -1161,7 +1184,16 @@ def read_persistent_hides(files: Mapping[str, bytes]) -> PersistentState:
     the document's install line does).
     """
     order, ignored = kmod_file_order(files)
-    parsed = [(p, Document.parse(files[p])) for p in order]
+    return _state([(p, Document.parse(files[p])) for p in order], ignored)
+
+
+def read_one_file(path: str, data: bytes | None) -> PersistentState:
+    """What one modprobe file hides on its own, whatever its name."""
+    return _state([(path, Document.parse(data))], [])
+
+
+def _state(parsed: list[tuple[str, Document]], ignored: list[str]) -> PersistentState:
+    order = [path for path, _doc in parsed]
     aliases: dict[str, str] = {}
     for _path, doc in parsed:
         for directive in doc.directives:
