@@ -261,7 +261,9 @@ def check_no_drift_kvm() -> str:
     res = pcipass("check", KVM_E1000E, "--json", expect=None)
     if mentions(res.out, "PP010") or res.rc not in (0, 1):
         raise StepFailed(f"check reports drift (exit {res.rc}): {res.out[:300]}")
-    return f"check exit {res.rc}, no PP010"
+    doc = res.json()
+    rules = sorted({f.get("rule", "?") for f in doc.get("findings", []) if isinstance(f, dict)})
+    return f"check exit {res.rc}, no PP010; other findings: {rules}"
 
 
 # ---------------------------------------------------------------- nested L2 with vfio-pci
