@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ NEW = PciAddress.parse("0000:0b:00.0")
 NIC = PciAddress.parse("0000:09:00.0")
 HBA = PciAddress.parse("0000:0a:04.1")
 XML_SAMPLES = sorted(p.name for p in DATA.glob("*.xml"))
+Validator = Callable[[bytes], None]
 
 
 def load(name: str) -> tuple[bytes, LibvirtDomain]:
@@ -50,7 +52,7 @@ def addresses(config: GuestConfig) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def validate(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def validate(tmp_path_factory: pytest.TempPathFactory) -> Validator:
     """Check a document with libvirt's RNG schema (virt-xml-validate FILE domain)."""
     program = shutil.which("virt-xml-validate")
     if program is None:
@@ -147,7 +149,9 @@ def test_sriov_interface_counts_as_an_assignment_but_is_not_removed() -> None:
 @pytest.mark.needs_tool
 @pytest.mark.parametrize("name", XML_SAMPLES)
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
-def test_add_validates_and_add_then_remove_is_identity(name, line_end, validate) -> None:  # type: ignore[no-untyped-def]
+def test_add_validates_and_add_then_remove_is_identity(
+    name: str, line_end: bytes, validate: Validator
+) -> None:
     raw = (DATA / name).read_bytes().replace(b"\n", line_end)
     domain = parse_domain_xml(raw, name)
     added = domain.with_device_added(NEW)
@@ -190,7 +194,7 @@ def test_devices_created_with_tabs_and_double_quotes() -> None:
 
 
 @pytest.mark.needs_tool
-def test_remove_an_existing_hostdev_takes_its_lines_only(validate) -> None:  # type: ignore[no-untyped-def]
+def test_remove_an_existing_hostdev_takes_its_lines_only(validate: Validator) -> None:
     data, domain = load("kvm-virt-install.xml")
     removed = domain.with_device_removed(HBA)
     start = data.index(b"    <hostdev ")
@@ -202,7 +206,7 @@ def test_remove_an_existing_hostdev_takes_its_lines_only(validate) -> None:  # t
 
 
 @pytest.mark.needs_tool
-def test_removing_the_only_device_removes_the_empty_devices(validate) -> None:  # type: ignore[no-untyped-def]
+def test_removing_the_only_device_removes_the_empty_devices(validate: Validator) -> None:
     text = (
         b"<domain type='kvm'>\n  <name>g</name>\n  <memory>1</memory>\n"
         b"  <os>\n    <type>hvm</type>\n  </os>\n  <devices>\n"
@@ -249,7 +253,8 @@ def test_bad_options_are_refused(options: dict[str, str]) -> None:
 def test_hostdev_xml_for_live_attach() -> None:
     element = ET.fromstring(hostdev_xml(NEW, "vfio", managed=True))
     assert element.attrib == {"mode": "subsystem", "type": "pci", "managed": "yes"}
-    assert element.find("driver").get("name") == "vfio"  # type: ignore[union-attr]
+    driver = element.find("driver")
+    assert driver is not None and driver.get("name") == "vfio"
     source = element.find("source/address")
     assert source is not None
     assert source.attrib == {"domain": "0x0000", "bus": "0x0b", "slot": "0x00", "function": "0x0"}
@@ -295,6 +300,12 @@ def test_hostdev_xml_for_live_attach() -> None:
             "without <source>",
         ),
         (b"<domain><devices/><devices/></domain>", None, "more than one"),
+        (b"<domain><devices xmlns='urn:x'/></domain>", None, "namespace"),
+        (
+            b"<domain><devices><hostdev xmlns='urn:x' type='pci'/></devices></domain>",
+            None,
+            "could not locate",
+        ),
         (b"", 1, "not well-formed"),
     ],
 )
@@ -369,7 +380,8 @@ def domain_documents(draw: st.DrawFn) -> tuple[bytes, list[PciAddress]]:
         f"{unit}<memory>65536</memory>",
         f"{unit}<os>{newline}{unit * 2}<type>hvm</type>{newline}{unit}</os>",
     ]
-    if chosen or draw(st.booleans()):
+    empty_devices = draw(st.booleans())
+    if chosen or empty_devices:
         lines.append(f"{unit}<devices>")
         lines.extend(f"{unit * 2}{child}" for child in chosen)
         lines.append(f"{unit}</devices>")

@@ -516,7 +516,8 @@ def xen_documents(draw: st.DrawFn, kind: GuestKind) -> tuple[bytes, list[PciAddr
     if kind is GuestKind.XM and draw(st.booleans()):
         lines.insert(0, "import os")
     text = newline.join(lines)
-    if lines and draw(st.booleans()):
+    final_newline = draw(st.booleans())
+    if lines and final_newline:
         text += newline
     return text.encode(), existing
 

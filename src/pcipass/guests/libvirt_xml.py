@@ -115,6 +115,8 @@ class LibvirtDomain:
             raise ConfigSyntaxError(display, "more than one <devices> element")
         self._devices_element = devices[0] if devices else None
         self._devices_span = _child(layout, "devices")
+        if (self._devices_element is None) != (self._devices_span is None):
+            raise ConfigSyntaxError(display, "<devices> is in another XML namespace")
         self._hostdevs = self._read_hostdevs()
 
     # -- the GuestConfig view ---------------------------------------------
