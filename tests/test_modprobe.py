@@ -655,3 +655,38 @@ def test_fuzz_never_a_traceback_never_a_lost_line(data: bytes, plan: HidePlan) -
             assert device.address in after.hidden()
     if result.added and not result.already:
         assert remove_hide(text, [d.address for d in plan.devices]) == data
+
+
+def test_collect_reads_the_image_not_the_machine(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    write_conf(image / "etc/modprobe.d", "a.conf", b"options pciback hide=(0000:01:00.0)\n")
+    write_conf(image / "etc/modprobe.d", "notes.txt", b"x")
+    outside = write_conf(
+        tmp_path / "outside", "evil.conf", b"options pciback hide=(0000:02:00.0)\n"
+    )
+    (image / "etc/modprobe.d/evil.conf").symlink_to(outside)
+    (image / "etc/modprobe.conf").write_bytes(b"alias eth0 bnx2\n")
+    files = collect_modprobe_files(HostRoot.at(image))
+    assert set(files) == {
+        "/etc/modprobe.conf",
+        "/etc/modprobe.d/a.conf",
+        "/etc/modprobe.d/notes.txt",
+    }
+    state = read_persistent_hides(files)
+    assert state.hidden() == {PciAddress.parse("0000:01:00.0")}
+    assert state.ignored_files == ("/etc/modprobe.d/notes.txt",)
+
+
+def test_hiding_twice_changes_nothing_the_second_time() -> None:
+    once = add_hide(None, rhel5(HideDevice(A, "bnx2")))
+    twice = plan_add_hide(once, rhel5(HideDevice(A, "bnx2")))
+    assert twice.text == once
+    assert (twice.added, twice.already) == ((), (A,))
+    # The same device again with a driver it did not have: only the install line is added.
+    bare = add_hide(None, rhel5(HideDevice(B)))
+    with_driver = plan_add_hide(bare, rhel5(HideDevice(B, "e1000")))
+    assert config_lines(with_driver.text) == [
+        "options pciback hide=(0000:0a:04.1)",
+        install_line("e1000"),
+    ]
+    assert only_header_left(remove_hide(with_driver.text, [B]))

@@ -49,6 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
@@ -679,7 +680,8 @@ def _add_one(data: bytes, plan: HidePlan, device: HideDevice, path: str) -> tupl
     block = b"".join(ordering + new_lines)
     if block:
         splices.append(_Splice(point, 0, block, order=-1))
-    return _apply(data, splices), True
+    result = _apply(data, splices)
+    return result, result != data
 
 
 @dataclass(frozen=True)
@@ -1160,17 +1162,30 @@ def kmod_file_order(paths: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def collect_modprobe_files(root: HostRoot) -> dict[str, bytes]:
-    """Every modprobe configuration file of a host, keyed by its host path."""
+    """Every modprobe configuration file of a host, keyed by its host path.
+
+    Under a ``--root`` image an absolute symlink (``/lib -> /usr/lib``) would
+    lead out of the image; such files are read only if they resolve inside it.
+    """
     files: dict[str, bytes] = {}
+    inside = root.prefix.resolve()
+
+    def readable(path: Path) -> bool:
+        try:
+            resolved = path.resolve()
+        except OSError:
+            return False
+        return resolved.is_file() and (root.is_real or resolved.is_relative_to(inside))
+
     conf = root.path(RHEL5_MODPROBE_FILE)
-    if conf.is_file():
+    if readable(conf):
         files[RHEL5_MODPROBE_FILE] = conf.read_bytes()
     for directory in MODPROBE_DIRS:
         base = root.path(directory)
-        if not base.is_dir() or (base.is_symlink() and directory != "/lib/modprobe.d"):
+        if not base.is_dir():
             continue
         for entry in sorted(base.iterdir()):
-            if entry.is_file():
+            if readable(entry):
                 files[f"{directory}/{entry.name}"] = entry.read_bytes()
     return files
 
