@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pcipass.address import PciAddress
 from pcipass.cli.main import main
@@ -564,3 +566,72 @@ def test_pci_stub_does_not_serve_a_vfio_guest(kvm: Lab) -> None:
     error = refused(attach, kvm.host, VF, "win10", hide=True)
     assert error.rule == "PP002" and "bound to pci-stub" in error.problem
     assert "only from vfio-pci" in error.problem
+
+
+# --- libvirt's Xen driver -------------------------------------------------------------
+
+LIBXL_PV = """<domain type='xen'>
+  <name>lxpv</name>
+  <memory unit='KiB'>524288</memory>
+  <os>
+    <type arch='x86_64' machine='xenpv'>linux</type>
+    <kernel>/boot/vmlinuz-2.6.18-164.el5xen</kernel>
+  </os>
+  <devices>
+    <console type='pty'/>
+  </devices>
+</domain>
+"""
+
+
+def test_libvirt_xen_guest_uses_the_xen_driver_and_connection(rhel5: Lab) -> None:
+    hidden_nic(rhel5)
+    rhel5.fake.write_file("/etc/libvirt/libxl/lxpv.xml", LIBXL_PV)
+    runner = CapturingRunner(rhel5.runner)
+    rhel5.host.runner = runner
+    error = refused(attach, rhel5.host, NIC, "lxpv", live=True)
+    assert error.rule == "PP004"  # PV through libvirt is PV all the same
+    attach(rhel5.host, NIC, "lxpv", live=True, accept_pv_dma_risk=True)
+    text = read(rhel5, "/etc/libvirt/libxl/lxpv.xml").decode()
+    assert "<driver name='xen'/>" in text and "bus='0x09'" in text
+    virsh = [c for c in runner.calls if c[0] == "virsh"]
+    assert virsh[0][:4] == ("virsh", "-c", "xen:///system", "attach-device")
+    assert "<driver name='xen'/>" in runner.files[0]
+    detach(rhel5.host, NIC, "lxpv")
+    assert read(rhel5, "/etc/libvirt/libxl/lxpv.xml").decode() == LIBXL_PV
+
+
+# --- property: attach then detach gives the file back, whatever else it holds ------------
+
+_OTHER = st.sampled_from(["0000:0a:04.1", "0000:0b:00.0", "0000:41:00.3", "0a:04.0"])
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    others=st.lists(_OTHER, unique=True, max_size=3),
+    quote=st.sampled_from(["'", '"']),
+    comment=st.sampled_from(["", "# passthrough for the NIC\n", "#\n\n"]),
+    crlf_free_tail=st.sampled_from(["", "memory = 512\n", "on_crash = 'restart'\n"]),
+)
+def test_attach_detach_round_trip_is_byte_exact(
+    rhel5: Lab, others: list[str], quote: str, comment: str, crlf_free_tail: str
+) -> None:
+    if rhel5.fake.bound_driver(str(NIC)) != "pciback":
+        hidden_nic(rhel5)
+    body = f"name = {quote}fz{quote}\nbootloader = {quote}/usr/bin/pygrub{quote}\n{comment}"
+    if others:
+        body += "pci = [ " + ", ".join(f"{quote}{o}{quote}" for o in others) + " ]\n"
+    body += crlf_free_tail
+    rhel5.fake.write_file("/etc/xen/fz", body)
+    attach(rhel5.host, NIC, "fz", accept_pv_dma_risk=True)
+    edited = read(rhel5, "/etc/xen/fz").decode()
+    assert edited.count("0000:09:00.0") == 1 and owner(rhel5, NIC) == "fz"
+    for other in others:
+        assert other in edited
+    detach(rhel5.host, NIC, "fz")
+    assert read(rhel5, "/etc/xen/fz").decode() == body
+    assert owner(rhel5, NIC) is None
