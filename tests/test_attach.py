@@ -635,3 +635,36 @@ def test_attach_detach_round_trip_is_byte_exact(
     detach(rhel5.host, NIC, "fz")
     assert read(rhel5, "/etc/xen/fz").decode() == body
     assert owner(rhel5, NIC) is None
+
+
+def test_xl_passthrough_disabled_is_not_overridden(rhel5: Lab) -> None:
+    hidden_nic(rhel5)
+    rhel5.fake.write_file("/etc/xen/win7.cfg", XL_HVM + 'passthrough = "disabled"\n')
+    answer_xl_info(rhel5, "hvm hvm_directio")
+    before = snapshot(rhel5.base)
+    with pytest.raises(UsageError, match='passthrough = "disabled"'):
+        attach(rhel5.host, NIC, "win7")
+    assert snapshot(rhel5.base) == before
+
+
+def test_a_claim_made_by_another_pcipass_meanwhile_is_refused_under_the_lock(
+    rhel5: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pcipass.ops.attach as attach_module
+
+    hidden_nic(rhel5)
+    gather = attach_module.GuestContext.gather
+
+    def racing_gather(host: object, scan: object = None) -> object:
+        # Another process claims the device after the checks have read the ledger.
+        ledger = Ledger.open(rhel5.host.root)
+        ledger.claim(NIC, "racer", config_kind="xl")
+        ledger.close()
+        return gather(rhel5.host, scan)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attach_module.GuestContext, "gather", staticmethod(racing_gather))
+    before = snapshot(rhel5.base)
+    error = refused(attach, rhel5.host, NIC, "rhel5pv", accept_pv_dma_risk=True)
+    assert error.rule == "PP101" and "assigned to guest racer" in error.problem
+    assert snapshot(rhel5.base) == before
+    assert owner(rhel5, NIC) == "racer"

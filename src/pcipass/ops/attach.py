@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
-from pcipass.errors import DeviceNotFoundError, OperationFailed, PcipassError, RefusedError
+from pcipass.errors import (
+    DeviceNotFoundError,
+    OperationFailed,
+    PcipassError,
+    RefusedError,
+    UsageError,
+)
 from pcipass.guests.libvirt_xml import hostdev_xml
 from pcipass.guests.model import GuestKind, GuestOs
 from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
@@ -176,6 +182,15 @@ def _refuse(address: PciAddress, blocking: list[Finding], findings: list[Finding
 
 def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
     config = guest_file.config
+    if isinstance(config, XenConfig) and config.passthrough == "disabled":
+        # xl.cfg(5): with passthrough "disabled" the domain gets no IOMMU
+        # context, so Xen cannot give it a device; pcipass does not override
+        # a setting someone wrote on purpose.
+        raise UsageError(
+            guest_file.display,
+            'sets passthrough = "disabled": Xen cannot give this guest a PCI device',
+            'change it to passthrough = "enabled" (or remove it), then attach again',
+        )
     after = config.with_device_added(address)
     if isinstance(config, XenConfig) and config.kind is GuestKind.XL and config.passthrough is None:
         # xl.cfg(5) passthrough="enabled": the domain is built able to take a
@@ -308,8 +323,8 @@ def attach(
                 f"guest {guest} was started from a configuration without "
                 'passthrough="enabled" and without pci devices, so Xen built it without '
                 f"passthrough: xl pci-attach will most likely fail with '{XC_ASSIGN_REFUSAL}'. "
-                'pcipass sets passthrough="enabled" in the file; restart the guest once '
-                "to make live attach work"
+                'With passthrough="enabled" in the file, restart the guest once to make live '
+                "attach work"
             )
     if needs_hide:
         backend = Backend.PCIBACK if xen else Backend.VFIO
@@ -339,11 +354,14 @@ def _apply(
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
             owner = ledger.owner(address)
-            if action == "attach" and owner is not None and owner.guest != guest:
-                # Claimed by another pcipass since the checks ran.
-                ledger.claim(address, guest, config_kind=str(guest_file.kind))
-            if action == "detach" and owner is not None and owner.guest != guest:
-                ledger.release(address, guest)  # raises PP101
+            if owner is not None and owner.guest != guest:
+                # Another pcipass assigned it after the checks ran, before the lock.
+                raise RefusedError(
+                    str(address),
+                    f"is assigned to guest {owner.guest}; a device belongs to one guest at a time",
+                    f"detach it first: pcipass detach {address} {owner.guest}",
+                    rule="PP101",
+                )
             if live:
                 HotplugLimiter(ledger).acquire(address, guest, action)
             if action == "detach" and live:
