@@ -208,3 +208,29 @@ def test_guests_command_lists_and_checks(rhel5: Lab, capsys: pytest.CaptureFixtu
     assert "[PP002] refuse: 0000:09:00.0" in out and "[PP006] refuse" in out
     assert main(["--root", base, "guests", "rhel5pv"]) == 0
     assert "no findings" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "vfio-pci,host=02:10.0,rombar=0,id=pt0",
+        "driver=vfio-pci,host=0000:02:10.0",
+        "vfio-pci,sysfsdev=/sys/bus/pci/devices/0000:02:10.0",
+        '{"driver":"vfio-pci","host":"0000:02:10.0","id":"hostdev0","bus":"pci.0"}',
+    ],
+)
+def test_a_running_qemu_with_vfio_counts_as_holding_the_device(kvm: Lab, device: str) -> None:
+    argv = ["/usr/bin/qemu-system-x86_64", "-name", "guest=l2,debug-threads=on"]
+    argv += ["-m", "192", "-device", device]
+    kvm.fake.write_file("/proc/4242/cmdline", "\0".join(argv).encode() + b"\0")
+    kvm.fake.write_file("/proc/4243/cmdline", b"/usr/bin/qemu-system-x86_64\0-name\0other\0")
+    with pytest.raises(RefusedError) as caught:
+        guard(kvm.host, "l2", "migrate")
+    assert "0000:02:10.0" in caught.value.problem and "running QEMU" in caught.value.problem
+    assert guard(kvm.host, "other", "migrate").allowed
+
+
+def test_a_qemu_without_vfio_devices_is_allowed(kvm: Lab) -> None:
+    argv = "/usr/bin/qemu-system-x86_64\0-name\0l2\0-device\0e1000,netdev=n0\0"
+    kvm.fake.write_file("/proc/4242/cmdline", argv.encode())
+    assert guard(kvm.host, "l2", "save").allowed
