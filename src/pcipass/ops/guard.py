@@ -51,7 +51,6 @@ class GuardResult:
     guest: str
     operation: str
     allowed: bool
-    devices: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
@@ -59,7 +58,6 @@ class GuardResult:
             "guest": self.guest,
             "operation": self.operation,
             "allowed": self.allowed,
-            "devices": self.devices,
             "notes": self.notes,
         }
 
@@ -103,24 +101,26 @@ def guard(
     safe_name("guest", guest)
     result = GuardResult(guest, operation, allowed=True)
     listed: list[str] = []
-    where = "its configuration"
+    sources: list[str] = []  # where the listed devices were found, for the message
     if domain_xml is not None:
-        document = parse_domain_xml(domain_xml, STDIN_DISPLAY)
-        listed = _listed(document)
-        where = "the domain XML libvirt passed"
+        listed += _listed(parse_domain_xml(domain_xml, STDIN_DISPLAY))
+        sources.append("the domain XML libvirt passed")
     else:
         try:
             found = find_guest(host, guest, config)
         except GuestNotFoundError as error:
-            result.notes.append(f"{error.problem}; only pcipass's ledger was checked")
+            result.notes.append(
+                f"{error.problem}; only pcipass's ledger and running QEMU processes were checked"
+            )
         else:
-            listed = _listed(found.config)
-            where = found.display
-    owned = _owned(host, guest)
+            listed += _listed(found.config)
+            sources.append(found.display)
     running = qemu_devices(host, guest)
     if running:
-        listed = listed + running
-        where = f"{where} and its running QEMU (-device vfio-pci)"
+        listed += running
+        sources.append("its running QEMU (-device vfio-pci)")
+    owned = _owned(host, guest)
+    where = " and ".join(sources) or "its configuration"
     findings = save_restore_findings(guest, operation, owned, listed, where)
     if findings:
         only = findings[0]
