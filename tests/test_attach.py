@@ -668,3 +668,31 @@ def test_a_claim_made_by_another_pcipass_meanwhile_is_refused_under_the_lock(
     assert error.rule == "PP101" and "assigned to guest racer" in error.problem
     assert snapshot(rhel5.base) == before
     assert owner(rhel5, NIC) == "racer"
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in the middle of an operation: nothing catches it."""
+
+
+def test_recover_undoes_an_attach_killed_after_its_file_edit(
+    rhel5: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pcipass.ops.attach as attach_module
+    from pcipass.ops.rebind import recover
+
+    hidden_nic(rhel5)
+    rhel5.runner.programs.add("xm")
+    original = read(rhel5, RHEL5PV)
+
+    def killed(*args: object, **kwargs: object) -> list[str]:
+        raise Killed
+
+    monkeypatch.setattr(attach_module, "_run_live", killed)
+    with pytest.raises(Killed):
+        attach(rhel5.host, NIC, "rhel5pv", accept_pv_dma_risk=True, live=True)
+    assert read(rhel5, RHEL5PV) != original  # the edit happened, then the kill
+    assert owner(rhel5, NIC) is None  # claimed only after the live step
+    report = recover(rhel5.host)
+    assert any("/etc/xen/rhel5pv: restored" in line for line in report)
+    assert read(rhel5, RHEL5PV) == original
+    assert rhel5.fake.bound_driver(str(NIC)) == "pciback"  # the hide is not part of it
