@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,43 @@ def hotplug_counted() -> str:
     return f"{source}: {len(kinds)} events {kinds}"
 
 
+@step("hotplug-limit", needs=("hotplug-counted",))
+def hotplug_limit() -> str:
+    """PP007: past the budget the next live detach is refused and the guest keeps its device.
+
+    Reaching the default budget (32 events / 10 min) for real would cost minutes of hotplug
+    under TCG, so the lab tops up pcipass's ledger with recent events (marked guest
+    'lab-seeded', removed afterwards) and then asks for one real detach.
+    """
+    db = sqlite3.connect("/var/lib/pcipass/state.db", timeout=10)
+    try:
+        (key,) = db.execute("SELECT address FROM hotplug_events LIMIT 1").fetchone()
+        (have,) = db.execute(
+            "SELECT count(*) FROM hotplug_events WHERE address = ?", (key,)
+        ).fetchone()
+        now = time.time()
+        with db:
+            db.executemany(
+                "INSERT INTO hotplug_events (address, guest, kind, at) VALUES (?, ?, ?, ?)",
+                [(key, "lab-seeded", "attach", now - 60 - i) for i in range(32 - have)],
+            )
+    finally:
+        db.close()
+    try:
+        res = pcipass("detach", SPARE, "domu", "--live", expect=3)
+        if "PP007" not in res.text:
+            raise StepFailed(f"refusal past the budget does not name PP007: {res.tail()}")
+        if not domu_sees_nic() or SPARE not in run(["xl", "pci-list", "domu"]).out:
+            raise StepFailed("the refused detach still took the device from the domU")
+        domu_alive()
+    finally:
+        db = sqlite3.connect("/var/lib/pcipass/state.db", timeout=10)
+        with db:
+            db.execute("DELETE FROM hotplug_events WHERE guest = 'lab-seeded'")
+        db.close()
+    return f"{res.tail(1)}; domU still has the device and is alive"
+
+
 # ---------------------------------------------------------------- guard (PP003)
 
 
@@ -520,6 +558,7 @@ plan(
         "detach-live",
         "attach-live",
         "hotplug-counted",
+        "hotplug-limit",
         "guard-refuses",
         "xl-wrapper-refuses-save",
         "xl-save-unguarded",
