@@ -441,9 +441,10 @@ class CapturingRunner(FakeRunner):
         env: Mapping[str, str] | None = None,
         timeout: float = 120.0,
     ) -> CommandResult:
-        for part in argv:
-            if str(part).endswith(".xml") and Path(part).is_file():
-                self.files.append(Path(part).read_text())
+        if "attach-device" in argv or "detach-device" in argv:
+            for part in argv:
+                if str(part).endswith(".xml") and Path(part).is_file():
+                    self.files.append(Path(part).read_text())
         return super().run(argv, stdin=stdin, env=env, timeout=timeout)
 
 
@@ -467,8 +468,10 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
     )
     assert checked.returncode == 0, checked.stderr
     virsh = [c for c in runner.calls if c[0] == "virsh"]
-    assert virsh[0][:5] == ("virsh", "-c", "qemu:///system", "attach-device", "win10")
-    assert virsh[0][-1] == "--live"
+    # libvirtd is told about the edited file, then the running guest gets the device.
+    assert virsh[0] == ("virsh", "-c", "qemu:///system", "define", str(path))
+    assert virsh[1][:5] == ("virsh", "-c", "qemu:///system", "attach-device", "win10")
+    assert virsh[1][-1] == "--live"
     # The live hostdev file: libvirt's own parser (test:///default driver, which
     # has no attach-device) reads it inside a domain and gives it back intact.
     assert len(runner.files) == 1
@@ -494,7 +497,8 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
     live.unlink()
     assert checked.returncode == 0, checked.stderr
     detach(kvm.host, VF, "win10", live=True)
-    assert [c[3] for c in runner.calls if c[0] == "virsh"] == ["attach-device", "detach-device"]
+    verbs = [c[3] for c in runner.calls if c[0] == "virsh"]
+    assert verbs == ["define", "attach-device", "detach-device", "define"]
     assert read(kvm, "/etc/libvirt/qemu/win10.xml") == original
 
 
@@ -595,7 +599,10 @@ def test_libvirt_xen_guest_uses_the_xen_driver_and_connection(rhel5: Lab) -> Non
     text = read(rhel5, "/etc/libvirt/libxl/lxpv.xml").decode()
     assert "<driver name='xen'/>" in text and "bus='0x09'" in text
     virsh = [c for c in runner.calls if c[0] == "virsh"]
-    assert virsh[0][:4] == ("virsh", "-c", "xen:///system", "attach-device")
+    assert [c[:4] for c in virsh] == [
+        ("virsh", "-c", "xen:///system", "define"),
+        ("virsh", "-c", "xen:///system", "attach-device"),
+    ]
     assert "<driver name='xen'/>" in runner.files[0]
     detach(rhel5.host, NIC, "lxpv")
     assert read(rhel5, "/etc/libvirt/libxl/lxpv.xml").decode() == LIBXL_PV
@@ -696,3 +703,18 @@ def test_recover_undoes_an_attach_killed_after_its_file_edit(
     assert any("/etc/xen/rhel5pv: restored" in line for line in report)
     assert read(rhel5, RHEL5PV) == original
     assert rhel5.fake.bound_driver(str(NIC)) == "pciback"  # the hide is not part of it
+
+
+def test_libvirt_file_edit_without_virsh_says_how_to_hand_it_to_libvirtd(kvm: Lab) -> None:
+    hide_now(kvm.host, [VF], Backend.VFIO)
+    result = attach(kvm.host, VF, "win10")
+    assert any(
+        "virsh -c qemu:///system define /etc/libvirt/qemu/win10.xml" in n for n in result.notes
+    )
+    kvm.runner.programs.add("virsh")
+    kvm.runner.answers["virsh -c qemu:///system define"] = CommandResult(
+        ("virsh",), 1, "", "error: failed to connect to the hypervisor\n"
+    )
+    result = detach(kvm.host, VF, "win10")
+    assert result.changed  # the file edit stands: libvirtd reads it when it starts
+    assert any("failed to connect to the hypervisor" in n for n in result.notes)

@@ -335,7 +335,7 @@ def attach(
         result.findings += hidden_result.findings
     if dry_run:
         return result
-    _apply(host, guest_file, address, edit, guest=guest, live=live, action="attach")
+    result.notes += _apply(host, guest_file, address, edit, guest=guest, live=live, action="attach")
     return result
 
 
@@ -348,8 +348,10 @@ def _apply(
     guest: str,
     live: bool,
     action: str,
-) -> None:
-    """Under the state lock: limiter, journalled edit, ownership, live step."""
+) -> list[str]:
+    """Under the state lock: limiter, journalled edit, ownership, live step.
+    Returns notes for the user."""
+    notes: list[str] = []
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
@@ -378,6 +380,8 @@ def _apply(
                 },
             )
             apply_edits(ledger, op, [edit])
+            if guest_file.kind is GuestKind.LIBVIRT and edit.changes_anything:
+                notes += _libvirt_define(host, guest_file)
             if action == "attach":
                 if live:
                     try:
@@ -399,6 +403,31 @@ def _apply(
             op.finish()
         finally:
             ledger.close()
+    return notes
+
+
+def _libvirt_define(host: Host, guest_file: GuestFile) -> list[str]:
+    """Make libvirtd take the edited file.  libvirtd reads its XML files only
+    when it starts and rewrites them from memory on any change, so an edit
+    it was not told about would be lost (libvirt.org: "editing the XML files
+    directly is not supported"); ``virsh define FILE`` hands it over."""
+    uri = guest_file.libvirt_uri or "qemu:///system"
+    path = guest_file.display
+    argv = ["virsh", "-c", uri, "define", str(guest_file.path)]
+    shown = f"virsh -c {uri} define {path}"
+    if host.runner.which("virsh") is None:
+        return [
+            f"libvirtd reads {path} only when it starts: on the host, run `{shown}` "
+            "before libvirtd rewrites the file"
+        ]
+    done = host.runner.run(argv, timeout=120.0)
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip() or "no message"
+        return [
+            f"`{shown}` failed ({output}); if libvirtd is not running it reads {path} when "
+            "it starts, otherwise run it again before libvirtd rewrites the file"
+        ]
+    return []
 
 
 def detach(
@@ -445,5 +474,5 @@ def detach(
         return result
     if dry_run:
         return result
-    _apply(host, guest_file, address, edit, guest=guest, live=live, action="detach")
+    result.notes += _apply(host, guest_file, address, edit, guest=guest, live=live, action="detach")
     return result
