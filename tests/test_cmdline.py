@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,13 @@ B = PciAddress.parse("0000:0a:04.1")
 PCIBACK = Backend.PCIBACK
 VFIO = Backend.VFIO
 SH = shutil.which("sh")
-needs_sh = pytest.mark.skipif(SH is None, reason="no /bin/sh")
+_sh_missing = pytest.mark.skipif(SH is None, reason="no /bin/sh")
+
+
+def needs_sh(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks a test that runs /bin/sh on its own fixtures; skipped without it."""
+    return pytest.mark.needs_tool(_sh_missing(test))
+
 
 # A Debian 12 /etc/default/grub as installed (its usual shape, comments shortened).
 DEBIAN = b"""\

@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,9 +95,14 @@ def _tool(name: str) -> str | None:
 
 MODPROBE = _tool("modprobe")
 DEPMOD = _tool("depmod")
-needs_kmod = pytest.mark.skipif(
+_kmod_missing = pytest.mark.skipif(
     MODPROBE is None or DEPMOD is None, reason="kmod's modprobe/depmod not installed"
 )
+
+
+def needs_kmod(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks a test that runs kmod (``-m needs_tool`` selects them); skipped without it."""
+    return pytest.mark.needs_tool(_kmod_missing(test))
 
 
 def _fake_ko(name: str) -> bytes:
