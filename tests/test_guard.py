@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pcipass
 from pcipass.address import PciAddress
 from pcipass.cli.main import main
-from pcipass.errors import RefusedError, UsageError
+from pcipass.errors import PcipassError, RefusedError, UsageError
 from pcipass.host.binding import Backend
 from pcipass.ops.attach import attach
 from pcipass.ops.guard import guard, guard_libvirt_hook
@@ -234,3 +236,29 @@ def test_a_qemu_without_vfio_devices_is_allowed(kvm: Lab) -> None:
     argv = "/usr/bin/qemu-system-x86_64\0-name\0l2\0-device\0e1000,netdev=n0\0"
     kvm.fake.write_file("/proc/4242/cmdline", argv.encode())
     assert guard(kvm.host, "l2", "save").allowed
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    words=st.lists(
+        st.sampled_from(["win10", "migrate", "restore", "begin", "-", "x" * 200, "a/b"]), max_size=4
+    ),
+    stdin=st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([WIN10_WITH_HOSTDEV.encode(), b"<domain/>", b"<!DOCTYPE x><domain/>"]),
+    ),
+    cmdline=st.lists(st.text(max_size=30), max_size=8),
+)
+def test_hook_never_fails_other_than_with_a_pcipass_error(
+    kvm: Lab, words: list[str], stdin: bytes, cmdline: list[str]
+) -> None:
+    argv = ["/usr/bin/qemu-system-x86_64", "-name", "win10", *cmdline]
+    kvm.fake.write_file(
+        "/proc/777/cmdline", b"\0".join(a.encode("utf-8", "surrogatepass") for a in argv)
+    )
+    try:
+        guard_libvirt_hook(kvm.host, words, stdin)
+    except PcipassError as error:
+        assert int(error.exit_code) in (2, 3, 4)
