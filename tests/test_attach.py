@@ -451,6 +451,7 @@ class CapturingRunner(FakeRunner):
 VALIDATE = shutil.which("virt-xml-validate")
 
 
+@pytest.mark.needs_tool
 @pytest.mark.skipif(VALIDATE is None, reason="virt-xml-validate (libvirt-clients) not installed")
 def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> None:
     assert VALIDATE is not None
