@@ -16,7 +16,7 @@ time (best of N):
   marginal cost per added function, 1024->8192 vs 64->1024);
 * the list's peak memory, max RSS of the child from ``os.wait4`` (target <= 64 MiB);
 * start-up overhead: ``python -m pcipass --version`` minus ``python -c pass``
-  (target <= 40 ms).
+  (target <= 40 ms), also with ``python -S`` (no site .pth imports masking it).
 
 When a target is missed (or with ``--profile always``) it profiles the list
 at the largest size with cProfile and prints the hot spots (file:function,
@@ -399,13 +399,13 @@ def check_same_devices(tree: Path, lspci: str, env: dict[str, str], size: int) -
         )
 
 
-def startup_overhead_ms(env: dict[str, str], repeat: int) -> tuple[float, float, float]:
+def startup_overhead_ms(
+    env: dict[str, str], repeat: int, python_flags: Sequence[str] = ()
+) -> tuple[float, float, float]:
     """(pcipass --version, python -c pass, difference), best of ``repeat``, in ms."""
+    python = [sys.executable, *python_flags]
     best = best_of(
-        {
-            "version": [sys.executable, "-m", "pcipass", "--version"],
-            "bare": [sys.executable, "-c", "pass"],
-        },
+        {"version": [*python, "-m", "pcipass", "--version"], "bare": [*python, "-c", "pass"]},
         env,
         repeat,
     )
@@ -556,13 +556,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if not ok and "linear" not in misses:
                     misses.append("linear")
-        version, bare, overhead = startup_overhead_ms(env, args.startup_repeat)
-        ok = overhead <= TARGET_STARTUP_MS
-        print(
-            f"start-up overhead: {overhead:.1f} ms (--version {version:.1f} ms - python -c pass "
-            f"{bare:.1f} ms; target <= {TARGET_STARTUP_MS:g} ms) {verdict(ok)}"
-        )
-        if not ok:
+        # Twice: as the brief asks, and with -S.  An interpreter whose site-packages
+        # carry .pth files (pyenv's certifi hook imports pathlib, re, enum...) makes
+        # "python -c pass" pay for modules pcipass needs, hiding part of its cost; a
+        # clean venv or a dom0's bare Python does not.  Judge the larger figure.
+        worst = 0.0
+        for label, flags in (("", ()), (" (python -S)", ("-S",))):
+            version, bare, overhead = startup_overhead_ms(env, args.startup_repeat, flags)
+            worst = max(worst, overhead)
+            print(
+                f"start-up overhead{label}: {overhead:.1f} ms (--version {version:.1f} ms - "
+                f"python -c pass {bare:.1f} ms; target <= {TARGET_STARTUP_MS:g} ms) "
+                + verdict(overhead <= TARGET_STARTUP_MS)
+            )
+        if worst > TARGET_STARTUP_MS:
             misses.append("start-up")
 
         if args.profile == "always" or (args.profile == "auto" and misses):
