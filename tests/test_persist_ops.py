@@ -177,3 +177,18 @@ def test_cmdline_method_edits_only_the_grub_variable(
         == 0
     )
     assert grub.read_bytes() == original
+
+
+def test_vfio_now_and_persist_leave_no_drift(kvm: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        cli(kvm, "hide", "--now", "--persist", "--backend", "vfio", "0000:02:10.0", "0000:02:10.4")
+        == 0
+    )
+    capsys.readouterr()
+    cli(kvm, "check", "--json")
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    assert [f for f in findings if f["rule"] in ("PP009", "PP010")] == []
+    # Give one back: the other still needs ids=8086:1520, so the id stays.
+    assert cli(kvm, "unhide", "--now", "--persist", "0000:02:10.0") == 0
+    conf = (kvm.base / "etc/modprobe.d/pcipass.conf").read_text()
+    assert "ids=8086:1520" in conf

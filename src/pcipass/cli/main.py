@@ -161,6 +161,7 @@ def _open_host(root: str) -> Host:
 
     from pcipass.host.context import Host
 
+    root = "/" if root == "/" else str(Path(root).resolve())
     if root != "/" and (Path(root) / ".pcipass-simulated-host").exists():
         # The example host: a fake kernel acts on sysfs writes so users can try
         # hide --now without hardware (pcipass.testing.example).

@@ -34,8 +34,6 @@ from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 
-MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/lib/modprobe.d")
-
 
 @dataclass
 class PersistResult:
@@ -72,16 +70,9 @@ class PersistResult:
 
 
 def _files(host: Host) -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-    conf = host.root.path("/etc/modprobe.conf")
-    if conf.is_file():
-        files["/etc/modprobe.conf"] = conf.read_bytes()
-    for directory in MODPROBE_DIRS:
-        path = host.root.path(directory)
-        for name in host.sysfs.list_dir(path):
-            if name.endswith(".conf") and (path / name).is_file():
-                files[f"{directory}/{name}"] = (path / name).read_bytes()
-    return files
+    from pcipass.persist.modprobe import collect_modprobe_files
+
+    return collect_modprobe_files(host.root)
 
 
 def _platform(host: Host, override: str | None) -> Platform:
@@ -170,6 +161,19 @@ def _plan_cmdline(
     if backend is PersistBackend.VFIO:
         by = inventory(host).by_address()
         ids = sorted({by[a].device.id_text for a in addresses if a in by})
+        if not add:
+            # vfio-pci.ids= is per id: keep an id another hidden device still needs.
+            ledger = Ledger.open(host.root, readonly=True)
+            try:
+                others = {
+                    by[PciAddress.parse(r.address)].device.id_text
+                    for r in ledger.hidden()
+                    if PciAddress.parse(r.address) not in addresses
+                    and PciAddress.parse(r.address) in by
+                }
+            finally:
+                ledger.close()
+            ids = [i for i in ids if i not in others]
     edit = cmdline.add_hide if add else cmdline.remove_hide
     new = edit(
         current,
@@ -347,10 +351,22 @@ def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
     except UsageError:
         platform = None
     state = read_persistent_hides(files)
-    for item in findings(state, platform):
+    from pcipass.persist import cmdline
+
+    configured = cmdline.read_configured(
+        cmdline.collect_grub_files(host.root), xen=host.is_xen_dom0
+    )
+    running = cmdline.read_running(host.root)
+    persist_findings = [
+        *findings(state, platform),
+        *configured.findings,
+        *cmdline.cmdline_findings(running),
+        *cmdline.cross_findings(state, configured.hides),
+    ]
+    for item in persist_findings:
         severity = Severity.REFUSE if item.severity == "error" else Severity.WARN
         result.append(Finding(item.rule, severity, item.subject, item.problem, item.remedy))
-    persistent = state.hidden()
+    persistent = state.hidden() | configured.hides.hidden() | running.hidden()
     by = inv.by_address()
     for address in sorted(persistent):
         info = by.get(address)
@@ -365,7 +381,10 @@ def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
                     f"pcipass hide --now {address} (or reload the driver)",
                 )
             )
+    persistent_ids = state.hidden_ids() | configured.hides.hidden_ids()
     for info in inv.devices:
+        if info.device.driver == "vfio-pci" and info.device.id_text in persistent_ids:
+            continue
         if info.hidden and info.address not in persistent:
             result.append(
                 Finding(
