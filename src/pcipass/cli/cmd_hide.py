@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name in ("hide", "unhide", "check"):
         parser.add_argument("addresses", nargs="+" if name != "check" else "*", metavar="BDF")
+    if name == "check":
+        parser.add_argument("--guest", action="append", metavar="GUEST",
+                            help="check this guest's configuration (repeatable); without BDF or "
+                            "--guest, everything: held devices, all guests, persistent files")
     if name in ("hide", "unhide"):
         parser.add_argument(
             "--now", action="store_true", help="rebind through sysfs now (no reboot)"
@@ -154,7 +158,7 @@ def _check(args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.check import run_check
     from pcipass.policy.verdict import worst_exit
 
-    report = run_check(host, _addresses(args) if args.addresses else [])
+    report = run_check(host, _addresses(args) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())
     else:

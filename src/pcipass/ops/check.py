@@ -34,7 +34,30 @@ class CheckReport:
         return "\n".join(f.render() for f in self.findings)
 
 
-def run_check(host: Host, addresses: Sequence[PciAddress]) -> CheckReport:
+def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Finding], list[str]]:
+    """Every guest rule (PP002-PP006, PP101, config vs ledger) for the named
+    guests, or for every configuration found on the host."""
+    from pcipass.ops.attach import GuestContext
+    from pcipass.ops.guard import check_guest
+    from pcipass.ops.guests import find_guest, scan_guests
+
+    scan = scan_guests(host)
+    context = GuestContext.gather(host, scan)
+    files = [find_guest(host, g) for g in guests] if guests else list(scan.guests)
+    found: list[Finding] = []
+    checked: list[str] = []
+    for guest_file in files:
+        result = check_guest(host, guest_file, context=context)
+        checked.append(f"guest {result.guest}")
+        found.extend(result.findings)
+    for problem in scan.problems:
+        found.append(Finding("PP101", Severity.WARN, "guest configurations", str(problem),
+                             "fix the file: pcipass cannot see which devices it assigns"))
+    return found, checked
+
+
+def run_check(host: Host, addresses: Sequence[PciAddress],
+              guests: Sequence[str] | None = None) -> CheckReport:
     from pcipass.host.identity import identity_mismatch
 
     inv = inventory(host)
@@ -110,10 +133,12 @@ def run_check(host: Host, addresses: Sequence[PciAddress]) -> CheckReport:
                         "give it back or free it",
                     )
                 )
-    try:
+    if guests or not addresses:
+        found, checked = guest_findings(host, guests)
+        report.findings += found
+        report.checked += checked
+    if not addresses and not guests:
         from pcipass.ops.persist import persistence_findings
-    except ImportError:
-        pass
-    else:
+
         report.findings += persistence_findings(host, inv)
     return report
