@@ -228,7 +228,7 @@ def guest_setup_builtin() -> str:
         raise StepFailed(f"guest-setup exit {res.rc}: {res.tail()}")
     if not mentions(res.out, "built"):
         raise StepFailed(f"guest-setup does not report acpiphp built in: {res.out[:300]}")
-    return res.tail(1)
+    return " ".join(res.out.split())[:300]
 
 
 @step("persist-vfio", needs=("unhide-vfio",))
@@ -316,7 +316,8 @@ def nested_l2_sees_device() -> str:
     pcipass("hide", KVM_E1000E, "--now", "--backend", "vfio")
     expect_driver(KVM_E1000E, "vfio-pci")
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-cpu", "qemu64", "-m", "192",
+        "qemu-system-x86_64", "-name", "l2", "-accel", "tcg", "-machine", "pc", "-cpu", "qemu64",
+        "-m", "192",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         "-serial", f"file:{L2_LOG}", "-qmp", f"unix:{L2_QMP},server,nowait",
         "-L", "/usr/share/qemu", "-kernel", "/l2/vmlinuz", "-initrd", "/l2/l2.cpio.gz",
