@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.errors import (
     GuestNotFoundError,
@@ -22,7 +23,6 @@ from pcipass.errors import (
     UsageError,
 )
 from pcipass.guests.guest_os import parse_os_text
-from pcipass.host.binding import Backend
 from pcipass.ops.attach import XC_ASSIGN_REFUSAL, attach, detach
 from pcipass.ops.guests import scan_guests
 from pcipass.ops.rebind import hide_now

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.host.root import HostRoot
 from pcipass.persist.cmdline import (
@@ -33,7 +34,7 @@ from pcipass.persist.cmdline import (
     remove_hide,
 )
 from pcipass.persist.modprobe import read_persistent_hides
-from pcipass.persist.platform import Backend, detect_platform
+from pcipass.persist.platform import detect_platform
 
 A = PciAddress.parse("0000:09:00.0")
 B = PciAddress.parse("0000:0a:04.1")

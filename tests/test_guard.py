@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import pcipass
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.errors import PcipassError, RefusedError, UsageError
-from pcipass.host.binding import Backend
 from pcipass.ops.attach import attach
 from pcipass.ops.guard import guard, guard_libvirt_hook
 from pcipass.ops.rebind import hide_now

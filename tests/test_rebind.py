@@ -9,9 +9,9 @@ import json
 import pytest
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.errors import OperationFailed, RefusedError
-from pcipass.host.binding import Backend
 from pcipass.ops.rebind import hide_now, recover, unhide_now
 from pcipass.state.ledger import Ledger
 from pcipass.testing.fakehost import snapshot

@@ -9,7 +9,7 @@ from pcipass.errors import UsageError
 
 if TYPE_CHECKING:
     from pcipass.address import PciAddress
-    from pcipass.host.binding import Backend
+    from pcipass.backend import Backend
     from pcipass.host.context import Host
 
 
@@ -17,9 +17,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name in ("hide", "unhide", "check"):
         parser.add_argument("addresses", nargs="+" if name != "check" else "*", metavar="BDF")
     if name == "check":
-        parser.add_argument("--guest", action="append", metavar="GUEST",
-                            help="check this guest's configuration (repeatable); without BDF or "
-                            "--guest, everything: held devices, all guests, persistent files")
+        parser.add_argument(
+            "--guest",
+            action="append",
+            metavar="GUEST",
+            help="check this guest's configuration (repeatable); without BDF or "
+            "--guest, everything: held devices, all guests, persistent files",
+        )
     if name in ("hide", "unhide"):
         parser.add_argument(
             "--now", action="store_true", help="rebind through sysfs now (no reboot)"
@@ -130,7 +134,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
 
 
 def _backend(args: argparse.Namespace, host: Host) -> Backend:
-    from pcipass.host.binding import Backend
+    from pcipass.backend import Backend
 
     if args.backend:
         return Backend(args.backend)

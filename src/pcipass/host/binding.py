@@ -15,17 +15,12 @@ operation can journal it and roll it back (libvirt's virhostdev model):
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.errors import OperationFailed
 from pcipass.host.context import Host
-
-
-class Backend(enum.StrEnum):
-    PCIBACK = "pciback"
-    VFIO = "vfio"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.errors import (
     DeviceNotFoundError,
     OperationFailed,
@@ -34,7 +35,6 @@ from pcipass.guests.libvirt_xml import hostdev_xml
 from pcipass.guests.model import GuestKind, GuestOs
 from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
-from pcipass.host.binding import Backend
 from pcipass.host.context import Host
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests

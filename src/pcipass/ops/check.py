@@ -51,13 +51,21 @@ def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Findi
         checked.append(f"guest {result.guest}")
         found.extend(result.findings)
     for problem in scan.problems:
-        found.append(Finding("PP101", Severity.WARN, "guest configurations", str(problem),
-                             "fix the file: pcipass cannot see which devices it assigns"))
+        found.append(
+            Finding(
+                "PP101",
+                Severity.WARN,
+                "guest configurations",
+                str(problem),
+                "fix the file: pcipass cannot see which devices it assigns",
+            )
+        )
     return found, checked
 
 
-def run_check(host: Host, addresses: Sequence[PciAddress],
-              guests: Sequence[str] | None = None) -> CheckReport:
+def run_check(
+    host: Host, addresses: Sequence[PciAddress], guests: Sequence[str] | None = None
+) -> CheckReport:
     from pcipass.host.identity import identity_mismatch
 
     inv = inventory(host)

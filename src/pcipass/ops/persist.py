@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.errors import UsageError
 from pcipass.host import binding
-from pcipass.host.binding import Backend
 from pcipass.host.context import Host
 from pcipass.ops.inventory import Inventory, inventory
 from pcipass.persist.atomic import FileEdit, plan_edit
@@ -28,7 +28,6 @@ from pcipass.persist.modprobe import (
     plan_remove_hide,
     read_persistent_hides,
 )
-from pcipass.persist.platform import Backend as PersistBackend
 from pcipass.persist.platform import PersistMethod, Platform, detect_platform
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
@@ -102,11 +101,10 @@ def _devices(
 def _plan(
     host: Host, addresses: Sequence[PciAddress], backend: Backend, platform: Platform, *, add: bool
 ) -> tuple[PersistMethod, list[FileEdit], list[str]]:
-    pbackend = PersistBackend(backend.value)
-    method = platform.method_for(pbackend)
+    method = platform.method_for(backend)
     notes: list[str] = []
     if method is PersistMethod.CMDLINE:
-        return method, [_plan_cmdline(host, addresses, pbackend, platform, add=add)], notes
+        return method, [_plan_cmdline(host, addresses, backend, platform, add=add)], notes
     display = platform.modprobe_path(method)
     path = host.root.path(display)
     current = path.read_bytes() if path.is_file() else None
@@ -117,7 +115,7 @@ def _plan(
             devices = _devices(host, inv, addresses, ledger)
         finally:
             ledger.close()
-        plan = HidePlan.for_platform(platform, pbackend, devices, method)
+        plan = HidePlan.for_platform(platform, backend, devices, method)
         result = plan_add_hide(current, plan, path=display)
         if result.already:
             notes.append("already hidden at boot: " + ", ".join(str(a) for a in result.already))
@@ -145,7 +143,7 @@ def _plan(
 def _plan_cmdline(
     host: Host,
     addresses: Sequence[PciAddress],
-    backend: PersistBackend,
+    backend: Backend,
     platform: Platform,
     *,
     add: bool,
@@ -158,7 +156,7 @@ def _plan_cmdline(
     path = host.root.path(display)
     current = path.read_bytes() if path.is_file() else None
     ids: list[str] = []
-    if backend is PersistBackend.VFIO:
+    if backend is Backend.VFIO:
         by = inventory(host).by_address()
         ids = sorted({by[a].device.id_text for a in addresses if a in by})
         if not add:

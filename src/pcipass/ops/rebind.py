@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.errors import OperationFailed, PcipassError, RefusedError
 from pcipass.host import binding
-from pcipass.host.binding import Backend, StubDriver
+from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
 from pcipass.ops.inventory import STUB_DRIVERS, inventory
 from pcipass.policy.verdict import Finding, Severity, refusals

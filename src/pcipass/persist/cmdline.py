@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress, format_hide_list
+from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.host.root import HostRoot
 from pcipass.persist.modprobe import (
@@ -42,7 +43,6 @@ from pcipass.persist.modprobe import (
 )
 from pcipass.persist.platform import (
     DEFAULT_GRUB_FILE,
-    Backend,
     PersistMethod,
     Platform,
     Regeneration,

@@ -52,12 +52,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pcipass.address import PciAddress, format_hide_list
+from pcipass.backend import Backend
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
 from pcipass.host.root import HostRoot, safe_name
 from pcipass.persist.platform import (
     PCIPASS_MODPROBE_FILE,
     RHEL5_MODPROBE_FILE,
-    Backend,
     PersistMethod,
     Platform,
     StubState,

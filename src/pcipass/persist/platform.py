@@ -25,15 +25,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pcipass.backend import Backend
 from pcipass.errors import UsageError
 from pcipass.host.root import HostRoot, safe_name
-
-
-class Backend(enum.StrEnum):
-    """The stub driver family a device is hidden with."""
-
-    PCIBACK = "pciback"  # Xen: pciback (RHEL 5) or xen-pciback
-    VFIO = "vfio"  # KVM: vfio-pci
 
 
 class PersistMethod(enum.StrEnum):

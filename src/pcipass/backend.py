@@ -1,0 +1,12 @@
+"""Backend: which stub driver family hides a device (one definition for all layers)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Backend(enum.StrEnum):
+    """The stub driver family a device is hidden with."""
+
+    PCIBACK = "pciback"  # Xen: pciback (RHEL 5's 2.6.18) or xen-pciback (pvops kernels)
+    VFIO = "vfio"  # KVM: vfio-pci
