@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,49 @@ def nested_guard() -> str:
     return "; ".join(notes)
 
 
+def l2_has_device() -> bool:
+    lines = l2_pci()
+    return bool(lines) and "0x8086:0x10d3" in lines[-1]
+
+
+def qemu_has_pt0() -> bool:
+    return any(
+        dev.get("qdev_id") == "pt0" for bus in qmp("query-pci") for dev in bus.get("devices", [])
+    )
+
+
+@step("l2-acpi-hotplug", needs=("nested-l2-sees-device",), timeout=240)
+def l2_acpi_hotplug() -> str:
+    """ACPI hotplug of the vfio device into the running L2 (QMP device_del / device_add on
+    -machine pc; the L2 kernel has acpiphp built in).  Plain QMP, driven by the lab: pcipass has
+    no plain-QEMU live backend yet (see l2-hotplug-pcipass)."""
+    t0 = time.monotonic()
+    qmp("device_del", {"id": "pt0"})
+    wait_for("QEMU to finish unplugging pt0", lambda: not qemu_has_pt0(), 60, poll=1)
+    gone = wait_for("the L2 to lose 8086:10d3", lambda: not l2_has_device(), 60)
+    t1 = time.monotonic()
+    qmp(
+        "device_add",
+        {"driver": "vfio-pci", "host": KVM_E1000E[5:], "id": "pt0", "rombar": 0},
+    )
+    back = wait_for("the L2 to see 8086:10d3 again", l2_has_device, 90)
+    expect_driver(KVM_E1000E, "vfio-pci")
+    return (
+        f"unplug seen by L2 after {t1 - t0:.1f}s (last wait {gone:.1f}s); "
+        f"hotplug seen after {back:.1f}s"
+    )
+
+
+@step("l2-hotplug-pcipass", needs=("nested-l2-sees-device",))
+def l2_hotplug_pcipass() -> str:
+    """pcipass detach/attach --live of a plain QEMU guest (QMP): the L2 sees it go and come."""
+    pcipass("detach", KVM_E1000E, "l2", "--live")
+    wait_for("the L2 to lose the device", lambda: not l2_has_device(), 60)
+    pcipass("attach", KVM_E1000E, "l2", "--live")
+    wait_for("the L2 to see the device again", l2_has_device, 90)
+    return "detach/attach --live through pcipass seen by the L2"
+
+
 @step("nested-stop", needs=("unhide-vfio",))
 def nested_stop() -> str:
     proc = L2.get("proc")
@@ -377,6 +421,8 @@ plan(
         "guest-setup-builtin",
         "nested-l2-sees-device",
         "nested-guard",
+        "l2-acpi-hotplug",
+        "l2-hotplug-pcipass",
         "nested-stop",
         "persist-vfio",
     ],
