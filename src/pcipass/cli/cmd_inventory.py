@@ -89,14 +89,18 @@ def _desc(info: DeviceInfo) -> str:
 
 def _list(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
-    from pcipass.ops.inventory import inventory
+    from pcipass.ops.inventory import SCHEMA_VERSION, inventory
 
     inv = inventory(host)
     items = _filtered(inv, args)
     if args.json:
-        data = inv.to_json()
-        data["devices"] = [d.to_json() for d in items]
-        print_json(data)
+        print_json(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "devices": [d.to_json() for d in items],
+                "problems": inv.problems,
+            }
+        )
         return 0
     if args.tree:
         print(_tree(inv, {d.address for d in items}))

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pcipass import __version__
 from pcipass.errors import ExitCode, PcipassError, exit_code_for
@@ -24,8 +22,7 @@ if TYPE_CHECKING:
     from pcipass.host.context import Host
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     name: str
     module: str  # pcipass.cli.<module> defines add_arguments(parser) and run(args, host, out)
     help: str
@@ -133,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list == ["--version"]:
+        # Answered before building the parser: scripts call this in loops.
+        print(f"pcipass {__version__}")
+        return int(ExitCode.OK)
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
@@ -175,6 +176,8 @@ def _open_host(root: str) -> Host:
 def report_error(error: PcipassError, *, as_json: bool) -> int:
     code = exit_code_for(error)
     if as_json:
+        import json
+
         print(json.dumps(error.to_json(), indent=2))
     else:
         print(f"pcipass: {error.render()}", file=sys.stderr)

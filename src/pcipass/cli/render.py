@@ -9,8 +9,11 @@ from typing import TextIO
 
 
 def print_json(data: object, out: TextIO | None = None) -> None:
+    """Indented for a terminal; compact (json's C encoder, ~10x faster and
+    far less memory on big hosts) when read by a program."""
     stream = out or sys.stdout
-    stream.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    indent = 2 if stream.isatty() else None
+    stream.write(json.dumps(data, indent=indent) + "\n")
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:

@@ -47,15 +47,22 @@ class Sysfs:
 
     # ---- reads -----------------------------------------------------------
     @staticmethod
-    def read_text(path: Path) -> str | None:
-        """The attribute's text without the trailing newline, or None if unreadable."""
+    def read_text(path: Path | str) -> str | None:
+        """The attribute's text without the trailing newline, or None if unreadable.
+
+        Raw os.open/os.read: sysfs attributes are at most a page, and a text
+        file object costs twice as much per read (benchmarks/README.md)."""
         try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                return handle.read().rstrip("\n")
-        except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
-            return None
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             return None
+        try:
+            data = os.read(fd, 8192)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return data.decode("utf-8", "replace").rstrip("\n")
 
     @staticmethod
     def read_bytes(path: Path, limit: int = 4096) -> bytes | None:
@@ -66,7 +73,7 @@ class Sysfs:
             return None
 
     @classmethod
-    def read_int(cls, path: Path, base: int = 10) -> int | None:
+    def read_int(cls, path: Path | str, base: int = 10) -> int | None:
         text = cls.read_text(path)
         if text is None:
             return None
@@ -76,7 +83,7 @@ class Sysfs:
             return None
 
     @staticmethod
-    def link_name(path: Path) -> str | None:
+    def link_name(path: Path | str) -> str | None:
         """Last component of a symlink's target (``driver`` -> ``e1000``)."""
         try:
             return os.path.basename(os.readlink(path))
@@ -89,6 +96,18 @@ class Sysfs:
             return path.resolve(strict=True)
         except (OSError, RuntimeError):
             return None
+
+    @staticmethod
+    def follow_link(path: Path) -> Path | None:
+        """Target of one symlink, made absolute without resolving every
+        component (sysfs device links are single relative hops); None if the
+        link is missing or dangles."""
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None
+        joined = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        return Path(joined) if os.path.exists(joined) else None
 
     @staticmethod
     def list_dir(path: Path) -> list[str]:

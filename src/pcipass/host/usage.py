@@ -18,6 +18,7 @@ disk or its management NIC (ANCHORS pain 4), so this module finds, from
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,13 @@ def _unescape_mount(text: str) -> str:
 
 
 class UsageScanner:
-    def __init__(self, sysfs: Sysfs) -> None:
+    def __init__(self, sysfs: Sysfs, boot_vga: Sequence[PciAddress] | None = None) -> None:
         self.sysfs = sysfs
         self.root = sysfs.root
         self.problems: list[str] = []
+        # The boot VGA functions when the caller has already read every device
+        # (list does); otherwise each device's boot_vga attribute is read here.
+        self.boot_vga = boot_vga
 
     def scan(self) -> dict[PciAddress, list[HostUse]]:
         uses: dict[PciAddress, list[HostUse]] = {}
@@ -284,14 +288,19 @@ class UsageScanner:
     # ---- console --------------------------------------------------------
     def _console_uses(self) -> list[tuple[PciAddress, HostUse]]:
         results: list[tuple[PciAddress, HostUse]] = []
-        devices_dir = self.root.pci_devices
-        for name in self.sysfs.list_dir(devices_dir):
-            if self.sysfs.read_text(devices_dir / name / "boot_vga") == "1":
-                try:
-                    address = PciAddress.parse(name)
-                except AddressError:
-                    continue
-                results.append((address, HostUse("console", "boot VGA console", name)))
+        boot_vga = self.boot_vga
+        if boot_vga is None:
+            devices_dir = self.root.pci_devices
+            found = []
+            for name in self.sysfs.list_dir(devices_dir):
+                if self.sysfs.read_text(devices_dir / name / "boot_vga") == "1":
+                    try:
+                        found.append(PciAddress.parse(name))
+                    except AddressError:
+                        continue
+            boot_vga = found
+        for address in boot_vga:
+            results.append((address, HostUse("console", "boot VGA console", str(address))))
         graphics = self.root.path("/sys/class/graphics")
         for fb in self.sysfs.list_dir(graphics):
             if not fb.startswith("fb"):
@@ -304,7 +313,9 @@ class UsageScanner:
         return results
 
 
-def host_uses(sysfs: Sysfs) -> tuple[dict[PciAddress, list[HostUse]], list[str]]:
-    scanner = UsageScanner(sysfs)
+def host_uses(
+    sysfs: Sysfs, boot_vga: Sequence[PciAddress] | None = None
+) -> tuple[dict[PciAddress, list[HostUse]], list[str]]:
+    scanner = UsageScanner(sysfs, boot_vga)
     uses = scanner.scan()
     return uses, scanner.problems

@@ -165,7 +165,7 @@ def inventory(host: Host, *, with_owners: bool = True) -> Inventory:
     ids = PciIds.load(host.root.pci_ids_candidates)
     if ids.problem:
         problems.append(ids.problem + "; names are shown as numeric ids")
-    uses, use_problems = host_uses(host.sysfs)
+    uses, use_problems = host_uses(host.sysfs, [d.address for d in devices if d.boot_vga])
     problems.extend(use_problems)
     groups = _group_map(devices)
     owners = _owners(host) if with_owners else {}
