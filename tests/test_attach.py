@@ -719,3 +719,27 @@ def test_libvirt_file_edit_without_virsh_says_how_to_hand_it_to_libvirtd(kvm: La
     result = detach(kvm.host, VF, "win10")
     assert result.changed  # the file edit stands: libvirtd reads it when it starts
     assert any("failed to connect to the hypervisor" in n for n in result.notes)
+
+
+def test_recover_restores_ownership_of_a_detach_killed_after_the_release(
+    rhel5: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pcipass.ops.rebind import recover
+    from pcipass.state.ledger import OperationHandle
+
+    hidden_nic(rhel5)
+    attach(rhel5.host, NIC, "rhel5pv", accept_pv_dma_risk=True)
+    attached = read(rhel5, RHEL5PV)
+
+    def killed(self: OperationHandle) -> None:
+        raise Killed
+
+    monkeypatch.setattr(OperationHandle, "finish", killed)
+    with pytest.raises(Killed):
+        detach(rhel5.host, NIC, "rhel5pv")
+    monkeypatch.undo()
+    assert owner(rhel5, NIC) is None  # released, then killed before finishing
+    report = recover(rhel5.host)
+    assert read(rhel5, RHEL5PV) == attached
+    assert owner(rhel5, NIC) == "rhel5pv"
+    assert any("ownership by rhel5pv restored" in line for line in report)

@@ -476,6 +476,31 @@ def unhide_now(
     return result
 
 
+def _undo_ownership(ledger: Ledger, kind: str, intent: dict[str, object]) -> list[str]:
+    """attach claims ownership last and detach releases it before finishing:
+    a run killed after that step leaves the claim out of step with the
+    configuration file that recover has just restored."""
+    address, guest = intent.get("address"), intent.get("guest")
+    if (
+        kind not in ("attach", "detach")
+        or not isinstance(address, str)
+        or not isinstance(guest, str)
+    ):
+        return []
+    owner = ledger.owner(address)
+    if kind == "attach" and owner is not None and owner.guest == guest:
+        ledger.release(address, guest)
+        return [f"{address}: ownership by {guest} released (attach rolled back)"]
+    if kind == "detach" and owner is None:
+        config = str(intent.get("config") or "")
+        config_kind = (
+            "libvirt" if config.endswith(".xml") else ("xl" if config.endswith(".cfg") else "xm")
+        )
+        ledger.claim(address, guest, config_kind=config_kind, config_path=config or None)
+        return [f"{address}: ownership by {guest} restored (detach rolled back)"]
+    return []
+
+
 def recover(host: Host) -> list[str]:
     """Undo every interrupted operation's completed steps, newest first."""
     report: list[str] = []
@@ -496,6 +521,7 @@ def recover(host: Host) -> list[str]:
                 from pcipass.ops.files import undo_file_edits
 
                 report.extend(undo_file_edits(host, ledger, op.file_edits))
+                report.extend(_undo_ownership(ledger, op.kind, op.intent))
                 ledger.abandon(op.id)
                 report.append(f"op {op.id} ({op.kind}): rolled back")
         finally:
