@@ -122,3 +122,15 @@ def test_guard_refuses_migrate_as_a_libvirt_hook(guests: Lab, tmp_path: Path) ->
         check=False,
     )
     assert quiet.returncode == 0, quiet.stderr
+
+
+def test_list_guests_shows_ledger_owner_and_config_listings(
+    guests: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--root", str(guests.base), "list", "--guests", "--class", "net", "--json"]) == 0
+    devices = {d["address"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
+    assert devices["0000:09:00.0"]["owner"] == "rhel5pv"
+    assert devices["0000:09:00.0"]["guests"] == ["rhel5pv"]
+    assert devices["0000:0a:04.1"]["owner"] is None
+    assert devices["0000:0a:04.1"]["guests"] == ["rhel6pv"]
+    assert devices["0000:05:00.0"]["guests"] == []

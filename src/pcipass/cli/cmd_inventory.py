@@ -24,6 +24,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--driver", help="only devices bound to this driver ('none' = unbound)")
         parser.add_argument("--group", type=int, metavar="N", help="only IOMMU group N")
         parser.add_argument("--tree", action="store_true", help="show the bus topology")
+        parser.add_argument(
+            "--guests",
+            action="store_true",
+            help="also show which guest configurations list each device",
+        )
     else:
         parser.add_argument("address", metavar="BDF", help="PCI address, e.g. 0000:09:00.0")
 
@@ -71,9 +76,13 @@ def _filtered(inv: Inventory, args: argparse.Namespace) -> list[DeviceInfo]:
     return items
 
 
-def _use_text(info: DeviceInfo) -> str:
+def _use_text(info: DeviceInfo, listed: dict[str, list[str]] | None = None) -> str:
+    names = (listed or {}).get(str(info.address), [])
     if info.owner:
-        return f"guest {info.owner}"
+        others = [n for n in names if n != info.owner]
+        return f"guest {info.owner}" + (f" (also in {', '.join(others)})" if others else "")
+    if names:
+        return "in config of " + ", ".join(names)
     if info.uses:
         shorts = list(dict.fromkeys(u.short for u in info.uses))
         return "host: " + ", ".join(shorts)
@@ -93,14 +102,13 @@ def _list(args: argparse.Namespace, host: Host) -> int:
 
     inv = inventory(host)
     items = _filtered(inv, args)
+    listed = _guest_listing(host, inv) if args.guests else None
     if args.json:
-        print_json(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "devices": [d.to_json() for d in items],
-                "problems": inv.problems,
-            }
-        )
+        devices = [d.to_json() for d in items]
+        if listed is not None:
+            for data in devices:
+                data["guests"] = listed.get(str(data["address"]), [])
+        print_json({"schema_version": SCHEMA_VERSION, "devices": devices, "problems": inv.problems})
         return 0
     if args.tree:
         print(_tree(inv, {d.address for d in items}))
@@ -111,7 +119,7 @@ def _list(args: argparse.Namespace, host: Host) -> int:
                 d.device.id_text,
                 d.device.driver or "-",
                 "-" if d.device.iommu_group is None else str(d.device.iommu_group),
-                _use_text(d) or "-",
+                _use_text(d, listed) or "-",
                 _desc(d),
             ]
             for d in items
@@ -120,6 +128,20 @@ def _list(args: argparse.Namespace, host: Host) -> int:
     for problem in inv.problems:
         warn(problem)
     return 0
+
+
+def _guest_listing(host: Host, inv: Inventory) -> dict[str, list[str]]:
+    """Address -> guests whose configuration lists it (problems go to inv)."""
+    from pcipass.ops.guests import scan_guests
+
+    scan = scan_guests(host)
+    inv.problems.extend(scan.problems)
+    listed: dict[str, list[str]] = {}
+    for info in inv.devices:
+        names = [g.guest_name for g in scan.listing(info.address)]
+        if names:
+            listed[str(info.address)] = names
+    return listed
 
 
 def _tree(inv: Inventory, shown: set[object]) -> str:
