@@ -17,6 +17,7 @@ Ranges follow the PCI Local Bus spec 3.0 §6.2 / PCIe 4.0 §7.2: 8-bit bus,
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -56,6 +57,11 @@ class PciAddress:
         return PciAddress(pattern.domain, pattern.bus, pattern.slot, pattern.function)
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        # Cached: list formats each address several times (paths, JSON, keys).
         return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
 
     @property

@@ -9,6 +9,7 @@ must show every other device when one is odd, and `show` says what is missing.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,12 +139,12 @@ def read_device(sysfs: Sysfs, address: PciAddress) -> PciDevice:
     return _read_at(sysfs, address, real)
 
 
-def _read_at(sysfs: Sysfs, address: PciAddress, real: Path) -> PciDevice:
+def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
     root = sysfs.root
     unreadable: list[str] = []
     # Plain string paths: this runs for every function and pathlib joins cost
     # more than the reads (benchmarks/README.md).
-    base = str(real) + "/"
+    base = real + "/"
     # One read of uevent gives driver, ids, subsystem ids and class (the
     # kernel's pci_uevent()); separate attributes are the fallback.
     uevent = _parse_uevent(sysfs.read_text(base + "uevent"))
@@ -178,7 +179,7 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: Path) -> PciDevice:
     numa = sysfs.read_int(base + "numa_node")
     if numa is not None and numa < 0:
         numa = None
-    parent = _address_or_none(real.parent.name)
+    parent = _address_or_none(os.path.basename(os.path.dirname(real)))
     totalvfs = sysfs.read_int(base + "sriov_totalvfs")
     numvfs = sysfs.read_int(base + "sriov_numvfs") if totalvfs is not None else None
     physfn = _address_or_none(sysfs.link_name(base + "physfn"))
@@ -232,12 +233,16 @@ def read_all(sysfs: Sysfs) -> tuple[list[PciDevice], list[str]]:
     devices: list[PciDevice] = []
     problems: list[str] = []
     slots = physical_slots(sysfs)
+    devices_dir = str(sysfs.root.pci_devices)
     for address in list_addresses(sysfs):
-        try:
-            dev = read_device(sysfs, address)
-        except DeviceNotFoundError:
+        # The bus link is one relative hop to the device directory; following
+        # it by hand avoids a full resolve() per device (benchmarks/README.md).
+        link = f"{devices_dir}/{address}"
+        real = sysfs.follow_link(link)
+        if real is None:
             problems.append(f"{address}: vanished while being read (dangling link?)")
             continue
+        dev = _read_at(sysfs, address, real)
         slot = slots.get(address.slot_key)
         if slot is not None:
             dev = _with_slot(dev, slot)

@@ -39,12 +39,17 @@ class HostRoot:
             raise ValueError(f"not absolute: {absolute}")
         return self.prefix / absolute.lstrip("/")
 
-    def host_path(self, path: Path) -> str:
+    def host_path(self, path: Path | str) -> str:
         """The path as the host would name it (for messages and JSON)."""
-        try:
-            return "/" + str(path.relative_to(self.prefix))
-        except ValueError:
-            return str(path)
+        text = str(path)
+        prefix = str(self.prefix)
+        if prefix == "/":
+            return text
+        if text == prefix:
+            return "/"
+        if text.startswith(prefix + "/"):
+            return text[len(prefix) :]
+        return text
 
     # --- sysfs -----------------------------------------------------------
     @property

@@ -98,7 +98,7 @@ class Sysfs:
             return None
 
     @staticmethod
-    def follow_link(path: Path) -> Path | None:
+    def follow_link(path: Path | str) -> str | None:
         """Target of one symlink, made absolute without resolving every
         component (sysfs device links are single relative hops); None if the
         link is missing or dangles."""
@@ -107,7 +107,7 @@ class Sysfs:
         except OSError:
             return None
         joined = os.path.normpath(os.path.join(os.path.dirname(path), target))
-        return Path(joined) if os.path.exists(joined) else None
+        return joined if os.path.exists(joined) else None
 
     @staticmethod
     def list_dir(path: Path) -> list[str]:
@@ -117,7 +117,7 @@ class Sysfs:
             return []
 
     @staticmethod
-    def scan(path: Path) -> Iterator[os.DirEntry[str]]:
+    def scan(path: Path | str) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(path) as entries:
                 yield from entries
