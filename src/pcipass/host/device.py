@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, DeviceNotFoundError, NoPciBusError
@@ -238,11 +237,12 @@ def read_all(sysfs: Sysfs) -> tuple[list[PciDevice], list[str]]:
         # The bus link is one relative hop to the device directory; following
         # it by hand avoids a full resolve() per device (benchmarks/README.md).
         link = f"{devices_dir}/{address}"
-        real = sysfs.follow_link(link)
-        if real is None:
+        real = sysfs.follow_link(link, check=False)
+        dev = None if real is None else _read_at(sysfs, address, real)
+        if dev is None or (dev.unreadable and not os.path.isdir(str(real))):
+            # Checked only when something was unreadable: saves a stat per device.
             problems.append(f"{address}: vanished while being read (dangling link?)")
             continue
-        dev = _read_at(sysfs, address, real)
         slot = slots.get(address.slot_key)
         if slot is not None:
             dev = _with_slot(dev, slot)

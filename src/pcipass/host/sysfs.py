@@ -98,16 +98,16 @@ class Sysfs:
             return None
 
     @staticmethod
-    def follow_link(path: Path | str) -> str | None:
+    def follow_link(path: Path | str, *, check: bool = True) -> str | None:
         """Target of one symlink, made absolute without resolving every
         component (sysfs device links are single relative hops); None if the
-        link is missing or dangles."""
+        link is missing or (with ``check``) dangles."""
         try:
             target = os.readlink(path)
         except OSError:
             return None
         joined = os.path.normpath(os.path.join(os.path.dirname(path), target))
-        return joined if os.path.exists(joined) else None
+        return joined if not check or os.path.exists(joined) else None
 
     @staticmethod
     def list_dir(path: Path) -> list[str]:
