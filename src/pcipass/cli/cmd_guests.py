@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pcipass.errors import UsageError
 
 if TYPE_CHECKING:
+    from pcipass.address import PciAddress
     from pcipass.host.context import Host
 
 
@@ -77,6 +78,10 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.attach import attach, detach
 
     address = PciAddress.parse(args.address)
+    if args.live and args.config is None:
+        qemu_result = _plain_qemu(host, name, address, args.guest, args)
+        if qemu_result is not None:
+            return qemu_result
     if name == "attach":
         guest_os = None
         if args.guest_os:
@@ -102,6 +107,55 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         print_json(result.to_json())
     else:
         print("\n".join(result.render_lines()))
+    return 0
+
+
+def _plain_qemu(
+    host: Host, name: str, address: PciAddress, guest: str, args: argparse.Namespace
+) -> int | None:
+    """A guest with no configuration file but a running QEMU named GUEST with a
+    QMP socket: hotplug through QMP.  None when that is not the case."""
+    from pcipass.errors import GuestNotFoundError
+    from pcipass.ops.guests import find_guest
+    from pcipass.ops.qemu_guest import find_qemu, qemu_live
+
+    try:
+        find_guest(host, guest)
+    except GuestNotFoundError:
+        qemu = find_qemu(host, guest)
+        if qemu is None:
+            raise
+    else:
+        return None
+    if args.dry_run:
+        verb = (
+            "device_add vfio-pci"
+            if name == "attach"
+            else "device_del (and wait for DEVICE_DELETED)"
+        )
+        print(
+            f"would send QMP {verb} host={address} to QEMU {guest} (pid {qemu.pid}, "
+            f"{qemu.qmp_path})"
+        )
+        return 0
+    result = qemu_live(host, qemu, address, name)
+    if args.json:
+        from pcipass.cli.render import print_json
+
+        print_json(
+            {
+                "action": name,
+                "address": str(address),
+                "guest": guest,
+                "qmp": result.qmp,
+                "device_id": result.device_id,
+                "notes": result.notes,
+            }
+        )
+    else:
+        verb = "hot-plugged into" if name == "attach" else "unplugged from"
+        print(f"{address}: {verb} QEMU guest {guest} through QMP ({result.qmp})")
+        print("\n".join(result.notes))
     return 0
 
 

@@ -20,12 +20,9 @@ path prints nothing there.
 
 from __future__ import annotations
 
-import itertools
-import json
 from dataclasses import dataclass, field
 
-from pcipass.address import PciAddress
-from pcipass.errors import AddressError, GuestNotFoundError, RefusedError, UsageError
+from pcipass.errors import GuestNotFoundError, RefusedError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestOs
 from pcipass.host import binding
@@ -128,75 +125,14 @@ def guard(
     return result
 
 
-def _qemu_name(argv: list[str]) -> str | None:
-    """The guest name of a QEMU command line: ``-name NAME`` or
-    ``-name guest=NAME,debug-threads=on`` (how libvirt starts QEMU)."""
-    for option, value in itertools.pairwise(argv):
-        if option in ("-name", "--name"):
-            first = value.split(",", 1)[0]
-            return first.removeprefix("guest=")
-    return None
-
-
-def _vfio_host(value: str) -> str | None:
-    """The host device of one ``-device`` value, if it is vfio-pci: the
-    ``driver,key=value`` form or QEMU's JSON form (libvirt 8+)."""
-    props: dict[str, str] = {}
-    if value.startswith("{"):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return None
-        if not isinstance(parsed, dict):
-            return None
-        props = {str(k): str(v) for k, v in parsed.items()}
-    else:
-        parts = value.split(",")
-        props = {"driver": parts[0]} if "=" not in parts[0] else {}
-        for part in parts:
-            key, sep, item = part.partition("=")
-            if sep:
-                props.setdefault(key, item)
-    if props.get("driver") != "vfio-pci":
-        return None
-    if "host" in props:
-        return props["host"]
-    sysfsdev = props.get("sysfsdev")
-    return sysfsdev.rstrip("/").rsplit("/", 1)[-1] if sysfsdev else None
-
-
 def qemu_devices(host: Host, guest: str) -> list[str]:
     """Devices a running QEMU named ``guest`` holds through vfio-pci, read
     from ``/proc/PID/cmdline`` (a QEMU started by hand or by a script has no
     configuration file pcipass could read)."""
-    found: list[str] = []
-    try:
-        entries = list(host.root.proc.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue  # the process ended, or is not ours to read
-        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-        if not argv or not argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "qemu-kvm")):
-            continue
-        if _qemu_name(argv) != guest:
-            continue
-        for option, value in itertools.pairwise(argv):
-            if option not in ("-device", "--device"):
-                continue
-            text = _vfio_host(value)
-            if text is None:
-                continue
-            try:
-                found.append(str(PciAddress.parse(text)))
-            except AddressError:
-                found.append(text)
-    return sorted(set(found))
+    from pcipass.ops.qemu_guest import find_qemu
+
+    qemu = find_qemu(host, guest)
+    return [] if qemu is None else qemu.devices
 
 
 def guard_libvirt_hook(host: Host, words: list[str], stdin: bytes) -> GuardResult | None:
