@@ -39,6 +39,7 @@ from pcipass.persist.modprobe import (
     id_items,
     module_key,
     normalise_device_id,
+    parse_hide_value,
     parse_params,
 )
 from pcipass.persist.platform import (
@@ -614,18 +615,7 @@ def hide_tokens(text: str, where: str) -> list[CmdlineToken]:
             continue
         stub, kind = known
         value = text[param.value_start : param.value_end]
-        addresses: tuple[PciAddress, ...] = ()
-        ids: tuple[str, ...] = ()
-        error = None
-        try:
-            if kind == "hide":
-                addresses = tuple(
-                    a for a, _ in hide_items(text, param.value_start, param.value_end)
-                )
-            else:
-                ids = tuple(i for i, _ in id_items(text, param.value_start, param.value_end))
-        except UsageError as problem:
-            error = problem.problem
+        addresses, ids, error = parse_hide_value(text, param.value_start, param.value_end, kind)
         tokens.append(
             CmdlineToken(
                 where, param.name, stub, kind, value, param.start, param.value_start,

@@ -466,6 +466,19 @@ def id_items(text: str, start: int, end: int) -> list[tuple[str, ValueItem]]:
     return items
 
 
+def parse_hide_value(
+    text: str, start: int, end: int, kind: str
+) -> tuple[tuple[PciAddress, ...], tuple[str, ...], str | None]:
+    """A ``hide=`` (addresses) or ``ids=`` (vendor:device) value, and the
+    problem the stub would have with it (None when it parses)."""
+    try:
+        if kind == "hide":
+            return tuple(a for a, _ in hide_items(text, start, end)), (), None
+        return (), tuple(i for i, _ in id_items(text, start, end)), None
+    except UsageError as problem:
+        return (), (), problem.problem
+
+
 def normalise_device_id(text: str) -> str:
     """``8086:10D3`` -> ``8086:10d3``; vfio-pci ``ids=`` entries (vendor:device)."""
     lowered = text.strip().lower()
@@ -1251,18 +1264,9 @@ def _entries(path: str, directive: Directive, stub: str) -> list[HideEntry]:
         if param.key != param_name:
             continue
         value = text[param.value_start : param.value_end]
-        addresses: tuple[PciAddress, ...] = ()
-        ids: tuple[str, ...] = ()
-        error = None
-        try:
-            if param_name == "hide":
-                addresses = tuple(
-                    a for a, _ in hide_items(text, param.value_start, param.value_end)
-                )
-            else:
-                ids = tuple(i for i, _ in id_items(text, param.value_start, param.value_end))
-        except UsageError as problem:
-            error = problem.problem
+        addresses, ids, error = parse_hide_value(
+            text, param.value_start, param.value_end, param_name
+        )
         result.append(
             HideEntry(
                 path,
