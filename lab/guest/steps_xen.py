@@ -426,7 +426,7 @@ def xl_save_unguarded() -> str:
         restore = run(["xl", "restore", f"{SAVE_DIR}/domu.save"], timeout=150)
         facts.append(f"xl restore exit {restore.rc}")
         try:
-            domu_alive(40)
+            domu_alive(30)
             facts.append("restored domU alive")
         except StepFailed:
             lockup = "soft lockup" in console() or "pciback not responding" in console()
