@@ -134,3 +134,20 @@ def test_list_guests_shows_ledger_owner_and_config_listings(
     assert devices["0000:0a:04.1"]["owner"] is None
     assert devices["0000:0a:04.1"]["guests"] == ["rhel6pv"]
     assert devices["0000:05:00.0"]["guests"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "flagged"),
+    [("ON_SHUTDOWN=suspend\n", True), ("# defaults\n", True), ("ON_SHUTDOWN=shutdown\n", False)],
+)
+def test_libvirt_guests_suspend_at_shutdown_is_flagged(
+    guests: Lab, capsys: pytest.CaptureFixture[str], content: str, flagged: bool
+) -> None:
+    guests.fake.write_file("/etc/sysconfig/libvirt-guests", content)
+    main(["--root", str(guests.base), "check", "--guest", "rhel5pv", "--json"])
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    pp003 = [f for f in findings if f["rule"] == "PP003"]
+    assert bool(pp003) == flagged
+    if flagged:
+        assert "libvirt-guests will save this guest" in pp003[0]["message"]
+        assert pp003[0]["remedy"] == "set ON_SHUTDOWN=shutdown in /etc/sysconfig/libvirt-guests"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -80,13 +81,21 @@ COMMANDS: tuple[Command, ...] = (
         False,
     ),
     Command("guests", "cmd_guests", "guest configurations, their devices and rules", False, False),
+    Command(
+        "guard-install",
+        "cmd_hooks",
+        "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",
+        True,
+        True,
+    ),
 )
 
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     # Accepted before or after the command: the sub-parser copy must not
     # overwrite a value given before the command, hence SUPPRESS there.
-    default_root = "/" if top else argparse.SUPPRESS
+    # PCIPASS_ROOT lets hooks and wrappers (which get no --root) act on a tree.
+    default_root = os.environ.get("PCIPASS_ROOT", "/") if top else argparse.SUPPRESS
     default_json = False if top else argparse.SUPPRESS
     parser.add_argument(
         "--root",

@@ -346,10 +346,46 @@ def save_restore_findings(
     ]
 
 
+LIBVIRT_GUESTS_FILES = ("/etc/sysconfig/libvirt-guests", "/etc/default/libvirt-guests")
+_ON_SHUTDOWN = re.compile(r"^[ \t]*ON_SHUTDOWN=(?P<value>[^#\n]*)", re.M)
+
+
 def shutdown_save_findings(host: Host, guest: str) -> list[Finding]:
-    """PP003 at host shutdown: xendomains saves every running domain to
-    ``XENDOMAINS_SAVE`` and restores it at boot, which is the save/restore
-    the document rules out (and ``xl save`` does not refuse: lab-notes)."""
+    """PP003 at host shutdown (xendomains and libvirt-guests)."""
+    return _xendomains_findings(host, guest) + _libvirt_guests_findings(host, guest)
+
+
+def _libvirt_guests_findings(host: Host, guest: str) -> list[Finding]:
+    """libvirt-guests suspends (managed-saves) running guests at host shutdown
+    unless ``ON_SHUTDOWN=shutdown``; its default is ``suspend`` (the
+    libvirt-guests service's documented default)."""
+    for absolute in LIBVIRT_GUESTS_FILES:
+        try:
+            text = host.root.path(absolute).read_text(errors="replace")
+        except OSError:
+            continue
+        matches = list(_ON_SHUTDOWN.finditer(text))
+        value = matches[-1].group("value").strip().strip("'\"").strip() if matches else ""
+        if value == "shutdown":
+            return []
+        shown = value or "unset (default: suspend)"
+        return [
+            Finding(
+                "PP003",
+                Severity.WARN,
+                f"guest {guest}",
+                f"{absolute}: ON_SHUTDOWN is {shown}: at host shutdown libvirt-guests will "
+                "save this guest, and a guest using PCI passthrough cannot be saved or restored",
+                f"set ON_SHUTDOWN=shutdown in {absolute}",
+            )
+        ]
+    return []
+
+
+def _xendomains_findings(host: Host, guest: str) -> list[Finding]:
+    """xendomains saves every running domain to ``XENDOMAINS_SAVE`` and
+    restores it at boot, which is the save/restore the document rules out
+    (and ``xl save`` does not refuse: lab-notes)."""
     for absolute in XENDOMAINS_FILES:
         try:
             text = host.root.path(absolute).read_text(errors="replace")

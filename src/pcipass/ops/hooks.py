@@ -1,0 +1,147 @@
+"""Install the save/restore/migrate guard where the toolstacks ask (rule PP003).
+
+Xen does not enforce the document's rule: on Xen 4.17 ``xl save`` of a PV
+guest holding a device exits 0 and the restored guest hangs (lab-notes).  So
+pcipass puts its guard in the toolstacks' way:
+
+* libvirt: ``/etc/libvirt/hooks/qemu`` and ``/etc/libvirt/hooks/libxl``
+  (libvirt runs them with ``GUEST OPERATION SUB-OP EXTRA`` and the domain XML
+  on stdin; a non-zero exit at ``migrate``/``restore`` stops the operation).
+  An existing hook that is not pcipass's is never replaced: pcipass goes in
+  ``hooks/qemu.d/pcipass`` instead, which libvirt 6.5+ runs as well.
+* xl/xm (opt-in): a wrapper in ``/usr/local/sbin`` (before /usr/sbin in
+  root's PATH) that asks the guard before ``save`` and ``migrate`` and then
+  runs the real program.  ``restore`` names a file, not a guest: the guard
+  cannot tell what it holds, so it is passed through (documented).
+
+Every file is planned as an edit (diff under --dry-run), journalled and
+written atomically, and ``--uninstall`` removes only files pcipass wrote.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pcipass.errors import UsageError
+from pcipass.host.context import Host
+from pcipass.persist.atomic import FileEdit, plan_edit, read_bytes
+
+MARKER = "# pcipass guard hook (rule PP003): installed by `pcipass guard --install`"
+LIBVIRT_HOOKS = ("qemu", "libxl")
+WRAPPED = {"xl": "/usr/sbin/xl", "xm": "/usr/sbin/xm"}
+
+
+def _pcipass_argv() -> list[str]:
+    """How the hook runs pcipass: this interpreter, so a venv install works."""
+    return [sys.executable, "-m", "pcipass"]
+
+
+def libvirt_hook_text() -> str:
+    command = " ".join(shlex.quote(a) for a in _pcipass_argv())
+    return (
+        "#!/bin/sh\n"
+        f"{MARKER}\n"
+        "# Refuses migrate/restore of a guest holding a passed-through PCI device; every\n"
+        "# other operation passes.  stdout stays empty (libvirt reads it at restore).\n"
+        f'exec {command} guard --libvirt-hook "$@"\n'
+    )
+
+
+def wrapper_text(tool: str, real: str) -> str:
+    command = " ".join(shlex.quote(a) for a in _pcipass_argv())
+    return (
+        "#!/bin/sh\n"
+        f"{MARKER}\n"
+        f"# {tool} save/migrate of a guest holding a PCI device is refused (the document's\n"
+        f"# rule; Xen itself accepts the save and the restored guest hangs).\n"
+        'case "$1" in\n'
+        "  save|migrate)\n"
+        '    op="$1"; shift; guest=""\n'
+        "    skip=\n"
+        '    for word in "$@"; do\n'
+        '      if [ -n "$skip" ]; then skip=; continue; fi\n'
+        "      # migrate -s SSHCOMMAND and -C CONFIG take a value (xl(1)).\n"
+        '      case "$word" in -s|-C) skip=1 ;; -*) ;; *) guest="$word"; break ;; esac\n'
+        "    done\n"
+        f'    [ -n "$guest" ] && {{ {command} guard "$op" "$guest" || exit $?; }}\n'
+        '    set -- "$op" "$@" ;;\n'
+        "esac\n"
+        f'exec {shlex.quote(real)} "$@"\n'
+    )
+
+
+@dataclass
+class HookPlan:
+    edits: list[FileEdit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _ours(data: bytes | None) -> bool:
+    return data is not None and MARKER.encode() in data
+
+
+def plan_install(host: Host, *, libvirt: bool, tools: Sequence[str]) -> HookPlan:
+    plan = HookPlan()
+    if libvirt:
+        for name in LIBVIRT_HOOKS:
+            target = f"/etc/libvirt/hooks/{name}"
+            current = read_bytes(host.root.path(target))
+            if current is not None and not _ours(current):
+                target = f"/etc/libvirt/hooks/{name}.d/pcipass"
+                plan.notes.append(
+                    f"/etc/libvirt/hooks/{name} exists and is not pcipass's: left as it is; "
+                    f"the guard goes in {target} (libvirt 6.5 and newer runs both)"
+                )
+            plan.edits.append(
+                plan_edit(host.root.path(target), target, libvirt_hook_text().encode(), 0o755)
+            )
+        plan.notes.append("libvirtd reads hooks when it starts: restart it once")
+    for tool in tools:
+        real = WRAPPED.get(tool)
+        if real is None:
+            raise UsageError(f"--wrap {tool}", "pcipass wraps xl and xm only")
+        target = f"/usr/local/sbin/{tool}"
+        current = read_bytes(host.root.path(target))
+        if current is not None and not _ours(current):
+            raise UsageError(
+                target, "exists and is not pcipass's wrapper; not replaced", "move it away first"
+            )
+        if not host.root.path(real).exists():
+            plan.notes.append(f"{real} not found: the wrapper will fail until {tool} is there")
+        plan.edits.append(
+            plan_edit(host.root.path(target), target, wrapper_text(tool, real).encode(), 0o755)
+        )
+    plan.edits = [e for e in plan.edits if e.changes_anything]
+    return plan
+
+
+def plan_uninstall(host: Host) -> HookPlan:
+    plan = HookPlan()
+    candidates = [f"/etc/libvirt/hooks/{n}" for n in LIBVIRT_HOOKS]
+    candidates += [f"/etc/libvirt/hooks/{n}.d/pcipass" for n in LIBVIRT_HOOKS]
+    candidates += [f"/usr/local/sbin/{t}" for t in WRAPPED]
+    for target in candidates:
+        path = host.root.path(target)
+        if _ours(read_bytes(path)):
+            plan.edits.append(plan_edit(path, target, None))
+    return plan
+
+
+def apply_plan(host: Host, plan: HookPlan, kind: str) -> None:
+    if not plan.edits:
+        return
+    from pcipass.ops.files import apply_edits
+    from pcipass.state.ledger import Ledger
+    from pcipass.state.lock import StateLock
+
+    with StateLock(host.root):
+        ledger = Ledger.open(host.root, clock=host.clock)
+        try:
+            op = ledger.begin(kind, {"files": [e.display for e in plan.edits]})
+            apply_edits(ledger, op, plan.edits)
+            op.finish()
+        finally:
+            ledger.close()
