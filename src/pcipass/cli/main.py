@@ -82,6 +82,27 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("guests", "cmd_guests", "guest configurations, their devices and rules", False, False),
     Command(
+        "save",
+        "cmd_safe",
+        "xl guests holding devices: detach live, xl save (PP003's safe path)",
+        True,
+        False,
+    ),
+    Command(
+        "restore",
+        "cmd_safe",
+        "xl restore, then attach the saved guest's devices again",
+        True,
+        False,
+    ),
+    Command(
+        "migrate",
+        "cmd_safe",
+        "detach live, xl migrate; attach the destination's own devices there",
+        True,
+        False,
+    ),
+    Command(
         "guard-install",
         "cmd_hooks",
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",

@@ -1,0 +1,188 @@
+"""The safe way to save, restore or migrate a guest that holds PCI devices.
+
+The document rules save/restore/migration out for a guest using passthrough
+(PP003).  The lab found the way that works on Xen 4.17: with
+``passthrough="enabled"`` in the domain's xl configuration, detach the devices
+live, save (or migrate), restore, and attach them again; without that setting
+the rebuilt domain cannot take a device (``xc_assign_device failed``).  So:
+
+* ``pcipass save GUEST FILE``: detach every device live (limiter counted),
+  ``xl save``, and remember in the ledger which devices go back;
+* ``pcipass restore FILE GUEST``: ``xl restore``, then attach them live again,
+  each checked against the identity recorded when it was hidden (PP105);
+* ``pcipass migrate GUEST HOST``: detach, ``xl migrate``; the destination's
+  devices are its own: the command to give them to the guest there is printed.
+
+Each is one journalled operation: interrupted, ``pcipass recover`` shows it
+and the devices stay owned by the guest (nothing is given back to the host).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pcipass.address import PciAddress
+from pcipass.errors import OperationFailed, RefusedError
+from pcipass.guests.model import GuestKind
+from pcipass.host.context import Host
+from pcipass.ops.attach import _run_checked, live_command
+from pcipass.ops.guests import GuestFile, find_guest
+from pcipass.state.ledger import Ledger
+from pcipass.state.limiter import HotplugLimiter
+from pcipass.state.lock import StateLock
+
+
+@dataclass
+class SafeResult:
+    action: str
+    guest: str
+    devices: list[str]
+    commands: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "guest": self.guest,
+            "devices": self.devices,
+            "commands": self.commands,
+            "notes": self.notes,
+        }
+
+
+def _xl_guest(host: Host, guest: str, action: str) -> GuestFile:
+    found = find_guest(host, guest)
+    if found.kind is not GuestKind.XL:
+        raise RefusedError(
+            f"guest {guest}",
+            f"the safe {action} is done for xl guests only ({found.display} is {found.kind})",
+            f"detach the devices, {action} with your toolstack, and attach them again",
+            rule="PP003",
+        )
+    if found.config.passthrough_enabled is not True:
+        raise RefusedError(
+            f"guest {guest}",
+            f'{found.display} lacks passthrough="enabled": the domain Xen rebuilds at restore '
+            "could not take its devices back (xc_assign_device failed: Operation not "
+            "supported)",
+            f'pcipass attach adds it; or add passthrough="enabled" to {found.display} and '
+            "restart the guest once before using save",
+            rule="PP003",
+        )
+    return found
+
+
+def _owned(ledger: Ledger, guest: str) -> list[PciAddress]:
+    return sorted(PciAddress.parse(o.address) for o in ledger.owners() if o.guest == guest)
+
+
+def _hotplug_all(
+    host: Host,
+    ledger: Ledger,
+    guest_file: GuestFile,
+    guest: str,
+    devices: list[PciAddress],
+    *,
+    action: str,
+    result: SafeResult,
+) -> None:
+    limiter = HotplugLimiter(ledger)
+    for address in devices:
+        limiter.acquire(address, guest, action)
+        argv = live_command(guest_file, guest, address, action)
+        _run_checked(host, argv)
+        result.commands.append(argv)
+
+
+def safe_save(host: Host, guest: str, target: str) -> SafeResult:
+    guest_file = _xl_guest(host, guest, "save")
+    with StateLock(host.root):
+        ledger = Ledger.open(host.root, clock=host.clock)
+        try:
+            devices = _owned(ledger, guest)
+            result = SafeResult("save", guest, [str(a) for a in devices])
+            op = ledger.begin(
+                "safe-save", {"guest": guest, "devices": result.devices, "file": target}
+            )
+            _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
+            argv = ["xl", "save", guest, target]
+            try:
+                _run_checked(host, argv)
+            except OperationFailed:
+                # The guest still runs: give it its devices back before failing.
+                _hotplug_all(
+                    host, ledger, guest_file, guest, devices, action="attach", result=result
+                )
+                op.finish()
+                raise
+            result.commands.append(argv)
+            op.finish()
+            result.notes.append(
+                f"restore with: pcipass restore {target} {guest} (the devices "
+                "stay reserved for the guest meanwhile)"
+            )
+        finally:
+            ledger.close()
+    return result
+
+
+def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
+    guest_file = _xl_guest(host, guest, "restore")
+    from pcipass.policy.assignable import assignability_findings
+    from pcipass.policy.verdict import refusals
+
+    with StateLock(host.root):
+        ledger = Ledger.open(host.root, clock=host.clock)
+        try:
+            devices = _owned(ledger, guest)
+            result = SafeResult("restore", guest, [str(a) for a in devices])
+            # PP105: the addresses must still name the devices that were hidden.
+            blocking = [
+                f
+                for f in refusals(assignability_findings(host, devices, for_guest=guest))
+                if f.rule == "PP105"
+            ]
+            if blocking:
+                raise RefusedError(
+                    blocking[0].subject,
+                    blocking[0].message,
+                    blocking[0].remedy,
+                    rule="PP105",
+                    findings=blocking,
+                )
+            argv = ["xl", "restore", source]
+            _run_checked(host, argv)
+            result.commands.append(argv)
+            _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
+        finally:
+            ledger.close()
+    return result
+
+
+def safe_migrate(host: Host, guest: str, destination: str) -> SafeResult:
+    guest_file = _xl_guest(host, guest, "migrate")
+    with StateLock(host.root):
+        ledger = Ledger.open(host.root, clock=host.clock)
+        try:
+            devices = _owned(ledger, guest)
+            result = SafeResult("migrate", guest, [str(a) for a in devices])
+            _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
+            argv = ["xl", "migrate", guest, destination]
+            try:
+                _run_checked(host, argv)
+            except OperationFailed:
+                _hotplug_all(
+                    host, ledger, guest_file, guest, devices, action="attach", result=result
+                )
+                raise
+            result.commands.append(argv)
+            for address in devices:
+                ledger.release(address, guest)
+            result.notes.append(
+                f"{guest} runs on {destination} without devices; this host's devices are free "
+                "(still hidden). On the destination, give it its own: pcipass attach --live "
+                f"BDF {guest} (pcipass checks each device there)"
+            )
+        finally:
+            ledger.close()
+    return result
