@@ -106,10 +106,14 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             lines += ["would run:"] + [f"  {s}" for s in result.steps]
         for device in result.done:
             verb = "hidden" if name == "hide" else "given back"
-            if device.get("changed"):
+            if device.get("changed") and name == "hide":
                 lines.append(
-                    f"{device['address']}: {verb} now (driver {device['driver']}, "
+                    f"{device['address']}: hidden now (driver {device['driver']}, "
                     f"was {device.get('original_driver') or 'none'})"
+                )
+            elif device.get("changed"):
+                lines.append(
+                    f"{device['address']}: given back now (driver {device['driver'] or 'none'})"
                 )
             else:
                 lines.append(
@@ -125,6 +129,10 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         else:
             presult = unhide_persist(host, addresses, platform=args.platform, dry_run=args.dry_run)
         outputs["persist"] = presult.to_json()
+        if args.now:
+            # --now already printed the device findings and did the rebind.
+            presult.findings = [f for f in presult.findings if f.render() not in lines]
+            presult.notes = [n for n in presult.notes if "add --now" not in n]
         lines += presult.render_lines()
     if args.json:
         print_json(outputs)
