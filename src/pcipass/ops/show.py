@@ -70,7 +70,12 @@ class DeviceReport:
         if dev.physfn is not None:
             row("sr-iov", f"virtual function of {dev.physfn}")
         if self.config is not None:
-            row("capabilities", _caps_summary(self.config) or "(none)")
+            summary = _caps_summary(self.config)
+            if not self.config.caps_complete and self.config.length <= 64:
+                summary = (summary + "; " if summary else "") + (
+                    "unknown beyond the 64-byte header (run as root to read them)"
+                )
+            row("capabilities", summary or "(none)")
             if self.config.dsn is not None:
                 row("serial (DSN)", format_dsn(self.config.dsn))
         verdict = "ready" if self.reset.ready else "NOT ready"
