@@ -104,3 +104,14 @@ def test_entry_point_help() -> None:
     ).stdout
     for name in ("smoke", "xen", "kvm"):
         assert name in out
+
+
+def test_grub_args_and_bundles_for_the_cmdline_boot() -> None:
+    grub = (
+        'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+        "GRUB_CMDLINE_LINUX='xen-pciback.hide=(0000:00:04.0)(0000:0a:04.1) foo=1'\n"
+        "GRUB_DISTRIBUTOR=`lsb_release -i -s`\n"
+    )
+    assert scenarios.grub_linux_args(grub) == "xen-pciback.hide=(0000:00:04.0)(0000:0a:04.1) foo=1"
+    bundles = scenarios.split_bundles({"/etc/a": b"1", "cmdline:/etc/default/grub": b"2"})
+    assert bundles == {"": {"/etc/a": b"1"}, "cmdline": {"/etc/default/grub": b"2"}}

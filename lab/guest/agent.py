@@ -158,10 +158,14 @@ def mentions(doc: Any, *needles: str) -> bool:
     return all(n.lower() in text.lower() for n in needles)
 
 
-def emit_file(path: str) -> None:
-    """Send a file to the host over the console (base64), e.g. state to carry to the next boot."""
+def emit_file(path: str, bundle: str = "") -> None:
+    """Send a file to the host over the console (base64), e.g. state to carry to the next boot.
+
+    ``bundle`` names which later boot gets it (the host's scenario decides); "" is the default.
+    """
     data = Path(path).read_bytes()
-    say("FILE", f"{path} {base64.b64encode(data).decode()}")
+    key = f"{bundle}:{path}" if bundle else path
+    say("FILE", f"{key} {base64.b64encode(data).decode()}")
 
 
 @dataclass

@@ -463,6 +463,46 @@ def persist_hide() -> str:
     return "; ".join(opts)
 
 
+GRUB_DEFAULT = """\
+# /etc/default/grub as Debian installs it (the lab's dom0 has no grub; grub-mkconfig would read it)
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=5
+GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`
+GRUB_CMDLINE_LINUX_DEFAULT="quiet"
+GRUB_CMDLINE_LINUX=""
+"""
+
+
+@step("persist-cmdline", needs=("persist-hide",))
+def persist_cmdline() -> str:
+    """The kernel-command-line form, carried to its own boot (xen3) without the modprobe.d one."""
+    pcipass("unhide", SPARE, "--persist")
+    if f"hide=({SPARE})" in must(["/sbin/modprobe", "-c"]).out:
+        raise StepFailed("unhide --persist left the modprobe.d hide in place")
+    grub = Path("/etc/default/grub")
+    if not grub.exists():
+        grub.parent.mkdir(parents=True, exist_ok=True)
+        grub.write_text(GRUB_DEFAULT)
+    pcipass("hide", SPARE, "--persist", "--platform", "cmdline")
+    lines = [ln for ln in grub.read_text().splitlines() if ln.startswith("GRUB_CMDLINE")]
+    if not any(f"xen-pciback.hide=({SPARE})" in ln for ln in lines):
+        raise StepFailed(f"/etc/default/grub has no xen-pciback.hide=({SPARE}): {lines}")
+    for root in PERSISTED:
+        p = Path(root)
+        for f in [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()):
+            emit_file(str(f), bundle="cmdline")
+    extra = [ln for ln in must(["/sbin/modprobe", "-c"]).out.splitlines() if "pciback" in ln]
+    return "; ".join(lines) + (f"; modprobe.d also: {extra}" if extra else "")
+
+
+@step("cmdline-carried", timeout=30)
+def cmdline_carried() -> str:
+    cmdline = read("/proc/cmdline")
+    if f"xen-pciback.hide=({SPARE})" not in cmdline:
+        raise StepFailed(f"dom0 booted without the persisted hide: {cmdline}")
+    return cmdline
+
+
 def udev_coldplug() -> None:
     """Load drivers the way udev's coldplug does: modprobe each PCI function's modalias."""
     for dev in sorted(Path("/sys/bus/pci/devices").iterdir()):
@@ -563,6 +603,18 @@ plan(
         "xl-wrapper-refuses-save",
         "xl-save-unguarded",
         "persist-hide",
+        "persist-cmdline",
+    ],
+)
+plan(
+    "xen-boot-cmdline",
+    [
+        "python-pcipass",
+        "cmdline-carried",
+        "boot-claims-device",
+        "xen-toolstack",
+        "boot-assignable",
+        "check-no-drift",
     ],
 )
 plan(

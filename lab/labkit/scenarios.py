@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import sys
 import time
@@ -182,13 +183,45 @@ def xen(report: Report, cache: Path, out: Path, smoke: bool, plan: str = "xen-sm
         run_boot(report, plan, xen_argv(prep, initrd, plan), out, 300)
         return
     first = run_boot(report, "xen1", xen_argv(prep, initrd, "xen-full"), out, 480)
-    if not first.files:
+    bundles = split_bundles(first.files)
+    if not bundles.get(""):
         report.add("xen2/boot", False, 0, "no persisted state came back from the first boot")
+    else:
+        # Second boot of the same image, with what pcipass persisted (modprobe.d) appended.
+        state = image.overlay(prep.work, bundles[""], "xen-persisted")
+        both = concat([initrd, state], prep.work / "dom0+persisted.cpio.gz")
+        run_boot(report, "xen2", xen_argv(prep, both, "xen-boot2"), out, 300)
+    grub = bundles.get("cmdline", {}).get("/etc/default/grub")
+    if grub is None:
+        report.add("xen3/boot", False, 0, "no /etc/default/grub came back from the first boot")
         return
-    # Second boot of the same image, with what pcipass persisted in the first one appended.
-    state = image.overlay(prep.work, first.files, "xen-persisted")
-    both = concat([initrd, state], prep.work / "dom0+persisted.cpio.gz")
-    run_boot(report, "xen2", xen_argv(prep, both, "xen-boot2"), out, 300)
+    # Third boot: the kernel-command-line form. The host plays grub-mkconfig: the dom0 kernel
+    # line gets GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT from the persisted file.
+    state = image.overlay(prep.work, bundles["cmdline"], "xen-cmdline")
+    both = concat([initrd, state], prep.work / "dom0+cmdline.cpio.gz")
+    extra = grub_linux_args(grub.decode())
+    run_boot(report, "xen3", xen_argv(prep, both, "xen-boot-cmdline", extra), out, 300)
+
+
+def split_bundles(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """``bundle:/path`` keys from the agent's FILE markers, grouped by bundle ("" = default)."""
+    out: dict[str, dict[str, bytes]] = {}
+    for key, data in files.items():
+        bundle, path = ("", key) if key.startswith("/") else key.split(":", 1)
+        out.setdefault(bundle, {})[path] = data
+    return out
+
+
+def grub_linux_args(text: str) -> str:
+    """The Linux arguments grub-mkconfig would take from /etc/default/grub (simple quoted
+    assignments only; the file is never executed)."""
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r'\s*(GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(["\']?)(.*)\2\s*$', line)
+        if m:
+            values[m.group(1)] = m.group(3)
+    args = f"{values.get('GRUB_CMDLINE_LINUX', '')} {values.get('GRUB_CMDLINE_LINUX_DEFAULT', '')}"
+    return " ".join(a for a in args.split() if a != "quiet")
 
 
 def kvm_argv(prep: Prepared, initrd: Path, plan: str, big: bool = False) -> list[str]:
