@@ -156,8 +156,7 @@ def python_pcipass() -> str:
     return f"python {sys.version.split()[0]}, pcipass/sqlite {res.out.strip()}"
 
 
-@step("xen-toolstack", timeout=120)
-def xen_toolstack() -> str:
+def start_toolstack() -> str:
     for mod in XEN_MODULES:
         must(["/sbin/modprobe", mod])
     must(["mount", "-t", "xenfs", "xenfs", "/proc/xen"])
@@ -172,10 +171,24 @@ def xen_toolstack() -> str:
         ]
     )
     caps = [ln for ln in must(["xl", "info"]).out.splitlines() if "virt_caps" in ln]
+    return " ".join(caps[0].split()) if caps else ""
+
+
+@step("xen-toolstack", timeout=120)
+def xen_toolstack() -> str:
+    caps = start_toolstack()
     # Without an IOMMU Xen 4.17 refuses all passthrough (lab notes): the lab must have one.
-    if not caps or "directio" not in caps[0]:
+    if "directio" not in caps:
         raise StepFailed(f"xl info shows no IOMMU passthrough capability: {caps}")
-    return " ".join(caps[0].split())
+    return caps
+
+
+@step("xen-toolstack-noiommu", timeout=120)
+def xen_toolstack_noiommu() -> str:
+    caps = start_toolstack()
+    if "directio" in caps:
+        raise StepFailed(f"this boot should have no IOMMU, but xl info says {caps}")
+    return caps
 
 
 @step("uplink-network", timeout=60)
@@ -631,6 +644,30 @@ plan(
 )
 
 
+# ---------------------------------------------------------------- no IOMMU (PP006)
+
+
+@step("noiommu-attach-refused", needs=("xen-toolstack-noiommu", "uplink-network"))
+def noiommu_attach_refused() -> str:
+    """Xen 4.17 refuses passthrough without an IOMMU, PV included (lab notes): so must pcipass."""
+    hide = pcipass("hide", SPARE, "--now", expect=None)
+    xl_add = run(["xl", "pci-assignable-add", SPARE]) if driver(SPARE) != "pciback" else None
+    Path(DOMU_CFG).write_text(DOMU_BASE_CFG)
+    before = snapshot()
+    res = pcipass("attach", SPARE, "domu", "--config", DOMU_CFG, "--accept-pv-dma-risk", expect=3)
+    if "PP006" not in res.text:
+        raise StepFailed(f"attach without an IOMMU refused without PP006: {res.tail()}")
+    expect_unchanged(before, "refused attach")
+    # What Xen itself says about the same request.
+    Path("/tmp/xl-pci.cfg").write_text(DOMU_BASE_CFG + f"pci = [ '{SPARE}' ]\n")
+    xl = run(["xl", "create", "/tmp/xl-pci.cfg"], timeout=60)
+    run(["xl", "destroy", "domu"])
+    info("noiommu-attach-refused", f"pcipass hide --now exit {hide.rc}: {hide.tail(1)}")
+    if xl_add is not None:
+        info("noiommu-attach-refused", f"xl pci-assignable-add exit {xl_add.rc}: {xl_add.tail(1)}")
+    return f"{res.tail(1)}; xl create with pci=[...] exit {xl.rc}: {xl.tail(1)}"
+
+
 # ---------------------------------------------------------------- lab self-test (no pcipass)
 
 
@@ -648,4 +685,8 @@ def selftest_xl_domu() -> str:
     return f"domU saw the NIC {waited:.0f}s after xl create"
 
 
+plan(
+    "xen-noiommu",
+    ["python-pcipass", "xen-toolstack-noiommu", "uplink-network", "noiommu-attach-refused"],
+)
 plan("xen-selftest", ["python-pcipass", "xen-toolstack", "uplink-network", "selftest-xl-domu"])
