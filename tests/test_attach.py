@@ -743,3 +743,15 @@ def test_recover_restores_ownership_of_a_detach_killed_after_the_release(
     assert read(rhel5, RHEL5PV) == attached
     assert owner(rhel5, NIC) == "rhel5pv"
     assert any("ownership by rhel5pv restored" in line for line in report)
+
+
+def test_live_attach_to_a_kvm_guest_points_at_guest_setup(kvm: Lab) -> None:
+    hide_now(kvm.host, [VF], Backend.VFIO)
+    kvm.host.runner = CapturingRunner(kvm.runner)
+    result = attach(kvm.host, VF, "win10", live=True)
+    pp008 = [f for f in result.findings if f.rule == "PP008"]
+    assert len(pp008) == 1 and "acpiphp" in pp008[0].message
+    assert "pcipass guest-setup" in pp008[0].remedy
+    detach(kvm.host, VF, "win10")
+    quiet = attach(kvm.host, VF, "win10")  # no hotplug, no acpiphp needed
+    assert not [f for f in quiet.findings if f.rule == "PP008"]
