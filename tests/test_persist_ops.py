@@ -192,3 +192,33 @@ def test_vfio_now_and_persist_leave_no_drift(kvm: Lab, capsys: pytest.CaptureFix
     assert cli(kvm, "unhide", "--now", "--persist", "0000:02:10.0") == 0
     conf = (kvm.base / "etc/modprobe.d/pcipass.conf").read_text()
     assert "ids=8086:1520" in conf
+
+
+def test_regenerate_runs_the_named_command(
+    kvm: Lab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pcipass.cli import main as cli_main
+    from pcipass.host.context import Host
+    from pcipass.testing.fakehost import FakeKernel, FakeRunner
+
+    kernel = FakeKernel(kvm.fake)
+    runner = FakeRunner(kernel)
+    runner.programs.add("update-initramfs")
+    monkeypatch.setattr(
+        cli_main, "_open_host", lambda root: Host.open(root, runner=runner, writer=kernel)
+    )
+    assert (
+        cli(
+            kvm,
+            "hide",
+            "--persist",
+            "--regenerate",
+            "--backend",
+            "vfio",
+            "0000:02:10.0",
+            "0000:02:10.4",
+        )
+        == 0
+    )
+    assert ("update-initramfs", "-u", "-k", "6.1.0-26-amd64") in runner.calls
+    assert "ran: update-initramfs -u -k 6.1.0-26-amd64" in capsys.readouterr().out

@@ -38,6 +38,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             choices=["rhel5", "modprobe.d", "cmdline"],
             help="persistence method (default: detected from the root)",
         )
+        parser.add_argument(
+            "--regenerate",
+            action="store_true",
+            help="with --persist: also run the initramfs / grub regeneration command pcipass "
+            "names (default: only print it)",
+        )
     if name == "hide":
         parser.add_argument(
             "--backend",
@@ -134,6 +140,10 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             presult.findings = [f for f in presult.findings if f.render() not in lines]
             presult.notes = [n for n in presult.notes if "add --now" not in n]
         lines += presult.render_lines()
+        if args.regenerate and not args.dry_run:
+            for argv in presult.regenerate:
+                host.runner.run(argv, timeout=600.0).check()
+                lines.append(f"  ran: {' '.join(argv)}")
     if args.json:
         print_json(outputs)
     else:
