@@ -18,6 +18,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("address", metavar="BDF")
         parser.add_argument("guest", metavar="GUEST")
         parser.add_argument(
+            "--connect",
+            metavar="URI",
+            help="a libvirt connection (qemu:///system, xen:///system, test:///default): "
+            "edit the domain through libvirt-python instead of a file",
+        )
+        parser.add_argument(
             "--config",
             metavar="FILE",
             help="the guest's configuration file (default: /etc/xen/GUEST, /etc/xen/GUEST.cfg, "
@@ -78,6 +84,24 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.attach import attach, detach
 
     address = PciAddress.parse(args.address)
+    if args.connect:
+        from pcipass.ops.libvirt_conn import connect_attach
+
+        connected = connect_attach(
+            host,
+            address,
+            args.guest,
+            args.connect,
+            action=name,
+            live=args.live,
+            accept_pv_dma_risk=getattr(args, "accept_pv_dma_risk", False),
+            dry_run=args.dry_run,
+        )
+        if args.json:
+            print_json(connected.to_json())
+        else:
+            print("\n".join(connected.render_lines()))
+        return 0
     if args.live and args.config is None:
         qemu_result = _plain_qemu(host, name, address, args.guest, args)
         if qemu_result is not None:
