@@ -427,13 +427,73 @@ def xl_wrapper_refuses_save() -> str:
     return f"wrapped xl save exit {res.rc}: {res.tail(1)}; domU alive"
 
 
-@step("xl-save-unguarded", needs=("attach-live",), timeout=300)
+def save_dir() -> str:
+    # dom0's rootfs (the initramfs) is capped at half of dom0_mem: give the 192 MB image room.
+    if not Path(SAVE_DIR).is_mount():
+        Path(SAVE_DIR).mkdir(parents=True, exist_ok=True)
+        must(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", SAVE_DIR])
+    return SAVE_DIR
+
+
+@step("guard-plan-save-restore", needs=("xl-wrapper-refuses-save",), timeout=300)
+def guard_plan_save_restore() -> str:
+    """Follow the guard's own advice: detach --live, save, restore, attach --live again.
+
+    Lab notes: this only works when the domain was built with passthrough="enabled"; a domain
+    restored without devices otherwise cannot take one (xc_assign_device: not supported)."""
+    pcipass("detach", SPARE, "domu", "--live")
+    wait_for("the device to leave the domU", domu_sees_nothing, 60)
+    image = f"{save_dir()}/plan.save"
+    saved = run(["/usr/local/sbin/xl", "save", "domu", image], timeout=150)
+    if saved.rc != 0:
+        raise StepFailed(f"guarded xl save after detach --live: exit {saved.rc}: {saved.tail()}")
+    restored = run(["xl", "restore", image], timeout=150)
+    Path(image).unlink(missing_ok=True)
+    if restored.rc != 0:
+        raise StepFailed(f"xl restore exit {restored.rc}: {restored.tail()}")
+    domu_alive()
+    res = pcipass("attach", SPARE, "domu", "--live", "--accept-pv-dma-risk", expect=None)
+    if res.rc != 0:
+        cfg = [ln for ln in read(DOMU_CFG).splitlines() if "passthrough" in ln]
+        raise StepFailed(
+            f"re-attach after restore: exit {res.rc}: {res.tail(2)} (domu.cfg passthrough "
+            f"lines: {cfg or 'none'})"
+        )
+    waited = wait_for("the device back in the restored domU", domu_sees_nic, 60)
+    return f"detach, guarded save (exit 0), restore, attach: device back after {waited:.1f}s"
+
+
+@step("pcipass-save-restore", needs=("attach-live",), timeout=300)
+def pcipass_save_restore() -> str:
+    """pcipass's own safe save: detach live, xl save, xl restore, attach live again."""
+    image = f"{save_dir()}/pcipass.save"
+    pcipass("save", "domu", image, timeout=200)
+    if domu_running() or not Path(image).exists():
+        raise StepFailed("pcipass save exit 0 but the domain still runs or no image was written")
+    expect_driver(SPARE, "pciback", "(a saved guest's device stays hidden)")
+    pcipass("restore", image, "domu", timeout=200)
+    Path(image).unlink(missing_ok=True)
+    domu_alive()
+    waited = wait_for("the device back in the restored domU", domu_sees_nic, 60)
+    return f"save + restore through pcipass; device back in the domU after {waited:.1f}s"
+
+
+@step("domu-with-device", needs=("attach-config",), timeout=240)
+def domu_with_device() -> str:
+    """Make sure a domU holding the device runs (the step before may have left it without)."""
+    if domu_running() and domu_sees_nic():
+        return "domU still holds the device"
+    run(["xl", "destroy", "domu"], timeout=60)
+    Path(CONSOLE).write_text("")
+    must(["xl", "create", DOMU_CFG], timeout=120)
+    waited = wait_for("the domU to see the NIC", domu_sees_nic, 180)
+    return f"domU re-created, sees the NIC after {waited:.0f}s"
+
+
+@step("xl-save-unguarded", needs=("domu-with-device",), timeout=300)
 def xl_save_unguarded() -> str:
     """Record what Xen itself does (lab notes: accepts, restored guest hangs)."""
-    # dom0's rootfs (the initramfs) is capped at half of dom0_mem: give the 192 MB image room.
-    Path(SAVE_DIR).mkdir(parents=True, exist_ok=True)
-    run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", SAVE_DIR])
-    save = run(["xl", "save", "domu", f"{SAVE_DIR}/domu.save"], timeout=150)
+    save = run(["xl", "save", "domu", f"{save_dir()}/domu.save"], timeout=150)
     facts = [f"real xl save exit {save.rc} ({save.tail(4)})"]
     if save.rc == 0 and not domu_running():
         restore = run(["xl", "restore", f"{SAVE_DIR}/domu.save"], timeout=150)
@@ -614,6 +674,9 @@ plan(
         "hotplug-limit",
         "guard-refuses",
         "xl-wrapper-refuses-save",
+        "guard-plan-save-restore",
+        "pcipass-save-restore",
+        "domu-with-device",
         "xl-save-unguarded",
         "persist-hide",
         "persist-cmdline",
