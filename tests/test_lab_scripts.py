@@ -115,3 +115,9 @@ def test_grub_args_and_bundles_for_the_cmdline_boot() -> None:
     assert scenarios.grub_linux_args(grub) == "xen-pciback.hide=(0000:00:04.0)(0000:0a:04.1) foo=1"
     bundles = scenarios.split_bundles({"/etc/a": b"1", "cmdline:/etc/default/grub": b"2"})
     assert bundles == {"": {"/etc/a": b"1"}, "cmdline": {"/etc/default/grub": b"2"}}
+
+
+def test_plan_of_reads_the_guest_kernel_line() -> None:
+    prep = scenarios.Prepared(Path("/s"), "k", Path("/w"))
+    assert scenarios.plan_of(scenarios.xen_argv(prep, Path("/x.gz"), "xen-smoke")) == "xen-smoke"
+    assert scenarios.plan_of(scenarios.kvm_argv(prep, Path("/x.gz"), "kvm-full")) == "kvm-full"

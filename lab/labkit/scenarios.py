@@ -15,6 +15,9 @@ from labkit import image, packages, qemu
 
 LAB = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(LAB / "guest"))
+import agent  # noqa: E402  (the guest's plans, to name the steps a dead boot never reached)
+import steps_kvm  # noqa: E402, F401
+import steps_xen  # noqa: E402, F401
 import topology  # noqa: E402  (shared with the guest agent)
 
 XEN_CMDLINE = (
@@ -149,6 +152,15 @@ def xen_argv(
     ]  # fmt: skip
 
 
+def plan_of(argv: list[str]) -> str:
+    """The agent plan a QEMU command line boots (``lab=PLAN`` on the guest kernel line)."""
+    for arg in argv:
+        m = re.search(r"\blab=([A-Za-z0-9_-]+)", arg)
+        if m:
+            return m.group(1)
+    return ""
+
+
 def run_boot(
     report: Report, name: str, argv: list[str], out: Path, timeout: float, expect_steps: bool = True
 ) -> qemu.BootResult:
@@ -170,6 +182,11 @@ def run_boot(
         why = f"QEMU exit {res.rc}"
     elif expect_steps and not res.steps:
         why = "no step results"
+    plan = plan_of(argv)
+    reported = {r.name for r in res.steps}
+    for missing in agent.REGISTRY.plans.get(plan, []):
+        if missing not in reported:
+            report.add(f"{name}/{missing}", False, 0, "not reached: the boot ended before it")
     init = f", /init at {res.init_at:.0f}s" if res.init_at is not None else ""
     report.add(f"{name}/boot", not why, res.wall, why or f"wall {res.wall:.0f}s{init}")
     return res
