@@ -23,6 +23,7 @@ from agent import (
     emit_file,
     expect_driver,
     find_device,
+    hotplug_budget_used,
     info,
     mentions,
     must,
@@ -393,10 +394,31 @@ def l2_hotplug_pcipass() -> str:
     return "detach/attach --live through pcipass seen by the L2"
 
 
+def l2_heartbeats() -> int:
+    return read(L2_LOG).count("@@DOMU hb")
+
+
+@step("l2-hotplug-limit", needs=("l2-hotplug-pcipass",))
+def l2_hotplug_limit() -> str:
+    """PP007 on the plain-QEMU backend: past the budget detach --live is refused, L2 unharmed."""
+    with hotplug_budget_used(KVM_E1000E) as seeded:
+        res = pcipass("detach", KVM_E1000E, "l2", "--live", expect=3)
+        if "PP007" not in res.text:
+            raise StepFailed(f"refusal past the budget does not name PP007: {res.tail()}")
+        if not qemu_has_pt0() or not l2_has_device():
+            raise StepFailed("the refused detach still took the device from the L2")
+        n0 = l2_heartbeats()
+        wait_for("two new L2 heartbeats", lambda: l2_heartbeats() >= n0 + 2, 60)
+    return f"({seeded} events seeded) {res.tail(1)}; L2 keeps the device, heartbeats go on"
+
+
 @step("nested-stop", needs=("unhide-vfio",))
 def nested_stop() -> str:
     proc = L2.get("proc")
     if proc is not None and proc.poll() is None:
+        # Give the device back properly first: pcipass records the L2 as its owner (PP101).
+        if qemu_has_pt0():
+            pcipass("detach", KVM_E1000E, "l2", "--live", expect=None)
         try:
             qmp("quit")
         except (OSError, StepFailed):
@@ -423,6 +445,7 @@ plan(
         "nested-guard",
         "l2-acpi-hotplug",
         "l2-hotplug-pcipass",
+        "l2-hotplug-limit",
         "nested-stop",
         "persist-vfio",
     ],

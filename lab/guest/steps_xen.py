@@ -10,7 +10,6 @@ import os
 import re
 import sqlite3
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from agent import (
     emit_file,
     expect_driver,
     find_device,
+    hotplug_budget_used,
     info,
     mentions,
     must,
@@ -349,39 +349,15 @@ def hotplug_counted() -> str:
 
 @step("hotplug-limit", needs=("hotplug-counted",))
 def hotplug_limit() -> str:
-    """PP007: past the budget the next live detach is refused and the guest keeps its device.
-
-    Reaching the default budget (32 events / 10 min) for real would cost minutes of hotplug
-    under TCG, so the lab tops up pcipass's ledger with recent events (marked guest
-    'lab-seeded', removed afterwards) and then asks for one real detach.
-    """
-    db = sqlite3.connect("/var/lib/pcipass/state.db", timeout=10)
-    try:
-        (key,) = db.execute("SELECT address FROM hotplug_events LIMIT 1").fetchone()
-        (have,) = db.execute(
-            "SELECT count(*) FROM hotplug_events WHERE address = ?", (key,)
-        ).fetchone()
-        now = time.time()
-        with db:
-            db.executemany(
-                "INSERT INTO hotplug_events (address, guest, kind, at) VALUES (?, ?, ?, ?)",
-                [(key, "lab-seeded", "attach", now - 60 - i) for i in range(32 - have)],
-            )
-    finally:
-        db.close()
-    try:
+    """PP007: past the budget the next live detach is refused and the guest keeps its device."""
+    with hotplug_budget_used(SPARE) as seeded:
         res = pcipass("detach", SPARE, "domu", "--live", expect=3)
         if "PP007" not in res.text:
             raise StepFailed(f"refusal past the budget does not name PP007: {res.tail()}")
         if not domu_sees_nic() or SPARE not in run(["xl", "pci-list", "domu"]).out:
             raise StepFailed("the refused detach still took the device from the domU")
         domu_alive()
-    finally:
-        db = sqlite3.connect("/var/lib/pcipass/state.db", timeout=10)
-        with db:
-            db.execute("DELETE FROM hotplug_events WHERE guest = 'lab-seeded'")
-        db.close()
-    return f"{res.tail(1)}; domU still has the device and is alive"
+    return f"({seeded} events seeded) {res.tail(1)}; domU still has the device and is alive"
 
 
 # ---------------------------------------------------------------- guard (PP003)
