@@ -356,9 +356,12 @@ def l2_has_device() -> bool:
     return bool(lines) and "0x8086:0x10d3" in lines[-1]
 
 
-def qemu_has_pt0() -> bool:
+def qemu_has_device() -> bool:
+    """The L2's QEMU has the e1000e (8086:10d3) plugged in, whatever its device id."""
     return any(
-        dev.get("qdev_id") == "pt0" for bus in qmp("query-pci") for dev in bus.get("devices", [])
+        dev.get("id", {}).get("vendor") == 0x8086 and dev.get("id", {}).get("device") == 0x10D3
+        for bus in qmp("query-pci")
+        for dev in bus.get("devices", [])
     )
 
 
@@ -369,7 +372,7 @@ def l2_acpi_hotplug() -> str:
     no plain-QEMU live backend yet (see l2-hotplug-pcipass)."""
     t0 = time.monotonic()
     qmp("device_del", {"id": "pt0"})
-    wait_for("QEMU to finish unplugging pt0", lambda: not qemu_has_pt0(), 60, poll=1)
+    wait_for("QEMU to finish unplugging pt0", lambda: not qemu_has_device(), 60, poll=1)
     gone = wait_for("the L2 to lose 8086:10d3", lambda: not l2_has_device(), 60)
     t1 = time.monotonic()
     qmp(
@@ -405,7 +408,7 @@ def l2_hotplug_limit() -> str:
         res = pcipass("detach", KVM_E1000E, "l2", "--live", expect=3)
         if "PP007" not in res.text:
             raise StepFailed(f"refusal past the budget does not name PP007: {res.tail()}")
-        if not qemu_has_pt0() or not l2_has_device():
+        if not qemu_has_device() or not l2_has_device():
             raise StepFailed("the refused detach still took the device from the L2")
         n0 = l2_heartbeats()
         wait_for("two new L2 heartbeats", lambda: l2_heartbeats() >= n0 + 2, 60)
@@ -417,7 +420,7 @@ def nested_stop() -> str:
     proc = L2.get("proc")
     if proc is not None and proc.poll() is None:
         # Give the device back properly first: pcipass records the L2 as its owner (PP101).
-        if qemu_has_pt0():
+        if qemu_has_device():
             pcipass("detach", KVM_E1000E, "l2", "--live", expect=None)
         try:
             qmp("quit")
@@ -425,7 +428,12 @@ def nested_stop() -> str:
             proc.terminate()
         proc.wait(timeout=30)
     if driver(KVM_E1000E) == "vfio-pci":
-        pcipass("unhide", KVM_E1000E, "--now")
+        res = pcipass("unhide", KVM_E1000E, "--now", expect=None)
+        if res.rc == 3 and "PP101" in res.text:  # still recorded as the L2's: release it
+            pcipass("detach", KVM_E1000E, "l2")
+            res = pcipass("unhide", KVM_E1000E, "--now")
+        elif res.rc != 0:
+            raise StepFailed(f"unhide --now exit {res.rc}: {res.tail()}")
     expect_driver(KVM_E1000E, "e1000e", "after the L2 stopped and unhide --now")
     return "L2 stopped (QMP quit); device back on e1000e"
 
