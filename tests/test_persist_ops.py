@@ -222,3 +222,37 @@ def test_regenerate_runs_the_named_command(
     )
     assert ("update-initramfs", "-u", "-k", "6.1.0-26-amd64") in runner.calls
     assert "ran: update-initramfs -u -k 6.1.0-26-amd64" in capsys.readouterr().out
+
+
+def test_cmdline_with_a_modular_stub_is_refused(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Lab finding (xen3): the host driver loads first at boot and takes the device.
+    kvm.fake.write_file("/lib/modules/6.1.0-26-amd64/kernel/drivers/vfio/pci/vfio-pci.ko", b"")
+    before = snapshot(kvm.base)
+    assert (
+        cli(kvm, "hide", "--persist", "--platform", "cmdline", "--backend", "vfio", "0000:02:10.0")
+        == 3
+    )
+    err = capsys.readouterr().err
+    assert "[PP010]" in err and "vfio-pci is a module on this kernel" in err
+    assert snapshot(kvm.base) == before
+
+
+def test_check_of_one_device_flags_the_documents_lines_on_a_current_kernel(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Lab finding (xen2): `check BDF` must not skip the configuration's own problems.
+    kvm.fake.write_file(
+        "/lib/modules/6.1.0-26-amd64/kernel/drivers/xen/xen-pciback/xen-pciback.ko", b""
+    )
+    kvm.fake.write_file(
+        "/etc/modprobe.d/rhel5.conf",
+        "install igbvf /sbin/modprobe pciback; /sbin/modprobe --first-time "
+        "--ignore-install igbvf\noptions pciback hide=(0000:02:10.0)\n",
+    )
+    assert cli(kvm, "check", "0000:02:10.0", "--json") == 3
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    broken = [f for f in findings if f["subject"].startswith("/etc/modprobe.d/rhel5.conf")]
+    assert broken and all(f["rule"] == "PP010" for f in broken)
+    assert "Module pciback not found" in broken[0]["message"]

@@ -145,8 +145,13 @@ def run_check(
         found, checked = guest_findings(host, guests)
         report.findings += found
         report.checked += checked
-    if not addresses and not guests:
+    if not guests:
         from pcipass.ops.persist import persistence_findings
 
-        report.findings += persistence_findings(host, inv)
+        wanted = {str(a) for a in addresses}
+        for finding in persistence_findings(host, inv):
+            # With addresses: the configuration's own problems (subject is a
+            # file) and the drift of these devices, not other devices' drift.
+            if not wanted or finding.subject in wanted or finding.subject.startswith("/"):
+                report.findings.append(finding)
     return report

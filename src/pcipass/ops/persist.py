@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
-from pcipass.errors import UsageError
+from pcipass.errors import RefusedError, UsageError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.ops.inventory import Inventory, inventory
@@ -28,7 +28,7 @@ from pcipass.persist.modprobe import (
     plan_remove_hide,
     read_persistent_hides,
 )
-from pcipass.persist.platform import PersistMethod, Platform, detect_platform
+from pcipass.persist.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -104,6 +104,19 @@ def _plan(
     method = platform.method_for(backend)
     notes: list[str] = []
     if method is PersistMethod.CMDLINE:
+        stub = platform.stub_module(backend)
+        if add and platform.stub_state(stub) is StubState.MODULE:
+            # Seen in the lab (xen3): with a modular stub the host driver is
+            # loaded first at boot (udev coldplug) and takes the device; the
+            # command line only reaches the stub if something loads it first.
+            raise RefusedError(
+                "--platform cmdline",
+                f"{stub} is a module on this kernel: the kernel command line alone does not "
+                "load it before the device's own driver, which then takes the device at boot",
+                "use the modprobe.d method (the default here): it orders the stub first "
+                "with a softdep",
+                rule="PP010",
+            )
         return method, [_plan_cmdline(host, addresses, backend, platform, add=add)], notes
     display = platform.modprobe_path(method)
     path = host.root.path(display)
