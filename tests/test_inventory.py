@@ -156,3 +156,12 @@ def test_missing_or_corrupt_pci_ids_costs_only_names(tmp_path: Path, content: by
     assert info is not None and info.vendor_name is None
     assert info.describe() == "14e4 Device 1639"
     assert any("pci.ids" in p for p in inv.problems)
+
+
+def test_a_corrupt_ledger_costs_only_the_owner_column(rhel5: Lab) -> None:
+    state = rhel5.base / "var/lib/pcipass"
+    state.mkdir(parents=True)
+    (state / "state.db").write_bytes(b"this is not sqlite" * 100)
+    inv = inventory(rhel5.host)
+    assert len(inv.devices) == 10
+    assert any(p.startswith("owners not shown:") for p in inv.problems)

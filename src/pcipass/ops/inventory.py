@@ -118,15 +118,16 @@ def _group_map(devices: Iterable[PciDevice]) -> dict[int, list[PciAddress]]:
     return groups
 
 
-def _owners(host: Host) -> dict[PciAddress, str]:
-    """Owners from the ledger, read-only; an absent ledger means no owners."""
-    try:
-        from pcipass.state.ledger import Ledger
-    except ImportError:  # pragma: no cover - the state package is part of pcipass
-        return {}
+def _owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
+    """Owners from the ledger, read-only; an absent ledger means no owners.
+    A ledger that cannot be read costs only the owner column."""
+    from pcipass.errors import PcipassError
+    from pcipass.state.ledger import Ledger
+
     try:
         ledger = Ledger.open(host.root, readonly=True)
-    except Exception:  # a ledger we cannot read must not hide the inventory
+    except PcipassError as error:
+        problems.append(f"owners not shown: {error.render()}")
         return {}
     try:
         return {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
@@ -168,7 +169,7 @@ def inventory(host: Host, *, with_owners: bool = True) -> Inventory:
     uses, use_problems = host_uses(host.sysfs, [d.address for d in devices if d.boot_vga])
     problems.extend(use_problems)
     groups = _group_map(devices)
-    owners = _owners(host) if with_owners else {}
+    owners = _owners(host, problems) if with_owners else {}
     infos = [_info(dev, ids, uses, groups, owners) for dev in devices]
     for dev in devices:
         if dev.unreadable:
@@ -190,4 +191,4 @@ def device_info(host: Host, address: PciAddress) -> tuple[DeviceInfo, list[str]]
         from pcipass.host.device import iommu_group_members
 
         groups[dev.iommu_group] = iommu_group_members(host.sysfs, dev.iommu_group)
-    return _info(dev, ids, uses, groups, _owners(host)), problems
+    return _info(dev, ids, uses, groups, _owners(host, problems)), problems
