@@ -114,38 +114,13 @@ def _kmod(root: Path, stage: Path) -> None:
 
 
 def _libraries(root: Path, stage: Path, log: list[str]) -> None:
-    """Copy every shared library of the fetched packages, then verify each ELF's needs."""
-    for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
-        _copy(stage / d, root / d)
+    """glibc's directory whole (it dlopen()s libgcc_s and the NSS modules: xl aborts without
+    libgcc_s, lab notes), then exactly the libraries the image's ELF files link to."""
+    _copy(stage / "lib/x86_64-linux-gnu", root / "lib/x86_64-linux-gnu")
     (root / "lib64").mkdir(exist_ok=True)
     (root / "lib64/ld-linux-x86-64.so.2").symlink_to("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
-    # Any library the ELF files need that no fetched package provides comes from the host
-    # (same Debian release); the build log names each one so a missing package is visible.
-    search = [
-        root / "lib/x86_64-linux-gnu",
-        root / "usr/lib/x86_64-linux-gnu",
-        root / "usr/lib/xen-4.17/lib/x86_64-linux-gnu",
-    ]
-    env = {"LD_LIBRARY_PATH": ":".join(str(p) for p in search), "PATH": "/usr/bin:/bin"}
     elves = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and _is_elf(p)]
-    missing: set[str] = set()
-    for elf in elves:
-        out = subprocess.run(
-            ["ldd", str(elf)], capture_output=True, text=True, env=env, check=False
-        ).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if "=>" in parts and parts[-1] != "found)":
-                target = parts[parts.index("=>") + 1]
-                if target.startswith("/") and not target.startswith(str(root)):
-                    missing.add(target)
-            elif line.strip().endswith("not found"):
-                raise BuildError(f"{elf.relative_to(root)}: {line.strip()}")
-    for lib in sorted(missing):
-        dst = root / "usr/lib/x86_64-linux-gnu" / Path(lib).name
-        if not dst.exists():
-            shutil.copy2(Path(lib).resolve(), dst)
-            log.append(f"library from the host (no fetched package has it): {lib}")
+    _elf_closure(root, stage, elves, log)
 
 
 def _is_elf(path: Path) -> bool:
@@ -327,7 +302,12 @@ def build_l1(work: Path, stage: Path, kver: str, log: list[str]) -> Path:
 
 def _elf_closure(root: Path, stage: Path, elves: Iterable[Path], log: list[str]) -> None:
     """Copy every library the ELF files need into ``root`` (from the stage, else the host)."""
-    libdirs = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+    # xl and friends find their own libraries through the xen-4.17 tree (RUNPATH).
+    libdirs = (
+        "lib/x86_64-linux-gnu",
+        "usr/lib/x86_64-linux-gnu",
+        "usr/lib/xen-4.17/lib/x86_64-linux-gnu",
+    )
     env = {"LD_LIBRARY_PATH": ":".join(str(stage / d) for d in libdirs), "PATH": "/usr/bin:/bin"}
     for elf in elves:
         out = subprocess.run(
