@@ -120,3 +120,10 @@ def test_xl_wrapper_guards_save_and_migrate(
     else:
         assert done.returncode == 0, done.stderr
         assert record.read_text().split() == argv
+
+
+def test_wrapper_finds_debians_versioned_xl(held: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    held.fake.write_file("/usr/lib/xen-4.17/bin/xl", "#!/bin/sh\n", 0o755)
+    assert main(["--root", str(held.base), "guard-install", "--wrap", "xl"]) == 0
+    wrapper = (held.base / "usr/local/sbin/xl").read_text()
+    assert wrapper.rstrip().endswith('exec /usr/lib/xen-4.17/bin/xl "$@"')

@@ -210,3 +210,25 @@ def test_hotplug_limiter_refuses_past_the_budget(
     err = capsys.readouterr().err
     assert "[PP007]" in err and "budget 32" in err and "next one is allowed at" in err
     assert len(qemu.commands) == sent  # refused before talking to QEMU
+
+
+def test_status_shows_the_hotplug_budget_used(
+    kvm: Lab, qemu: FakeQemu, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kvm.fake.mark_simulated()
+    root = str(kvm.base)
+    assert main(["--root", root, "hide", "--now", "--backend", "vfio", str(VF)]) == 0
+    assert main(["--root", root, "attach", str(VF), "l2", "--live"]) == 0
+    assert main(["--root", root, "detach", str(VF), "l2", "--live"]) == 0
+    capsys.readouterr()
+    assert main(["--root", root, "status", "--json"]) == 0
+    hotplug = json.loads(capsys.readouterr().out)["hotplug"]
+    assert hotplug == [
+        {
+            "address": "0000:02:10.0",
+            "events_in_window": 2,
+            "budget": 32,
+            "window_seconds": 600,
+            "next_allowed": None,
+        }
+    ]

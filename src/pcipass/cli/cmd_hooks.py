@@ -25,6 +25,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         help="install a /usr/local/sbin wrapper that guards save and migrate",
     )
     parser.add_argument(
+        "--real",
+        metavar="PATH",
+        help="the real xl/xm the wrapper runs (default: found under /usr/sbin or "
+        "/usr/lib/xen-*/bin)",
+    )
+    parser.add_argument(
         "--uninstall", action="store_true", help="remove every hook and wrapper pcipass installed"
     )
 
@@ -43,7 +49,8 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
                 "say what to install: --libvirt and/or --wrap xl",
                 "e.g. pcipass guard-install --libvirt --wrap xl",
             )
-        plan = plan_install(host, libvirt=args.libvirt, tools=args.wrap)
+        real = {tool: args.real for tool in args.wrap} if args.real else None
+        plan = plan_install(host, libvirt=args.libvirt, tools=args.wrap, real_paths=real)
     if not args.dry_run:
         apply_plan(host, plan, "guard-uninstall" if args.uninstall else "guard-install")
     if args.json:

@@ -83,8 +83,23 @@ def _ours(data: bytes | None) -> bool:
     return data is not None and MARKER.encode() in data
 
 
-def plan_install(host: Host, *, libvirt: bool, tools: Sequence[str]) -> HookPlan:
+def find_real_tool(host: Host, tool: str) -> str:
+    """Where the real xl/xm is: Debian keeps the versioned binary in
+    /usr/lib/xen-VERSION/bin (its /usr/sbin/xl is itself a small wrapper)."""
+    for candidate in (WRAPPED[tool], f"/usr/lib/xen/bin/{tool}"):
+        if host.root.path(candidate).exists():
+            return candidate
+    versioned = sorted(host.root.path("/usr/lib").glob(f"xen-*/bin/{tool}"))
+    if versioned:
+        return host.root.host_path(versioned[-1])
+    return WRAPPED[tool]
+
+
+def plan_install(
+    host: Host, *, libvirt: bool, tools: Sequence[str], real_paths: dict[str, str] | None = None
+) -> HookPlan:
     plan = HookPlan()
+    real_paths = real_paths or {}
     if libvirt:
         for name in LIBVIRT_HOOKS:
             target = f"/etc/libvirt/hooks/{name}"
@@ -100,9 +115,9 @@ def plan_install(host: Host, *, libvirt: bool, tools: Sequence[str]) -> HookPlan
             )
         plan.notes.append("libvirtd reads hooks when it starts: restart it once")
     for tool in tools:
-        real = WRAPPED.get(tool)
-        if real is None:
+        if tool not in WRAPPED:
             raise UsageError(f"--wrap {tool}", "pcipass wraps xl and xm only")
+        real = real_paths.get(tool) or find_real_tool(host, tool)
         target = f"/usr/local/sbin/{tool}"
         current = read_bytes(host.root.path(target))
         if current is not None and not _ours(current):

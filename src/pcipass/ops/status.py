@@ -8,6 +8,7 @@ from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.state.ledger import Ledger, format_time
+from pcipass.state.limiter import HotplugLimiter
 
 
 @dataclass
@@ -15,12 +16,14 @@ class StatusReport:
     hidden: list[dict[str, object]] = field(default_factory=list)
     owners: list[dict[str, object]] = field(default_factory=list)
     open_operations: list[dict[str, object]] = field(default_factory=list)
+    hotplug: list[dict[str, object]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
             "hidden": self.hidden,
             "owners": self.owners,
             "open_operations": self.open_operations,
+            "hotplug": self.hotplug,
         }
 
     def render(self) -> str:
@@ -37,6 +40,12 @@ class StatusReport:
             lines.append(
                 f"{item['address']}: assigned to guest {item['guest']} "
                 f"({item['config_kind']} {item['config_path'] or ''})".rstrip()
+            )
+        for item in self.hotplug:
+            lines.append(
+                f"{item['address']}: {item['events_in_window']} of "
+                f"{item['budget']} hotplug events used in the last "
+                f"{int(str(item['window_seconds'])) // 60} min (PP007)"
             )
         for item in self.open_operations:
             lines.append(
@@ -73,6 +82,20 @@ def status(host: Host) -> StatusReport:
                     "since": format_time(owner.since),
                 }
             )
+        limiter = HotplugLimiter(ledger)
+        devices = {r.address for r in ledger.hidden()} | {o.address for o in ledger.owners()}
+        for text in sorted(devices):
+            budget = limiter.status(text)
+            if budget.used:
+                report.hotplug.append(
+                    {
+                        "address": text,
+                        "events_in_window": budget.used,
+                        "budget": budget.budget,
+                        "window_seconds": budget.window_seconds,
+                        "next_allowed": budget.next_allowed,
+                    }
+                )
         for op in ledger.open_operations():
             report.open_operations.append(
                 {"id": op.id, "kind": op.kind, "intent": op.intent, "steps": len(op.steps)}
