@@ -42,8 +42,9 @@ lint: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_list.py
 
+# Both scenarios run even when the first fails; the exit status reports either failure.
 lab:
-	lab/run xen && lab/run kvm
+	rc=0; lab/run xen || rc=1; lab/run kvm || rc=1; exit $$rc
 
 lab-smoke:
 	lab/run smoke

@@ -377,23 +377,13 @@ def guard_refuses() -> str:
     return "; ".join(notes) + "; domU still alive"
 
 
-XL_WRAPPER = """#!/bin/sh
-# xl wrapper: ask pcipass's guard (PP003) before save/migrate/restore, then run the real xl.
-case "$1" in
-  save|migrate)
-    for a in "$@"; do case "$a" in -*|save|migrate) ;; *) g="$a"; break;; esac; done
-    python3 -m pcipass guard "$1" "$g" || exit $? ;;
-esac
-exec /usr/lib/xen-4.17/bin/xl "$@"
-"""
-
-
 @step("xl-wrapper-refuses-save", needs=("attach-live",))
 def xl_wrapper_refuses_save() -> str:
+    # pcipass's own wrapper (guard-install --wrap xl), in front of Debian's versioned xl.
+    pcipass("guard-install", "--wrap", "xl")
     wrapper = Path("/usr/local/sbin/xl")
-    wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text(XL_WRAPPER)
-    wrapper.chmod(0o755)
+    if "/usr/lib/xen-4.17/bin/xl" not in wrapper.read_text():
+        raise StepFailed("the wrapper does not run Debian's real xl: " + wrapper.read_text())
     res = run([str(wrapper), "save", "domu", "/tmp/wrapped.save"], timeout=120)
     if res.rc == 0:
         raise StepFailed("xl save through the guard wrapper succeeded")
