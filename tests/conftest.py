@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pcipass.host.root import HostRoot
+from pcipass.state.ledger import Ledger
 from pcipass.testing.example import build_kvm, build_rhel5_xen
-from pcipass.testing.harness import Lab, make_lab
+from pcipass.testing.harness import FakeClock, Lab, make_lab
 
 
 @pytest.fixture
@@ -18,3 +21,20 @@ def rhel5(tmp_path: Path) -> Lab:
 @pytest.fixture
 def kvm(tmp_path: Path) -> Lab:
     return make_lab(build_kvm(tmp_path / "kvm"))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> HostRoot:
+    """An empty host root (for the state layer's tests)."""
+    return HostRoot.at(tmp_path)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(root: HostRoot, clock: FakeClock) -> Iterator[Ledger]:
+    with Ledger.open(root, clock=clock) as opened:
+        yield opened

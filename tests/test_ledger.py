@@ -20,32 +20,9 @@ from pcipass.errors import NotFoundError, OperationFailed, PcipassError, Refused
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import apply_edit, digest, plan_edit
 from pcipass.state.ledger import SCHEMA_VERSION, Ledger, format_time
+from pcipass.testing.harness import FakeClock
 
 FORK = multiprocessing.get_context("fork")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> HostRoot:
-    return HostRoot.at(tmp_path)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ledger(root: HostRoot, clock: FakeClock) -> Iterator[Ledger]:
-    with Ledger.open(root, clock=clock) as opened:
-        yield opened
 
 
 def tree(path: Path) -> dict[str, bytes | None]:

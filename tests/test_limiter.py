@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,34 +18,11 @@ from pcipass.state.limiter import (
     HotplugLimiter,
     HotplugLimitRefused,
 )
+from pcipass.testing.harness import FakeClock
 
 FORK = multiprocessing.get_context("fork")
 T0 = 1_700_000_000.0
 DEV = "0000:09:00.0"
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> HostRoot:
-    return HostRoot.at(tmp_path)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ledger(root: HostRoot, clock: FakeClock) -> Iterator[Ledger]:
-    with Ledger.open(root, clock=clock) as opened:
-        yield opened
 
 
 def refusal(limiter: HotplugLimiter, address: str = DEV) -> HotplugLimitRefused:

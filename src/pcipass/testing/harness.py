@@ -9,6 +9,16 @@ from pcipass.host.context import Host
 from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
 
 
+class FakeClock:
+    """A clock tests move by hand (``clock.now += 600``)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Lab:
     fake: FakeHost
