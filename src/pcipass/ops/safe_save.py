@@ -94,35 +94,44 @@ def _hotplug_all(
         result.commands.append(argv)
 
 
-def safe_save(host: Host, guest: str, target: str) -> SafeResult:
-    guest_file = _xl_guest(host, guest, "save")
+def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> SafeResult:
+    """Detach every device live, run ``argv`` (xl save / xl migrate), and on
+    failure give the still-running guest its devices back.  Journalled, so an
+    interruption shows in ``status`` and ``recover``."""
+    guest_file = _xl_guest(host, guest, action)
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
             devices = _owned(ledger, guest)
-            result = SafeResult("save", guest, [str(a) for a in devices])
+            result = SafeResult(action, guest, [str(a) for a in devices])
             op = ledger.begin(
-                "safe-save", {"guest": guest, "devices": result.devices, "file": target}
+                f"safe-{action}", {"guest": guest, "devices": result.devices, "argv": argv}
             )
             _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
-            argv = ["xl", "save", guest, target]
             try:
                 _run_checked(host, argv)
             except OperationFailed:
-                # The guest still runs: give it its devices back before failing.
                 _hotplug_all(
                     host, ledger, guest_file, guest, devices, action="attach", result=result
                 )
                 op.finish()
                 raise
             result.commands.append(argv)
+            if action == "migrate":
+                for address in devices:
+                    ledger.release(address, guest)
             op.finish()
-            result.notes.append(
-                f"restore with: pcipass restore {target} {guest} (the devices "
-                "stay reserved for the guest meanwhile)"
-            )
         finally:
             ledger.close()
+    return result
+
+
+def safe_save(host: Host, guest: str, target: str) -> SafeResult:
+    result = _without_devices(host, guest, "save", ["xl", "save", guest, target])
+    result.notes.append(
+        f"restore with: pcipass restore {target} {guest} (the devices stay "
+        "reserved for the guest meanwhile)"
+    )
     return result
 
 
@@ -160,29 +169,10 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
 
 
 def safe_migrate(host: Host, guest: str, destination: str) -> SafeResult:
-    guest_file = _xl_guest(host, guest, "migrate")
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            devices = _owned(ledger, guest)
-            result = SafeResult("migrate", guest, [str(a) for a in devices])
-            _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
-            argv = ["xl", "migrate", guest, destination]
-            try:
-                _run_checked(host, argv)
-            except OperationFailed:
-                _hotplug_all(
-                    host, ledger, guest_file, guest, devices, action="attach", result=result
-                )
-                raise
-            result.commands.append(argv)
-            for address in devices:
-                ledger.release(address, guest)
-            result.notes.append(
-                f"{guest} runs on {destination} without devices; this host's devices are free "
-                "(still hidden). On the destination, give it its own: pcipass attach --live "
-                f"BDF {guest} (pcipass checks each device there)"
-            )
-        finally:
-            ledger.close()
+    result = _without_devices(host, guest, "migrate", ["xl", "migrate", guest, destination])
+    result.notes.append(
+        f"{guest} runs on {destination} without devices; this host's devices are free (still "
+        f"hidden). On the destination, give it its own: pcipass attach --live BDF {guest} "
+        "(pcipass checks each device there)"
+    )
     return result
