@@ -99,3 +99,30 @@ def test_migrate_frees_this_hosts_devices_and_says_what_to_do_there(domu: Lab) -
     ledger = Ledger.open(domu.host.root, readonly=True)
     assert ledger.owner(NIC) is None
     ledger.close()
+
+
+def test_an_interrupted_save_is_reported_by_recover(domu: Lab) -> None:
+    from pcipass.ops.rebind import recover
+
+    class Killed(BaseException):
+        pass
+
+    original = domu.runner.run
+
+    def killed_at_save(argv: object, **kwargs: object) -> CommandResult:
+        if list(argv)[:2] == ["xl", "save"]:  # type: ignore[call-overload]
+            raise Killed
+        return original(argv, **kwargs)  # type: ignore[arg-type]
+
+    domu.runner.run = killed_at_save  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        safe_save(domu.host, "domu", "/tmp/domu.save")
+    domu.runner.run = original  # type: ignore[method-assign]
+    report = recover(domu.host)
+    assert any(
+        "(safe-save): interrupted; 0000:09:00.0 stay reserved for domu" in line for line in report
+    )
+    ledger = Ledger.open(domu.host.root, readonly=True)
+    owner = ledger.owner(NIC)
+    assert owner is not None and owner.guest == "domu" and ledger.open_operations() == []
+    ledger.close()

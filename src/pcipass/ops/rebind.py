@@ -523,7 +523,17 @@ def recover(host: Host) -> list[str]:
                 report.extend(undo_file_edits(host, ledger, op.file_edits))
                 report.extend(_undo_ownership(ledger, op.kind, op.intent))
                 ledger.abandon(op.id)
-                report.append(f"op {op.id} ({op.kind}): rolled back")
+                if op.kind.startswith("safe-"):
+                    # Live hotplug is not undone behind the guest's back: say where it stands.
+                    devices = ", ".join(str(d) for d in op.intent.get("devices", []) or [])
+                    guest = op.intent.get("guest")
+                    report.append(
+                        f"op {op.id} ({op.kind}): interrupted; {devices or 'no devices'} stay "
+                        f"reserved for {guest} but may be detached from it: see "
+                        f"`xl pci-list {guest}`, then `pcipass attach --live BDF {guest}`"
+                    )
+                else:
+                    report.append(f"op {op.id} ({op.kind}): rolled back")
         finally:
             ledger.close()
     return report
