@@ -316,11 +316,16 @@ def attach(
         if not xen:
             # Document §15.5 Note (PP008): a KVM guest sees hot-plugged devices only
             # with ACPI PCI hotplug (acpiphp) loaded; pcipass cannot see inside it.
-            result.findings.append(Finding(
-                "PP008", Severity.WARN, f"guest {guest}",
-                "a KVM guest sees a hot-plugged device only when acpiphp is loaded in it "
-                "(built into current kernels; a module on RHEL 5)",
-                "run `pcipass guest-setup` inside the guest once (loads it now and at boot)"))
+            result.findings.append(
+                Finding(
+                    "PP008",
+                    Severity.WARN,
+                    f"guest {guest}",
+                    "a KVM guest sees a hot-plugged device only when acpiphp is loaded in it "
+                    "(built into current kernels; a module on RHEL 5)",
+                    "run `pcipass guest-setup` inside the guest once (loads it now and at boot)",
+                )
+            )
         if (
             isinstance(cfg, XenConfig)
             and cfg.kind is GuestKind.XL
