@@ -30,6 +30,7 @@ test-deps:
 test: test-deps venv
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
