@@ -201,3 +201,18 @@ def test_cli_hide_now_json_and_check_exit_codes(
     assert err["rule"] == "PP001" and err["exit_code"] == 3
     assert main(["--root", root, "hide", "09:00.0"]) == 2
     assert "say --now" in capsys.readouterr().err
+
+
+def test_without_iommu_groups_a_conventional_bus_is_one_isolation_unit(rhel5: Lab) -> None:
+    from pcipass.policy.assignable import assignability_findings
+
+    alone = assignability_findings(rhel5.host, [A("0000:0a:04.1")])
+    pp102 = [f for f in alone if f.rule == "PP102"]
+    assert len(pp102) == 1 and pp102[0].severity == "warn"
+    assert "behind the conventional PCI bridge 0000:00:1e.0 with 0000:0a:04.0" in pp102[0].message
+    together = assignability_findings(rhel5.host, [A("0000:0a:04.0"), A("0000:0a:04.1")])
+    assert not [f for f in together if f.rule == "PP102"]
+    # Behind a PCIe root port the device keeps its own requester ID.
+    assert not [
+        f for f in assignability_findings(rhel5.host, [A("0000:09:00.0")]) if f.rule == "PP102"
+    ]

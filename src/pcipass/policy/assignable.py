@@ -40,6 +40,7 @@ def assignability_findings(
     by_address = inv.by_address()
     wanted = set(addresses)
     findings: list[Finding] = []
+    any_groups = any(d.device.iommu_group is not None for d in inv.devices)
     ledger = Ledger.open(host.root, readonly=True)
     try:
         for address in addresses:
@@ -96,6 +97,8 @@ def assignability_findings(
                             f"take the whole group: pcipass hide {everything}",
                         )
                     )
+            elif not any_groups:
+                findings += _conventional_bus_findings(host, info, inv, wanted)
             # PP101: one owner at a time.
             owner = ledger.owner(address)
             if owner is not None and owner.guest != for_guest:
@@ -162,6 +165,42 @@ def assignability_findings(
     finally:
         ledger.close()
     return findings
+
+
+def _conventional_bus_findings(
+    host: Host, info: DeviceInfo, inv: Inventory, wanted: set[PciAddress]
+) -> list[Finding]:
+    """Without IOMMU groups in sysfs (a Xen dom0: the hypervisor owns the
+    IOMMU) pcipass still knows one isolation limit: behind a conventional PCI
+    bridge, DMA from every device carries the bridge's requester ID (PCIe to
+    PCI/PCI-X Bridge spec 1.0 §2.3), so the IOMMU cannot tell those devices
+    apart; Xen's xend refused to split them ("must be co-assigned")."""
+    from pcipass.ops.show import read_config
+
+    parent = info.device.parent
+    if parent is None:
+        return []
+    bridge = read_config(host, parent)
+    if bridge is None or (bridge.pcie is not None and bridge.pcie.port_type_code != 0x7):
+        return []  # a PCIe port: its secondary bus carries the devices' own IDs
+    others = sorted(
+        d.address
+        for d in inv.devices
+        if d.device.parent == parent and d.address not in wanted and not d.device.is_bridge
+    )
+    if not others:
+        return []
+    names = ", ".join(str(o) for o in others)
+    return [
+        Finding(
+            "PP102",
+            Severity.WARN,
+            str(info.address),
+            f"sits behind the conventional PCI bridge {parent} with {names}: the IOMMU sees "
+            "them all as the bridge, so they cannot be isolated from each other",
+            "assign them to the same guest, or leave the others unused",
+        )
+    ]
 
 
 def _use_remedy(kind: str) -> str:
