@@ -165,3 +165,10 @@ def test_a_corrupt_ledger_costs_only_the_owner_column(rhel5: Lab) -> None:
     inv = inventory(rhel5.host)
     assert len(inv.devices) == 10
     assert any(p.startswith("owners not shown:") for p in inv.problems)
+
+
+def test_list_carries_the_kernels_reset_methods(kvm: Lab) -> None:
+    by = {str(d.address): d.to_json() for d in inventory(kvm.host).devices}
+    assert by["0000:03:00.0"]["reset_methods"] == ["flr", "pm", "bus"]
+    assert by["0000:01:00.0"]["reset_methods"] == ["bus"]
+    assert by["0000:00:1f.2"]["reset_methods"] is None  # no reset_method attribute

@@ -66,6 +66,7 @@ class PciDevice:
     virtfns: tuple[PciAddress, ...] = ()
     boot_vga: bool = False
     physical_slot: str | None = None
+    reset_methods: tuple[str, ...] | None = None  # the kernel's reset_method (None: absent)
     unreadable: tuple[str, ...] = field(default=())
 
     @property
@@ -190,6 +191,7 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
                 if vf is not None:
                     virtfns.append(vf)
     boot_vga = sysfs.read_text(base + "boot_vga") == "1"
+    reset_text = sysfs.read_text(base + "reset_method")
     return PciDevice(
         address=address,
         sysfs_path=root.host_path(real),
@@ -210,6 +212,7 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
         virtfns=tuple(sorted(virtfns)),
         boot_vga=boot_vga,
         physical_slot=None,
+        reset_methods=None if reset_text is None else tuple(reset_text.split()),
         unreadable=tuple(unreadable),
     )
 

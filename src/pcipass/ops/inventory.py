@@ -70,6 +70,7 @@ class DeviceInfo:
             "sriov": _sriov_json(dev),
             "boot_vga": dev.boot_vga,
             "physical_slot": dev.physical_slot,
+            "reset_methods": None if dev.reset_methods is None else list(dev.reset_methods),
             "host_uses": [u.to_json() for u in self.uses],
             "owner": self.owner,
             "unreadable": list(dev.unreadable),

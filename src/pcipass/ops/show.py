@@ -8,7 +8,7 @@ from pcipass.address import PciAddress
 from pcipass.host.config_space import ConfigSpace, format_dsn, parse_config
 from pcipass.host.context import Host
 from pcipass.host.device import list_addresses
-from pcipass.host.reset import ResetVerdict, parse_reset_method, reset_readiness
+from pcipass.host.reset import ResetVerdict, reset_readiness
 from pcipass.ops.inventory import DeviceInfo, device_info
 
 
@@ -144,7 +144,7 @@ def device_report(host: Host, address: PciAddress) -> DeviceReport:
 
 def reset_verdict(host: Host, info: DeviceInfo, config: ConfigSpace | None) -> ResetVerdict:
     device_dir = host.root.pci_device(info.address)
-    methods = parse_reset_method(host.sysfs.read_text(device_dir / "reset_method"))
+    methods = None if info.device.reset_methods is None else list(info.device.reset_methods)
     blocker = bus_reset_blocker(host, info)
     return reset_readiness(
         methods,
