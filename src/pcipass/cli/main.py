@@ -103,6 +103,13 @@ COMMANDS: tuple[Command, ...] = (
         False,
     ),
     Command(
+        "explain",
+        "cmd_explain",
+        "what a toolstack's passthrough error means on this host",
+        False,
+        False,
+    ),
+    Command(
         "guard-install",
         "cmd_hooks",
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",
