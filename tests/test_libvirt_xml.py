@@ -17,6 +17,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.guests.libvirt_xml import LibvirtDomain, hostdev_xml, parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestKind, VirtMode
+from pcipass.testing.harness import inserted
 
 DATA = Path(__file__).parent / "data" / "guests"
 NEW = PciAddress.parse("0000:0b:00.0")
@@ -29,22 +30,6 @@ Validator = Callable[[bytes], None]
 def load(name: str) -> tuple[bytes, LibvirtDomain]:
     data = (DATA / name).read_bytes()
     return data, parse_domain_xml(data, f"/etc/libvirt/qemu/{name}")
-
-
-def inserted(before: bytes, after: bytes) -> bytes:
-    """What ``after`` adds to ``before``; asserts nothing else changed."""
-    prefix = 0
-    limit = min(len(before), len(after))
-    while prefix < limit and before[prefix] == after[prefix]:
-        prefix += 1
-    suffix = 0
-    while (
-        suffix < limit - prefix
-        and before[len(before) - 1 - suffix] == after[len(after) - 1 - suffix]
-    ):
-        suffix += 1
-    assert prefix + suffix == len(before), "bytes outside the edit changed"
-    return after[prefix : len(after) - suffix]
 
 
 def addresses(config: GuestConfig) -> list[str]:

@@ -12,6 +12,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.guests.model import GuestConfig, GuestKind, VirtMode
 from pcipass.guests.xen_cfg import CODE, XenConfig, guess_kind, parse_xen_config
+from pcipass.testing.harness import inserted
 
 DATA = Path(__file__).parent / "data" / "guests"
 NEW = PciAddress.parse("0000:0b:00.0")
@@ -33,23 +34,6 @@ XEN_SAMPLES = [
 def load(name: str) -> tuple[bytes, XenConfig]:
     data = (DATA / name).read_bytes()
     return data, parse_xen_config(data, f"/etc/xen/{name}", guess_kind(name, data))
-
-
-def inserted(before: bytes, after: bytes) -> bytes:
-    """The bytes ``after`` adds to ``before``, asserting nothing else changed:
-    cutting one contiguous region out of ``after`` must give ``before``."""
-    prefix = 0
-    limit = min(len(before), len(after))
-    while prefix < limit and before[prefix] == after[prefix]:
-        prefix += 1
-    suffix = 0
-    while (
-        suffix < limit - prefix
-        and before[len(before) - 1 - suffix] == after[len(after) - 1 - suffix]
-    ):
-        suffix += 1
-    assert prefix + suffix == len(before), "bytes outside the edit changed"
-    return after[prefix : len(after) - suffix]
 
 
 def reparse(config: XenConfig, data: bytes) -> XenConfig:

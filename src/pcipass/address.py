@@ -77,11 +77,6 @@ class PciAddress:
     def with_function(self, function: int) -> PciAddress:
         return PciAddress(self.domain, self.bus, self.slot, function)
 
-    @property
-    def libvirt_name(self) -> str:
-        """libvirt node-device name, ``pci_0000_09_00_0``."""
-        return f"pci_{self.domain:04x}_{self.bus:02x}_{self.slot:02x}_{self.function:x}"
-
 
 @dataclass(frozen=True)
 class AddressPattern:
@@ -145,10 +140,6 @@ def _explain(text: str) -> str:
     if any(len(p) > 2 for p in parts[-2:]):
         return "bus and device are at most 2 hex digits each"
     return "not in the form [DDDD:]BB:DD.F"
-
-
-def parse_address(text: str) -> PciAddress:
-    return PciAddress.parse(text)
 
 
 def parse_hide_list(text: str) -> list[PciAddress]:

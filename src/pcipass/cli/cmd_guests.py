@@ -162,6 +162,10 @@ def _plain_qemu(
             f"{qemu.qmp_path})"
         )
         return 0
+    from pcipass.cli.render import progress
+
+    if name == "detach":
+        progress(f"waiting for guest {guest} to eject {address} (ACPI, up to 30 s)")
     result = qemu_live(host, qemu, address, name)
     if args.json:
         from pcipass.cli.render import print_json

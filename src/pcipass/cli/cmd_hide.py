@@ -141,7 +141,10 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             presult.notes = [n for n in presult.notes if "add --now" not in n]
         lines += presult.render_lines()
         if args.regenerate and not args.dry_run:
+            from pcipass.cli.render import progress
+
             for argv in presult.regenerate:
+                progress(f"running {' '.join(argv)} (can take a minute)")
                 host.runner.run(argv, timeout=600.0).check()
                 lines.append(f"  ran: {' '.join(argv)}")
     if args.json:

@@ -42,12 +42,6 @@ class Host:
     def is_real(self) -> bool:
         return self.root.is_real
 
-    def read_etc(self, absolute: str) -> str | None:
-        try:
-            return self.root.path(absolute).read_text(errors="replace")
-        except OSError:
-            return None
-
     @property
     def is_xen_dom0(self) -> bool:
         caps = self.sysfs.read_text(self.root.path("/proc/xen/capabilities"))

@@ -21,7 +21,6 @@ from pcipass.host.sysfs import Sysfs
 # marks a bridge.
 CLASS_HOST_BRIDGE = 0x0600
 CLASS_PCI_BRIDGE = 0x0604
-CLASS_DISPLAY = 0x03
 CLASS_NAMES = {
     "unclassified": 0x00,
     "storage": 0x01,
@@ -92,10 +91,6 @@ class PciDevice:
         v = "????" if self.vendor is None else f"{self.vendor:04x}"
         d = "????" if self.device is None else f"{self.device:04x}"
         return f"{v}:{d}"
-
-    @property
-    def is_vf(self) -> bool:
-        return self.physfn is not None
 
 
 def _parse_uevent(text: str | None) -> dict[str, str]:

@@ -45,10 +45,3 @@ def identity_mismatch(recorded: dict[str, str], current: dict[str, str]) -> list
         if key in recorded and key in current and recorded[key] != current[key]:
             changes.append(f"{key} {recorded[key]} -> {current[key]}")
     return changes
-
-
-def describe_identity(identity: dict[str, str]) -> str:
-    text = f"{identity.get('vendor')}:{identity.get('device')}"
-    if "serial" in identity:
-        text += f" serial {identity['serial']}"
-    return text

@@ -64,9 +64,6 @@ class PciIds:
         base, sub, _prog = class_code >> 16, (class_code >> 8) & 0xFF, class_code & 0xFF
         return classes.get((base << 8) | sub) or classes.get(base << 8 | 0x10000)
 
-    def base_class_name(self, class_code: int) -> str | None:
-        return self._class_table().get((class_code >> 16) << 8 | 0x10000)
-
     def _class_table(self) -> dict[int, str]:
         if self._classes is not None:
             return self._classes

@@ -74,26 +74,14 @@ class HostRoot:
     def iommu_groups(self) -> Path:
         return self.path("/sys/kernel/iommu_groups")
 
-    def sys_module(self, module: str) -> Path:
-        return self.path("/sys/module") / safe_name("module", module).replace("-", "_")
-
     # --- proc -----------------------------------------------------------
     @property
     def proc(self) -> Path:
         return self.path("/proc")
 
-    # --- etc and state ------------------------------------------------------
-    @property
-    def etc(self) -> Path:
-        return self.path("/etc")
-
     @property
     def state_dir(self) -> Path:
         return self.path("/var/lib/pcipass")
-
-    @property
-    def run_dir(self) -> Path:
-        return self.path("/run/pcipass")
 
     def lib_modules(self, release: str) -> Path:
         return self.path("/lib/modules") / safe_name("kernel release", release)

@@ -13,7 +13,6 @@ recorded as for every other guest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +21,14 @@ from pcipass.errors import CommandMissing, GuestNotFoundError, OperationFailed, 
 from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.ops.attach import GuestContext
+from pcipass.ops.attach import AttachResult, GuestContext
 from pcipass.ops.guests import GuestFile
 from pcipass.persist.atomic import FileEdit
 from pcipass.policy import guest_rules
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Severity
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock
-
-
-@dataclass
-class ConnectResult:
-    action: str
-    address: str
-    guest: str
-    uri: str
-    diff: str = ""
-    findings: list[Finding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    dry_run: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "action": self.action,
-            "address": self.address,
-            "guest": self.guest,
-            "uri": self.uri,
-            "diff": self.diff,
-            "dry_run": self.dry_run,
-            "findings": [f.to_json() for f in self.findings],
-            "notes": self.notes,
-        }
-
-    def render_lines(self) -> list[str]:
-        lines = [f.render() for f in self.findings]
-        if self.dry_run:
-            lines.append(self.diff.rstrip("\n"))
-        lines += self.notes
-        return lines
 
 
 def _libvirt() -> Any:
@@ -103,13 +71,15 @@ def connect_attach(
     live: bool = False,
     accept_pv_dma_risk: bool = False,
     dry_run: bool = False,
-) -> ConnectResult:
+) -> AttachResult:
     libvirt, conn, dom = _domain(uri, guest)
     try:
         before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()
         display = f"{uri} domain {guest}"
         config = parse_domain_xml(before, display)
-        result = ConnectResult(action, str(address), guest, uri, dry_run=dry_run)
+        result = AttachResult(
+            action, str(address), guest, f"{uri} domain {guest}", "libvirt", dry_run=dry_run
+        )
         # A GuestFile that no file backs: the rules read only its parsed config.
         guest_file = GuestFile(config, Path("/"), display, before)
         xen = config.hypervisor == "xen"
@@ -144,6 +114,9 @@ def connect_attach(
         else:
             after = config.with_device_removed(address)
         result.diff = FileEdit(Path("/"), display, before, after).diff()
+        result.changed = after != before
+        if live:
+            result.notes.append(f"live: libvirt {action}DeviceFlags(VIR_DOMAIN_AFFECT_LIVE)")
         if dry_run:
             return result
         device_xml = hostdev_xml(address, "xen" if xen else "vfio", managed=False)
@@ -178,10 +151,6 @@ def connect_attach(
                     ledger.release(address, guest)
             finally:
                 ledger.close()
-        result.notes.append(
-            f"{guest} ({uri}): {action}ed {address}"
-            + (" (persistent and live)" if live else " (persistent definition)")
-        )
         return result
     finally:
         conn.close()

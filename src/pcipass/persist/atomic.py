@@ -67,10 +67,6 @@ class FileEdit:
             text += f"mode {self.display}: {self.mode:04o}\n"
         return text
 
-    def inverse(self) -> FileEdit:
-        """The edit that undoes this one."""
-        return FileEdit(self.path, self.display, self.after, self.before, None)
-
 
 def digest(data: bytes | None) -> str:
     return "absent" if data is None else hashlib.sha256(data).hexdigest()

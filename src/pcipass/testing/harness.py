@@ -41,3 +41,20 @@ def make_lab(fake: FakeHost) -> Lab:
     now = [1_800_000_000.0]
     host = Host.open(fake.base, runner=runner, writer=kernel, clock=lambda: now[0])
     return Lab(fake, kernel, runner, host, now)
+
+
+def inserted(before: bytes, after: bytes) -> bytes:
+    """The bytes ``after`` adds to ``before``, asserting nothing else changed:
+    cutting one contiguous region out of ``after`` must give ``before``."""
+    prefix = 0
+    limit = min(len(before), len(after))
+    while prefix < limit and before[prefix] == after[prefix]:
+        prefix += 1
+    suffix = 0
+    while (
+        suffix < limit - prefix
+        and before[len(before) - 1 - suffix] == after[len(after) - 1 - suffix]
+    ):
+        suffix += 1
+    assert prefix + suffix == len(before), "bytes outside the edit changed"
+    return after[prefix : len(after) - suffix]
