@@ -99,7 +99,13 @@ def _devices(
 
 
 def _plan(
-    host: Host, addresses: Sequence[PciAddress], backend: Backend, platform: Platform, *, add: bool
+    host: Host,
+    addresses: Sequence[PciAddress],
+    backend: Backend,
+    platform: Platform,
+    inv: Inventory,
+    *,
+    add: bool,
 ) -> tuple[PersistMethod, list[FileEdit], list[str]]:
     method = platform.method_for(backend)
     notes: list[str] = []
@@ -117,12 +123,11 @@ def _plan(
                 "with a softdep",
                 rule="PP010",
             )
-        return method, [_plan_cmdline(host, addresses, backend, platform, add=add)], notes
+        return method, [_plan_cmdline(host, addresses, backend, platform, inv, add=add)], notes
     display = platform.modprobe_path(method)
     path = host.root.path(display)
     current = path.read_bytes() if path.is_file() else None
     if add:
-        inv = inventory(host)
         ledger = Ledger.open(host.root, readonly=True)
         try:
             devices = _devices(host, inv, addresses, ledger)
@@ -158,6 +163,7 @@ def _plan_cmdline(
     addresses: Sequence[PciAddress],
     backend: Backend,
     platform: Platform,
+    inv: Inventory,
     *,
     add: bool,
 ) -> FileEdit:
@@ -170,7 +176,7 @@ def _plan_cmdline(
     current = path.read_bytes() if path.is_file() else None
     ids: list[str] = []
     if backend is Backend.VFIO:
-        by = inventory(host).by_address()
+        by = inv.by_address()
         ids = sorted({by[a].device.id_text for a in addresses if a in by})
         if not add:
             # vfio-pci.ids= is per id: keep an id another hidden device still needs.
@@ -276,14 +282,15 @@ def _persist(
     add: bool,
 ) -> PersistResult:
     checked: list[Finding] = []
+    inv = inventory(host)  # read once: checks, plan and ledger records all use it
     if add:
         from pcipass.errors import RefusedError
         from pcipass.policy.assignable import assignability_findings
         from pcipass.policy.verdict import refusals
 
-        checked = assignability_findings(host, addresses)
+        checked = assignability_findings(host, addresses, inv=inv)
         if backend is Backend.VFIO:
-            checked += id_collateral(host, addresses, inventory(host))
+            checked += id_collateral(host, addresses, inv)
         blocking = refusals(checked)
         if blocking:
             raise RefusedError(
@@ -294,7 +301,7 @@ def _persist(
                 findings=blocking,
             )
     platform = _platform(host, platform_text)
-    method, edits, notes = _plan(host, addresses, backend, platform, add=add)
+    method, edits, notes = _plan(host, addresses, backend, platform, inv, add=add)
     edits = [e for e in edits if e.changes_anything]
     result = PersistResult(
         platform,
@@ -324,20 +331,17 @@ def _persist(
             )
             apply_edits(ledger, op, edits)
             if add:
-                inv = inventory(host)
                 by = inv.by_address()
                 for address in addresses:
                     record = ledger.get_hidden(address)
-                    info = by.get(address)
-                    if info is None:
-                        raise UsageError(str(address), "no such device")
+                    info = by[address]  # assignability_findings refused a missing one
                     from pcipass.policy.assignable import current_identity
 
                     stub = binding.stub_for(host, backend).driver
                     how = (
                         "both"
                         if record is not None and record.how in ("now", "both")
-                        else ("persist")
+                        else "persist"
                     )
                     original = record.original_driver if record else info.device.driver
                     ledger.record_hidden(
