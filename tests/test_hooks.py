@@ -127,3 +127,15 @@ def test_wrapper_finds_debians_versioned_xl(held: Lab, capsys: pytest.CaptureFix
     assert main(["--root", str(held.base), "guard-install", "--wrap", "xl"]) == 0
     wrapper = (held.base / "usr/local/sbin/xl").read_text()
     assert wrapper.rstrip().endswith('exec /usr/lib/xen-4.17/bin/xl "$@"')
+
+
+def test_someone_elses_xl_wrapper_is_refused_and_kept(
+    held: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    theirs = held.fake.write_file("/usr/local/sbin/xl", '#!/bin/sh\nexec /opt/xl "$@"\n', 0o755)
+    before = snapshot(held.base)
+    assert main(["--root", str(held.base), "guard-install", "--wrap", "xl"]) == 2
+    err = capsys.readouterr().err
+    assert "/usr/local/sbin/xl: exists and is not pcipass's wrapper; not replaced" in err
+    assert snapshot(held.base) == before
+    assert theirs.read_text().startswith("#!/bin/sh\nexec /opt/xl")

@@ -180,8 +180,10 @@ def test_identity_drift_fails_closed(rhel5: Lab) -> None:
     (rhel5.fake.path_of("0000:09:00.0") / "uevent").write_text(
         "DRIVER=pciback\nPCI_CLASS=20000\nPCI_ID=8086:10D3\nPCI_SUBSYS_ID=8086:0000\n"
     )
+    before = snapshot(rhel5.base)
     with pytest.raises(RefusedError) as caught:
         hide_now(rhel5.host, [A("0000:09:00.0")], Backend.PCIBACK)
+    assert snapshot(rhel5.base) == before
     assert caught.value.rule == "PP105"
     assert "vendor 14e4 -> 8086" in caught.value.problem
     assert "device 1639 -> 10d3" in caught.value.problem
