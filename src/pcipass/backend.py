@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import enum
+from pcipass.compat import StrEnum
 
 
-class Backend(enum.StrEnum):
+class Backend(StrEnum):
     """The stub driver family a device is hidden with."""
 
     PCIBACK = "pciback"  # Xen: pciback (RHEL 5's 2.6.18) or xen-pciback (pvops kernels)

@@ -16,21 +16,21 @@ with :mod:`pcipass.persist.atomic`.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pcipass.address import AddressPattern, PciAddress
+from pcipass.compat import StrEnum
 
 
-class GuestKind(enum.StrEnum):
+class GuestKind(StrEnum):
     XM = "xm"
     XL = "xl"
     LIBVIRT = "libvirt"
 
 
-class VirtMode(enum.StrEnum):
+class VirtMode(StrEnum):
     """How the guest is virtualised; PP004/PP005 concern PV, PP006 HVM."""
 
     PV = "pv"

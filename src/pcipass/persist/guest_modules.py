@@ -22,10 +22,10 @@ caller applies them and checks ``/proc/modules`` afterwards with
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass
 
+from pcipass.compat import StrEnum
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import FileEdit, plan_edit, read_bytes
 from pcipass.persist.platform import Platform, detect_platform
@@ -52,7 +52,7 @@ _BUILTIN_PATH = re.compile(rb"(?:^|/)acpiphp\.ko(?:\.\w+)?$")
 _MODPROBE_ACPIPHP = re.compile(rb"^\s*(?:/sbin/|/usr/sbin/)?modprobe\s+(?:-\S+\s+)*acpiphp\s*$")
 
 
-class AcpiphpState(enum.StrEnum):
+class AcpiphpState(StrEnum):
     BUILTIN = "builtin"  # compiled into the kernel: always there
     LOADED = "loaded"  # in /proc/modules
     NOT_LOADED = "not-loaded"  # a module that is not loaded yet

@@ -19,18 +19,18 @@ with ``--platform rhel5|modprobe.d|cmdline``.  Nothing here runs a program.
 
 from __future__ import annotations
 
-import enum
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.backend import Backend
+from pcipass.compat import StrEnum
 from pcipass.errors import UsageError
 from pcipass.host.root import HostRoot, safe_name
 
 
-class PersistMethod(enum.StrEnum):
+class PersistMethod(StrEnum):
     """How a hide is made to survive a reboot (the ``--platform`` values)."""
 
     RHEL5 = "rhel5"  # the document's install + options lines (modprobe.conf)
@@ -38,20 +38,20 @@ class PersistMethod(enum.StrEnum):
     CMDLINE = "cmdline"  # GRUB_CMDLINE_LINUX in /etc/default/grub
 
 
-class StubState(enum.StrEnum):
+class StubState(StrEnum):
     MODULE = "module"
     BUILTIN = "builtin"
     ABSENT = "absent"  # the kernel's module tree was read and has no such stub
     UNKNOWN = "unknown"  # no module tree to look at (no kernel release, or not installed)
 
 
-class InitramfsTool(enum.StrEnum):
+class InitramfsTool(StrEnum):
     DRACUT = "dracut"
     INITRAMFS_TOOLS = "initramfs-tools"
     MKINITRD = "mkinitrd"  # RHEL 5
 
 
-class GrubFlavour(enum.StrEnum):
+class GrubFlavour(StrEnum):
     LEGACY = "grub-legacy"  # /boot/grub/grub.conf edited in place (RHEL 5)
     UPDATE_GRUB = "update-grub"  # Debian, Ubuntu
     GRUB2_MKCONFIG = "grub2-mkconfig"  # RHEL 7+, Fedora

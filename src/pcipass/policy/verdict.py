@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from pcipass.compat import StrEnum
 
-class Severity(enum.StrEnum):
+
+class Severity(StrEnum):
     REFUSE = "refuse"  # the request is unsafe; pcipass will not do it
     WARN = "warn"  # allowed, with a risk the user must know
     INFO = "info"
