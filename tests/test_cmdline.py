@@ -386,11 +386,9 @@ def test_fuzz_grub_files(tmp_path: Path, data: bytes, backend: Backend) -> None:
         STATS["refused"] += 1
         return
     # Never a lost byte: adding one item is a single insertion into the file.
-    prefix = next(
-        (i for i, (x, y) in enumerate(zip(data, text, strict=False)) if x != y), len(data)
-    )
+    prefix = next((i for i, (x, y) in enumerate(zip(data, text)) if x != y), len(data))
     suffix = next(
-        (i for i, (x, y) in enumerate(zip(reversed(data), reversed(text), strict=False)) if x != y),
+        (i for i, (x, y) in enumerate(zip(reversed(data), reversed(text))) if x != y),
         len(data),
     )
     assert prefix + suffix >= len(data) and len(text) > len(data)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pcipass.compat import zip_equal
 from pcipass.host.config_space import (
     CAP_ID_MSI,
     CAP_ID_PCIE,
@@ -303,12 +304,12 @@ def assert_agrees(parsed: ConfigSpace, view: LspciView) -> None:
     if parsed.header_type == HeaderType.PCI_BRIDGE:
         assert view.buses == (parsed.primary_bus, parsed.secondary_bus, parsed.subordinate_bus)
     assert [offset for offset, _ in view.caps] == [cap.offset for cap in parsed.capabilities]
-    for (_, text), cap in zip(view.caps, parsed.capabilities, strict=True):
+    for (_, text), cap in zip_equal(view.caps, parsed.capabilities):
         assert text.startswith(LSPCI_CAP_PREFIX[cap.cap_id]), (text, cap)
     assert [(o, v) for o, v, _ in view.ext_caps] == [
         (cap.offset, cap.version) for cap in parsed.ext_capabilities
     ]
-    for (_, _, text), ext in zip(view.ext_caps, parsed.ext_capabilities, strict=True):
+    for (_, _, text), ext in zip_equal(view.ext_caps, parsed.ext_capabilities):
         assert text.startswith(LSPCI_EXT_PREFIX[ext.cap_id]), (text, ext)
     if parsed.pcie is not None:
         assert parsed.pcie.port_type is not None

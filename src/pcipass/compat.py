@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 if sys.version_info >= (3, 11):
     StrEnum = enum.StrEnum
@@ -17,3 +19,14 @@ else:
 
         def __format__(self, spec: str) -> str:
             return str(self.value).__format__(spec)
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+def zip_equal(first: Sequence[_A], second: Sequence[_B]) -> Iterator[tuple[_A, _B]]:
+    """zip(first, second, strict=True) of 3.10: pairs, refusing sequences of different lengths."""
+    if len(first) != len(second):
+        raise ValueError(f"zip_equal: lengths differ ({len(first)} != {len(second)})")
+    return zip(first, second)

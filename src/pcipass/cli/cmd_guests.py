@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from pcipass.compat import zip_equal
 from pcipass.errors import UsageError
 
 if TYPE_CHECKING:
@@ -248,10 +249,9 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
                 {
                     "guests": [
                         dict(
-                            zip(
+                            zip_equal(
                                 ("name", "kind", "virt_mode", "os", "devices", "config"),
                                 r,
-                                strict=True,
                             )
                         )
                         for r in rows

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pcipass.address import PciAddress
+from pcipass.compat import zip_equal
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
 from pcipass.guests.guest_os import os_from_kernel_path, os_from_libosinfo_id
 from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
@@ -251,7 +252,7 @@ class LibvirtDomain:
         if len(hostdev_spans) != len(hostdev_elements):
             raise ConfigSyntaxError(self._display, "could not locate every <hostdev> element")
         result: list[tuple[AssignedDevice, _Span | None]] = []
-        for hostdev, hostdev_span in zip(hostdev_elements, hostdev_spans, strict=True):
+        for hostdev, hostdev_span in zip_equal(hostdev_elements, hostdev_spans):
             if hostdev.get("mode", "subsystem") != "subsystem" or hostdev.get("type") != "pci":
                 continue
             line = _line_of(self.data, hostdev_span.start)
@@ -262,7 +263,7 @@ class LibvirtDomain:
         interface_elements = element.findall("interface")
         if len(interface_spans) != len(interface_elements):
             raise ConfigSyntaxError(self._display, "could not locate every <interface> element")
-        for interface, interface_span in zip(interface_elements, interface_spans, strict=True):
+        for interface, interface_span in zip_equal(interface_elements, interface_spans):
             if interface.get("type") != "hostdev":
                 continue
             line = _line_of(self.data, interface_span.start)

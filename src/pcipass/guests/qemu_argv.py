@@ -7,14 +7,13 @@ process's memory.  Pure functions over an argv list.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 
 def qemu_name(argv: list[str]) -> str | None:
     """The guest name of a QEMU command line: ``-name NAME`` or
     ``-name guest=NAME,debug-threads=on`` (how libvirt starts QEMU)."""
-    for option, value in itertools.pairwise(argv):
+    for option, value in zip(argv, argv[1:]):
         if option in ("-name", "--name"):
             first = value.split(",", 1)[0]
             return first.removeprefix("guest=")
@@ -61,7 +60,7 @@ def qmp_socket(argv: list[str]) -> str | None:
     ``-mon chardev=ID`` over ``-chardev socket,id=ID,path=PATH``."""
     chardevs: dict[str, str] = {}
     monitors: list[str] = []
-    for option, value in itertools.pairwise(argv):
+    for option, value in zip(argv, argv[1:]):
         flag = option.lstrip("-")
         if flag == "qmp" and value.startswith("unix:"):
             return value[len("unix:") :].split(",")[0]
@@ -82,7 +81,7 @@ def qmp_socket(argv: list[str]) -> str | None:
 def vfio_hosts(argv: list[str]) -> list[str]:
     return [
         host
-        for option, value in itertools.pairwise(argv)
+        for option, value in zip(argv, argv[1:])
         if option in ("-device", "--device") and (host := vfio_host(value)) is not None
     ]
 

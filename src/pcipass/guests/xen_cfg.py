@@ -68,6 +68,18 @@ WATCHED_KEYS = frozenset(
 
 # Names through which xm code could bind settings without an assignment
 # pcipass can see.
+# Nodes that bind a name through `.name`; the match-statement ones exist from Python 3.10 only.
+_NAME_BINDERS: tuple[type[ast.AST], ...] = tuple(
+    node_type
+    for node_type in (
+        ast.ExceptHandler,
+        getattr(ast, "MatchAs", None),
+        getattr(ast, "MatchStar", None),
+    )
+    if node_type is not None
+)
+_MATCH_MAPPING: type[ast.AST] | None = getattr(ast, "MatchMapping", None)
+
 _DYNAMIC_NAMES = frozenset(
     {
         "exec",
@@ -1017,11 +1029,11 @@ def _check_xm_code(statement: ast.stmt, display: str) -> None:
         if isinstance(node, ast.Name):
             if node.id in _DYNAMIC_NAMES:
                 _refuse_dynamic(node.id, node, display)
-            if isinstance(node.ctx, ast.Store | ast.Del):
+            if isinstance(node.ctx, (ast.Store, ast.Del)):
                 bound = (node.id,)
         elif isinstance(node, ast.Attribute) and node.attr in _DYNAMIC_NAMES:
             _refuse_dynamic(node.attr, node, display)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             bound = (node.name,)
         elif isinstance(node, ast.alias):
             if node.name == "*":
@@ -1031,12 +1043,13 @@ def _check_xm_code(statement: ast.stmt, display: str) -> None:
                     getattr(node, "lineno", statement.lineno),
                 )
             bound = ((node.asname or node.name).split(".")[0],)
-        elif isinstance(node, ast.Global | ast.Nonlocal):
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
             bound = tuple(node.names)
-        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
-            bound = (node.name,)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            bound = (node.rest,)
+        elif isinstance(node, _NAME_BINDERS) and getattr(node, "name", None):
+            bound = (str(getattr(node, "name")),)  # noqa: B009 (a type the checker cannot narrow)
+        elif _MATCH_MAPPING is not None and isinstance(node, _MATCH_MAPPING):
+            rest = getattr(node, "rest", None)  # "**rest" in a mapping pattern
+            bound = (str(rest),) if rest else ()
         for name in bound:
             if name in WATCHED_KEYS:
                 raise ConfigSyntaxError(

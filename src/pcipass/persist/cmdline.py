@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
+from pcipass.compat import zip_equal
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.host.root import HostRoot
 from pcipass.persist.modprobe import (
@@ -376,7 +377,7 @@ def _collect(
     first = 1 if texts and texts[0] in ("export", "readonly") else 0
     assigns = [_split_assignment(data, w) for w in words[first:]]
     all_assign = all(a is not None for a in assigns)
-    for word, split in zip(words[first:], assigns, strict=True):
+    for word, split in zip_equal(words[first:], assigns):
         if split is None:
             continue
         name, value_start, segments = split

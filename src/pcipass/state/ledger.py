@@ -853,8 +853,10 @@ def _check_schema_readonly(conn: sqlite3.Connection, display: str) -> None:
     except sqlite3.OperationalError as exc:
         # SQLITE_READONLY_DIRECTORY / _CANTINIT / CANTOPEN: the WAL index could
         # not be created or mapped (https://www.sqlite.org/rescode.html).
+        # Python < 3.11 has no sqlite_errorname: there the message tells it.
         name = getattr(exc, "sqlite_errorname", "")
-        if name in _SHM_ERRORS or "unable to open" in str(exc):
+        text = str(exc)
+        if name in _SHM_ERRORS or "unable to open" in text or "readonly database" in text:
             raise _ReadonlyNeedsShm() from exc
         raise _open_error(display, exc) from exc
     except sqlite3.DatabaseError as exc:

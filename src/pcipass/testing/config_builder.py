@@ -20,6 +20,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pcipass.compat import zip_equal
 from pcipass.host import config_space as cs
 from pcipass.host.config_space import AcsFlags, HeaderType, PortType
 
@@ -278,7 +279,7 @@ def _put_bars(space: bytearray, layout: int, bars: Sequence[int]) -> None:
 def _place_caps(space: bytearray, caps: Sequence[Cap]) -> int:
     """Write the chain from 0x40; return the first pointer (PCI 3.0 §6.7)."""
     offsets = _layout(cs.HEADER_SIZE, [2 + len(cap.body) for cap in caps], cs.CONVENTIONAL_SIZE)
-    for index, (cap, at) in enumerate(zip(caps, offsets, strict=True)):
+    for index, (cap, at) in enumerate(zip_equal(caps, offsets)):
         next_at = offsets[index + 1] if index + 1 < len(offsets) else 0
         space[at : at + 2 + len(cap.body)] = bytes((cap.cap_id, next_at)) + cap.body
     return offsets[0]
@@ -287,7 +288,7 @@ def _place_caps(space: bytearray, caps: Sequence[Cap]) -> int:
 def _place_ext_caps(space: bytearray, caps: Sequence[ExtCap]) -> None:
     """Write the chain from 0x100 (PCIe 4.0 §7.6.3: the first one must be at 0x100)."""
     offsets = _layout(cs.EXT_CAP_START, [4 + len(cap.body) for cap in caps], cs.EXTENDED_SIZE)
-    for index, (cap, at) in enumerate(zip(caps, offsets, strict=True)):
+    for index, (cap, at) in enumerate(zip_equal(caps, offsets)):
         next_at = offsets[index + 1] if index + 1 < len(offsets) else 0
         header = cap.cap_id | (cap.version << cs.EXT_CAP_VERSION_SHIFT)
         header |= next_at << cs.EXT_CAP_NEXT_SHIFT
