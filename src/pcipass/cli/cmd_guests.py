@@ -171,20 +171,9 @@ def _plain_qemu(
     if args.json:
         from pcipass.cli.render import print_json
 
-        print_json(
-            {
-                "action": name,
-                "address": str(address),
-                "guest": guest,
-                "qmp": result.qmp,
-                "device_id": result.device_id,
-                "notes": result.notes,
-            }
-        )
+        print_json(result.to_json())
     else:
-        verb = "hot-plugged into" if name == "attach" else "unplugged from"
-        print(f"{address}: {verb} QEMU guest {guest} through QMP ({result.qmp})")
-        print("\n".join(result.notes))
+        print("\n".join(result.render_lines()))
     return 0
 
 

@@ -1,0 +1,183 @@
+"""A live hotplug that the ledger owns from the moment it may have happened.
+
+Every ``--live`` attach or detach (xl, xm, virsh, ``--connect``, QMP) runs
+through :func:`owned_hotplug`, under the state lock:
+
+1. ask the toolstack whether the running guest holds the device already: a
+   repeat ("already attached", "not attached") hot-plugs nothing and costs
+   nothing from the PP007 budget;
+2. take one event from the PP007 budget;
+3. for attach, record the device as *maybe in guest G* in the ledger
+   (an owner, so ``unhide --now`` refuses it) *before* the toolstack is told;
+4. run the hotplug.  A refusal (nothing changed) gives the budget event back
+   and restores the previous owner.  An unknown outcome (timeout, late
+   answer, connection lost) asks the toolstack again and records the truth;
+   if the toolstack cannot tell, the device stays "maybe in guest G" until
+   ``pcipass recover`` or a repeat of the command settles it.  A process
+   killed at any instant leaves the mark too: never a device in a guest
+   with no owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pcipass.address import PciAddress
+from pcipass.errors import OperationFailed
+from pcipass.guests.toolstack import HotplugRefused, HotplugUnknown, Toolstack
+from pcipass.host.context import Host
+from pcipass.state.ledger import UNCERTAIN_PREFIX, Ledger, OwnerRecord
+from pcipass.state.limiter import HotplugLimiter
+
+
+@dataclass(frozen=True)
+class LiveOutcome:
+    action: str
+    happened: bool  # the running guest changed
+    message: str  # "hot-plugged", "unplugged", "already attached", "not attached"
+
+
+def _restore(ledger: Ledger, address: PciAddress, guest: str, before: OwnerRecord | None) -> None:
+    if before is None:
+        ledger.release(address, guest)
+    else:
+        ledger.claim(address, guest, config_kind=before.config_kind, config_path=before.config_path)
+
+
+def _settle(
+    ledger: Ledger,
+    address: PciAddress,
+    guest: str,
+    holds: bool,
+    *,
+    config_kind: str,
+    config_path: str | None,
+) -> None:
+    """Record what the toolstack says is true."""
+    if holds:
+        ledger.claim(address, guest, config_kind=config_kind, config_path=config_path)
+        return
+    owner = ledger.owner(address)
+    if owner is not None and owner.guest == guest:
+        ledger.release(address, guest)
+
+
+def owned_hotplug(
+    ledger: Ledger,
+    toolstack: Toolstack,
+    address: PciAddress,
+    action: str,
+    *,
+    config_kind: str,
+    config_path: str | None,
+) -> LiveOutcome:
+    """Hot-plug (or unplug) ``address`` so that the ledger never loses it.
+
+    Call under the state lock.  ``config_kind``/``config_path`` are what the
+    owner record says once the device is in the guest."""
+    guest = toolstack.guest
+    present = toolstack.holds(address)
+    if action == "attach" and present is True:
+        _settle(ledger, address, guest, True, config_kind=config_kind, config_path=config_path)
+        return LiveOutcome(action, False, "already attached")
+    if action == "detach" and present is False:
+        _settle(ledger, address, guest, False, config_kind=config_kind, config_path=config_path)
+        return LiveOutcome(action, False, "not attached")
+    limiter = HotplugLimiter(ledger)
+    ticket = limiter.acquire(address, guest, action)
+    before = ledger.owner(address)
+    if action == "attach":
+        # The intent, durable before the toolstack hears of it: from here on,
+        # whatever happens to this process, the device has an owner.
+        ledger.claim(
+            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config_path
+        )
+    try:
+        toolstack.hotplug(address, action)
+    except HotplugRefused:
+        limiter.refund(ticket)
+        if action == "attach":
+            _restore(ledger, address, guest, before)
+        raise
+    except HotplugUnknown as error:
+        truth = toolstack.holds(address)
+        if truth is None:
+            raise OperationFailed(
+                error.subject,
+                f"{error.problem}; the toolstack cannot say whether guest {guest} holds {address}",
+                f"{address} is recorded as maybe in guest {guest}: `pcipass recover` or the "
+                "same command again settles it"
+                if action == "attach"
+                else f"{address} stays assigned to guest {guest}",
+            ) from error
+        wanted = action == "attach"
+        _settle(ledger, address, guest, truth, config_kind=config_kind, config_path=config_path)
+        if truth == wanted:
+            return LiveOutcome(action, True, "hot-plugged" if wanted else "unplugged")
+        limiter.refund(ticket)
+        raise OperationFailed(
+            error.subject,
+            error.problem,
+            f"guest {guest} does not hold {address}; nothing was changed"
+            if wanted
+            else f"guest {guest} still holds {address}; it stays assigned to it",
+        ) from error
+    _settle(
+        ledger, address, guest, action == "attach", config_kind=config_kind, config_path=config_path
+    )
+    return LiveOutcome(action, True, "hot-plugged" if action == "attach" else "unplugged")
+
+
+def toolstack_for_owner(host: Host, owner: OwnerRecord) -> Toolstack | None:
+    """The toolstack to ask about an uncertain owner (None: no way to ask)."""
+    from pcipass.guests.toolstack import Qmp, Virsh, XenCli
+
+    kind = owner.config_kind[len(UNCERTAIN_PREFIX) :]
+    path = owner.config_path or ""
+    if kind in ("xl", "xm"):
+        return XenCli(host, kind, owner.guest)
+    if kind == "qemu" and path.startswith("qmp:"):
+        shown = path[len("qmp:") :]
+        socket_path = str(host.root.path(shown)) if shown.startswith("/") else shown
+        return Qmp(socket_path, shown, owner.guest, timeout=10.0)
+    if kind == "libvirt" and "://" in path:
+        from pcipass.ops.libvirt_conn import connected_toolstack
+
+        return connected_toolstack(path, owner.guest)
+    if kind == "libvirt":
+        uri = "xen:///system" if "/libxl/" in path else "qemu:///system"
+        return Virsh(host, uri, owner.guest, xen="/libxl/" in path)
+    return None
+
+
+def settle_uncertain(host: Host, ledger: Ledger) -> list[str]:
+    """For ``recover``: ask the toolstack about every "maybe in guest G"
+    device and record the truth; report each one."""
+    report: list[str] = []
+    for owner in ledger.owners():
+        if not owner.uncertain:
+            continue
+        kind = owner.config_kind[len(UNCERTAIN_PREFIX) :]
+        try:
+            toolstack = toolstack_for_owner(host, owner)
+            truth = None if toolstack is None else toolstack.holds(PciAddress.parse(owner.address))
+        except OperationFailed:
+            truth = None
+        if truth is None:
+            report.append(
+                f"{owner.address}: may be in guest {owner.guest}; the toolstack cannot tell: "
+                f"it stays reserved for {owner.guest} (check the guest, then "
+                f"`pcipass detach --live {owner.address} {owner.guest}` or attach again)"
+            )
+            continue
+        _settle(
+            ledger,
+            PciAddress.parse(owner.address),
+            owner.guest,
+            truth,
+            config_kind=kind,
+            config_path=owner.config_path,
+        )
+        where = "is in" if truth else "is not in"
+        report.append(f"{owner.address}: {where} guest {owner.guest} (asked {kind}); recorded")
+    return report
