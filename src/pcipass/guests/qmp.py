@@ -160,8 +160,8 @@ class QmpClient:
                 self.events.append(message)
                 continue
             if "error" in message:
-                error = message["error"]
-                desc = error.get("desc") if isinstance(error, dict) else None
+                detail = message["error"]
+                desc = detail.get("desc") if isinstance(detail, dict) else None
                 if not isinstance(desc, str):
                     # qmp-spec: an error is {"class": ..., "desc": ...}; anything else is
                     # not QEMU speaking, so nothing can be concluded from it.

@@ -417,6 +417,15 @@ def unhide_now(
         plan: list[tuple[PciAddress, str | None]] = []
         for address in addresses:
             owner = ledger.owner(address)
+            if owner is not None and owner.uncertain:
+                raise RefusedError(
+                    str(address),
+                    f"may be in guest {owner.guest}: a live hotplug into it did not finish "
+                    "and its outcome is unknown",
+                    f"pcipass recover asks the toolstack; or pcipass detach --live {address} "
+                    f"{owner.guest}",
+                    rule="PP101",
+                )
             if owner is not None:
                 raise RefusedError(
                     str(address),
@@ -488,6 +497,10 @@ def _undo_ownership(ledger: Ledger, kind: str, intent: dict[str, object]) -> lis
     ):
         return []
     owner = ledger.owner(address)
+    if owner is not None and owner.uncertain:
+        # A live hotplug may have happened: recover asks the toolstack
+        # (ops.live.settle_uncertain) instead of guessing.
+        return []
     if kind == "attach" and owner is not None and owner.guest == guest:
         ledger.release(address, guest)
         return [f"{address}: ownership by {guest} released (attach rolled back)"]
@@ -534,6 +547,9 @@ def recover(host: Host) -> list[str]:
                     )
                 else:
                     report.append(f"op {op.id} ({op.kind}): rolled back")
+            from pcipass.ops.live import settle_uncertain
+
+            report.extend(settle_uncertain(host, ledger))
         finally:
             ledger.close()
     return report

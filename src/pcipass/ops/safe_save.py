@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.guests.model import GuestKind
+from pcipass.guests.toolstack import HotplugRefused, XenCli, run_checked
 from pcipass.host.context import Host
-from pcipass.ops.attach import _run_checked, live_command
 from pcipass.ops.guests import GuestFile, find_guest
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import HotplugLimiter
@@ -87,11 +87,15 @@ def _hotplug_all(
     result: SafeResult,
 ) -> None:
     limiter = HotplugLimiter(ledger)
+    toolstack = XenCli(host, "xl", guest)
     for address in devices:
-        limiter.acquire(address, guest, action)
-        argv = live_command(guest_file, guest, address, action)
-        _run_checked(host, argv)
-        result.commands.append(argv)
+        ticket = limiter.acquire(address, guest, action)
+        try:
+            toolstack.hotplug(address, action)
+        except HotplugRefused:
+            limiter.refund(ticket)  # nothing changed: it does not count (PP007)
+            raise
+        result.commands.append(toolstack.describe(address, action))
 
 
 def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> SafeResult:
@@ -109,7 +113,7 @@ def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> Sa
             )
             _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
             try:
-                _run_checked(host, argv)
+                run_checked(host, argv)
             except OperationFailed:
                 _hotplug_all(
                     host, ledger, guest_file, guest, devices, action="attach", result=result
@@ -160,7 +164,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
                     findings=blocking,
                 )
             argv = ["xl", "restore", source]
-            _run_checked(host, argv)
+            run_checked(host, argv)
             result.commands.append(argv)
             _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
         finally:
