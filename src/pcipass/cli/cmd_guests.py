@@ -33,7 +33,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--live",
             action="store_true",
-            help="also hotplug the running guest (xl/xm pci-attach, virsh attach-device --live)",
+            help="also hotplug the running guest (xl/xm pci-attach, virsh attach-device --live, "
+            "libvirt AFFECT_LIVE, QMP device_add); a repeat that finds it done hot-plugs nothing",
         )
     if name == "attach":
         parser.add_argument(
@@ -85,6 +86,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.attach import attach, detach
 
     address = PciAddress.parse(args.address)
+    if args.connect and args.config is not None:
+        raise UsageError(
+            f"{name} --connect",
+            "--config names a file, --connect a libvirt connection: give one of them",
+            "libvirt holds the definition of a --connect domain",
+        )
     if args.connect:
         from pcipass.ops.libvirt_conn import connect_attach
 

@@ -302,6 +302,7 @@ class Qmp(Toolstack):
     def hotplug(self, address: PciAddress, action: str) -> None:
         from pcipass.guests.qmp import QmpClient, QmpNoAnswer, QmpRefused
 
+        sent = False  # until device_add/device_del is sent, nothing can have changed
         try:
             with QmpClient(self.socket_path, timeout=self.timeout) as client:
                 found = self._find(client, address)
@@ -309,6 +310,7 @@ class Qmp(Toolstack):
                     if found is not None:
                         return
                     ident = qmp_device_id(address)
+                    sent = True
                     client.execute(
                         "device_add", {"driver": "vfio-pci", "host": str(address), "id": ident}
                     )
@@ -316,6 +318,7 @@ class Qmp(Toolstack):
                     return
                 if found is None:
                     return
+                sent = True
                 client.execute("device_del", {"id": found})
                 self.device_id = found
                 # The guest must eject it first (ACPI): wait for QEMU to say so.
@@ -327,12 +330,18 @@ class Qmp(Toolstack):
                     raise HotplugUnknown(
                         f"QMP device_del {found}",
                         f"{ACPIPHP_HINT}; no DEVICE_DELETED within {self.timeout:g} s",
-                        "the device stays assigned to the guest",
+                        "",
                     ) from error
         except QmpRefused as error:
             raise HotplugRefused(error.subject, error.problem, "nothing was changed") from error
         except QmpNoAnswer as error:
+            if not sent:
+                raise HotplugRefused(error.subject, error.problem, "nothing was sent") from error
             raise HotplugUnknown(error.subject, error.problem, error.remedy) from error
+        except HotplugUnknown:
+            raise
+        except OperationFailed as error:  # no connection: nothing was sent
+            raise HotplugRefused(error.subject, error.problem, error.remedy) from error
 
     def holds(self, address: PciAddress) -> bool | None:
         from pcipass.guests.qmp import QmpClient

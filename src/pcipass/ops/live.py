@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pcipass.address import PciAddress
-from pcipass.errors import OperationFailed
+from pcipass.errors import OperationFailed, PcipassError
 from pcipass.guests.toolstack import HotplugRefused, HotplugUnknown, Toolstack
 from pcipass.host.context import Host
 from pcipass.state.ledger import UNCERTAIN_PREFIX, Ledger, OwnerRecord
@@ -93,7 +93,13 @@ def owned_hotplug(
             address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config_path
         )
     try:
-        toolstack.hotplug(address, action)
+        try:
+            toolstack.hotplug(address, action)
+        except (HotplugRefused, HotplugUnknown):
+            raise
+        except PcipassError as error:
+            # Any other failure of a toolstack: assume nothing, ask.
+            raise HotplugUnknown(error.subject, error.problem, error.remedy) from error
     except HotplugRefused:
         limiter.refund(ticket)
         if action == "attach":

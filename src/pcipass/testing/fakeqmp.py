@@ -109,7 +109,8 @@ class FakeQmp:
         command = request["execute"]
         queue = self._script.get(command) or [None]
         how = queue.pop(0)
-        if how is None or how in _ACTING:
+        acting = isinstance(how, str) and how in _ACTING
+        if how is None or acting:
             reply, event = self._act(command, request.get("arguments", {}))
         if how is None:
             self._send(conn, reply)
