@@ -96,13 +96,19 @@ def test_attach_without_live_to_a_transient_domain_is_refused(kvm: Lab, uri: str
     assert (snapshot(kvm.base), ledger_state(kvm)) == before
 
 
-def test_a_live_step_libvirt_refuses_costs_nothing_and_claims_nothing(
-    kvm: Lab, tmp_path: Path
-) -> None:
+@pytest.fixture
+def free_uri(tmp_path: Path) -> str:
+    """The same node, with web holding no device."""
     node = tmp_path / "free.xml"
     start = NODE.index("    <devices>")
     node.write_text(NODE[:start] + NODE[NODE.index("</devices>") + len("</devices>\n") :])
-    uri = f"test://{node}"
+    return f"test://{node}"
+
+
+def test_a_live_step_libvirt_refuses_costs_nothing_and_claims_nothing(
+    kvm: Lab, free_uri: str
+) -> None:
+    uri = free_uri
     hide_now(kvm.host, [VF], Backend.VFIO)
     for _ in range(40):  # past the PP007 budget of 32: none of them happened
         with pytest.raises(OperationFailed, match="not supported by the connection driver"):
@@ -134,3 +140,69 @@ def test_connect_under_root_is_refused_before_connecting(
     assert (snapshot(kvm.base), ledger_state(kvm)) == before
     with pytest.raises(UsageError):
         connect_attach(kvm.host, VF, "db", "qemu+ssh://elsewhere/system", action="attach")
+
+
+class LiveDomain:
+    """A test-driver domain that also takes live hotplugs (the test driver
+    itself has no virDomainAttachDeviceFlags): what it holds is the truth."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.live: set[str] = set()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def attachDeviceFlags(self, xml: str, flags: int) -> int:
+        self.live.add(xml)
+        return 0
+
+    def detachDeviceFlags(self, xml: str, flags: int) -> int:
+        self.live.discard(xml)
+        return 0
+
+    def XMLDesc(self, flags: int) -> str:
+        text = str(self.real.XMLDesc(flags))  # type: ignore[attr-defined]
+        if flags == 0 and self.live:
+            text = text.replace("</devices>", "".join(self.live) + "</devices>")
+        return text
+
+
+class FailingDefine:
+    """The connection of the test driver, with defineXML failing (a full
+    disk under /etc/libvirt, say) and domains that take live hotplugs."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.domains: dict[str, LiveDomain] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def lookupByName(self, name: str) -> LiveDomain:
+        if name not in self.domains:
+            self.domains[name] = LiveDomain(self.real.lookupByName(name))  # type: ignore[attr-defined]
+        return self.domains[name]
+
+    def defineXML(self, xml: str) -> object:
+        raise libvirt.libvirtError("cannot write db.xml: No space left")
+
+
+def test_failed_define_after_a_live_attach_undoes_the_live_attach(
+    kvm: Lab, free_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = free_uri
+    import pcipass.ops.libvirt_conn as libvirt_conn
+
+    conn = FailingDefine(libvirt.open(uri))
+    monkeypatch.setattr(libvirt_conn, "_open", lambda _uri: (libvirt, conn))
+    address = PciAddress.parse("0000:02:10.0")
+    hide_now(kvm.host, [address], Backend.VFIO)
+    with pytest.raises(OperationFailed) as caught:
+        connect_attach(kvm.host, address, "db", uri, action="attach", live=True)
+    assert "No space left" in caught.value.problem
+    assert "the live attach was undone" in caught.value.remedy
+    assert conn.domains["db"].live == set()  # the running domain is as before
+    owners, events = ledger_state(kvm)
+    assert owners == []  # ledger == the running domain's truth
+    assert events == ["attach", "detach"]  # both hotplugs happened

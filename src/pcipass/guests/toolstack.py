@@ -233,7 +233,7 @@ class LibvirtDomainLive(Toolstack):
             call(xml, self.libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except self.libvirt.libvirtError as error:
             raise HotplugRefused(
-                f"libvirt {action} --live", str(error.get_error_message()), ""
+                f"libvirt {action} --live", str(error.get_error_message() or error), ""
             ) from error
 
     def holds(self, address: PciAddress) -> bool | None:

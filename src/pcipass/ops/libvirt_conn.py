@@ -260,7 +260,7 @@ def _define(
     try:
         conn.defineXML(after.decode())
     except libvirt.libvirtError as error:
-        problem = str(error.get_error_message())
+        problem = str(error.get_error_message() or error)
         remedy = "the definition libvirt holds is unchanged"
         if live:
             undo = "detach" if action == "attach" else "attach"
