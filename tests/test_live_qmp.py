@@ -245,3 +245,27 @@ def test_no_qmp_listener_costs_nothing(kvm: Lab, qemu: FakeQmp) -> None:
         with pytest.raises(OperationFailed, match="cannot connect to QEMU's QMP socket"):
             live(kvm, "attach")
     assert ledger_view(kvm) == (None, False, [])
+
+
+def test_the_state_lock_is_free_while_qemu_waits_for_the_guest(kvm: Lab, qemu: FakeQmp) -> None:
+    from pcipass.state.lock import StateLock
+
+    assert live(kvm, "attach") == "hot-plugged"
+    seen: list[str] = []
+
+    def another_pcipass() -> None:
+        # What another pcipass command finds while this one waits for the
+        # guest: the lock is free, and the device is still owned by l2.
+        try:
+            with StateLock(kvm.host.root, timeout=0):
+                seen.append("lock free")
+        except OperationFailed:
+            seen.append("lock held")
+        with Ledger.open(kvm.host.root, readonly=True) as ledger:
+            owner = ledger.owner(VF)
+        seen.append(f"owner {owner.guest if owner else None}")
+
+    qemu.on_command["device_del"] = another_pcipass
+    assert live(kvm, "detach") == "unplugged"
+    assert seen == ["lock free", "owner l2"]
+    assert_ledger_is_qemus_truth(kvm, qemu)

@@ -3,6 +3,10 @@
 Every ``--live`` attach or detach (xl, xm, virsh, ``--connect``, QMP) runs
 through :func:`owned_hotplug`, under the state lock:
 
+It runs in three steps, so a long wait (a guest ejecting a device over
+ACPI) need not hold the state lock: :func:`begin_hotplug` and
+:func:`finish_hotplug` under the lock, :func:`run_hotplug` between them.
+
 1. ask the toolstack whether the running guest holds the device already: a
    repeat ("already attached", "not attached") hot-plugs nothing and costs
    nothing from the PP007 budget;
@@ -27,7 +31,7 @@ from pcipass.errors import OperationFailed, PcipassError
 from pcipass.guests.toolstack import HotplugRefused, HotplugUnknown, Toolstack
 from pcipass.host.context import Host
 from pcipass.state.ledger import UNCERTAIN_PREFIX, Ledger, OwnerRecord
-from pcipass.state.limiter import HotplugLimiter
+from pcipass.state.limiter import HotplugLimiter, HotplugTicket
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,113 @@ def _settle(
         ledger.release(address, guest)
 
 
+@dataclass
+class PendingHotplug:
+    """A hotplug admitted and recorded (:func:`begin_hotplug`), not yet run."""
+
+    toolstack: Toolstack
+    address: PciAddress
+    action: str
+    config_kind: str
+    config_path: str | None
+    ticket: HotplugTicket | None = None
+    before: OwnerRecord | None = None
+    done: LiveOutcome | None = None  # set when there is nothing to hot-plug
+
+
+def begin_hotplug(
+    ledger: Ledger,
+    toolstack: Toolstack,
+    address: PciAddress,
+    action: str,
+    *,
+    config_kind: str,
+    config_path: str | None,
+) -> PendingHotplug:
+    """Under the state lock: is it a repeat? take the PP007 event; for attach
+    record "maybe in guest G" before the toolstack hears of it."""
+    pending = PendingHotplug(toolstack, address, action, config_kind, config_path)
+    guest = toolstack.guest
+    present = toolstack.holds(address)
+    if action == "attach" and present is True:
+        _settle(ledger, address, guest, True, config_kind=config_kind, config_path=config_path)
+        pending.done = LiveOutcome(action, False, "already attached")
+        return pending
+    if action == "detach" and present is False:
+        _settle(ledger, address, guest, False, config_kind=config_kind, config_path=config_path)
+        pending.done = LiveOutcome(action, False, "not attached")
+        return pending
+    pending.ticket = HotplugLimiter(ledger).acquire(address, guest, action)
+    pending.before = ledger.owner(address)
+    if action == "attach":
+        # The intent, durable before the toolstack hears of it: from here on,
+        # whatever happens to this process, the device has an owner.
+        ledger.claim(
+            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config_path
+        )
+    return pending
+
+
+def run_hotplug(pending: PendingHotplug) -> OperationFailed | None:
+    """The toolstack call; needs no lock (the ledger already blocks the device).
+    Returns the failure (HotplugRefused or HotplugUnknown), None on success."""
+    if pending.done is not None:
+        return None
+    try:
+        pending.toolstack.hotplug(pending.address, pending.action)
+    except (HotplugRefused, HotplugUnknown) as error:
+        return error
+    except PcipassError as error:
+        # Any other failure of a toolstack: assume nothing, ask.
+        return HotplugUnknown(error.subject, error.problem, error.remedy)
+    return None
+
+
+def finish_hotplug(
+    ledger: Ledger, pending: PendingHotplug, failure: OperationFailed | None
+) -> LiveOutcome:
+    """Under the state lock: record the outcome (asking the toolstack when it
+    is unknown), give back the PP007 event of a hotplug that did not happen."""
+    if pending.done is not None:
+        return pending.done
+    address, action, guest = pending.address, pending.action, pending.toolstack.guest
+    kind, path = pending.config_kind, pending.config_path
+    limiter = HotplugLimiter(ledger)
+    wanted = action == "attach"
+    happened = LiveOutcome(action, True, "hot-plugged" if wanted else "unplugged")
+    if failure is None:
+        _settle(ledger, address, guest, wanted, config_kind=kind, config_path=path)
+        return happened
+    if isinstance(failure, HotplugRefused):
+        if pending.ticket is not None:
+            limiter.refund(pending.ticket)
+        if wanted:
+            _restore(ledger, address, guest, pending.before)
+        raise failure
+    truth = pending.toolstack.holds(address)
+    if truth is None:
+        raise OperationFailed(
+            failure.subject,
+            f"{failure.problem}; the toolstack cannot say whether guest {guest} holds {address}",
+            f"{address} is recorded as maybe in guest {guest}: `pcipass recover` or the "
+            "same command again settles it"
+            if wanted
+            else f"{address} stays assigned to guest {guest}",
+        ) from failure
+    _settle(ledger, address, guest, truth, config_kind=kind, config_path=path)
+    if truth == wanted:
+        return happened
+    if pending.ticket is not None:
+        limiter.refund(pending.ticket)
+    raise OperationFailed(
+        failure.subject,
+        failure.problem,
+        f"guest {guest} does not hold {address}; nothing was changed"
+        if wanted
+        else f"guest {guest} still holds {address}; it stays assigned to it",
+    ) from failure
+
+
 def owned_hotplug(
     ledger: Ledger,
     toolstack: Toolstack,
@@ -71,67 +182,13 @@ def owned_hotplug(
     config_kind: str,
     config_path: str | None,
 ) -> LiveOutcome:
-    """Hot-plug (or unplug) ``address`` so that the ledger never loses it.
-
-    Call under the state lock.  ``config_kind``/``config_path`` are what the
-    owner record says once the device is in the guest."""
-    guest = toolstack.guest
-    present = toolstack.holds(address)
-    if action == "attach" and present is True:
-        _settle(ledger, address, guest, True, config_kind=config_kind, config_path=config_path)
-        return LiveOutcome(action, False, "already attached")
-    if action == "detach" and present is False:
-        _settle(ledger, address, guest, False, config_kind=config_kind, config_path=config_path)
-        return LiveOutcome(action, False, "not attached")
-    limiter = HotplugLimiter(ledger)
-    ticket = limiter.acquire(address, guest, action)
-    before = ledger.owner(address)
-    if action == "attach":
-        # The intent, durable before the toolstack hears of it: from here on,
-        # whatever happens to this process, the device has an owner.
-        ledger.claim(
-            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config_path
-        )
-    try:
-        try:
-            toolstack.hotplug(address, action)
-        except (HotplugRefused, HotplugUnknown):
-            raise
-        except PcipassError as error:
-            # Any other failure of a toolstack: assume nothing, ask.
-            raise HotplugUnknown(error.subject, error.problem, error.remedy) from error
-    except HotplugRefused:
-        limiter.refund(ticket)
-        if action == "attach":
-            _restore(ledger, address, guest, before)
-        raise
-    except HotplugUnknown as error:
-        truth = toolstack.holds(address)
-        if truth is None:
-            raise OperationFailed(
-                error.subject,
-                f"{error.problem}; the toolstack cannot say whether guest {guest} holds {address}",
-                f"{address} is recorded as maybe in guest {guest}: `pcipass recover` or the "
-                "same command again settles it"
-                if action == "attach"
-                else f"{address} stays assigned to guest {guest}",
-            ) from error
-        wanted = action == "attach"
-        _settle(ledger, address, guest, truth, config_kind=config_kind, config_path=config_path)
-        if truth == wanted:
-            return LiveOutcome(action, True, "hot-plugged" if wanted else "unplugged")
-        limiter.refund(ticket)
-        raise OperationFailed(
-            error.subject,
-            error.problem,
-            f"guest {guest} does not hold {address}; nothing was changed"
-            if wanted
-            else f"guest {guest} still holds {address}; it stays assigned to it",
-        ) from error
-    _settle(
-        ledger, address, guest, action == "attach", config_kind=config_kind, config_path=config_path
+    """Hot-plug (or unplug) ``address`` so that the ledger never loses it,
+    all under the caller's state lock.  ``config_kind``/``config_path`` are
+    what the owner record says once the device is in the guest."""
+    pending = begin_hotplug(
+        ledger, toolstack, address, action, config_kind=config_kind, config_path=config_path
     )
-    return LiveOutcome(action, True, "hot-plugged" if action == "attach" else "unplugged")
+    return finish_hotplug(ledger, pending, run_hotplug(pending))
 
 
 def toolstack_for_owner(host: Host, owner: OwnerRecord) -> Toolstack | None:

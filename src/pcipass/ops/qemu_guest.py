@@ -17,7 +17,7 @@ from pcipass.errors import AddressError, OperationFailed, RefusedError
 from pcipass.guests.toolstack import Qmp
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.ops.live import owned_hotplug
+from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug
 from pcipass.policy.verdict import Finding
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -85,9 +85,20 @@ class QemuLiveResult:
         return [f"{head} (QMP {self.qmp})", *self.notes]
 
 
-def _check_attach(host: Host, ledger: Ledger, qemu: QemuGuest, address: PciAddress) -> None:
-    """PP101 and PP002, decided under the state lock."""
+def _check_locked(
+    host: Host, ledger: Ledger, qemu: QemuGuest, address: PciAddress, action: str
+) -> None:
+    """PP101 (and PP002 for attach), decided under the state lock."""
     owner = ledger.owner(address)
+    if owner is not None and owner.guest != qemu.name and action == "detach":
+        raise RefusedError(
+            str(address),
+            f"is assigned to guest {owner.guest}, not {qemu.name}",
+            f"name the owner: pcipass detach {address} {owner.guest}",
+            rule="PP101",
+        )
+    if action == "detach":
+        return
     if owner is not None and owner.guest != qemu.name:
         raise RefusedError(
             str(address),
@@ -125,18 +136,8 @@ def qemu_live(
     toolstack = qemu_toolstack(host, qemu, timeout=timeout)
     result = QemuLiveResult(action, str(address), qemu.name, toolstack.shown_path, None)
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
-        if action == "attach":
-            _check_attach(host, ledger, qemu, address)
-        else:
-            owner = ledger.owner(address)
-            if owner is not None and owner.guest != qemu.name:
-                raise RefusedError(
-                    str(address),
-                    f"is assigned to guest {owner.guest}, not {qemu.name}",
-                    f"name the owner: pcipass detach {address} {owner.guest}",
-                    rule="PP101",
-                )
-        outcome = owned_hotplug(
+        _check_locked(host, ledger, qemu, address, action)
+        pending = begin_hotplug(
             ledger,
             toolstack,
             address,
@@ -144,6 +145,13 @@ def qemu_live(
             config_kind="qemu",
             config_path=toolstack.reference(),
         )
+    # QMP waits up to ``timeout`` for the guest (DEVICE_DELETED comes when the
+    # guest ejects the device): without the state lock, so other pcipass
+    # commands do not wait behind it.  The ledger already blocks the device:
+    # for attach it is "maybe in guest G", for detach it stays owned.
+    failure = run_hotplug(pending)
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        outcome = finish_hotplug(ledger, pending, failure)
     result.outcome = outcome.message
     result.device_id = toolstack.device_id
     if action == "attach" and outcome.happened:

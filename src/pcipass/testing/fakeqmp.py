@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,6 +52,9 @@ class FakeQmp:
         self.devices: dict[str, str] = dict(devices or {})  # qdev id -> host address
         self.commands: list[dict[str, Any]] = []
         self.guest_releases = True
+        # Called (in the server's thread) when a command arrives, before QEMU acts:
+        # a test looks at the world while pcipass waits for QEMU.
+        self.on_command: dict[str, Callable[[], None]] = {}
         self._script: dict[str, list[object]] = {}
         self._lock = threading.Lock()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,6 +111,9 @@ class FakeQmp:
     def _answer(self, conn: socket.socket, request: dict[str, Any]) -> bool:
         """Answer one request; False ends the session."""
         command = request["execute"]
+        hook = self.on_command.get(command)
+        if hook is not None:
+            hook()
         queue = self._script.get(command) or [None]
         how = queue.pop(0)
         acting = isinstance(how, str) and how in _ACTING
