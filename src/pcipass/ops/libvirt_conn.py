@@ -22,6 +22,7 @@ Rules of the connection itself:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,16 @@ def _listed_elsewhere(
     return found
 
 
+@dataclass
+class _Plan:
+    """What --connect will hand libvirt: the definition before and after,
+    and the domain's live toolstack."""
+
+    toolstack: LibvirtDomainLive
+    before: bytes
+    after: bytes
+
+
 def connect_attach(
     host: Host,
     address: PciAddress,
@@ -141,68 +152,108 @@ def connect_attach(
     accept_pv_dma_risk: bool = False,
     dry_run: bool = False,
 ) -> AttachResult:
+    """attach/detach ``address`` to/from ``guest`` of the libvirt connection ``uri``."""
     _check_uri(host, uri)
     libvirt, conn = _open(uri)
     try:
-        dom = _lookup(libvirt, conn, uri, guest)
         display = f"{uri} domain {guest}"
-        persistent = bool(dom.isPersistent())
-        before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0).encode()
-        config = parse_domain_xml(before, display)
         result = AttachResult(action, str(address), guest, display, "libvirt", dry_run=dry_run)
-        if not persistent and not live:
-            raise RefusedError(
-                f"guest {guest}",
-                f"is a transient domain of {uri}: it has no persistent definition to edit, "
-                "and defining one would make it persistent",
-                f"use --live to {action} it in the running domain only",
-            )
-        guest_file = GuestFile(config, Path("/"), display, before)
-        if action == "attach":
-            extra = _listed_elsewhere(libvirt, conn, uri, guest, address)
-            result.findings = _checked(
-                host, guest_file, guest, address, extra=extra, accept_pv_dma_risk=accept_pv_dma_risk
-            )
-            after = config.with_device_added(address)
-        else:
-            after = config.with_device_removed(address)
-        if not persistent:
-            after = before  # the running domain only (--live)
-            result.notes.append(f"transient domain: only the running {guest} changes")
-        result.diff = FileEdit(Path("/"), display, before, after).diff()
-        result.changed = after != before
-        toolstack = LibvirtDomainLive(libvirt, uri, dom, guest, xen=config.hypervisor == "xen")
+        plan = _plan(
+            host,
+            libvirt,
+            conn,
+            address,
+            result=result,
+            uri=uri,
+            live=live,
+            accept_pv_dma_risk=accept_pv_dma_risk,
+        )
         if live:
-            result.commands.append(toolstack.describe(address, action))
-        if dry_run:
-            return result
-        with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
-            _recheck_owner(ledger, address, guest, action)
-            if live:
-                outcome = owned_hotplug(
-                    ledger, toolstack, address, action, config_kind="libvirt", config_path=uri
-                )
-                result.notes.append(f"live: {outcome.message}")
-            if after != before:
-                _define(
-                    libvirt,
-                    conn,
-                    after,
-                    toolstack=toolstack,
-                    ledger=ledger,
-                    address=address,
-                    action=action,
-                    live=live,
-                )
-            if action == "attach":
-                ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
-            else:
-                owner = ledger.owner(address)
-                if owner is not None and owner.guest == guest:
-                    ledger.release(address, guest)
+            result.commands.append(plan.toolstack.describe(address, action))
+        if not dry_run:
+            _apply(host, libvirt, conn, address, plan=plan, result=result, live=live)
         return result
     finally:
         conn.close()
+
+
+def _plan(
+    host: Host,
+    libvirt: Any,
+    conn: Any,
+    address: PciAddress,
+    *,
+    result: AttachResult,
+    uri: str,
+    live: bool,
+    accept_pv_dma_risk: bool,
+) -> _Plan:
+    """Read the domain, apply every rule, compute the new definition."""
+    guest, action, display = result.guest, result.action, result.config
+    dom = _lookup(libvirt, conn, uri, guest)
+    persistent = bool(dom.isPersistent())
+    before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0).encode()
+    config = parse_domain_xml(before, display)
+    if not persistent and not live:
+        raise RefusedError(
+            f"guest {guest}",
+            f"is a transient domain of {uri}: it has no persistent definition to edit, "
+            "and defining one would make it persistent",
+            f"use --live to {action} it in the running domain only",
+        )
+    guest_file = GuestFile(config, Path("/"), display, before)
+    if action == "attach":
+        extra = _listed_elsewhere(libvirt, conn, uri, guest, address)
+        result.findings = _checked(
+            host, guest_file, guest, address, extra=extra, accept_pv_dma_risk=accept_pv_dma_risk
+        )
+        after = config.with_device_added(address)
+    else:
+        after = config.with_device_removed(address)
+    if not persistent:
+        after = before  # the running domain only (--live)
+        result.notes.append(f"transient domain: only the running {guest} changes")
+    result.diff = FileEdit(Path("/"), display, before, after).diff()
+    result.changed = after != before
+    toolstack = LibvirtDomainLive(libvirt, uri, dom, guest, xen=config.hypervisor == "xen")
+    return _Plan(toolstack, before, after)
+
+
+def _apply(
+    host: Host,
+    libvirt: Any,
+    conn: Any,
+    address: PciAddress,
+    *,
+    plan: _Plan,
+    result: AttachResult,
+    live: bool,
+) -> None:
+    """Under the state lock: PP101 again, the live step, defineXML, ownership."""
+    guest, action, uri = result.guest, result.action, plan.toolstack.uri
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        _recheck_owner(ledger, address, guest, action)
+        if live:
+            result.live = owned_hotplug(
+                ledger, plan.toolstack, address, action, config_kind="libvirt", config_path=uri
+            ).message
+        if plan.after != plan.before:
+            _define(
+                libvirt,
+                conn,
+                plan.after,
+                toolstack=plan.toolstack,
+                ledger=ledger,
+                address=address,
+                action=action,
+                live=live,
+            )
+        if action == "attach":
+            ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
+        else:
+            owner = ledger.owner(address)
+            if owner is not None and owner.guest == guest:
+                ledger.release(address, guest)
 
 
 def _checked(
