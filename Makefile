@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= /tmp/pcipass-example
 
-.PHONY: venv demo test test-deps test-pythons lint bench lab lab-smoke clean
+.PHONY: venv demo test test-deps test-pythons lint bench lab lab-smoke dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ lint: venv
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
+# dist/pcipass.pyz (one file, stdlib only: `python3 pcipass.pyz list` on any host with 3.9+),
+# and the wheel and sdist that pip and pipx install.
+dist: venv
+	$(BIN)/python packaging/build_zipapp.py --output dist/pcipass.pyz
+	$(BIN)/python -m pip install -q build
+	$(BIN)/python -m build -q --outdir dist .
+
 bench: venv
 	$(BIN)/python benchmarks/bench_list.py
 
@@ -67,4 +74,4 @@ lab-smoke:
 	lab/run smoke
 
 clean:
-	rm -rf $(VENV) .venv-3.* build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-3.* build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
