@@ -57,9 +57,13 @@ lint: venv
 	$(BIN)/mypy
 
 # dist/pcipass.pyz (one file, stdlib only: `python3 pcipass.pyz list` on any host with 3.9+),
-# and the wheel and sdist that pip and pipx install.
+# the man page and bash/zsh completion generated from the parser, and the wheel and sdist
+# that pip and pipx install.
 dist: venv
+	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python packaging/build_zipapp.py --output dist/pcipass.pyz
+	$(BIN)/python packaging/build_manpage.py --output dist/pcipass.1
+	$(BIN)/python packaging/build_completion.py --output-dir dist
 	$(BIN)/python -m pip install -q build
 	$(BIN)/python -m build -q --outdir dist .
 
