@@ -206,3 +206,18 @@ def test_failed_define_after_a_live_attach_undoes_the_live_attach(
     owners, events = ledger_state(kvm)
     assert owners == []  # ledger == the running domain's truth
     assert events == ["attach", "detach"]  # both hotplugs happened
+
+
+def test_pp101_also_sees_guest_files_of_this_host(kvm: Lab, free_uri: str) -> None:
+    from pcipass.ops.attach import attach
+
+    hide_now(kvm.host, [VF], Backend.VFIO)
+    attach(kvm.host, VF, "win10")  # a file lists it now ...
+    with Ledger.open(kvm.host.root) as ledger:
+        ledger.release(VF, "win10")  # ... even with no owner in the ledger
+    before = (snapshot(kvm.base), ledger_state(kvm))
+    with pytest.raises(RefusedError) as caught:
+        connect_attach(kvm.host, VF, "db", free_uri, action="attach")
+    assert caught.value.rule == "PP101"
+    assert "is listed by guest win10" in caught.value.problem
+    assert (snapshot(kvm.base), ledger_state(kvm)) == before

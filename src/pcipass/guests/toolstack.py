@@ -17,7 +17,8 @@ the device may or may not be in the guest now).  Commands are argument
 lists for the one runner, never a shell.
 
 * xm (RHEL 5, xend): ``xm pci-attach GUEST BDF`` / ``xm pci-detach``; ``xm pci-list``
-* xl (xl(1)): ``xl pci-attach GUEST BDF`` / ``xl pci-detach``; ``xl pci-list``
+* xl (xl(1)): ``xl pci-attach GUEST BDF`` / ``xl pci-detach``; ``xl pci-list``;
+  ``xl save``/``restore``/``migrate`` for pcipass's safe save (PP003)
 * virsh (virsh(1)): ``virsh -c URI attach-device GUEST FILE --live`` /
   ``detach-device``, FILE holding one ``<hostdev>``; ``virsh dumpxml`` to ask
 * libvirt-python: ``attachDeviceFlags``/``detachDeviceFlags`` with
@@ -150,6 +151,15 @@ class XenCli(Toolstack):
 
     def hotplug(self, address: PciAddress, action: str) -> None:
         run_checked(self.host, self.describe(address, action))
+
+    def lifecycle(self, verb: str, *operands: str) -> list[str]:
+        """``save GUEST FILE``, ``migrate GUEST HOST`` (the guest is the first
+        operand) or ``restore FILE``: run it, return its argument list."""
+        if verb not in ("save", "migrate", "restore"):
+            raise ValueError(verb)
+        argv = [self.kind, verb, *operands]
+        run_checked(self.host, argv)
+        return argv
 
     def holds(self, address: PciAddress) -> bool | None:
         if self.host.runner.which(self.kind) is None and not self.host.is_real:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.guests.model import GuestKind
-from pcipass.guests.toolstack import HotplugRefused, XenCli, run_checked
+from pcipass.guests.toolstack import HotplugRefused, XenCli
 from pcipass.host.context import Host
 from pcipass.ops.guests import GuestFile, find_guest
 from pcipass.state.ledger import Ledger
@@ -98,11 +98,12 @@ def _hotplug_all(
         result.commands.append(toolstack.describe(address, action))
 
 
-def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> SafeResult:
-    """Detach every device live, run ``argv`` (xl save / xl migrate), and on
+def _without_devices(host: Host, guest: str, action: str, operand: str) -> SafeResult:
+    """Detach every device live, run ``xl save|migrate GUEST OPERAND``, and on
     failure give the still-running guest its devices back.  Journalled, so an
     interruption shows in ``status`` and ``recover``."""
     guest_file = _xl_guest(host, guest, action)
+    argv = ["xl", action, guest, operand]
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
@@ -113,7 +114,7 @@ def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> Sa
             )
             _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
             try:
-                run_checked(host, argv)
+                XenCli(host, "xl", guest).lifecycle(action, guest, operand)
             except OperationFailed:
                 _hotplug_all(
                     host, ledger, guest_file, guest, devices, action="attach", result=result
@@ -131,7 +132,7 @@ def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> Sa
 
 
 def safe_save(host: Host, guest: str, target: str) -> SafeResult:
-    result = _without_devices(host, guest, "save", ["xl", "save", guest, target])
+    result = _without_devices(host, guest, "save", target)
     result.notes.append(
         f"restore with: pcipass restore {target} {guest} (the devices stay "
         "reserved for the guest meanwhile)"
@@ -163,9 +164,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
                     rule="PP105",
                     findings=blocking,
                 )
-            argv = ["xl", "restore", source]
-            run_checked(host, argv)
-            result.commands.append(argv)
+            result.commands.append(XenCli(host, "xl", guest).lifecycle("restore", source))
             _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
         finally:
             ledger.close()
@@ -173,7 +172,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
 
 
 def safe_migrate(host: Host, guest: str, destination: str) -> SafeResult:
-    result = _without_devices(host, guest, "migrate", ["xl", "migrate", guest, destination])
+    result = _without_devices(host, guest, "migrate", destination)
     result.notes.append(
         f"{guest} runs on {destination} without devices; this host's devices are free (still "
         f"hidden). On the destination, give it its own: pcipass attach --live BDF {guest} "
