@@ -470,8 +470,8 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
         [VALIDATE, str(path), "domain"], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stderr
-    # (virsh dumpxml only asks what the running guest holds; it changes nothing)
-    virsh = [c for c in runner.calls if c[0] == "virsh" and c[3] != "dumpxml"]
+    # (virsh domstate and dumpxml only ask what the running guest holds)
+    virsh = [c for c in runner.calls if c[0] == "virsh" and c[3] not in ("dumpxml", "domstate")]
     # libvirtd is told about the edited file, then the running guest gets the device.
     assert virsh[0] == ("virsh", "-c", "qemu:///system", "define", str(path))
     assert virsh[1][:5] == ("virsh", "-c", "qemu:///system", "attach-device", "win10")
@@ -501,7 +501,7 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
     live.unlink()
     assert checked.returncode == 0, checked.stderr
     detach(kvm.host, VF, "win10", live=True)
-    verbs = [c[3] for c in runner.calls if c[0] == "virsh" and c[3] != "dumpxml"]
+    verbs = [c[3] for c in runner.calls if c[0] == "virsh" and c[3] not in ("dumpxml", "domstate")]
     assert verbs == ["define", "attach-device", "detach-device", "define"]
     assert read(kvm, "/etc/libvirt/qemu/win10.xml") == original
 
@@ -602,7 +602,7 @@ def test_libvirt_xen_guest_uses_the_xen_driver_and_connection(rhel5: Lab) -> Non
     attach(rhel5.host, NIC, "lxpv", live=True, accept_pv_dma_risk=True)
     text = read(rhel5, "/etc/libvirt/libxl/lxpv.xml").decode()
     assert "<driver name='xen'/>" in text and "bus='0x09'" in text
-    virsh = [c for c in runner.calls if c[0] == "virsh" and c[3] != "dumpxml"]
+    virsh = [c for c in runner.calls if c[0] == "virsh" and c[3] not in ("dumpxml", "domstate")]
     assert [c[:4] for c in virsh] == [
         ("virsh", "-c", "xen:///system", "define"),
         ("virsh", "-c", "xen:///system", "attach-device"),

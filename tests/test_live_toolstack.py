@@ -136,3 +136,24 @@ def test_output_says_already_attached_instead_of_hot_plugged(xm: Lab) -> None:
     assert "0000:09:00.0: already attached to running guest rhel5pv; nothing hot-plugged" in lines
     assert not any("hot-plugged into" in line or line.startswith("ran:") for line in lines)
     assert again.to_json()["live"] == "already attached"
+
+
+def test_virsh_repeats_and_a_stopped_domain(kvm: Lab) -> None:
+    vf = PciAddress.parse("0000:02:10.0")
+    hide_now(kvm.host, [vf], Backend.VFIO)
+    kvm.runner.programs.add("virsh")
+    assert attach(kvm.host, vf, "win10", live=True).live == "hot-plugged"
+    assert kvm.runner.toolstack.holds("win10") == {str(vf)}
+    assert attach(kvm.host, vf, "win10", live=True).live == "already attached"
+    # Stopped: its dumpxml would be the definition (which lists the device);
+    # there is no running guest to unplug from, and nothing is counted.
+    kvm.runner.answers["virsh -c qemu:///system domstate"] = CommandResult(
+        ("virsh",), 0, "shut off\n", ""
+    )
+    result = detach(kvm.host, vf, "win10", live=True)
+    assert result.live == "not attached" and result.changed
+    with Ledger.open(kvm.host.root, readonly=True) as ledger:
+        assert ledger.owner(vf) is None
+        assert [e.kind for e in ledger.hotplug_events(vf)] == ["attach"]
+    unplugs = [c for c in kvm.runner.calls if c[0] == "virsh" and c[3] == "detach-device"]
+    assert unplugs == []

@@ -181,6 +181,10 @@ def _xml_holds(xml: bytes, display: str, address: PciAddress) -> bool | None:
     return any(d.covers(address) for d in domain.devices())
 
 
+# virsh domstate's words for a domain with no running guest (virsh(1)).
+_STOPPED_STATES: Final = frozenset({"shut off", "crashed"})
+
+
 class Virsh(Toolstack):
     """A libvirt guest known by its file: ``virsh -c URI``."""
 
@@ -209,6 +213,11 @@ class Virsh(Toolstack):
     def holds(self, address: PciAddress) -> bool | None:
         if self.host.runner.which("virsh") is None and not self.host.is_real:
             return None
+        state = self.host.runner.run(["virsh", "-c", self.uri, "domstate", self.guest])
+        if state.returncode == 0 and state.stdout.strip() in _STOPPED_STATES:
+            # dumpxml of a stopped domain is its persistent definition, which
+            # says nothing about a running guest: there is none.
+            return False
         argv = ["virsh", "-c", self.uri, "dumpxml", self.guest]
         result = self.host.runner.run(argv, timeout=60.0)
         if result.returncode != 0:

@@ -73,6 +73,8 @@ class FakeToolstack:
     def _virsh(self, argv: tuple[str, ...]) -> CommandResult | None:
         verb, guest = argv[3], argv[4]
         held = self.running.setdefault(guest, set())
+        if verb == "domstate":
+            return CommandResult(argv, 0, "running\n\n", "")
         if verb == "dumpxml":
             devices = "".join(_hostdev(PciAddress.parse(a)) for a in sorted(held))
             xml = (
