@@ -147,17 +147,10 @@ def _plain_qemu(
 ) -> int | None:
     """A guest with no configuration file but a running QEMU named GUEST with a
     QMP socket: hotplug through QMP.  None when that is not the case."""
-    from pcipass.errors import GuestNotFoundError
-    from pcipass.ops.guests import find_guest
-    from pcipass.ops.qemu_guest import find_qemu, qemu_live
+    from pcipass.ops.qemu_guest import plain_qemu, qemu_live
 
-    try:
-        find_guest(host, guest)
-    except GuestNotFoundError:
-        qemu = find_qemu(host, guest)
-        if qemu is None:
-            raise
-    else:
+    qemu = plain_qemu(host, guest)
+    if qemu is None:
         return None
     if args.dry_run:
         verb = (

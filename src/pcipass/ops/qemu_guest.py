@@ -117,6 +117,23 @@ def _check_locked(
         )
 
 
+def plain_qemu(host: Host, name: str) -> QemuGuest | None:
+    """The running QEMU ``name`` when no configuration file names that guest
+    (a file wins: its toolstack hot-plugs); None when a file does.  No file
+    and no such QEMU: GuestNotFoundError, listing where pcipass looked."""
+    from pcipass.errors import GuestNotFoundError
+    from pcipass.ops.guests import find_guest
+
+    try:
+        find_guest(host, name)
+    except GuestNotFoundError:
+        qemu = find_qemu(host, name)
+        if qemu is None:
+            raise
+        return qemu
+    return None
+
+
 def qemu_toolstack(host: Host, qemu: QemuGuest, *, timeout: float = 30.0) -> Qmp:
     qmp_path = qemu.qmp_path
     if qmp_path is None:
