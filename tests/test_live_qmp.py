@@ -269,3 +269,54 @@ def test_the_state_lock_is_free_while_qemu_waits_for_the_guest(kvm: Lab, qemu: F
     assert live(kvm, "detach") == "unplugged"
     assert seen == ["lock free", "owner l2"]
     assert_ledger_is_qemus_truth(kvm, qemu)
+
+
+# --- killed at every ledger write -----------------------------------------------------
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in pcipass catches it."""
+
+
+def kill_at_write(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
+    """Kill the process just before its ``n``-th committed ledger write
+    (0: never).  Returns the running count."""
+    import contextlib
+
+    original = Ledger._write
+    count = [0]
+
+    @contextlib.contextmanager
+    def counted(self: Ledger) -> Iterator[object]:
+        count[0] += 1
+        if count[0] == n:
+            raise Killed
+        with original(self) as conn:
+            yield conn
+
+    monkeypatch.setattr(Ledger, "_write", counted)
+    return count
+
+
+@pytest.mark.parametrize("action", ["attach", "detach"])
+def test_killed_at_every_ledger_write_recover_finds_qemus_truth(
+    kvm: Lab, qemu: FakeQmp, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    if action == "detach":
+        assert live(kvm, "attach") == "hot-plugged"
+    with monkeypatch.context() as patch:
+        writes = kill_at_write(patch, 0)
+        live(kvm, action)
+    total = writes[0]
+    live(kvm, "detach" if action == "attach" else "attach")  # back to the start
+    assert total >= 2
+    for n in range(1, total + 1):
+        with monkeypatch.context() as patch:
+            kill_at_write(patch, n)
+            with pytest.raises(Killed):
+                live(kvm, action)
+        recover(kvm.host)
+        assert_ledger_is_qemus_truth(kvm, qemu)
+        # Back to the start for the next instant, whatever this one left.
+        if (action == "attach") == (str(VF) in qemu.hosts()):
+            live(kvm, "detach" if action == "attach" else "attach")

@@ -11,8 +11,9 @@ ACPI) need not hold the state lock: :func:`begin_hotplug` and
    repeat ("already attached", "not attached") hot-plugs nothing and costs
    nothing from the PP007 budget;
 2. take one event from the PP007 budget;
-3. for attach, record the device as *maybe in guest G* in the ledger
-   (an owner, so ``unhide --now`` refuses it) *before* the toolstack is told;
+3. record the device as *maybe in guest G* in the ledger (an owner, so
+   ``unhide --now`` refuses it, and one ``recover`` asks the toolstack
+   about) *before* the toolstack is told;
 4. run the hotplug.  A refusal (nothing changed) gives the budget event back
    and restores the previous owner.  An unknown outcome (timeout, late
    answer, connection lost) asks the toolstack again and records the truth;
@@ -104,12 +105,13 @@ def begin_hotplug(
         return pending
     pending.ticket = HotplugLimiter(ledger).acquire(address, guest, action)
     pending.before = ledger.owner(address)
-    if action == "attach":
-        # The intent, durable before the toolstack hears of it: from here on,
-        # whatever happens to this process, the device has an owner.
-        ledger.claim(
-            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config_path
-        )
+    # The intent, durable before the toolstack hears of it: from here on,
+    # whatever happens to this process, the device has an owner, and one that
+    # recover knows to ask about (attach: it may be in the guest now; detach:
+    # it may be out of it already).
+    ledger.claim(
+        address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config_path
+    )
     return pending
 
 
@@ -146,8 +148,7 @@ def finish_hotplug(
     if isinstance(failure, HotplugRefused):
         if pending.ticket is not None:
             limiter.refund(pending.ticket)
-        if wanted:
-            _restore(ledger, address, guest, pending.before)
+        _restore(ledger, address, guest, pending.before)
         raise failure
     truth = pending.toolstack.holds(address)
     if truth is None:
@@ -155,9 +156,7 @@ def finish_hotplug(
             failure.subject,
             f"{failure.problem}; the toolstack cannot say whether guest {guest} holds {address}",
             f"{address} is recorded as maybe in guest {guest}: `pcipass recover` or the "
-            "same command again settles it"
-            if wanted
-            else f"{address} stays assigned to guest {guest}",
+            "same command again settles it",
         ) from failure
     _settle(ledger, address, guest, truth, config_kind=kind, config_path=path)
     if truth == wanted:
