@@ -157,3 +157,59 @@ def test_virsh_repeats_and_a_stopped_domain(kvm: Lab) -> None:
         assert [e.kind for e in ledger.hotplug_events(vf)] == ["attach"]
     unplugs = [c for c in kvm.runner.calls if c[0] == "virsh" and c[3] == "detach-device"]
     assert unplugs == []
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in pcipass catches it."""
+
+
+def kill_at_write(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
+    """Kill the process just before its ``n``-th committed ledger write (0: never)."""
+    import contextlib
+    from collections.abc import Iterator
+
+    original = Ledger._write
+    count = [0]
+
+    @contextlib.contextmanager
+    def counted(self: Ledger) -> Iterator[object]:
+        count[0] += 1
+        if count[0] == n:
+            raise Killed
+        with original(self) as conn:
+            yield conn
+
+    monkeypatch.setattr(Ledger, "_write", counted)
+    return count
+
+
+@pytest.mark.parametrize("action", ["attach", "detach"])
+def test_killed_at_every_ledger_write_recover_finds_the_toolstacks_truth(
+    xm: Lab, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    def run(which: str) -> None:
+        if which == "attach":
+            attach_live(xm)
+        else:
+            detach(xm.host, NIC, "rhel5pv", live=True)
+
+    if action == "detach":
+        run("attach")
+    with monkeypatch.context() as patch:
+        writes = kill_at_write(patch, 0)
+        run(action)
+    total = writes[0]
+    run("detach" if action == "attach" else "attach")
+    assert total >= 3
+    for n in range(1, total + 1):
+        with monkeypatch.context() as patch:
+            kill_at_write(patch, n)
+            with pytest.raises(Killed):
+                run(action)
+        recover(xm.host)
+        assert_ledger_is_the_toolstacks_truth(xm, "rhel5pv")
+        with Ledger.open(xm.host.root, readonly=True) as ledger:
+            assert ledger.open_operations() == []
+        in_guest = str(NIC) in xm.runner.toolstack.holds("rhel5pv")
+        if (action == "attach") == in_guest:
+            run("detach" if action == "attach" else "attach")

@@ -414,7 +414,13 @@ def _apply(
             ).message
         op = ledger.begin(
             action,
-            {"address": str(address), "guest": guest, "config": display, "live": live},
+            {
+                "address": str(address),
+                "guest": guest,
+                "config": display,
+                "config_kind": kind,
+                "live": live,
+            },
         )
         apply_edits(ledger, op, [edit])
         if guest_file.kind is GuestKind.LIBVIRT and edit.changes_anything:

@@ -501,14 +501,28 @@ def _undo_ownership(ledger: Ledger, kind: str, intent: dict[str, object]) -> lis
         # A live hotplug may have happened: recover asks the toolstack
         # (ops.live.settle_uncertain) instead of guessing.
         return []
+    config = str(intent.get("config") or "")
+    recorded_kind = intent.get("config_kind")
+    config_kind = (
+        recorded_kind
+        if isinstance(recorded_kind, str)
+        else "libvirt"
+        if config.endswith(".xml")
+        else ("xl" if config.endswith(".cfg") else "xm")
+    )
+    if intent.get("live") is True and (owner is None or owner.guest == guest):
+        # The running guest may hold the device or not, whatever the file
+        # says now: mark it "maybe in guest" and let the toolstack decide.
+        from pcipass.state.ledger import UNCERTAIN_PREFIX
+
+        ledger.claim(
+            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config or None
+        )
+        return []
     if kind == "attach" and owner is not None and owner.guest == guest:
         ledger.release(address, guest)
         return [f"{address}: ownership by {guest} released (attach rolled back)"]
     if kind == "detach" and owner is None:
-        config = str(intent.get("config") or "")
-        config_kind = (
-            "libvirt" if config.endswith(".xml") else ("xl" if config.endswith(".cfg") else "xm")
-        )
         ledger.claim(address, guest, config_kind=config_kind, config_path=config or None)
         return [f"{address}: ownership by {guest} restored (detach rolled back)"]
     return []
