@@ -9,7 +9,7 @@ from pcipass.errors import UsageError
 
 if TYPE_CHECKING:
     from pcipass.host.context import Host
-    from pcipass.ops.inventory import DeviceInfo, Inventory
+    from pcipass.host.inventory import DeviceInfo, Inventory
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -98,7 +98,8 @@ def _desc(info: DeviceInfo) -> str:
 
 def _list(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
-    from pcipass.ops.inventory import SCHEMA_VERSION, inventory
+    from pcipass.host.inventory import SCHEMA_VERSION
+    from pcipass.ops.inventory import inventory
 
     inv = inventory(host)
     items = _filtered(inv, args)

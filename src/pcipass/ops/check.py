@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.identity import current_identity, identity_mismatch
+from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
-from pcipass.policy.assignable import assignability_findings, current_identity
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 
@@ -66,8 +67,6 @@ def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Findi
 def run_check(
     host: Host, addresses: Sequence[PciAddress], guests: Sequence[str] | None = None
 ) -> CheckReport:
-    from pcipass.host.identity import identity_mismatch
-
     inv = inventory(host)
     report = CheckReport()
     ledger = Ledger.open(host.root, readonly=True)
@@ -108,7 +107,7 @@ def run_check(
                 )
                 continue
             if record is not None:
-                changes = identity_mismatch(record.identity, current_identity(host, info))
+                changes = identity_mismatch(record.identity, current_identity(host, info.device))
                 if changes:
                     report.findings.append(
                         Finding(

@@ -18,7 +18,8 @@ from pcipass.backend import Backend
 from pcipass.errors import RefusedError, UsageError
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.ops.inventory import Inventory, inventory
+from pcipass.host.inventory import Inventory
+from pcipass.ops.inventory import inventory
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
     HideDevice,
@@ -285,7 +286,7 @@ def _persist(
     inv = inventory(host)  # read once: checks, plan and ledger records all use it
     if add:
         from pcipass.errors import RefusedError
-        from pcipass.policy.assignable import assignability_findings
+        from pcipass.ops.assignability import assignability_findings
         from pcipass.policy.verdict import refusals
 
         checked = assignability_findings(host, addresses, inv=inv)
@@ -335,7 +336,7 @@ def _persist(
                 for address in addresses:
                     record = ledger.get_hidden(address)
                     info = by[address]  # assignability_findings refused a missing one
-                    from pcipass.policy.assignable import current_identity
+                    from pcipass.host.identity import current_identity
 
                     stub = binding.stub_for(host, backend).driver
                     how = (
@@ -346,7 +347,7 @@ def _persist(
                     original = record.original_driver if record else info.device.driver
                     ledger.record_hidden(
                         address,
-                        identity=current_identity(host, info),
+                        identity=current_identity(host, info.device),
                         stub_driver=stub,
                         original_driver=original,
                         how=how,

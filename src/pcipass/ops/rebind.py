@@ -18,7 +18,8 @@ from pcipass.errors import OperationFailed, PcipassError, RefusedError
 from pcipass.host import binding
 from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
-from pcipass.ops.inventory import STUB_DRIVERS, inventory
+from pcipass.host.inventory import STUB_DRIVERS
+from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity, refusals
 from pcipass.state.ledger import Ledger, OperationHandle
 from pcipass.state.lock import StateLock
@@ -309,8 +310,8 @@ def hide_now(
 ) -> RebindResult:
     """Bind every device to the stub, all or nothing."""
     from pcipass.host.identity import identity_of
-    from pcipass.ops.show import read_config
-    from pcipass.policy.assignable import assignability_findings
+    from pcipass.host.topology import read_config
+    from pcipass.ops.assignability import assignability_findings
 
     inv = inventory(host)
     findings = assignability_findings(host, addresses, inv=inv)

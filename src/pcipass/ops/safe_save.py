@@ -137,7 +137,7 @@ def safe_save(host: Host, guest: str, target: str) -> SafeResult:
 
 def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
     guest_file = _xl_guest(host, guest, "restore")
-    from pcipass.policy.assignable import assignability_findings
+    from pcipass.ops.assignability import assignability_findings
     from pcipass.policy.verdict import refusals
 
     with StateLock(host.root):
