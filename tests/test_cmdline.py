@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, UsageError
+from pcipass.host.platform import detect_platform
 from pcipass.host.root import HostRoot
 from pcipass.persist.cmdline import (
     ShellFile,
@@ -34,7 +35,6 @@ from pcipass.persist.cmdline import (
     remove_hide,
 )
 from pcipass.persist.modprobe import read_persistent_hides
-from pcipass.persist.platform import detect_platform
 
 A = PciAddress.parse("0000:09:00.0")
 B = PciAddress.parse("0000:0a:04.1")

@@ -36,10 +36,10 @@ from pcipass.guests.model import GuestKind, GuestOs
 from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.platform import Platform, detect_platform
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
 from pcipass.persist.atomic import FileEdit, plan_edit
-from pcipass.persist.platform import Platform, detect_platform
 from pcipass.policy import guest_rules
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger

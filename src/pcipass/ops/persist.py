@@ -2,7 +2,7 @@
 
 Procedure 15.3 steps 1-2 of the document: the modprobe lines that make
 pciback claim a device before its driver does.  The platform decides the
-form (persist/platform.py): the document's exact ``/etc/modprobe.conf`` lines
+form (host/platform.py): the document's exact ``/etc/modprobe.conf`` lines
 on RHEL 5, ``/etc/modprobe.d/pcipass.conf`` on current systems, the kernel
 command line when the stub is built in.  Every edit is planned (diff for
 ``--dry-run``), journalled, backed up and written atomically (ops/files.py).
@@ -19,6 +19,7 @@ from pcipass.errors import RefusedError, UsageError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.inventory import Inventory
+from pcipass.host.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.ops.inventory import inventory
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
@@ -29,7 +30,6 @@ from pcipass.persist.modprobe import (
     plan_remove_hide,
     read_persistent_hides,
 )
-from pcipass.persist.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -169,8 +169,8 @@ def _plan_cmdline(
     add: bool,
 ) -> FileEdit:
     """The kernel command line in /etc/default/grub (stub built in, or asked for)."""
+    from pcipass.host.platform import DEFAULT_GRUB_FILE
     from pcipass.persist import cmdline
-    from pcipass.persist.platform import DEFAULT_GRUB_FILE
 
     display = DEFAULT_GRUB_FILE
     path = host.root.path(display)

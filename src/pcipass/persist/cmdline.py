@@ -32,6 +32,12 @@ from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
 from pcipass.compat import zip_equal
 from pcipass.errors import ConfigSyntaxError, UsageError
+from pcipass.host.platform import (
+    DEFAULT_GRUB_FILE,
+    PersistMethod,
+    Platform,
+    Regeneration,
+)
 from pcipass.host.root import HostRoot
 from pcipass.persist.modprobe import (
     PersistentState,
@@ -42,12 +48,6 @@ from pcipass.persist.modprobe import (
     normalise_device_id,
     parse_hide_value,
     parse_params,
-)
-from pcipass.persist.platform import (
-    DEFAULT_GRUB_FILE,
-    PersistMethod,
-    Platform,
-    Regeneration,
 )
 
 BASE = "GRUB_CMDLINE_LINUX"

@@ -26,9 +26,9 @@ import re
 from dataclasses import dataclass
 
 from pcipass.compat import StrEnum
+from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import FileEdit, plan_edit, read_bytes
-from pcipass.persist.platform import Platform, detect_platform
 
 MODULE = "acpiphp"
 RHEL_MODULES_FILE = "/etc/sysconfig/modules/acpiphp.modules"

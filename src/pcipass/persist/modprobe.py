@@ -54,14 +54,14 @@ from pathlib import Path
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
-from pcipass.host.root import HostRoot, safe_name
-from pcipass.persist.platform import (
+from pcipass.host.platform import (
     PCIPASS_MODPROBE_FILE,
     RHEL5_MODPROBE_FILE,
     PersistMethod,
     Platform,
     StubState,
 )
+from pcipass.host.root import HostRoot, safe_name
 
 MARKER_PREFIX = "# pcipass:"
 

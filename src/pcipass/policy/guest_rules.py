@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pcipass.address import PciAddress
 from pcipass.guests.model import GuestConfig, GuestOs, VirtMode
 from pcipass.host.context import Host
-from pcipass.persist.platform import Platform
+from pcipass.host.platform import Platform
 from pcipass.policy.verdict import Finding, Severity
 
 # Stub drivers by hypervisor: Xen's toolstack hands a device to a domain only
