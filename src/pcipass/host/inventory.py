@@ -17,12 +17,10 @@ from pcipass.address import PciAddress
 from pcipass.host.context import Host
 from pcipass.host.device import PciDevice, iommu_group_members, read_all, read_one
 from pcipass.host.pciids import PciIds
+from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.host.usage import HostUse, host_uses
 
 SCHEMA_VERSION = 1
-
-# Drivers that exist only to hold a device for a guest (Xen pciback, VFIO).
-STUB_DRIVERS = frozenset({"pciback", "vfio-pci", "pci-stub"})
 
 
 @dataclass

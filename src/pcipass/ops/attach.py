@@ -37,6 +37,7 @@ from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.platform import Platform, detect_platform
+from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
 from pcipass.persist.atomic import FileEdit, plan_edit
@@ -291,8 +292,8 @@ def attach(
     hidden = guest_rules.hidden_findings(
         address, driver, record.stub_driver if record else None, xen=xen
     )
-    wanted = guest_rules.XEN_STUBS if xen else guest_rules.KVM_STUBS
-    stub_mismatch = driver in guest_rules.ALL_STUBS - wanted
+    wanted = XEN_GUEST_DRIVERS if xen else KVM_GUEST_DRIVERS
+    stub_mismatch = driver in STUB_DRIVERS - wanted
     needs_hide = hide and bool(hidden) and not stub_mismatch and exists
     context = GuestContext.gather(host, scan)
     findings = ([] if needs_hide else hidden) + context.device_findings(

@@ -18,7 +18,7 @@ from pcipass.errors import OperationFailed, PcipassError, RefusedError
 from pcipass.host import binding
 from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
-from pcipass.host.inventory import STUB_DRIVERS
+from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity, refusals
 from pcipass.state.ledger import Ledger, OperationHandle

@@ -62,6 +62,7 @@ from pcipass.host.platform import (
     StubState,
 )
 from pcipass.host.root import HostRoot, safe_name
+from pcipass.host.stubs import VFIO_MODULE, XEN_MODULE, XEN_MODULES
 
 MARKER_PREFIX = "# pcipass:"
 
@@ -82,8 +83,6 @@ MODPROBE_DIRS = (
     "/usr/lib/modprobe.d",
 )
 
-_XEN_STUBS = frozenset({"pciback", "xen_pciback"})
-_VFIO_STUB = "vfio_pci"
 _DEVICE_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 _SPACE = " \t"  # kmod's strtok delimiters
 _ISSPACE = " \t\n\v\f\r"  # the kernel's isspace(), used by parse_args()
@@ -92,6 +91,11 @@ _ISSPACE = " \t\n\v\f\r"  # the kernel's isspace(), used by parse_args()
 def module_key(name: str) -> str:
     """kmod's ``underscores()``: ``xen-pciback`` and ``xen_pciback`` are one module."""
     return name.replace("-", "_")
+
+
+# The stub modules as kmod compares them (host/stubs.py names them).
+_XEN_STUBS = frozenset(module_key(m) for m in XEN_MODULES)
+_VFIO_STUB = module_key(VFIO_MODULE)
 
 
 # --------------------------------------------------------------------------
@@ -527,7 +531,7 @@ class HidePlan:
             raise UsageError("hide plan", "the cmdline method is written by persist.cmdline")
         if self.form is PersistMethod.RHEL5 and self.backend is Backend.VFIO:
             raise UsageError("hide plan", "the RHEL 5 form hides devices for pciback only")
-        expected = {"pciback", "xen_pciback"} if self.backend is Backend.PCIBACK else {"vfio_pci"}
+        expected = set(_XEN_STUBS) if self.backend is Backend.PCIBACK else {_VFIO_STUB}
         if module_key(self.stub_module) not in expected:
             raise UsageError(
                 f"stub {self.stub_module!r}", f"not a stub for the {self.backend} backend"
@@ -880,7 +884,7 @@ def _extend_for(directive: Directive, address: PciAddress, splices: list[_Splice
 
 
 def _loads_stub(command: str, plan: HidePlan) -> bool:
-    names = "|".join(re.escape(n) for n in ("pciback", "xen-pciback", "xen_pciback"))
+    names = "|".join(re.escape(n) for n in (*XEN_MODULES, module_key(XEN_MODULE)))
     return re.search(rf"modprobe\s+(?:-\S+\s+)*(?:{names})(?:\s|;|$)", command) is not None
 
 

@@ -18,8 +18,9 @@ from pcipass.address import PciAddress
 from pcipass.errors import DeviceNotFoundError
 from pcipass.host.context import Host
 from pcipass.host.identity import current_identity, identity_mismatch
-from pcipass.host.inventory import STUB_DRIVERS, DeviceInfo, Inventory
+from pcipass.host.inventory import DeviceInfo, Inventory
 from pcipass.host.reset import reset_verdict
+from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.host.topology import read_config
 from pcipass.host.usage import HostUse
 from pcipass.policy.verdict import Finding, Severity

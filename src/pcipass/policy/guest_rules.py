@@ -17,14 +17,8 @@ from pcipass.address import PciAddress
 from pcipass.guests.model import GuestConfig, GuestOs, VirtMode
 from pcipass.host.context import Host
 from pcipass.host.platform import Platform
+from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.policy.verdict import Finding, Severity
-
-# Stub drivers by hypervisor: Xen's toolstack hands a device to a domain only
-# from pciback (xen-pciback registers as "pciback"); KVM/QEMU only from
-# vfio-pci (pci-stub served legacy KVM assignment, removed from QEMU 2.12).
-XEN_STUBS = frozenset({"pciback"})
-KVM_STUBS = frozenset({"vfio-pci"})
-ALL_STUBS = frozenset({"pciback", "vfio-pci", "pci-stub"})
 
 PV_DMA_WORDS = (
     "a guest which has access to a non-virtualized PCI device via PCI passthrough also has "
@@ -61,11 +55,11 @@ def hidden_findings(
     runs on Xen (pciback) or KVM (vfio-pci).
     """
     subject = str(address)
-    wanted = XEN_STUBS if xen else KVM_STUBS
+    wanted = XEN_GUEST_DRIVERS if xen else KVM_GUEST_DRIVERS
     wanted_text = "pciback" if xen else "vfio-pci"
     if driver in wanted:
         return []
-    if driver in ALL_STUBS:
+    if driver in STUB_DRIVERS:
         return [
             Finding(
                 "PP002",
