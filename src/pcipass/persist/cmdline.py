@@ -39,16 +39,10 @@ from pcipass.host.platform import (
     Regeneration,
 )
 from pcipass.host.root import HostRoot
-from pcipass.persist.modprobe import (
-    PersistentState,
-    PersistFinding,
-    hide_items,
-    id_items,
-    module_key,
-    normalise_device_id,
-    parse_hide_value,
-    parse_params,
-)
+from pcipass.persist.modprobe.findings import PersistFinding
+from pcipass.persist.modprobe.installed import PersistentState
+from pcipass.persist.modprobe.syntax import module_key, parse_params
+from pcipass.persist.stub_values import hide_items, id_items, normalise_device_id, parse_hide_value
 
 BASE = "GRUB_CMDLINE_LINUX"
 BASE_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
