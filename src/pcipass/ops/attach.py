@@ -42,7 +42,7 @@ from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.policy import guest_rules
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, refusal_error
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock
@@ -166,19 +166,7 @@ def _run_checked(host: Host, argv: Sequence[str]) -> None:
 
 
 def _refuse(address: PciAddress, blocking: list[Finding], findings: list[Finding]) -> RefusedError:
-    if len(blocking) == 1:
-        only = blocking[0]
-        return RefusedError(
-            only.subject, only.message, only.remedy, rule=only.rule, findings=findings
-        )
-    rules = ", ".join(dict.fromkeys(f.rule for f in blocking))
-    return RefusedError(
-        str(address),
-        f"{len(blocking)} refusals ({rules}); nothing was changed",
-        "see each one below",
-        rule=blocking[0].rule,
-        findings=findings,
-    )
+    return refusal_error(blocking, str(address), listed=findings)
 
 
 def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:

@@ -285,22 +285,13 @@ def _persist(
     checked: list[Finding] = []
     inv = inventory(host)  # read once: checks, plan and ledger records all use it
     if add:
-        from pcipass.errors import RefusedError
         from pcipass.ops.assignability import assignability_findings
-        from pcipass.policy.verdict import refusals
+        from pcipass.policy.verdict import raise_refusals
 
         checked = assignability_findings(host, addresses, inv=inv)
         if backend is Backend.VFIO:
             checked += id_collateral(host, addresses, inv)
-        blocking = refusals(checked)
-        if blocking:
-            raise RefusedError(
-                ", ".join(str(a) for a in addresses),
-                blocking[0].message,
-                blocking[0].remedy,
-                rule=blocking[0].rule,
-                findings=blocking,
-            )
+        raise_refusals(checked, ", ".join(str(a) for a in addresses))
     platform = _platform(host, platform_text)
     method, edits, notes = _plan(host, addresses, backend, platform, inv, add=add)
     edits = [e for e in edits if e.changes_anything]

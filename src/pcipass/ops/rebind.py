@@ -20,7 +20,7 @@ from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.ops.inventory import inventory
-from pcipass.policy.verdict import Finding, Severity, refusals
+from pcipass.policy.verdict import Finding, Severity, raise_refusals
 from pcipass.state.ledger import Ledger, OperationHandle
 from pcipass.state.lock import StateLock
 
@@ -315,17 +315,7 @@ def hide_now(
 
     inv = inventory(host)
     findings = assignability_findings(host, addresses, inv=inv)
-    blocking = refusals(findings)
-    if blocking:
-        raise RefusedError(
-            ", ".join(str(a) for a in addresses),
-            blocking[0].message
-            if len(blocking) == 1
-            else f"{len(blocking)} rules refuse this; nothing was changed",
-            blocking[0].remedy if len(blocking) == 1 else "",
-            rule=blocking[0].rule,
-            findings=blocking,
-        )
+    raise_refusals(findings, ", ".join(str(a) for a in addresses))
     stub = binding.stub_for(host, backend)
     result = RebindResult(
         findings=[f for f in findings if f.severity is not Severity.REFUSE], dry_run=dry_run
