@@ -5,7 +5,7 @@ operation can journal it and roll it back (libvirt's virhostdev model):
 
 * :func:`set_override` / clear: ``driver_override`` (Linux 3.16+), the only
   targeted way to say "this device, that driver" (never the global
-  ``new_id``, which grabs every matching device: ANCHORS pain 7);
+  ``new_id``, which grabs every matching device, the host's own included);
 * pciback's ``new_slot``/``remove_slot`` for kernels without driver_override
   (RHEL 5's 2.6.18: the document's era);
 * :func:`unbind`, :func:`bind`, :func:`probe` (``drivers_probe``);

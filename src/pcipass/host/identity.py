@@ -1,8 +1,8 @@
 """Stable device identity, to catch BDF drift.
 
 After a card is added or firmware changes, the same address can name another
-device and the wrong device gets hidden or given to a guest (ANCHORS pain 6,
-Qubes #7792).  pcipass records, with every hidden or owned address, what the
+device and the wrong device gets hidden or given to a guest (Qubes
+issue #7792).  pcipass records, with every hidden or owned address, what the
 device *is* and fails closed when that no longer matches.
 """
 

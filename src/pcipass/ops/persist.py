@@ -208,7 +208,8 @@ def id_collateral(host: Host, addresses: Sequence[PciAddress], inv: Inventory) -
     """vfio-pci ``ids=`` claims EVERY device with that vendor:device at boot.
 
     Hiding one of two identical NICs by id also takes the other, which may be
-    the host's own (ANCHORS pain 4): refuse when a same-id device the host
+    the host's own, and a host that loses its root disk or management NIC at
+    boot is the worst outcome there is: refuse when a same-id device the host
     uses is not part of the request, warn for any other.
     """
     by = inv.by_address()

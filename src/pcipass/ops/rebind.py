@@ -4,7 +4,9 @@ Validate every device first, then act, then verify, and roll back in reverse
 order on any failure (libvirt virhostdev).  Each step is written to the
 ledger's journal *after* it happened, with the data that undoes it, so that
 ``pcipass recover`` in another process (after a crash or a kill) can undo
-exactly the steps that happened: no device is left driverless (ANCHORS pain 7).
+exactly the steps that happened: no device is left driverless (a
+device left with no driver is lost to host and guest alike until someone
+rebinds it by hand).
 """
 
 from __future__ import annotations
@@ -306,7 +308,6 @@ def hide_now(
     *,
     dry_run: bool = False,
     how: str = "now",
-    fail_after: int | None = None,
 ) -> RebindResult:
     """Bind every device to the stub, all or nothing."""
     from pcipass.host.identity import identity_of
@@ -353,9 +354,7 @@ def hide_now(
             )
             done: list[Step] = []
             try:
-                for index, address in enumerate(todo):
-                    if fail_after is not None and index >= fail_after:
-                        raise OperationFailed(str(address), "injected failure")
+                for address in todo:
                     steps = hide_steps(host, address, stub)
                     _run_steps(host, op, steps, done)
                     result.steps.extend(s.describe for s in steps)

@@ -3,7 +3,7 @@
 When the stub is built into the kernel, modprobe options never reach it and
 only ``xen-pciback.hide=(...)`` or ``vfio-pci.ids=...`` on the kernel command
 line hides a device at boot (kmod also passes these to a *module* stub: it
-reads /proc/cmdline, lab-notes §5).
+reads /proc/cmdline when it loads a module).
 
 ``/etc/default/grub`` is a shell fragment that grub-mkconfig sources
 (``. /etc/default/grub``, then Debian's ``/etc/default/grub.d/*.cfg``).

@@ -122,7 +122,8 @@ class HidePlan:
 
     @property
     def needs_alias(self) -> bool:
-        """RHEL 5 lines on a kernel whose stub is xen-pciback (lab-notes §5)."""
+        """RHEL 5 lines on a kernel whose stub is xen-pciback (modprobe then
+        says "Module pciback not found")."""
         return self.form is PersistMethod.RHEL5 and module_key(self.stub_module) != "pciback"
 
     @property
