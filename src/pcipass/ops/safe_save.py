@@ -142,8 +142,8 @@ def safe_save(host: Host, guest: str, target: str) -> SafeResult:
 
 def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
     guest_file = _xl_guest(host, guest, "restore")
-    from pcipass.policy.assignable import assignability_findings
-    from pcipass.policy.verdict import refusals
+    from pcipass.ops.assignability import assignability_findings
+    from pcipass.policy.verdict import refusal_error, refusals
 
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
@@ -157,13 +157,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
                 if f.rule == "PP105"
             ]
             if blocking:
-                raise RefusedError(
-                    blocking[0].subject,
-                    blocking[0].message,
-                    blocking[0].remedy,
-                    rule="PP105",
-                    findings=blocking,
-                )
+                raise refusal_error(blocking, f"guest {guest}")
             result.commands.append(XenCli(host, "xl", guest).lifecycle("restore", source))
             _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
         finally:
