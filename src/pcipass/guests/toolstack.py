@@ -35,7 +35,7 @@ import tempfile
 from typing import Any, Final
 
 from pcipass.address import PciAddress
-from pcipass.errors import AddressError, OperationFailed, PcipassError
+from pcipass.errors import AddressError, CommandMissing, OperationFailed, PcipassError
 from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
 from pcipass.host.context import Host
 
@@ -225,6 +225,39 @@ class Virsh(Toolstack):
         return _xml_holds(result.stdout.encode(), f"virsh dumpxml {self.guest}", address)
 
 
+def libvirt_module() -> Any:
+    """libvirt-python, quiet (pcipass reports libvirt's errors itself)."""
+    try:
+        import libvirt
+    except ImportError as error:
+        raise CommandMissing(
+            "libvirt-python", "pip install libvirt-python (needs libvirt-dev)"
+        ) from error
+    # libvirt prints every error on stderr by default.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def connected_toolstack(uri: str, guest: str) -> LibvirtDomainLive | None:
+    """The live toolstack of ``guest`` on the libvirt connection ``uri`` (for
+    ``recover``); None when it cannot be reached.  The connection stays open
+    as long as the returned object lives."""
+    try:
+        libvirt = libvirt_module()
+        conn = libvirt.open(uri)
+        dom = conn.lookupByName(guest)
+        xml = str(dom.XMLDesc(0)).encode()
+    except Exception:
+        return None
+    try:
+        xen = parse_domain_xml(xml, f"{uri} domain {guest}").hypervisor == "xen"
+    except PcipassError:
+        return None
+    toolstack = LibvirtDomainLive(libvirt, uri, dom, guest, xen=xen)
+    toolstack.connection = conn
+    return toolstack
+
+
 class LibvirtDomainLive(Toolstack):
     """A domain reached through libvirt-python (``--connect URI``)."""
 
@@ -236,6 +269,7 @@ class LibvirtDomainLive(Toolstack):
         self.uri = uri
         self.domain = domain
         self.driver = "xen" if xen else "vfio"
+        self.connection: Any = None  # kept open by connected_toolstack
 
     def describe(self, address: PciAddress, action: str) -> list[str]:
         return [f"libvirt {action}DeviceFlags({self.guest}, VIR_DOMAIN_AFFECT_LIVE)"]

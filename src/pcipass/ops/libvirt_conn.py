@@ -28,7 +28,6 @@ from typing import Any
 
 from pcipass.address import PciAddress
 from pcipass.errors import (
-    CommandMissing,
     GuestNotFoundError,
     OperationFailed,
     PcipassError,
@@ -36,7 +35,7 @@ from pcipass.errors import (
     UsageError,
 )
 from pcipass.guests.libvirt_xml import parse_domain_xml
-from pcipass.guests.toolstack import LibvirtDomainLive
+from pcipass.guests.toolstack import LibvirtDomainLive, libvirt_module
 from pcipass.host.context import Host
 from pcipass.ops.attach import AttachResult, attach_findings, refusal
 from pcipass.ops.guests import GuestFile
@@ -50,18 +49,6 @@ from pcipass.state.lock import StateLock
 _IN_PROCESS_SCHEME = "test:"
 
 
-def _libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError as error:
-        raise CommandMissing(
-            "libvirt-python", "pip install libvirt-python (needs libvirt-dev)"
-        ) from error
-    # libvirt prints every error on stderr by default; pcipass reports them itself.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt
-
-
 def _check_uri(host: Host, uri: str) -> None:
     if str(host.root.prefix) != "/" and not uri.startswith(_IN_PROCESS_SCHEME):
         raise UsageError(
@@ -73,7 +60,7 @@ def _check_uri(host: Host, uri: str) -> None:
 
 
 def _open(uri: str) -> tuple[Any, Any]:
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as error:
@@ -90,19 +77,6 @@ def _lookup(libvirt: Any, conn: Any, uri: str, guest: str) -> Any:
         return conn.lookupByName(guest)
     except libvirt.libvirtError as error:
         raise GuestNotFoundError(guest, [uri]) from error
-
-
-def connected_toolstack(uri: str, guest: str) -> LibvirtDomainLive | None:
-    """The live toolstack of ``guest`` on ``uri`` (for ``recover``); None if unreachable.
-
-    The connection stays open as long as the returned object lives."""
-    try:
-        libvirt, conn = _open(uri)
-        dom = _lookup(libvirt, conn, uri, guest)
-        parsed = parse_domain_xml(str(dom.XMLDesc(0)).encode(), f"{uri} domain {guest}")
-    except PcipassError:
-        return None
-    return LibvirtDomainLive(libvirt, uri, dom, guest, xen=parsed.hypervisor == "xen")
 
 
 def _listed_elsewhere(

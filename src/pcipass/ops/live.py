@@ -203,7 +203,7 @@ def toolstack_for_owner(host: Host, owner: OwnerRecord) -> Toolstack | None:
         socket_path = str(host.root.path(shown)) if shown.startswith("/") else shown
         return Qmp(socket_path, shown, owner.guest, timeout=10.0)
     if kind == "libvirt" and "://" in path:
-        from pcipass.ops.libvirt_conn import connected_toolstack
+        from pcipass.guests.toolstack import connected_toolstack
 
         return connected_toolstack(path, owner.guest)
     if kind == "libvirt":
