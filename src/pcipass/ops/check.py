@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.reset_quirks import quirk_notes
 from pcipass.ops.inventory import inventory
 from pcipass.policy.assignable import assignability_findings, current_identity
 from pcipass.policy.verdict import Finding, Severity
@@ -141,6 +142,10 @@ def run_check(
                         "give it back or free it",
                     )
                 )
+    report.findings += [  # known-bad resets (host/reset_quirks.py) as PP104 findings
+        Finding("PP104", Severity(n.severity), n.subject, n.message, n.remedy)
+        for n in quirk_notes(host, report.checked)
+    ]
     if guests or not addresses:
         found, checked = guest_findings(host, guests)
         report.findings += found

@@ -9,6 +9,7 @@ from pcipass.host.config_space import ConfigSpace, format_dsn, parse_config
 from pcipass.host.context import Host
 from pcipass.host.device import list_addresses
 from pcipass.host.reset import ResetVerdict, reset_readiness
+from pcipass.host.reset_quirks import quirk_notes
 from pcipass.ops.inventory import DeviceInfo, device_info
 
 
@@ -135,10 +136,15 @@ def device_report(host: Host, address: PciAddress) -> DeviceReport:
     findings: list[dict[str, object]] = []
     try:
         from pcipass.policy.assignable import assignability_findings
+        from pcipass.policy.verdict import Finding, Severity
     except ImportError:
         pass
     else:
         findings = [f.to_json() for f in assignability_findings(host, [address])]
+        findings += [  # known-bad resets (host/reset_quirks.py) as PP104 findings
+            Finding("PP104", Severity(n.severity), n.subject, n.message, n.remedy).to_json()
+            for n in quirk_notes(host, [str(address)])
+        ]
     return DeviceReport(info, config, reset, findings, problems)
 
 
