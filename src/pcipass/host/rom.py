@@ -318,8 +318,10 @@ def read_rom(host: Host, address: PciAddress) -> bytes:
     path = host.root.pci_device(address) / "rom"
     if not host.sysfs.exists(path):
         raise RomAbsentError(str(address))
-    host.sysfs.write_attr(path, "1\n")
     try:
+        # Inside the try: a signal right after the kernel enabled reading must
+        # still disable it (disabling a disabled attribute is harmless).
+        host.sysfs.write_attr(path, "1\n")
         reported = host.sysfs.size(path)
         limit = MAX_ROM_BYTES if not reported else min(reported, MAX_ROM_BYTES)
         data = host.sysfs.read_bytes(path, limit)
