@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from pcipass.address import PciAddress
 from pcipass.cli.main import main
-from pcipass.errors import DeviceNotFoundError, ExitCode, SysfsWriteError
+from pcipass.errors import DeviceNotFoundError, ExitCode, OperationFailed, SysfsWriteError
 from pcipass.host.rom import (
     MAX_IMAGES,
     MAX_ROM_BYTES,
@@ -24,7 +25,7 @@ from pcipass.host.rom import (
     read_rom,
 )
 from pcipass.host.sysfs import Sysfs
-from pcipass.ops.rom import rom_report
+from pcipass.ops.rom import BOOT_VGA_NOTE, rom_report
 from pcipass.testing.fakehost import FakeHost, snapshot
 from pcipass.testing.harness import Lab, make_lab
 from pcipass.testing.rom_builder import chain, rom_image
@@ -412,3 +413,32 @@ def test_cli_random_rom_never_tracebacks(tmp_path: Path, data: bytes) -> None:
         lab = make_lab(FakeHost.load(base / "host"))
         lab.fake.set_rom(GPU, data)
     assert run_cli(lab, "rom", GPU) in (0, 1)
+
+
+def test_not_root_is_told_plainly(tmp_path: Path) -> None:
+    lab = gpu_host(tmp_path, LEGACY)
+    lab.kernel.fail(f"*/{GPU}/rom", errno.EACCES, value="1\n")
+    with pytest.raises(OperationFailed) as raised:
+        read_rom(lab.host, PciAddress.parse(GPU))
+    assert raised.value.render() == (
+        f"{GPU}: reading the option ROM needs root (the rom attribute is mode 0600) "
+        "(run pcipass rom as root)"
+    )
+
+
+def test_disable_refused_is_an_error_not_silence(tmp_path: Path) -> None:
+    lab = gpu_host(tmp_path, LEGACY)
+    lab.kernel.fail(f"*/{GPU}/rom", value="0\n")
+    with pytest.raises(SysfsWriteError):
+        read_rom(lab.host, PciAddress.parse(GPU))
+
+
+def test_boot_gpu_rom_may_be_the_shadow_copy(tmp_path: Path) -> None:
+    fake = FakeHost(tmp_path / "host")
+    fake.add_device(
+        GPU, vendor=NVIDIA, device=GTX1080, class_code=0x030000, boot_vga=True, rom=LEGACY
+    )
+    report = rom_report(make_lab(fake).host, PciAddress.parse(GPU))
+    assert report.ok and report.notes == [BOOT_VGA_NOTE]
+    assert "  note: this is the boot GPU: the kernel may have returned" in report.render()
+    assert report.to_json()["notes"] == [BOOT_VGA_NOTE]

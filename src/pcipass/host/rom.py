@@ -32,6 +32,7 @@ one image can be found.
 from __future__ import annotations
 
 import contextlib
+import errno
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,7 +322,7 @@ def read_rom(host: Host, address: PciAddress) -> bytes:
     try:
         # Inside the try: a signal right after the kernel enabled reading must
         # still disable it (disabling a disabled attribute is harmless).
-        host.sysfs.write_attr(path, "1\n")
+        _enable(host, path, address)
         reported = host.sysfs.size(path)
         limit = MAX_ROM_BYTES if not reported else min(reported, MAX_ROM_BYTES)
         data = host.sysfs.read_bytes(path, limit)
@@ -335,6 +336,19 @@ def read_rom(host: Host, address: PciAddress) -> bytes:
     if not data:
         raise RomUnreadableError(str(address), "the kernel returned no bytes")
     return data
+
+
+def _enable(host: Host, path: Path, address: PciAddress) -> None:
+    try:
+        host.sysfs.write_attr(path, "1\n")
+    except SysfsWriteError as error:
+        if error.errno in (errno.EACCES, errno.EPERM):
+            raise OperationFailed(
+                str(address),
+                "reading the option ROM needs root (the rom attribute is mode 0600)",
+                "run pcipass rom as root",
+            ) from error
+        raise
 
 
 def _disable_quietly(host: Host, path: Path) -> None:

@@ -25,6 +25,16 @@ from pcipass.persist.atomic import atomic_write
 FORBIDDEN_TREES = ("/sys", "/proc", "/dev")
 
 
+# x86 Linux marks the boot GPU's ROM as shadowed (arch/x86/pci/fixup.c,
+# pci_fixup_video), and drivers/pci/rom.c pci_map_rom then maps the copy at
+# 0xC0000 instead of the ROM BAR.
+BOOT_VGA_NOTE = (
+    "this is the boot GPU: the kernel may have returned the firmware's shadow copy at "
+    "0xC0000 (the legacy image as the BIOS left it, without any UEFI image), not the ROM "
+    "itself; for a guest, dump it while another GPU boots the host, or use the vendor's file"
+)
+
+
 @dataclass
 class RomReport:
     address: PciAddress
@@ -33,6 +43,7 @@ class RomReport:
     contents: RomContents
     saved: str | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +90,7 @@ class RomReport:
             "firmware": self.firmware,
             "saved": self.saved,
             "problems": list(self.problems),
+            "notes": list(self.notes),
             "ok": self.ok,
         }
 
@@ -102,6 +114,7 @@ class RomReport:
         if self.saved:
             lines.append(f"  saved to {self.saved}")
         lines.extend(f"  problem: {p}" for p in self.problems)
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
@@ -112,6 +125,8 @@ def rom_report(host: Host, address: PciAddress, save: str | None = None) -> RomR
     contents = parse_rom(data, f"{address} option ROM")
     report = RomReport(address, device.vendor, device.device, contents)
     report.problems = _problems(report)
+    if device.boot_vga:
+        report.notes.append(BOOT_VGA_NOTE)
     if target is not None:
         atomic_write(target, data, 0o644)
         report.saved = host.root.host_path(target)
