@@ -442,3 +442,15 @@ def test_boot_gpu_rom_may_be_the_shadow_copy(tmp_path: Path) -> None:
     assert report.ok and report.notes == [BOOT_VGA_NOTE]
     assert "  note: this is the boot GPU: the kernel may have returned" in report.render()
     assert report.to_json()["notes"] == [BOOT_VGA_NOTE]
+
+
+def test_cli_save_unwritable_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = gpu_host(tmp_path, LEGACY, simulated=True)
+    (lab.base / "srv").write_text("a file, not a directory\n")
+    assert run_cli(lab, "rom", GPU, "--save", "/srv/gpu.rom") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcipass: /srv/gpu.rom: cannot write the ROM: ")
+    assert err.endswith("(choose another --save FILE; nothing was written)\n")
+    assert err.count("\n") == 1 and rom_disabled(lab)

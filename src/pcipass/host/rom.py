@@ -1,18 +1,22 @@
 """A device's option ROM: read it through sysfs, and parse its images.
 
-Layout (PCI Firmware Specification 3.0, chapter 5 "PCI Expansion ROMs"):
+Layout (PCI Firmware Specification 3.0, chapter 5 "PCI Expansion ROMs"; the
+same tables were §6.3.1 "Expansion ROM Contents" of the PCI Local Bus
+Specification 2.x):
 
 * a ROM holds one or more *images*, one after the other; each starts with the
-  expansion ROM header (§5.1.1): bytes 0x55 0xAA, then processor-specific
-  data, and at offset 0x18 a 16-bit pointer to the image's PCI Data Structure;
-* the PCI Data Structure (§5.1.2) starts with "PCIR" and says the vendor and
-  device the image is for, a device list (revision 3), the class code, the
-  image length in 512-byte units, the code type (0 = PC-AT compatible
-  legacy x86 BIOS code, 1 = Open Firmware, 2 = PA-RISC, 3 = EFI) and the
-  indicator byte whose bit 7 marks the last image of the chain;
-* a legacy x86 image (§5.1.1.1, the PC-AT option ROM convention) keeps its
-  initialization size in 512-byte units at offset 2, and its bytes over that
-  size sum to zero (mod 256): the BIOS skips an image whose checksum fails;
+  expansion ROM header ("PCI Expansion ROM Header Format", §5.1.1): bytes 0x55
+  0xAA, then processor-specific data, and at offset 0x18 a 16-bit pointer to
+  the image's PCI Data Structure;
+* the PCI Data Structure ("PCI Data Structure Format", §5.1.2) starts with
+  "PCIR" and says the vendor and device the image is for, a device list
+  (structure revision 3), the class code, the image length in 512-byte
+  units, the code type (0 = PC-AT compatible legacy x86 BIOS code, 1 = Open
+  Firmware, 2 = PA-RISC, 3 = EFI) and the indicator byte whose bit 7 marks
+  the last image of the chain;
+* a PC-AT compatible image (code type 0) keeps its initialization size in
+  512-byte units at offset 2, and its bytes over that size sum to zero (mod
+  256): the BIOS skips an image whose checksum fails;
 * an EFI image (UEFI Specification 2.x §14.4.2 "PCI Option ROMs", the EFI PCI
   Expansion ROM Header) has the EFI signature 0x0EF1 at offset 4, then the PE
   subsystem, the machine type and the compression type.
@@ -41,7 +45,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, SysfsWriteError
 from pcipass.host.context import Host
 
-IMAGE_UNIT = 512  # image length and initialization size are in 512-byte units (§5.1.2)
+IMAGE_UNIT = 512  # image length and initialization size are in 512-byte units
 MAX_ROM_BYTES = 16 * 1024 * 1024  # a ROM BAR is at most 16 MiB (the BAR's 24 address bits)
 MAX_IMAGES = 64  # far beyond any real ROM; bounds the walk of a hostile chain
 ROM_SIGNATURE = b"\x55\xaa"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.address import PciAddress
-from pcipass.errors import UsageError
+from pcipass.errors import OperationFailed, UsageError
 from pcipass.host.context import Host
 from pcipass.host.device import read_device
 from pcipass.host.rom import CODE_EFI, X64_RUNNABLE, RomContents, parse_rom, read_rom
@@ -128,7 +128,14 @@ def rom_report(host: Host, address: PciAddress, save: str | None = None) -> RomR
     if device.boot_vga:
         report.notes.append(BOOT_VGA_NOTE)
     if target is not None:
-        atomic_write(target, data, 0o644)
+        try:
+            atomic_write(target, data, 0o644)
+        except OSError as error:  # a parent that is a file, a read-only or full disk
+            raise OperationFailed(
+                host.root.host_path(target),
+                f"cannot write the ROM: {error.strerror or error}",
+                "choose another --save FILE; nothing was written",
+            ) from error
         report.saved = host.root.host_path(target)
     return report
 
