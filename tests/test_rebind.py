@@ -33,7 +33,7 @@ def test_document_procedure_hides_both_devices_through_pciback_slots(rhel5: Lab)
     assert ("/sys/bus/pci/drivers/pciback/new_slot", "0000:09:00.0") in writes
     assert ("/sys/bus/pci/drivers/pciback/bind", "0000:09:00.0") in writes
     assert ("modprobe", "pciback") in rhel5.runner.calls
-    assert [d["original_driver"] for d in result.done] == ["bnx2", "e1000"]
+    assert [d.original_driver for d in result.done] == ["bnx2", "e1000"]
     ledger = Ledger.open(rhel5.host.root, readonly=True)
     record = ledger.get_hidden("0000:09:00.0")
     assert record is not None and record.original_driver == "bnx2"

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import RefusedError, UsageError
-from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.ops.inventory import Inventory, inventory
+from pcipass.ops.inventory import Inventory
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
     HideDevice,
@@ -31,7 +30,6 @@ from pcipass.persist.modprobe import (
 from pcipass.persist.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
-from pcipass.state.lock import StateLock
 
 
 @dataclass
@@ -250,7 +248,14 @@ def hide_persist(
     platform: str | None = None,
     dry_run: bool = False,
 ) -> PersistResult:
-    return _persist(host, addresses, backend, platform, dry_run, add=True)
+    """``hide --persist`` alone (one transaction: ops/hide.py)."""
+    from pcipass.ops.hide import hide
+
+    outcome = hide(
+        host, addresses, backend, now=False, persist=True, platform=platform, dry_run=dry_run
+    )
+    assert outcome.persist is not None
+    return outcome.persist
 
 
 def unhide_persist(
@@ -260,31 +265,37 @@ def unhide_persist(
     platform: str | None = None,
     dry_run: bool = False,
 ) -> PersistResult:
+    """``unhide --persist`` alone (one transaction: ops/hide.py)."""
+    from pcipass.ops.hide import unhide
+
+    outcome = unhide(host, addresses, now=False, persist=True, platform=platform, dry_run=dry_run)
+    assert outcome.persist is not None
+    return outcome.persist
+
+
+def unhide_backend(host: Host, ledger: Ledger, addresses: Sequence[PciAddress]) -> Backend:
+    """The backend a device was hidden with (its record), else this host's default."""
     backend = Backend.PCIBACK if host.is_xen_dom0 else Backend.VFIO
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
-        for address in addresses:
-            record = ledger.get_hidden(address)
-            if record is not None:
-                backend = Backend.VFIO if record.stub_driver == "vfio-pci" else Backend.PCIBACK
-    finally:
-        ledger.close()
-    return _persist(host, addresses, backend, platform, dry_run, add=False)
+    for address in addresses:
+        record = ledger.get_hidden(address)
+        if record is not None:
+            backend = Backend.VFIO if record.stub_driver == "vfio-pci" else Backend.PCIBACK
+    return backend
 
 
-def _persist(
+def plan_persist(
     host: Host,
     addresses: Sequence[PciAddress],
     backend: Backend,
     platform_text: str | None,
-    dry_run: bool,
+    inv: Inventory,
     *,
     add: bool,
+    dry_run: bool,
 ) -> PersistResult:
+    """Check the rules and plan the file edits; write nothing (ops/hide.py applies them)."""
     checked: list[Finding] = []
-    inv = inventory(host)  # read once: checks, plan and ledger records all use it
     if add:
-        from pcipass.errors import RefusedError
         from pcipass.policy.assignable import assignability_findings
         from pcipass.policy.verdict import refusals
 
@@ -313,47 +324,11 @@ def _persist(
     )
     if edits:
         result.regenerate = [list(r.argv) for r in platform.regeneration(method)]
-    if method is not PersistMethod.CMDLINE and add:
+    if method is not PersistMethod.CMDLINE and add and edits:
         result.notes.append(
             "takes effect when the driver is reloaded or at the next boot "
             "(Procedure 15.3 step 1); add --now to rebind at once"
         )
-    if dry_run or not edits:
-        return result
-    from pcipass.ops.files import apply_edits
-
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            op = ledger.begin(
-                "hide-persist" if add else "unhide-persist",
-                {"devices": [str(a) for a in addresses], "files": [e.display for e in edits]},
-            )
-            apply_edits(ledger, op, edits)
-            if add:
-                by = inv.by_address()
-                for address in addresses:
-                    record = ledger.get_hidden(address)
-                    info = by[address]  # assignability_findings refused a missing one
-                    from pcipass.policy.assignable import current_identity
-
-                    stub = binding.stub_for(host, backend).driver
-                    how = (
-                        "both"
-                        if record is not None and record.how in ("now", "both")
-                        else "persist"
-                    )
-                    original = record.original_driver if record else info.device.driver
-                    ledger.record_hidden(
-                        address,
-                        identity=current_identity(host, info),
-                        stub_driver=stub,
-                        original_driver=original,
-                        how=how,
-                    )
-            op.finish()
-        finally:
-            ledger.close()
     return result
 
 

@@ -438,6 +438,43 @@ class Ledger:
         with self._write() as conn:
             return conn.execute("DELETE FROM hidden WHERE address = ?", (key,)).rowcount > 0
 
+    def restore_hidden(self, address: PciAddress | str, saved: Mapping[str, Any] | None) -> None:
+        """Put a hidden record back exactly as a journal intent saved it (``None``: absent).
+
+        Used by rollback and recover: unlike :meth:`record_hidden` nothing is
+        merged, the saved record (or its absence) is the truth.
+        """
+        key = _canonical_address(address)
+        with self._write() as conn:
+            conn.execute("DELETE FROM hidden WHERE address = ?", (key,))
+            if saved is None:
+                return
+            stub, how = str(saved.get("stub_driver")), str(saved.get("how"))
+            _check_choice("stub driver", stub, STUB_DRIVERS)
+            _check_choice("hide mode", how, HIDE_MODES)
+            original = saved.get("original_driver")
+            identity = saved.get("identity")
+            conn.execute(
+                """INSERT INTO hidden (address, identity, stub_driver, original_driver, how, since)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (
+                    key,
+                    _to_json("identity", identity if isinstance(identity, dict) else {}),
+                    stub,
+                    None if original is None else str(original),
+                    how,
+                    float(saved.get("since") or self.clock()),
+                ),
+            )
+
+    def set_hidden_how(self, address: PciAddress | str, how: str) -> None:
+        """Change how a recorded device is hidden (``unhide --now`` of a ``both``)."""
+        _check_choice("hide mode", how, HIDE_MODES)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE hidden SET how = ? WHERE address = ?", (how, _canonical_address(address))
+            )
+
     def hidden(self) -> list[HiddenRecord]:
         return [_hidden_from_row(r) for r in self._read(_HIDDEN_SELECT + " ORDER BY address")]
 

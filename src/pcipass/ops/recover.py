@@ -1,0 +1,124 @@
+"""``pcipass recover``: roll back every operation a killed process left open.
+
+Each open journal intent is first validated as data (ops/transaction.py:
+addresses parsed, sysfs actions from the fixed set, file paths normalised and
+among the files pcipass edits); an intent that fails is refused, naming the
+record, and nothing of it is acted on.  Then the same undo as an in-process
+rollback runs: devices are reconciled with the state saved in the intent,
+file edits undone, hidden records and ownership put back, and temporary
+files pcipass left next to edited files removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from pcipass.host.context import Host
+from pcipass.ops.transaction import undo_operation, valid_edit_path
+from pcipass.state.ledger import FileEditRecord, Ledger, OpenOperation
+from pcipass.state.lock import StateLock
+
+# atomic_write's temporary names: ".NAME.XXXXXXXX.pcipass-tmp" in the file's directory.
+TEMP_SUFFIX = ".pcipass-tmp"
+
+
+def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> list[str]:
+    """attach claims ownership last and detach releases it before finishing:
+    a run killed after that step leaves the claim out of step with the
+    configuration file that recover has just restored."""
+    address, guest = intent.get("address"), intent.get("guest")
+    if (
+        kind not in ("attach", "detach")
+        or not isinstance(address, str)
+        or not isinstance(guest, str)
+    ):
+        return []
+    owner = ledger.owner(address)
+    if kind == "attach" and owner is not None and owner.guest == guest:
+        ledger.release(address, guest)
+        return [f"{address}: ownership by {guest} released (attach rolled back)"]
+    if kind == "detach" and owner is None:
+        config = str(intent.get("config") or "")
+        config_kind = (
+            "libvirt" if config.endswith(".xml") else ("xl" if config.endswith(".cfg") else "xm")
+        )
+        ledger.claim(address, guest, config_kind=config_kind, config_path=config or None)
+        return [f"{address}: ownership by {guest} restored (detach rolled back)"]
+    return []
+
+
+def remove_temp_files(host: Host, displays: Sequence[str]) -> list[str]:
+    """Temporary files a killed atomic write left next to the files it edits."""
+    report = []
+    directories = {os.path.dirname(d) for d in displays if valid_edit_path(d)}
+    for display_dir in sorted(directories):
+        directory = host.root.path(display_dir)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in sorted(names):
+            path = directory / name
+            if (
+                name.startswith(".")
+                and name.endswith(TEMP_SUFFIX)
+                and path.is_file()
+                and not path.is_symlink()
+            ):
+                path.unlink()
+                report.append(f"{display_dir}/{name}: removed (left by an interrupted write)")
+    backups = host.root.state_dir / "backups"
+    if backups.is_dir():
+        for name in sorted(os.listdir(backups)):
+            if name.endswith(TEMP_SUFFIX):
+                (backups / name).unlink()
+    return report
+
+
+def _recover_one(host: Host, ledger: Ledger, op: OpenOperation) -> list[str]:
+    edits: list[FileEditRecord] = list(op.file_edits)
+    result = undo_operation(
+        host,
+        ledger,
+        op_id=op.id,
+        intent=op.intent,
+        undos=[dict(s.undo) for s in op.steps],
+        edits=edits,
+    )
+    report = [f"op {op.id} ({op.kind}): {line}" for line in result.undone]
+    report += [f"op {op.id} ({op.kind}): could not undo {line}" for line in result.failures]
+    files = [e.display_path for e in edits]
+    intent_files = op.intent.get("files")
+    if isinstance(intent_files, list):
+        files += [f for f in intent_files if isinstance(f, str)]
+    report += [f"op {op.id} ({op.kind}): {line}" for line in remove_temp_files(host, files)]
+    if result.failures:
+        return report
+    report += _undo_ownership(ledger, op.kind, op.intent)
+    ledger.abandon(op.id)
+    if op.kind.startswith("safe-"):
+        # Live hotplug is not undone behind the guest's back: say where it stands.
+        devices = ", ".join(str(d) for d in op.intent.get("devices", []) or [])
+        guest = op.intent.get("guest")
+        report.append(
+            f"op {op.id} ({op.kind}): interrupted; {devices or 'no devices'} stay "
+            f"reserved for {guest} but may be detached from it: see "
+            f"`xl pci-list {guest}`, then `pcipass attach --live BDF {guest}`"
+        )
+    else:
+        report.append(f"op {op.id} ({op.kind}): rolled back")
+    return report
+
+
+def recover(host: Host) -> list[str]:
+    """Undo every interrupted operation, newest first; stop at the first refused record."""
+    from pcipass import interrupt
+
+    report: list[str] = []
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        for op in sorted(ledger.open_operations(), key=lambda o: o.id, reverse=True):
+            # A signal while one operation is undone waits until it is consistent.
+            with interrupt.deferred():
+                report.extend(_recover_one(host, ledger, op))
+    return report
