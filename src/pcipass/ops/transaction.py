@@ -266,6 +266,7 @@ class Transaction:
         self.op = op
         self.intent = intent
         self.undos: list[dict[str, object]] = []
+        self.committed = False
 
     @classmethod
     def begin(
@@ -284,7 +285,17 @@ class Transaction:
             "hidden_before": {str(a): hidden_json(ledger.get_hidden(a)) for a in record_devices},
         }
         intent.update(extra or {})
-        return cls(host, ledger, ledger.begin(kind, intent), intent)
+        op: OperationHandle | None = None
+        try:
+            # A signal between the intent's commit and the caller's ``try``
+            # would leave an open intent: hold it until the handle exists.
+            with interrupt.deferred():
+                op = ledger.begin(kind, intent)
+        except interrupt.Interrupted:
+            if op is not None:
+                op.finish()  # nothing was done yet
+            raise
+        return cls(host, ledger, op, intent)
 
     def run(self, steps: Sequence[SysfsStep]) -> None:
         """Run sysfs steps (ops/rebind.py ``Step``), journalling each after it happened."""
@@ -300,7 +311,10 @@ class Transaction:
         apply_edits(self.ledger, self.op, edits)
 
     def commit(self) -> None:
-        self.op.finish()
+        """Close the intent: from here on the command is done, a signal changes nothing."""
+        with interrupt.deferred():
+            self.op.finish()
+            self.committed = True
 
     def roll_back(self) -> UndoReport:
         """Undo everything this transaction did, signals held back meanwhile."""
@@ -327,6 +341,8 @@ class Transaction:
         ``kept`` says what holds after a clean rollback ("every device is back
         on its original driver").
         """
+        if self.committed:
+            return error  # a signal right after the commit: the work is complete
         report = self.roll_back()
         if isinstance(error, interrupt.Interrupted):
             error.undone = report.undone + [f"could not undo {f}" for f in report.failures]
