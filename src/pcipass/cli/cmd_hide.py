@@ -44,6 +44,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="with --persist: also run the initramfs / grub regeneration command pcipass "
             "names (default: only print it)",
         )
+    if name == "recover":
+        parser.add_argument(
+            "--rebuild-ledger",
+            action="store_true",
+            help="the state database lost its records: rebuild owners from the guest "
+            "configurations and hidden devices from the bindings (the old file is kept)",
+        )
     if name == "hide":
         parser.add_argument(
             "--backend",
@@ -82,9 +89,9 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             print(report.render())
         return 0
     if name == "recover":
-        from pcipass.ops.recover import recover
+        from pcipass.ops.recover import rebuild_ledger, recover
 
-        recovered = recover(host)
+        recovered = rebuild_ledger(host) if args.rebuild_ledger else recover(host)
         if args.json:
             print_json({"recovered": recovered})
         else:

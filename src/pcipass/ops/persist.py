@@ -142,6 +142,9 @@ def _plan(
             )
         new = result.text
     else:
+        if current is None:
+            # Nothing hides anything at boot here: a repeat must not create the file.
+            return method, [], notes
         removed = plan_remove_hide(current, addresses, path=display)
         for address, line in removed.user_held:
             notes.append(

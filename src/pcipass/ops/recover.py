@@ -122,3 +122,63 @@ def recover(host: Host) -> list[str]:
             with interrupt.deferred():
                 report.extend(_recover_one(host, ledger, op))
     return report
+
+
+def rebuild_ledger(host: Host) -> list[str]:
+    """``recover --rebuild-ledger``: a new ledger from what the host shows.
+
+    The old database is kept as ``state.db.lost-N``.  Owners come from the
+    guest configurations (every single-function entry: one guest per device,
+    the first file found wins and a conflict is reported); hidden records from
+    the devices bound to a stub now and the ones the modprobe files hide at
+    boot.  The original driver of a device on a stub is not knowable: unhide
+    then lets the kernel choose (drivers_probe), as a reboot would.
+    """
+    from pcipass.errors import RefusedError
+    from pcipass.ops.guests import scan_guests
+    from pcipass.ops.inventory import inventory
+    from pcipass.persist.modprobe import collect_modprobe_files, read_persistent_hides
+    from pcipass.policy.assignable import current_identity
+
+    report: list[str] = []
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock, rebuild=True) as ledger:
+        scan = scan_guests(host)
+        for guest_file in scan.guests:
+            for device in guest_file.config.devices():
+                if device.address is None:
+                    continue
+                try:
+                    ledger.claim(
+                        device.address,
+                        guest_file.guest_name,
+                        config_kind=str(guest_file.kind),
+                        config_path=guest_file.display,
+                    )
+                except RefusedError as error:
+                    report.append(f"{device.address}: {error.problem} ({guest_file.display})")
+                    continue
+                report.append(
+                    f"{device.address}: owned by {guest_file.guest_name} ({guest_file.display})"
+                )
+        report += [f"could not read: {p}" for p in scan.problems]
+        inv = inventory(host)
+        at_boot = read_persistent_hides(collect_modprobe_files(host.root)).hidden()
+        for info in inv.devices:
+            runtime = info.device.driver in ("pciback", "vfio-pci")
+            boot = info.address in at_boot
+            if not runtime and not boot:
+                continue
+            how = "both" if runtime and boot else ("now" if runtime else "persist")
+            stub = (
+                info.device.driver if runtime else ("pciback" if host.is_xen_dom0 else "vfio-pci")
+            )
+            ledger.record_hidden(
+                info.address,
+                identity=current_identity(host, info),
+                stub_driver=str(stub),
+                original_driver=None if runtime else info.device.driver,
+                how=how,
+            )
+            report.append(f"{info.address}: hidden ({how}) on {stub}")
+    report.append("ledger rebuilt; the old database is kept as state.db.lost-N")
+    return report

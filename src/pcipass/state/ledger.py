@@ -268,6 +268,7 @@ class Ledger:
         *,
         readonly: bool = False,
         clock: Clock = time.time,
+        rebuild: bool = False,
     ) -> Ledger:
         """Open the ledger of ``root``.
 
@@ -280,11 +281,13 @@ class Ledger:
         if readonly:
             conn = cls._connect_readonly(path, display)
         else:
-            conn = cls._connect_writable(path, display)
+            if rebuild:
+                _set_aside(path)
+            conn = cls._connect_writable(path, display, rebuild=rebuild)
         return cls(conn, root, readonly=readonly, clock=clock, display=display)
 
     @staticmethod
-    def _connect_writable(path: Path, display: str) -> sqlite3.Connection:
+    def _connect_writable(path: Path, display: str, *, rebuild: bool) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         except PermissionError as exc:
@@ -299,8 +302,9 @@ class Ledger:
             _configure(conn, display, writable=True)
             # Schema first: a file that is not ours (or is newer) is refused
             # before anything about it, its journal mode included, changes.
-            _ensure_schema(conn, display)
+            _ensure_schema(conn, display, used_before=not rebuild and _used_before(path))
             _enable_wal(conn, display)
+            _mark_used(path)
         except BaseException:
             conn.close()
             raise
@@ -309,6 +313,8 @@ class Ledger:
     @staticmethod
     def _connect_readonly(path: Path, display: str) -> sqlite3.Connection:
         if not path.exists():
+            if _used_before(path):
+                raise _lost(display)
             return _empty_view(display)
         if not os.access(path, os.R_OK):
             raise _permission_error(display, "read the state database")
@@ -337,8 +343,11 @@ class Ledger:
                 conn.close()
                 continue
             except _EmptyDatabase:
-                # A 0-byte file is an empty database: nothing recorded yet.
+                # A 0-byte file is an empty database: nothing recorded yet,
+                # unless pcipass recorded something here before.
                 conn.close()
+                if _used_before(path):
+                    raise _lost(display) from None
                 return _empty_view(display)
             except BaseException:
                 conn.close()
@@ -856,11 +865,58 @@ def _enable_wal(conn: sqlite3.Connection, display: str) -> None:
                 time.sleep(0.01)
 
 
-def _ensure_schema(conn: sqlite3.Connection, display: str) -> None:
+# Written next to state.db once its schema exists: a state.db found empty (0
+# bytes, or no tables) while this marker is there lost what it recorded.
+USED_MARKER: Final = "state.db.in-use"
+
+
+def _used_before(path: Path) -> bool:
+    backups = path.parent / BACKUP_DIR
+    return (path.parent / USED_MARKER).exists() or (backups.is_dir() and any(backups.iterdir()))
+
+
+def _mark_used(path: Path) -> None:
+    marker = path.parent / USED_MARKER
+    if not marker.exists():
+        atomic_write(
+            marker,
+            b"pcipass keeps its state in state.db; if state.db is ever found empty, "
+            b"its records were lost (pcipass recover --rebuild-ledger)\n",
+            0o644,
+        )
+
+
+def _set_aside(path: Path) -> None:
+    """Keep a damaged database (and its side files) as ``state.db.lost-N`` for inspection."""
+    if not path.exists():
+        return
+    number = 1
+    while path.with_name(f"{path.name}.lost-{number}").exists():
+        number += 1
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            os.replace(source, path.with_name(f"{path.name}.lost-{number}{suffix}"))
+
+
+def _lost(display: str) -> OperationFailed:
+    return OperationFailed(
+        display,
+        "the state database is empty (0 bytes or no tables) although pcipass recorded "
+        "state here before: hidden devices and ownership may be lost (PP101 cannot "
+        "protect a guest's device)",
+        "run `pcipass recover --rebuild-ledger` to rebuild them from the guest "
+        "configurations and the current bindings",
+    )
+
+
+def _ensure_schema(conn: sqlite3.Connection, display: str, *, used_before: bool = False) -> None:
     with _sqlite_errors(display):
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = _schema_version(conn, display)
+            if version is None and used_before:
+                raise _lost(display)
             if version is None:
                 for statement in _SCHEMA_V1:
                     conn.execute(statement)

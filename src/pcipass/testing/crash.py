@@ -3,6 +3,7 @@
 Two harnesses, one list of *events* (the instants that matter for crash
 consistency):
 
+* ``lock<``     about to take (or wait for) the state lock
 * ``begin``     the journal intent was committed
 * ``write<``    a sysfs write is about to reach the (fake) kernel
 * ``write>``    the kernel acted on it, the journal does not know yet
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EVENTS = ("begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")
+EVENTS = ("lock<", "begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")
 
 
 class SimulatedKill(BaseException):
@@ -62,6 +63,7 @@ class EventCounter:
 def hooked(counter: EventCounter) -> Iterator[None]:
     """Install the event hooks process-wide (class attributes, ``os.replace``)."""
     from pcipass.state import ledger as ledger_module
+    from pcipass.state.lock import StateLock
     from pcipass.testing.fakehost import FakeKernel
 
     originals: list[tuple[Any, str, Any]] = []
@@ -76,6 +78,11 @@ def hooked(counter: EventCounter) -> Iterator[None]:
     record_edit = ledger_module.OperationHandle.record_file_edit
     finish = ledger_module.OperationHandle.finish
     replace = os.replace
+    acquire = StateLock.acquire
+
+    def hooked_acquire(self: StateLock) -> None:
+        counter("lock<")
+        acquire(self)
 
     def write(self: FakeKernel, path: Path, value: str) -> None:
         counter("write<")
@@ -112,6 +119,7 @@ def hooked(counter: EventCounter) -> Iterator[None]:
     patch(ledger_module.OperationHandle, "record_file_edit", hooked_edit)
     patch(ledger_module.OperationHandle, "finish", hooked_finish)
     patch(os, "replace", hooked_replace)
+    patch(StateLock, "acquire", hooked_acquire)
     try:
         yield
     finally:
