@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,51 @@ def test_tmpfs_full_disk_rolls_back_both_halves(tmp_path: Path) -> None:
         check_invariant(tmp_path / "host", before, before)
     finally:
         subprocess.run(["umount", str(etc)], check=False)
+
+
+def test_full_state_disk_is_not_called_a_corrupt_ledger(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" used to advise moving state.db aside."""
+    import shutil
+    import subprocess
+
+    base = tmp_path / "host"
+    build_rhel5_xen(base).mark_simulated()
+    assert main(["hide", "--now", NIC, "--root", str(base)]) == 0
+    state = base / "var/lib/pcipass"
+    saved = tmp_path / "state-saved"
+    shutil.copytree(state, saved)
+    shutil.rmtree(state)
+    state.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(state)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        shutil.copytree(saved, state, dirs_exist_ok=True)
+        fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+        before = snapshot(base)
+        result = subprocess.run(
+            [sys.executable, "-m", "pcipass", "hide", "--now", "0000:0a:04.1", "--root", str(base)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "move it aside" not in result.stderr and "corrupt" not in result.stderr
+        assert snapshot(base) == before
+        assert FakeHost.load(base).bound_driver("0000:0a:04.1") == "e1000"
+    finally:
+        subprocess.run(["umount", str(state)], check=False)
 
 
 # --- 5. the journal is data, never instructions ------------------------------------------

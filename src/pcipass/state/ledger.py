@@ -1013,6 +1013,16 @@ def _not_ours(display: str, why: str) -> OperationFailed:
 
 
 def _open_error(display: str, exc: sqlite3.Error) -> OperationFailed:
+    text = str(exc)
+    if "disk is full" in text or "disk I/O error" in text or "readonly database" in text:
+        # A full or read-only disk is not a damaged ledger: never advise
+        # throwing the records (hidden devices, owners) away for it.
+        return OperationFailed(
+            display,
+            f"the state database cannot be written: {exc}",
+            "free space on (or remount read-write) the filesystem of /var/lib/pcipass, "
+            "then run the command again; the ledger itself is intact",
+        )
     return OperationFailed(
         display,
         f"the state database cannot be read: {exc}",
