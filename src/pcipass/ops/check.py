@@ -70,8 +70,7 @@ def run_check(
 
     inv = inventory(host)
     report = CheckReport()
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
         owned = {PciAddress.parse(o.address) for o in ledger.owners()}
         for op in ledger.open_operations():
@@ -84,8 +83,6 @@ def run_check(
                     "run pcipass recover",
                 )
             )
-    finally:
-        ledger.close()
     by_address = inv.by_address()
     if addresses:
         report.checked = [str(a) for a in addresses]

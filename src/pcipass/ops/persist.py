@@ -126,11 +126,8 @@ def _plan(
     path = host.root.path(display)
     current = path.read_bytes() if path.is_file() else None
     if add:
-        ledger = Ledger.open(host.root, readonly=True)
-        try:
+        with Ledger.open(host.root, readonly=True) as ledger:
             devices = _devices(host, inv, addresses, ledger)
-        finally:
-            ledger.close()
         plan = HidePlan.for_platform(platform, backend, devices, method)
         result = plan_add_hide(current, plan, path=display)
         if result.already:
@@ -181,16 +178,13 @@ def _plan_cmdline(
         ids = sorted({by[a].device.id_text for a in addresses if a in by})
         if not add:
             # vfio-pci.ids= is per id: keep an id another hidden device still needs.
-            ledger = Ledger.open(host.root, readonly=True)
-            try:
+            with Ledger.open(host.root, readonly=True) as ledger:
                 others = {
                     by[PciAddress.parse(r.address)].device.id_text
                     for r in ledger.hidden()
                     if PciAddress.parse(r.address) not in addresses
                     and PciAddress.parse(r.address) in by
                 }
-            finally:
-                ledger.close()
             ids = [i for i in ids if i not in others]
     edit = cmdline.add_hide if add else cmdline.remove_hide
     new = edit(
