@@ -193,3 +193,37 @@ def test_recover_is_not_stuck_after_the_host_driver_was_bound_again(tmp_path: Pa
     assert check_invariant(base, before, done) == "before"
     assert FakeHost.load(base).bound_driver("0000:09:00.0") == "pciback"
     assert recover(simulated(base)) == []
+
+
+def test_a_signal_during_recover_waits_for_the_operation_to_be_consistent(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM/SIGINT at every event of recover itself: the operation being undone is
+    finished first (the signal is held back), the exit is 143/130, and a later recover
+    (if the signal came before any work) leaves the invariant true."""
+    prepared = Prepared(tmp_path, "rhel5", "hide")
+    kill_at = prepared.events.index("edit") + 1  # sysfs moved, the file not yet written
+    sample = tmp_path / "sample"
+    base = prepared.fresh(sample)
+    run = run_stopped(argv_for("rhel5", "hide", base), kill_at, workdir=sample)
+    assert run.send(signal.SIGKILL) == -signal.SIGKILL
+    with KillAt(0) as counting:
+        recover(simulated(base))
+    recover_events = counting.seen
+    assert "write>" in recover_events
+    for index, event in enumerate(recover_events, 1):
+        signum = signal.SIGTERM if index % 2 else signal.SIGINT
+        work = tmp_path / f"run{index}"
+        base = prepared.fresh(work)
+        killed = run_stopped(argv_for("rhel5", "hide", base), kill_at, workdir=work)
+        assert killed.send(signal.SIGKILL) == -signal.SIGKILL
+        run = run_stopped(["recover", "--root", str(base)], index, workdir=work)
+        assert run.stopped, (event, run.stderr())
+        assert run.send(signum) == 128 + signum, run.stderr()
+        assert "Traceback" not in run.stderr()
+        if event != "lock<":
+            # Past the lock the operation was undone in full before the exit.
+            assert prepared.check(base) == "before", event
+        recover(simulated(base))
+        assert prepared.check(base) == "before"
+        shutil.rmtree(work)

@@ -101,12 +101,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         raise UsageError(
             name, "say --now (rebind through sysfs), --persist (at every boot), or both"
         )
-    from pcipass.ops.hide import hide, unhide
+    from pcipass.ops.hide import hide, unhide, with_groups
 
     addresses = _addresses(args)
     if name == "hide":
         if args.group:
-            addresses = _with_groups(host, addresses)
+            addresses = with_groups(host, addresses)
         outcome = hide(
             host,
             addresses,
@@ -148,22 +148,6 @@ def _backend(args: argparse.Namespace, host: Host) -> Backend:
     if args.backend:
         return Backend(args.backend)
     return Backend.PCIBACK if host.is_xen_dom0 else Backend.VFIO
-
-
-def _with_groups(host: Host, addresses: list[PciAddress]) -> list[PciAddress]:
-    from pcipass.ops.inventory import inventory
-
-    inv = inventory(host)
-    by = inv.by_address()
-    result = list(addresses)
-    for address in addresses:
-        info = by.get(address)
-        if info is None:
-            continue
-        for member in info.group_members:
-            if member not in result and not by[member].device.is_bridge:
-                result.append(member)
-    return result
 
 
 def _check(args: argparse.Namespace, host: Host) -> int:

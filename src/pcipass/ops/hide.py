@@ -78,6 +78,20 @@ class HideOutcome:
         return lines
 
 
+def with_groups(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]:
+    """``hide --group``: add every non-bridge member of each device's IOMMU group."""
+    by = inventory(host).by_address()
+    result = list(addresses)
+    for address in addresses:
+        info = by.get(address)
+        if info is None:
+            continue
+        for member in info.group_members:
+            if member not in result and not by[member].device.is_bridge:
+                result.append(member)
+    return result
+
+
 def _record_hidden(
     host: Host,
     ledger: Ledger,
