@@ -234,6 +234,32 @@ def test_recover_refuses_a_crafted_journal_and_changes_nothing(
     assert snapshot(xen.base.parent, skip=(xen.base.name,)) == outside
 
 
+def test_recover_removes_temporary_files_pcipass_left_and_nothing_else(
+    xen: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """SIGKILL between a temp file's creation and its rename leaves it; in
+    hooks/qemu.d an executable one libvirt might run (#19 item 1)."""
+    hooks = xen.base / "etc/libvirt/hooks/qemu.d"
+    hooks.mkdir(parents=True)
+    leftover = hooks / ".pcipass.Ab12cd.pcipass-tmp"
+    leftover.write_text("#!/bin/sh\n")
+    leftover.chmod(0o755)
+    conf_tmp = xen.base / "etc/.modprobe.conf.x1y2z3.pcipass-tmp"
+    conf_tmp.write_text("half\n")
+    keep = xen.base / "etc/modprobe.d/notes.pcipass-tmp"  # not a name pcipass makes
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_text("mine\n")
+    target = tmp_path / "outside-target"
+    target.write_text("outside\n")
+    link = xen.base / "etc/xen/.g.Zz.pcipass-tmp"
+    link.symlink_to(target)
+    assert cli(xen, "recover") == 0
+    out = capsys.readouterr().out
+    assert "/etc/libvirt/hooks/qemu.d/.pcipass.Ab12cd.pcipass-tmp: removed" in out
+    assert not leftover.exists() and not conf_tmp.exists()
+    assert keep.read_text() == "mine\n" and link.is_symlink() and target.exists()
+
+
 # --- 7. repeats are clean no-ops --------------------------------------------------------
 
 

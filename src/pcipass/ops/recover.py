@@ -48,12 +48,43 @@ def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> 
     return []
 
 
+# Where pcipass writes files (persist/, guests/, hooks, wrappers, guest modules):
+# swept for temporary files a killed write left, whatever operation wrote them.
+WRITTEN_DIRECTORIES = (
+    "/etc",
+    "/etc/modprobe.d",
+    "/etc/default",
+    "/etc/xen",
+    "/etc/xen/auto",
+    "/etc/libvirt/qemu",
+    "/etc/libvirt/libxl",
+    "/etc/libvirt/hooks",
+    "/etc/libvirt/hooks/qemu.d",
+    "/etc/libvirt/hooks/libxl.d",
+    "/etc/sysconfig/modules",
+    "/etc/modules-load.d",
+    "/etc/initramfs-tools",
+    "/usr/local/sbin",
+    "/var/lib/pcipass",
+)
+
+
 def remove_temp_files(host: Host, displays: Sequence[str]) -> list[str]:
-    """Temporary files a killed atomic write left next to the files it edits."""
+    """Temporary files a killed atomic write left next to the files it edits.
+
+    Only names pcipass makes (``.NAME.XXXX.pcipass-tmp``, regular files, not
+    links) are removed, and only under the state lock, when no other pcipass
+    that changes state is running.
+    """
     report = []
     directories = {os.path.dirname(d) for d in displays if valid_edit_path(d)}
+    directories.update(WRITTEN_DIRECTORIES)
+    inside = os.path.realpath(host.root.path("/"))
     for display_dir in sorted(directories):
         directory = host.root.path(display_dir)
+        real = os.path.realpath(directory)
+        if real != inside and not real.startswith(inside.rstrip("/") + "/"):
+            continue  # a directory link leading out of the root: not ours to clean
         try:
             names = os.listdir(directory)
         except OSError:
@@ -121,6 +152,7 @@ def recover(host: Host) -> list[str]:
             # A signal while one operation is undone waits until it is consistent.
             with interrupt.deferred():
                 report.extend(_recover_one(host, ledger, op))
+        report.extend(remove_temp_files(host, []))
     return report
 
 
