@@ -73,6 +73,10 @@ class Prepared:
         return check_invariant(base, self.before, self.done)
 
 
+# For a process killed or signalled there, the same instant as the event before
+# it (nothing happens in between); the in-process loop still visits them.
+SAME_INSTANT = frozenset({"write<", "lock<"})
+
 CASES = [(k, v) for k in ("rhel5", "kvm") for v in ("hide", "unhide")]
 
 
@@ -135,7 +139,9 @@ def test_killed_at_random_instants_then_recovered(tmp_path: Path, kind: str, ver
 def test_sigkill_at_every_event_then_recover(tmp_path: Path, kind: str, verb: str) -> None:
     """A real kill -9 (no finally, no cleanup) at every event, temp files included."""
     prepared = Prepared(tmp_path, kind, verb)
-    for index in range(1, len(prepared.events) + 1):
+    for index, event in enumerate(prepared.events, 1):
+        if event in SAME_INSTANT:
+            continue
         work = tmp_path / f"run{index}"
         base = prepared.fresh(work)
         run = run_stopped(argv_for(kind, verb, base), index, workdir=work)
@@ -153,8 +159,8 @@ def test_sigint_and_sigterm_at_every_event_roll_back(tmp_path: Path, kind: str, 
     recover needed."""
     prepared = Prepared(tmp_path, kind, verb)
     for index, event in enumerate(prepared.events, 1):
-        if event == "write<":
-            continue  # the same instant as the event before it, for a signal
+        if event in SAME_INSTANT:
+            continue
         signum = signal.SIGINT if index % 2 else signal.SIGTERM
         work = tmp_path / f"run{index}"
         base = prepared.fresh(work)
