@@ -85,6 +85,30 @@ def test_persist_write_failure_leaves_the_device_on_its_driver(
     assert "move it aside" not in message and "state.db" not in message
 
 
+def test_immutable_modprobe_conf_rolls_back_the_runtime_half(
+    xen: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real `chattr +i` file (rename over it fails with EPERM), as root where it works."""
+    import subprocess
+
+    conf = xen.base / "etc/modprobe.conf"
+    made = subprocess.run(["chattr", "+i", str(conf)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {made.stderr.decode().strip()}")
+    try:
+        before = capture(xen.base)
+        assert cli(xen, "hide", "--now", "--persist", NIC) == 1
+        message = capsys.readouterr().err
+        assert "Operation not permitted" in message and "nothing was changed" in message
+        assert len(message.strip().splitlines()) == 1
+        assert message.startswith("pcipass: /etc/modprobe.conf: ") and "pcipass-tmp" not in message
+        assert "chattr -i" in message
+        assert xen.fake.bound_driver(NIC) == "bnx2"
+        assert check_invariant(xen.base, before, before) == "before"
+    finally:
+        subprocess.run(["chattr", "-i", str(conf)], check=False)
+
+
 def test_admins_own_install_line_refuses_before_the_device_moves(
     xen: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:

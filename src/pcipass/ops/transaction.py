@@ -26,6 +26,7 @@ every recorded address, sysfs step and file path before anything is undone.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -243,6 +244,14 @@ def undo_operation(
     return report
 
 
+_WRITE_REMEDY = {
+    errno.ENOSPC: "free space on its filesystem",
+    errno.EROFS: "remount its filesystem read-write",
+    errno.EPERM: "is it immutable? (lsattr; chattr -i)",
+    errno.EACCES: "run pcipass as root",
+}
+
+
 # --- the transaction -----------------------------------------------------------------
 
 
@@ -306,9 +315,18 @@ class Transaction:
                 self.op.step(step.describe, step.undo)
 
     def edit_files(self, edits: Sequence[FileEdit]) -> None:
+        """Write the planned edits, journalled; an OS error names the file as the host does."""
         from pcipass.ops.files import apply_edits
 
-        apply_edits(self.ledger, self.op, edits)
+        for edit in edits:
+            try:
+                apply_edits(self.ledger, self.op, [edit])
+            except OSError as error:
+                raise OperationFailed(
+                    edit.display,
+                    f"cannot be written: {error.strerror or error}",
+                    _WRITE_REMEDY.get(error.errno or 0, ""),
+                ) from error
 
     def commit(self) -> None:
         """Close the intent: from here on the command is done, a signal changes nothing."""
@@ -364,4 +382,11 @@ class Transaction:
                 f"{problem}; rollback incomplete: {'; '.join(report.failures)}",
                 "run pcipass recover",
             )
-        return OperationFailed(subject, problem, f"nothing was changed: {kept}", rolled_back=True)
+        remedy = f"nothing was changed: {kept}"
+        if (
+            isinstance(error, PcipassError)
+            and error.remedy
+            and not error.remedy.startswith("nothing")
+        ):
+            remedy += f"; {error.remedy}"
+        return OperationFailed(subject, problem, remedy, rolled_back=True)
