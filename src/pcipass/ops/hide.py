@@ -19,6 +19,7 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.ops.inventory import inventory
 from pcipass.ops.persist import PersistResult, plan_persist, unhide_backend
 from pcipass.ops.rebind import (
@@ -102,7 +103,7 @@ def _record_hidden(
     now: bool,
     persist: bool,
 ) -> None:
-    from pcipass.policy.assignable import current_identity
+    from pcipass.host.identity import current_identity
 
     by = inventory(host).by_address()
     for address in addresses:
@@ -114,11 +115,11 @@ def _record_hidden(
         original = record.original_driver if record else originals.get(address)
         if original is None and address not in originals:
             original = by[address].device.driver if address in by else None
-            if original in ("pciback", "vfio-pci"):
+            if original in STUB_DRIVERS:
                 original = None
         ledger.record_hidden(
             address,
-            identity=current_identity(host, by[address]),
+            identity=current_identity(host, by[address].device),
             stub_driver=stub,
             original_driver=original,
             how=how,

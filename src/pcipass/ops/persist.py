@@ -2,7 +2,7 @@
 
 Procedure 15.3 steps 1-2 of the document: the modprobe lines that make
 pciback claim a device before its driver does.  The platform decides the
-form (persist/platform.py): the document's exact ``/etc/modprobe.conf`` lines
+form (host/platform.py): the document's exact ``/etc/modprobe.conf`` lines
 on RHEL 5, ``/etc/modprobe.d/pcipass.conf`` on current systems, the kernel
 command line when the stub is built in.  Every edit is planned (diff for
 ``--dry-run``), journalled, backed up and written atomically (ops/files.py).
@@ -17,7 +17,8 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import RefusedError, UsageError
 from pcipass.host.context import Host
-from pcipass.ops.inventory import Inventory
+from pcipass.host.inventory import Inventory
+from pcipass.host.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
     HideDevice,
@@ -27,7 +28,6 @@ from pcipass.persist.modprobe import (
     plan_remove_hide,
     read_persistent_hides,
 )
-from pcipass.persist.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 
@@ -166,8 +166,8 @@ def _plan_cmdline(
     add: bool,
 ) -> FileEdit:
     """The kernel command line in /etc/default/grub (stub built in, or asked for)."""
+    from pcipass.host.platform import DEFAULT_GRUB_FILE
     from pcipass.persist import cmdline
-    from pcipass.persist.platform import DEFAULT_GRUB_FILE
 
     display = DEFAULT_GRUB_FILE
     path = host.root.path(display)
@@ -202,7 +202,8 @@ def id_collateral(host: Host, addresses: Sequence[PciAddress], inv: Inventory) -
     """vfio-pci ``ids=`` claims EVERY device with that vendor:device at boot.
 
     Hiding one of two identical NICs by id also takes the other, which may be
-    the host's own (ANCHORS pain 4): refuse when a same-id device the host
+    the host's own, and a host that loses its root disk or management NIC at
+    boot is the worst outcome there is: refuse when a same-id device the host
     uses is not part of the request, warn for any other.
     """
     by = inv.by_address()
@@ -293,21 +294,13 @@ def plan_persist(
     """Check the rules and plan the file edits; write nothing (ops/hide.py applies them)."""
     checked: list[Finding] = []
     if add:
-        from pcipass.policy.assignable import assignability_findings
-        from pcipass.policy.verdict import refusals
+        from pcipass.ops.assignability import assignability_findings
+        from pcipass.policy.verdict import raise_refusals
 
         checked = assignability_findings(host, addresses, inv=inv)
         if backend is Backend.VFIO:
             checked += id_collateral(host, addresses, inv)
-        blocking = refusals(checked)
-        if blocking:
-            raise RefusedError(
-                ", ".join(str(a) for a in addresses),
-                blocking[0].message,
-                blocking[0].remedy,
-                rule=blocking[0].rule,
-                findings=blocking,
-            )
+        raise_refusals(checked, ", ".join(str(a) for a in addresses))
     platform = _platform(host, platform_text)
     method, edits, notes = _plan(host, addresses, backend, platform, inv, add=add)
     edits = [e for e in edits if e.changes_anything]

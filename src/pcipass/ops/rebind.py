@@ -17,9 +17,10 @@ from pcipass.errors import OperationFailed, RefusedError
 from pcipass.host import binding
 from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
-from pcipass.ops.inventory import STUB_DRIVERS, Inventory
+from pcipass.host.inventory import Inventory
+from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.ops.transaction import device_state
-from pcipass.policy.verdict import Finding, Severity, refusals
+from pcipass.policy.verdict import Finding, Severity, raise_refusals
 from pcipass.state.ledger import HiddenRecord, Ledger
 
 __all__ = ["device_state", "hide_now", "recover", "unhide_now"]
@@ -300,20 +301,10 @@ def plan_hide_now(
     host: Host, addresses: Sequence[PciAddress], backend: Backend, inv: Inventory, *, dry_run: bool
 ) -> HideNowPlan:
     """Check every rule, then list the devices that still need to move to the stub."""
-    from pcipass.policy.assignable import assignability_findings
+    from pcipass.ops.assignability import assignability_findings
 
     findings = assignability_findings(host, addresses, inv=inv)
-    blocking = refusals(findings)
-    if blocking:
-        raise RefusedError(
-            ", ".join(str(a) for a in addresses),
-            blocking[0].message
-            if len(blocking) == 1
-            else f"{len(blocking)} rules refuse this; nothing was changed",
-            blocking[0].remedy if len(blocking) == 1 else "",
-            rule=blocking[0].rule,
-            findings=blocking,
-        )
+    raise_refusals(findings, ", ".join(str(a) for a in addresses))
     stub = binding.stub_for(host, backend)
     result = RebindResult(
         findings=[f for f in findings if f.severity is not Severity.REFUSE], dry_run=dry_run

@@ -167,10 +167,11 @@ def rebuild_ledger(host: Host) -> list[str]:
     then lets the kernel choose (drivers_probe), as a reboot would.
     """
     from pcipass.errors import RefusedError
+    from pcipass.host.identity import current_identity
+    from pcipass.host.stubs import VFIO_DRIVER, XEN_DRIVER
     from pcipass.ops.guests import scan_guests
     from pcipass.ops.inventory import inventory
     from pcipass.persist.modprobe import collect_modprobe_files, read_persistent_hides
-    from pcipass.policy.assignable import current_identity
 
     report: list[str] = []
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock, rebuild=True) as ledger:
@@ -196,7 +197,7 @@ def rebuild_ledger(host: Host) -> list[str]:
         inv = inventory(host)
         at_boot = read_persistent_hides(collect_modprobe_files(host.root)).hidden()
         for info in inv.devices:
-            runtime = info.device.driver in ("pciback", "vfio-pci")
+            runtime = info.device.driver in (VFIO_DRIVER, XEN_DRIVER)  # what pcipass binds
             boot = info.address in at_boot
             if not runtime and not boot:
                 continue
@@ -206,7 +207,7 @@ def rebuild_ledger(host: Host) -> list[str]:
             )
             ledger.record_hidden(
                 info.address,
-                identity=current_identity(host, info),
+                identity=current_identity(host, info.device),
                 stub_driver=str(stub),
                 original_driver=None if runtime else info.device.driver,
                 how=how,

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pcipass.address import PciAddress
+from pcipass.host.stubs import RECORDED_STUBS
 
-STUB_DRIVERS: Final = frozenset({"pciback", "xen-pciback", "vfio-pci"})
+# The stub names a record may carry (host/stubs.py is the one vocabulary).
+STUB_DRIVERS: Final = RECORDED_STUBS
 HIDE_MODES: Final = frozenset({"now", "persist", "both"})
 HOTPLUG_KINDS: Final = frozenset({"attach", "detach"})
 
