@@ -330,7 +330,7 @@ def attach(
             )
     if needs_hide:
         backend = Backend.PCIBACK if xen else Backend.VFIO
-        from pcipass.ops.rebind import hide_now
+        from pcipass.ops.hide import hide_now
 
         hidden_result = hide_now(host, [address], backend, dry_run=dry_run)
         result.hide = hidden_result.to_json()

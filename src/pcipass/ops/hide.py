@@ -299,3 +299,21 @@ def _records_to_forget(
         if left != record.how:
             result[address] = left
     return result
+
+
+def hide_now(
+    host: Host, addresses: Sequence[PciAddress], backend: Backend, *, dry_run: bool = False
+) -> RebindResult:
+    """``hide --now`` alone: bind every device to the stub, all or nothing."""
+    outcome = hide(host, addresses, backend, now=True, persist=False, dry_run=dry_run)
+    assert outcome.now is not None
+    return outcome.now
+
+
+def unhide_now(
+    host: Host, addresses: Sequence[PciAddress], *, dry_run: bool = False
+) -> RebindResult:
+    """``unhide --now`` alone: give devices back to their drivers, all or nothing."""
+    outcome = unhide(host, addresses, now=True, persist=False, dry_run=dry_run)
+    assert outcome.now is not None
+    return outcome.now

@@ -238,39 +238,6 @@ def id_collateral(host: Host, addresses: Sequence[PciAddress], inv: Inventory) -
     return findings
 
 
-def hide_persist(
-    host: Host,
-    addresses: Sequence[PciAddress],
-    backend: Backend,
-    *,
-    platform: str | None = None,
-    dry_run: bool = False,
-) -> PersistResult:
-    """``hide --persist`` alone (one transaction: ops/hide.py)."""
-    from pcipass.ops.hide import hide
-
-    outcome = hide(
-        host, addresses, backend, now=False, persist=True, platform=platform, dry_run=dry_run
-    )
-    assert outcome.persist is not None
-    return outcome.persist
-
-
-def unhide_persist(
-    host: Host,
-    addresses: Sequence[PciAddress],
-    *,
-    platform: str | None = None,
-    dry_run: bool = False,
-) -> PersistResult:
-    """``unhide --persist`` alone (one transaction: ops/hide.py)."""
-    from pcipass.ops.hide import unhide
-
-    outcome = unhide(host, addresses, now=False, persist=True, platform=platform, dry_run=dry_run)
-    assert outcome.persist is not None
-    return outcome.persist
-
-
 def unhide_backend(host: Host, ledger: Ledger, addresses: Sequence[PciAddress]) -> Backend:
     """The backend a device was hidden with (its record), else this host's default."""
     backend = Backend.PCIBACK if host.is_xen_dom0 else Backend.VFIO

@@ -19,11 +19,8 @@ from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
 from pcipass.host.inventory import Inventory
 from pcipass.host.stubs import STUB_DRIVERS
-from pcipass.ops.transaction import device_state
 from pcipass.policy.verdict import Finding, Severity, raise_refusals
 from pcipass.state.ledger import HiddenRecord, Ledger
-
-__all__ = ["device_state", "hide_now", "recover", "unhide_now"]
 
 Undo = dict[str, object]
 
@@ -78,6 +75,15 @@ class RebindResult:
             "steps": self.steps,
             "findings": [f.to_json() for f in self.findings],
         }
+
+
+def device_state(host: Host, address: PciAddress) -> dict[str, object]:
+    """What must be true again after a rollback: driver, override, pciback slot."""
+    return {
+        "driver": binding.current_driver(host, address),
+        "override": binding.read_override(host, address),
+        "slot": binding.pciback_has_slot(host, address),
+    }
 
 
 def apply_undo(host: Host, undo: Undo) -> None:
@@ -374,39 +380,3 @@ def plan_unhide_now(
         for address, original in todo:
             result.steps.extend(s.describe for s in unhide_steps(host, address, original))
     return UnhideNowPlan(todo, result)
-
-
-# --- the historical entry points ------------------------------------------------------
-
-
-def hide_now(
-    host: Host,
-    addresses: Sequence[PciAddress],
-    backend: Backend,
-    *,
-    dry_run: bool = False,
-) -> RebindResult:
-    """Bind every device to the stub, all or nothing (``hide --now``)."""
-    from pcipass.ops.hide import hide
-
-    outcome = hide(host, addresses, backend, now=True, persist=False, dry_run=dry_run)
-    assert outcome.now is not None
-    return outcome.now
-
-
-def unhide_now(
-    host: Host, addresses: Sequence[PciAddress], *, dry_run: bool = False
-) -> RebindResult:
-    """Give devices back to their original drivers, all or nothing (``unhide --now``)."""
-    from pcipass.ops.hide import unhide
-
-    outcome = unhide(host, addresses, now=True, persist=False, dry_run=dry_run)
-    assert outcome.now is not None
-    return outcome.now
-
-
-def recover(host: Host) -> list[str]:
-    """Roll back every interrupted operation (``pcipass recover``)."""
-    from pcipass.ops.recover import recover as recover_all
-
-    return recover_all(host)

@@ -38,6 +38,7 @@ from pcipass import interrupt
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, OperationFailed, PcipassError, RefusedError
 from pcipass.host.context import Host
+from pcipass.ops.rebind import apply_undo, device_state, reconcile
 from pcipass.persist.atomic import FileEdit
 from pcipass.state.ledger import FileEditRecord, HiddenRecord, Ledger, OperationHandle
 
@@ -65,17 +66,6 @@ EDITABLE_PREFIXES = (
     "/etc/initramfs-tools/modules",
     "/usr/local/sbin/",
 )
-
-
-def device_state(host: Host, address: PciAddress) -> dict[str, object]:
-    """What must be true again after a rollback: driver, override, pciback slot."""
-    from pcipass.host import binding
-
-    return {
-        "driver": binding.current_driver(host, address),
-        "override": binding.read_override(host, address),
-        "slot": binding.pciback_has_slot(host, address),
-    }
 
 
 def hidden_json(record: HiddenRecord | None) -> dict[str, object] | None:
@@ -208,7 +198,6 @@ def undo_operation(
 ) -> UndoReport:
     """Put back what one operation changed; the shared path of rollback and recover."""
     from pcipass.ops.files import undo_file_edits
-    from pcipass.ops.rebind import apply_undo, reconcile
 
     validate_operation(op_id, intent, undos, edits)
     report = UndoReport()
