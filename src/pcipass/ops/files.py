@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 
 from pcipass.host.context import Host
-from pcipass.persist.atomic import FileEdit, apply_edit, digest, read_bytes
+from pcipass.persist.atomic import FileEdit, apply_edit, digest
 from pcipass.state.ledger import FileEditRecord, Ledger, OperationHandle
 
 
@@ -30,7 +30,7 @@ def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord
     report = []
     for record in sorted(records, key=lambda r: r.id, reverse=True):
         path = host.root.path(record.display_path)
-        current = read_bytes(path)
+        current = host.root.files.read_bytes(record.display_path)
         current_sha = digest(current)
         if current_sha == record.before_sha:
             continue  # the write never happened

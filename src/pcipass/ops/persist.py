@@ -126,7 +126,7 @@ def _plan(
         return method, [_plan_cmdline(host, addresses, backend, platform, inv, add=add)], notes
     display = platform.modprobe_path(method)
     path = host.root.path(display)
-    current = path.read_bytes() if path.is_file() else None
+    current = host.root.files.read_bytes(display)
     if add:
         ledger = Ledger.open(host.root, readonly=True)
         try:
@@ -173,7 +173,7 @@ def _plan_cmdline(
 
     display = DEFAULT_GRUB_FILE
     path = host.root.path(display)
-    current = path.read_bytes() if path.is_file() else None
+    current = host.root.files.read_bytes(display)
     ids: list[str] = []
     if backend is Backend.VFIO:
         by = inv.by_address()
