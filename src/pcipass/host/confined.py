@@ -203,8 +203,14 @@ class Confined:
         finally:
             os.close(fd)
 
-    def _open_dir(self, rootfd: int, parts: list[str], wanted: str, create: bool) -> int:
-        """An O_PATH descriptor of the directory ``parts`` (link components allowed)."""
+    def _open_dir(
+        self, rootfd: int, parts: list[str], wanted: str, create: bool, strict: bool = False
+    ) -> int:
+        """An O_PATH descriptor of the directory ``parts`` (link components allowed).
+
+        ``strict``: a link to nothing inside the root is an error naming the
+        link, not just "absent".
+        """
         if _use_kernel() and not create:
             for _attempt in range(8):
                 try:
@@ -216,11 +222,15 @@ class Confined:
                     )
                 except OSError as exc:
                     # EAGAIN: a rename raced with the lookup; the kernel asks to retry.
+                    if exc.errno == errno.ENOENT and strict:
+                        break  # the walk below says which link leads nowhere
                     if exc.errno != errno.EAGAIN:
                         raise
-        return self._walk(rootfd, parts, wanted, create)
+        return self._walk(rootfd, parts, wanted, create, strict)
 
-    def _walk(self, rootfd: int, parts: list[str], wanted: str, create: bool) -> int:
+    def _walk(
+        self, rootfd: int, parts: list[str], wanted: str, create: bool, strict: bool = False
+    ) -> int:
         """Resolve ``parts`` one component at a time, links read and followed by hand.
 
         Every step opens one name with O_NOFOLLOW relative to the directory
@@ -247,10 +257,10 @@ class Confined:
                 try:
                     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
                 except FileNotFoundError:
+                    if last_link is not None and (create or strict):
+                        raise LinkOutOfRoot(last_link[0], last_link[1], wanted) from None
                     if not create:
                         raise
-                    if last_link is not None:
-                        raise LinkOutOfRoot(last_link[0], last_link[1], wanted) from None
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(name, 0o755, dir_fd=current)
                     todo.insert(0, name)
@@ -289,7 +299,9 @@ class Confined:
                 os.close(fd_)
 
     @contextlib.contextmanager
-    def locate(self, absolute: str, *, create_dirs: bool = False) -> Iterator[tuple[int, str]]:
+    def locate(
+        self, absolute: str, *, create_dirs: bool = False, strict: bool = False
+    ) -> Iterator[tuple[int, str]]:
         """(directory descriptor, name) of the file ``absolute`` really is.
 
         A final component that is a link is followed (inside the root), so a
@@ -297,18 +309,21 @@ class Confined:
         "." when ``absolute`` resolves to a directory given as such (the root,
         or a path ending in ``..``).  With ``create_dirs`` missing directories
         are made, but never through a link: a link to nothing is refused,
-        naming the link.
+        naming the link (also without ``create_dirs`` when ``strict``).
         """
         parts = host_parts(absolute)
+        named = create_dirs or strict
         link: tuple[str, str] | None = None
         with self._root_fd() as rootfd:
             for _hop in range(_MAX_LINKS):
                 as_dir = not parts or parts[-1] == ".."
                 parent = parts if as_dir else parts[:-1]
                 try:
-                    dirfd = self._open_dir(rootfd, parent, absolute, create_dirs and link is None)
+                    dirfd = self._open_dir(
+                        rootfd, parent, absolute, create_dirs and link is None, strict
+                    )
                 except FileNotFoundError:
-                    if create_dirs and link is not None:
+                    if named and link is not None:
                         raise LinkOutOfRoot(link[0], link[1], absolute) from None
                     raise
                 try:
@@ -319,7 +334,7 @@ class Confined:
                     try:
                         info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
                     except FileNotFoundError:
-                        if create_dirs and link is not None:
+                        if named and link is not None:
                             raise LinkOutOfRoot(link[0], link[1], absolute) from None
                         info = None
                     if info is not None and stat.S_ISLNK(info.st_mode):
@@ -383,6 +398,24 @@ class Confined:
         info = self.stat(absolute)
         return info is not None and stat.S_ISDIR(info.st_mode)
 
+    def is_link(self, absolute: str) -> bool:
+        """Is the last component of ``absolute`` a symbolic link (followed or not)?"""
+        parts = host_parts(absolute)
+        if not parts:
+            return False
+        try:
+            with self.locate(_display(parts[:-1])) as (dirfd, name):
+                fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+                try:
+                    info = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                finally:
+                    os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise os_error(absolute, exc, "look at it") from exc
+        return stat.S_ISLNK(info.st_mode)
+
     def exists(self, absolute: str) -> bool:
         return self.stat(absolute) is not None
 
@@ -404,14 +437,18 @@ class Confined:
         except OSError as exc:
             raise os_error(absolute, exc, "list the directory") from exc
 
-    def read_bytes(self, absolute: str, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    def read_bytes(
+        self, absolute: str, limit: int = MAX_FILE_BYTES, *, strict: bool = False
+    ) -> bytes | None:
         """The content of the regular file ``absolute``, None when it does not exist.
 
         Opened with O_NONBLOCK and checked with fstat before reading, so a FIFO
         or a device node given as a configuration cannot hang or feed pcipass.
+        ``strict``: a link on the way that leads nowhere inside the root is
+        refused naming it (for a file the user named), not read as absent.
         """
         try:
-            with self.locate(absolute) as (dirfd, name):
+            with self.locate(absolute, strict=strict) as (dirfd, name):
                 fd = os.open(
                     name,
                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,

@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.errors import PcipassError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.ops.inventory import inventory
 from pcipass.policy.assignable import assignability_findings, current_identity
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
+from pcipass.state.lock import StateLock
 
 
 @dataclass
@@ -63,6 +65,37 @@ def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Findi
     return found, checked
 
 
+def _leftover_temp_files(host: Host, ledger: Ledger) -> list[Finding]:
+    """Temp files a killed pcipass left: removed when the state lock is free."""
+    from pcipass.ops.files import leftover_temp_files, remove_leftover_temp_files
+
+    if not leftover_temp_files(host, ledger):
+        return []
+    try:
+        with StateLock(host.root, timeout=0):
+            removed = remove_leftover_temp_files(host, ledger)
+    except PcipassError:
+        return [
+            Finding(
+                "PP010",
+                Severity.WARN,
+                path,
+                "leftover temporary file of an interrupted pcipass write",
+                "run pcipass recover as root",
+            )
+            for path in leftover_temp_files(host, ledger)
+        ]
+    return [
+        Finding(
+            "PP010",
+            Severity.INFO,
+            path,
+            "leftover temporary file of an interrupted pcipass write: removed",
+        )
+        for path in removed
+    ]
+
+
 def run_check(
     host: Host, addresses: Sequence[PciAddress], guests: Sequence[str] | None = None
 ) -> CheckReport:
@@ -84,6 +117,7 @@ def run_check(
                     "run pcipass recover",
                 )
             )
+        report.findings += _leftover_temp_files(host, ledger)
     finally:
         ledger.close()
     by_address = inv.by_address()

@@ -5,6 +5,7 @@ previous content is saved in the ledger's content-addressed backups, the
 edit is recorded against the running operation, then written atomically by
 persist/atomic.py.  :func:`undo_file_edits` restores a file only when it still
 holds what pcipass wrote (someone else's later change is never clobbered).
+:func:`remove_leftover_temp_files` clears the temp files a kill left behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 
 from pcipass.host.context import Host
-from pcipass.persist.atomic import FileEdit, apply_edit, digest
+from pcipass.persist.atomic import FileEdit, apply_edit, digest, is_temp_name, sweep_temp_files
 from pcipass.state.ledger import FileEditRecord, Ledger, OperationHandle
 
 
@@ -47,3 +48,49 @@ def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord
         apply_edit(FileEdit(path, record.display_path, current, before), check_before=True)
         report.append(f"{record.display_path}: restored")
     return report
+
+
+#: Directories pcipass writes into (host paths); with the parents of every
+#: file the ledger recorded an edit of, where a kill may leave a temp file.
+WRITTEN_DIRS = (
+    "/etc",
+    "/etc/default",
+    "/etc/default/grub.d",
+    "/etc/modprobe.d",
+    "/etc/modules-load.d",
+    "/etc/sysconfig/modules",
+    "/etc/xen",
+    "/etc/xen/auto",
+    "/etc/libvirt/qemu",
+    "/etc/libvirt/libxl",
+    "/etc/libvirt/hooks",
+    "/etc/libvirt/hooks/qemu.d",
+    "/etc/libvirt/hooks/libxl.d",
+    "/usr/local/sbin",
+    "/var/lib/pcipass/backups",
+)
+
+
+def written_directories(ledger: Ledger) -> list[str]:
+    parents = {r.display_path.rsplit("/", 1)[0] or "/" for r in ledger.file_edits()}
+    return sorted(set(WRITTEN_DIRS) | {p for p in parents if p.startswith("/")})
+
+
+def remove_leftover_temp_files(host: Host, ledger: Ledger) -> list[str]:
+    """Remove ``.NAME.XXXX.pcipass-tmp`` files a killed pcipass left; their host paths.
+
+    Only under the state lock: a running pcipass's temp file is not a leftover.
+    """
+    return sweep_temp_files(host.root.files, written_directories(ledger))
+
+
+def leftover_temp_files(host: Host, ledger: Ledger) -> list[str]:
+    """The leftover temp files, without removing them (no lock held)."""
+    found = []
+    for directory in written_directories(ledger):
+        found += [
+            f"{directory.rstrip('/')}/{name}"
+            for name in host.root.files.list_dir(directory)
+            if is_temp_name(name)
+        ]
+    return found

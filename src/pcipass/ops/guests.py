@@ -102,7 +102,7 @@ def read_guest_file(path: Path, display: str) -> GuestFile:
         raise UsageError(display, "is a directory, not a guest configuration")
     if info is not None and info.st_size > _MAX_CONFIG_BYTES:
         raise ConfigSyntaxError(display, "larger than 4 MiB; not a guest configuration")
-    data = files.read_bytes(display, limit=_MAX_CONFIG_BYTES)
+    data = files.read_bytes(display, limit=_MAX_CONFIG_BYTES, strict=True)
     if data is None:
         raise UsageError(display, "no such file")
     return GuestFile(parse_guest_file(path, display, data), path, display, data)
@@ -154,7 +154,7 @@ def find_guest(host: Host, guest: str, config: str | None = None) -> GuestFile:
     looked = candidate_paths(host, guest)
     for display in looked:
         path = host.root.path(display)
-        if host.root.files.is_file(display):
+        if host.root.files.is_file(display) or host.root.files.is_link(display):
             return _check_name(read_guest_file(path, display), guest)
     raise GuestNotFoundError(guest, looked)
 

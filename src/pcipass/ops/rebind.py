@@ -534,6 +534,10 @@ def recover(host: Host) -> list[str]:
                     )
                 else:
                     report.append(f"op {op.id} ({op.kind}): rolled back")
+            from pcipass.ops.files import remove_leftover_temp_files
+
+            for path in remove_leftover_temp_files(host, ledger):
+                report.append(f"{path}: leftover temporary file of a killed pcipass removed")
         finally:
             ledger.close()
     return report
