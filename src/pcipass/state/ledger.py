@@ -914,6 +914,24 @@ def _not_ours(display: str, why: str) -> OperationFailed:
 
 
 def _open_error(display: str, exc: sqlite3.Error) -> OperationFailed:
+    text = str(exc)
+    # Only a damaged file is worth moving aside: a full or read-only disk, an
+    # I/O error or a busy database leave the ledger intact, and throwing it
+    # away would lose who owns which device.
+    if "full" in text:
+        return OperationFailed(
+            display,
+            "no space left for the state database",
+            "free some space on that file system and run the command again; the ledger is intact",
+        )
+    if "readonly" in text or "read-only" in text:
+        return OperationFailed(
+            display,
+            "the state database is on a read-only file system",
+            "remount it read-write and run the command again",
+        )
+    if "malformed" not in text and "not a database" not in text:
+        return OperationFailed(display, f"the state database cannot be used: {text}")
     return OperationFailed(
         display,
         f"the state database cannot be read: {exc}",
