@@ -193,3 +193,18 @@ def test_ledger_and_lock_through_links(
     assert (link + " is a symbolic link") in err if link else "is a symbolic link" in err
     assert snapshot(outside, skip=()) == before
     assert host.bound_driver("0000:02:00.0") == "igb"
+
+
+def test_a_sysfs_write_under_root_does_not_follow_a_link_out(
+    tmp_path: Path, outside: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the simulated kernel, --root writes the tree's "control files" for real."""
+    host = build_kvm(tmp_path / "kvm")  # not marked simulated: the real writer
+    host.add_driver("vfio-pci")
+    override = host.base / "sys/bus/pci/devices/0000:02:00.0/driver_override"
+    _replace_with_link(override, outside / "secret")
+    before = snapshot(outside, skip=())
+    assert main(["--root", str(host.base), "hide", "--now", "02:00.0"]) in (1, 3)
+    err = capsys.readouterr().err
+    assert "driver_override is a symbolic link to" in err and err.count("\n") == 1
+    assert snapshot(outside, skip=()) == before

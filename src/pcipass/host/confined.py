@@ -368,10 +368,16 @@ class Confined:
         except OSError as exc:
             raise os_error(absolute, exc, "open the directory") from exc
 
-    def open_file(self, absolute: str, flags: int, mode: int = 0o600) -> int:
-        """os.open of ``absolute`` resolved inside the root (missing directories made)."""
+    def open_file(
+        self, absolute: str, flags: int, mode: int = 0o600, *, strict: bool = False
+    ) -> int:
+        """os.open of ``absolute`` resolved inside the root.
+
+        With O_CREAT missing directories are made (never through a link).
+        """
+        create = bool(flags & os.O_CREAT)
         try:
-            with self.locate(absolute, create_dirs=bool(flags & os.O_CREAT)) as (dirfd, name):
+            with self.locate(absolute, create_dirs=create, strict=strict) as (dirfd, name):
                 return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
         except PcipassError:
             raise

@@ -27,11 +27,22 @@ class KernelWriter(Protocol):
 
 
 class RealKernelWriter:
-    """Writes control files for real.  sysfs wants one write() per value."""
+    """Writes control files for real.  sysfs wants one write() per value.
+
+    Under ``--root DIR`` the "control file" is a file of that tree: it is
+    opened resolved inside the root (pcipass.host.confined), so a link
+    planted there cannot turn the write into one outside it.
+    """
+
+    def __init__(self, root: HostRoot | None = None) -> None:
+        self.root = root
 
     def write(self, path: Path, value: str) -> None:
         data = value.encode()
-        fd = os.open(path, os.O_WRONLY)
+        if self.root is None or self.root.is_real:
+            fd = os.open(path, os.O_WRONLY)
+        else:
+            fd = self.root.files.open_file(self.root.host_path(path), os.O_WRONLY, strict=True)
         try:
             written = os.write(fd, data)
             if written != len(data):
@@ -43,7 +54,7 @@ class RealKernelWriter:
 class Sysfs:
     def __init__(self, root: HostRoot, writer: KernelWriter | None = None) -> None:
         self.root = root
-        self.writer: KernelWriter = writer or RealKernelWriter()
+        self.writer: KernelWriter = writer or RealKernelWriter(root)
 
     # ---- reads -----------------------------------------------------------
     @staticmethod
