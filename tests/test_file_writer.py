@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pcipass.cli.main import main
-from pcipass.errors import OperationFailed
+from pcipass.errors import OperationFailed, PcipassError
 from pcipass.host.confined import Confined
 from pcipass.persist import atomic
 from pcipass.persist.atomic import apply_edit, plan_edit, write_file
@@ -246,3 +246,33 @@ def test_an_immutable_file_or_directory(tmp_path: Path, what: str) -> None:
 def test_atomic_module_names_its_temp_files_consistently() -> None:
     assert atomic.is_temp_name(".pcipass.conf.deadbeef.pcipass-tmp")
     assert not atomic.is_temp_name("pcipass.conf")
+
+
+# --- several files: all or nothing ---------------------------------------------------------
+
+
+def test_a_failed_write_puts_back_the_files_written_before_it(tmp_path: Path) -> None:
+    from pcipass.host.root import HostRoot
+    from pcipass.ops.files import apply_file_operation
+    from pcipass.state.ledger import Ledger
+
+    root = HostRoot.at(tmp_path / "root")
+    first = root.prefix / "etc/modprobe.d/pcipass.conf"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"# old\n")
+    (root.prefix / "etc/default").mkdir(parents=True)
+    (root.prefix / "etc/default/grub").symlink_to(tmp_path / "outside-grub")
+    edits = [
+        plan_edit(first, "/etc/modprobe.d/pcipass.conf", b"# new\n"),
+        plan_edit(root.prefix / "etc/default/grub", "/etc/default/grub", b"GRUB=1\n"),
+        plan_edit(root.prefix / "etc/modules", "/etc/modules", b"acpiphp\n"),
+    ]
+    with Ledger.open(root) as ledger:
+        with pytest.raises(PcipassError) as caught:
+            apply_file_operation(ledger, "hide-persist", {}, edits)
+        assert "/etc/default/grub is a symbolic link" in caught.value.render()
+        assert ledger.open_operations() == []
+    assert first.read_bytes() == b"# old\n"
+    assert not (root.prefix / "etc/modules").exists()
+    assert not (tmp_path / "outside-grub").exists()
+    assert _temp_files(first.parent) == []

@@ -61,6 +61,8 @@ def _attack(
     assert err.startswith("pcipass: ") and err.count("\n") == 1
     assert f"{link} is a symbolic link to {outside}" in err
     assert (snapshot(outside, skip=()), snapshot(base)) == before
+    assert main(["--root", str(base), "status"]) == 0
+    assert "interrupted" not in capsys.readouterr().out  # a handled failure closes its entry
 
 
 def _replace_with_link(path: Path, target: Path) -> None:

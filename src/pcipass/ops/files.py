@@ -11,20 +11,66 @@ holds what pcipass wrote (someone else's later change is never clobbered).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from pcipass.errors import OperationFailed, PcipassError
 from pcipass.host.context import Host
 from pcipass.persist.atomic import FileEdit, apply_edit, digest, is_temp_name, sweep_temp_files
 from pcipass.state.ledger import FileEditRecord, Ledger, OperationHandle
 
 
+class FilesNotRestored(OperationFailed):
+    """A write failed and putting back the files written before it failed too."""
+
+
 def apply_edits(ledger: Ledger, op: OperationHandle, edits: Sequence[FileEdit]) -> None:
-    for edit in edits:
-        if not edit.changes_anything:
-            continue
-        backup = ledger.save_backup(edit.before) if edit.before is not None else None
-        op.record_file_edit(edit.display, digest(edit.before), digest(edit.after), backup)
-        apply_edit(edit)
+    """Apply ``edits`` in order; if one fails, put back the ones already written.
+
+    So a handled failure (a full disk, an immutable file, a link out of the
+    root) leaves every file as it was and the caller may close its journal
+    entry; only when that undo fails too (:class:`FilesNotRestored`) is there
+    something left for ``recover``.
+    """
+    done: list[FileEdit] = []
+    try:
+        for edit in edits:
+            if not edit.changes_anything:
+                continue
+            backup = ledger.save_backup(edit.before) if edit.before is not None else None
+            op.record_file_edit(edit.display, digest(edit.before), digest(edit.after), backup)
+            apply_edit(edit)
+            done.append(edit)
+    except BaseException as failure:
+        for edit in reversed(done):
+            undo = FileEdit(edit.path, edit.display, edit.after, edit.before)
+            try:
+                apply_edit(undo, check_before=True)
+            except PcipassError as error:
+                raise FilesNotRestored(
+                    edit.display,
+                    f"could not be put back after a failed write ({error.problem})",
+                    "run pcipass recover",
+                ) from failure
+        raise
+
+
+def apply_file_operation(
+    ledger: Ledger, kind: str, intent: Mapping[str, object], edits: Sequence[FileEdit]
+) -> None:
+    """A journalled operation that only edits files: begin, apply, finish.
+
+    A handled failure closes the entry too (the files were put back), so it
+    is not reported as an interrupted operation afterwards.
+    """
+    op = ledger.begin(kind, intent)
+    try:
+        apply_edits(ledger, op, edits)
+    except FilesNotRestored:
+        raise  # left open: recover puts the files back
+    except PcipassError:
+        op.finish()
+        raise
+    op.finish()
 
 
 def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord]) -> list[str]:

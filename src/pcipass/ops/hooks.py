@@ -148,15 +148,15 @@ def plan_uninstall(host: Host) -> HookPlan:
 def apply_plan(host: Host, plan: HookPlan, kind: str) -> None:
     if not plan.edits:
         return
-    from pcipass.ops.files import apply_edits
+    from pcipass.ops.files import apply_file_operation
     from pcipass.state.ledger import Ledger
     from pcipass.state.lock import StateLock
 
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
-            op = ledger.begin(kind, {"files": [e.display for e in plan.edits]})
-            apply_edits(ledger, op, plan.edits)
-            op.finish()
+            apply_file_operation(
+                ledger, kind, {"files": [e.display for e in plan.edits]}, plan.edits
+            )
         finally:
             ledger.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
-from pcipass.errors import RefusedError, UsageError
+from pcipass.errors import PcipassError, RefusedError, UsageError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.ops.inventory import Inventory, inventory
@@ -320,7 +320,7 @@ def _persist(
         )
     if dry_run or not edits:
         return result
-    from pcipass.ops.files import apply_edits
+    from pcipass.ops.files import FilesNotRestored, apply_edits
 
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
@@ -329,7 +329,13 @@ def _persist(
                 "hide-persist" if add else "unhide-persist",
                 {"devices": [str(a) for a in addresses], "files": [e.display for e in edits]},
             )
-            apply_edits(ledger, op, edits)
+            try:
+                apply_edits(ledger, op, edits)
+            except FilesNotRestored:
+                raise  # recover puts the files back
+            except PcipassError:
+                op.finish()  # every file is as it was: not an interrupted operation
+                raise
             if add:
                 by = inv.by_address()
                 for address in addresses:
