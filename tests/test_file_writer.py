@@ -276,3 +276,57 @@ def test_a_failed_write_puts_back_the_files_written_before_it(tmp_path: Path) ->
     assert not (root.prefix / "etc/modules").exists()
     assert not (tmp_path / "outside-grub").exists()
     assert _temp_files(first.parent) == []
+
+
+# --- FIFOs planted in a tree ---------------------------------------------------------------
+
+FIFOS = (
+    "proc/cmdline",
+    "usr/share/misc/pci.ids",
+    "etc/modprobe.d/pcipass.conf",
+    "etc/modprobe.d/other.conf",
+    "etc/default/grub",
+    "etc/libvirt/qemu/evil.xml",
+    "sys/bus/pci/devices/0000:02:00.0/driver_override",
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "codes"),
+    [
+        (["list"], (0,)),
+        (["show", "02:00.0"], (0,)),
+        (["guests"], (0,)),
+        (["check"], (1,)),
+        (["hide", "--persist", "02:00.0"], (1,)),
+        (["hide", "--persist", "--platform", "cmdline", "02:00.0"], (1,)),
+    ],
+)
+def test_fifos_in_the_tree_never_hang_a_command(
+    tmp_path: Path, argv: list[str], codes: tuple[int, ...]
+) -> None:
+    """Each command runs in a child with a generous guard: a blocking open would never return."""
+    import sys
+
+    host = build_kvm(tmp_path / "kvm")
+    host.mark_simulated()
+    for rel in FIFOS:
+        path = host.base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        os.mkfifo(path)
+    before = snapshot(host.base)
+    done = subprocess.run(
+        [sys.executable, "-m", "pcipass", "--root", str(host.base), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode in codes, done.stderr
+    assert "Traceback" not in done.stderr
+    assert all(line.startswith("pcipass: ") for line in done.stderr.splitlines())
+    if argv[0] == "hide":
+        assert "not a regular file" in done.stderr
+    assert snapshot(host.base) == before

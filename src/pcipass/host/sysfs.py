@@ -62,9 +62,11 @@ class Sysfs:
         """The attribute's text without the trailing newline, or None if unreadable.
 
         Raw os.open/os.read: sysfs attributes are at most a page, and a text
-        file object costs twice as much per read (benchmarks/README.md)."""
+        file object costs twice as much per read (benchmarks/README.md).
+        O_NONBLOCK: a FIFO planted in a --root tree reads as empty instead of
+        hanging pcipass (kernfs and procfs files ignore the flag)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return None
         try:
@@ -78,10 +80,22 @@ class Sysfs:
     @staticmethod
     def read_bytes(path: Path, limit: int = 4096) -> bytes | None:
         try:
-            with open(path, "rb") as handle:
-                return handle.read(limit)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # see read_text
         except OSError:
             return None
+        try:
+            chunks = []
+            while limit > 0:
+                chunk = os.read(fd, limit)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                limit -= len(chunk)
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     @classmethod
     def read_int(cls, path: Path | str, base: int = 10) -> int | None:

@@ -642,10 +642,8 @@ def parse_kernel_cmdline(text: str, where: str = "/proc/cmdline") -> CmdlineHide
 
 def read_running(root: HostRoot) -> CmdlineHides:
     """What the running kernel was booted with (``/proc/cmdline``)."""
-    try:
-        text = root.path("/proc/cmdline").read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError:
-        text = ""
+    data = root.files.read_bytes("/proc/cmdline")  # FIFO-safe, inside the root
+    text = (data or b"").decode("utf-8", "replace")
     return parse_kernel_cmdline(text.strip(), "/proc/cmdline")
 
 
