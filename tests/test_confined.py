@@ -191,3 +191,29 @@ def test_a_file_over_the_size_limit_is_refused(tree: tuple[Path, Path]) -> None:
 def test_the_edit_of_an_unconfined_path_cannot_be_built() -> None:
     with pytest.raises(ValueError):
         apply_edit(FileEdit(Path("/tmp/x/etc/a"), "/etc/b", None, b""))
+
+
+def test_auto_falls_back_to_the_walk_without_openat2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel before 5.6 (or a seccomp filter) answers ENOSYS: the walk takes over."""
+    calls: list[str] = []
+
+    def no_openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+        calls.append(path)
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(confined, "_openat2", no_openat2)
+    monkeypatch.setitem(confined._probed, "openat2", False)
+    monkeypatch.setitem(confined._settings, "resolution", "auto")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "xen").symlink_to("/srv/xen")
+    (root / "srv" / "xen").mkdir(parents=True)
+    (root / "srv" / "xen" / "g").write_bytes(b"g\n")
+    (root / "etc" / "out").symlink_to(tmp_path)
+    files = Confined(root)
+    assert files.read_bytes("/etc/xen/g") == b"g\n"
+    with pytest.raises(LinkOutOfRoot):
+        write_file(files, "/etc/out/root/etc/x", b"")
+    assert calls == []

@@ -330,3 +330,30 @@ def test_fifos_in_the_tree_never_hang_a_command(
     if argv[0] == "hide":
         assert "not a regular file" in done.stderr
     assert snapshot(host.base) == before
+
+
+def test_permission_denied_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """As an unprivileged user (effective uid nobody, switched back in finally)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="pcipass-eacces-"))
+    try:
+        os.chmod(base, 0o755)
+        etc = base / "etc" / "modprobe.d"
+        etc.mkdir(parents=True, mode=0o755)
+        (etc / "pcipass.conf").write_bytes(b"# old\n")
+        os.seteuid(65534)
+        try:
+            with pytest.raises(OperationFailed) as caught:
+                write_file(Confined(base), "/etc/modprobe.d/pcipass.conf", b"# new\n")
+        finally:
+            os.seteuid(0)
+        message = caught.value.render()
+        assert message.startswith("/etc/modprobe.d/pcipass.conf: cannot write it: permission")
+        assert "run as root" in message and "\n" not in message
+        assert (etc / "pcipass.conf").read_bytes() == b"# old\n"
+        assert _temp_files(etc) == []
+    finally:
+        shutil.rmtree(base)

@@ -89,9 +89,13 @@ def find_real_tool(host: Host, tool: str) -> str:
     for candidate in (WRAPPED[tool], f"/usr/lib/xen/bin/{tool}"):
         if host.root.files.exists(candidate):
             return candidate
-    versioned = sorted(host.root.path("/usr/lib").glob(f"xen-*/bin/{tool}"))
+    versioned = [
+        f"/usr/lib/{name}/bin/{tool}"
+        for name in host.root.files.list_dir("/usr/lib")
+        if name.startswith("xen-") and host.root.files.exists(f"/usr/lib/{name}/bin/{tool}")
+    ]
     if versioned:
-        return host.root.host_path(versioned[-1])
+        return versioned[-1]
     return WRAPPED[tool]
 
 
