@@ -217,3 +217,20 @@ def test_auto_falls_back_to_the_walk_without_openat2(
     with pytest.raises(LinkOutOfRoot):
         write_file(files, "/etc/out/root/etc/x", b"")
     assert calls == []
+
+
+def test_no_descriptor_leaks_on_success_or_refusal(tree: tuple[Path, Path]) -> None:
+    root, outside = tree
+    (root / "etc" / "modprobe.d").symlink_to(outside / "modprobe.d")
+    (root / "etc" / "loop").symlink_to("loop")
+    (root / "etc" / "xen" / "abs").symlink_to("/etc/xen/auto")
+    files = Confined(root)
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        write_file(files, "/etc/xen/abs/g", b"x")
+        assert files.read_bytes("/etc/xen/auto/g") == b"x"
+        assert files.list_dir("/etc/xen") == ["abs", "auto"]
+        for bad in ("/etc/modprobe.d/pcipass.conf", "/etc/loop/x", "/etc/xen/auto/g/x"):
+            with pytest.raises((LinkOutOfRoot, OperationFailed)):
+                write_file(files, bad, b"x")
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -265,7 +265,11 @@ class Confined:
                         os.mkdir(name, 0o755, dir_fd=current)
                     todo.insert(0, name)
                     continue
-                info = os.fstat(fd)
+                try:
+                    info = os.fstat(fd)
+                except OSError:
+                    os.close(fd)
+                    raise
                 if stat.S_ISLNK(info.st_mode):
                     os.close(fd)
                     followed += 1
@@ -274,14 +278,16 @@ class Confined:
                     target = os.readlink(name, dir_fd=current)
                     last_link = (_display([*names, name]), target)
                     if target.startswith("/"):
-                        for fd_ in stack:
+                        # Start again at the root: open it first, so `current`
+                        # always names one open descriptor for the cleanup.
+                        fresh = os.open(
+                            ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfd
+                        )
+                        for fd_ in [*stack, current]:
                             os.close(fd_)
                         stack.clear()
                         names.clear()
-                        os.close(current)
-                        current = os.open(
-                            ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfd
-                        )
+                        current = fresh
                     todo[:0] = target.split("/")
                     continue
                 if not stat.S_ISDIR(info.st_mode):
