@@ -30,6 +30,7 @@ import platform
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pcipass.errors import OperationFailed, PcipassError, RefusedError, UsageError
 
@@ -63,11 +64,16 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_syscall: list[Any] = []  # libc's syscall(2), loaded once
+
+
 def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+    if not _syscall:
+        function = ctypes.CDLL(None, use_errno=True).syscall
+        function.restype = ctypes.c_long
+        _syscall.append(function)
     how = _OpenHow(flags, 0, resolve)
-    fd = libc.syscall(
+    fd = _syscall[0](
         ctypes.c_long(_SYS_OPENAT2),
         ctypes.c_int(dirfd),
         ctypes.c_char_p(os.fsencode(path)),
