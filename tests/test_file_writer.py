@@ -357,3 +357,45 @@ def test_permission_denied_is_one_line_and_leaves_nothing(tmp_path: Path) -> Non
         assert _temp_files(etc) == []
     finally:
         shutil.rmtree(base)
+
+
+def test_check_leaves_temp_files_of_a_running_pcipass_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another pcipass holds the state lock: its temp file is in use, not a leftover."""
+    from pcipass.host.root import HostRoot
+    from pcipass.state.lock import StateLock
+
+    host = build_kvm(tmp_path / "kvm")
+    host.mark_simulated()
+    modprobe = host.base / "etc/modprobe.d"
+    modprobe.mkdir(parents=True)
+    in_use = modprobe / ".pcipass.conf.0badcafe.pcipass-tmp"
+    in_use.write_bytes(b"options x\n")
+    with StateLock(HostRoot.at(host.base)):
+        assert main(["--root", str(host.base), "check"]) == 1
+    out = capsys.readouterr().out
+    assert "/etc/modprobe.d/.pcipass.conf.0badcafe.pcipass-tmp" in out
+    assert "run pcipass recover" in out
+    assert in_use.exists()
+
+
+def test_a_directory_swapped_for_a_link_after_the_plan_is_not_written_through(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    conf = root / "etc" / "modprobe.d" / "pcipass.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_bytes(b"# old\n")
+    edit = plan_edit(conf, "/etc/modprobe.d/pcipass.conf", b"# new\n")
+    os.rename(root / "etc" / "modprobe.d", root / "etc" / "modprobe.d.away")
+    (root / "etc" / "modprobe.d").symlink_to(outside)
+    (outside / "pcipass.conf").write_bytes(b"# old\n")  # even with the expected content
+    with pytest.raises(PcipassError, match="symbolic link|changed by someone else"):
+        apply_edit(edit)
+    with pytest.raises(PcipassError, match="/etc/modprobe.d is a symbolic link"):
+        apply_edit(edit, check_before=False)
+    assert (outside / "pcipass.conf").read_bytes() == b"# old\n"
+    assert os.listdir(outside) == ["pcipass.conf"]
