@@ -393,9 +393,9 @@ def test_a_directory_swapped_for_a_link_after_the_plan_is_not_written_through(
     os.rename(root / "etc" / "modprobe.d", root / "etc" / "modprobe.d.away")
     (root / "etc" / "modprobe.d").symlink_to(outside)
     (outside / "pcipass.conf").write_bytes(b"# old\n")  # even with the expected content
-    with pytest.raises(PcipassError, match="symbolic link|changed by someone else"):
+    with pytest.raises(PcipassError, match=r"symbolic link|changed by someone else"):
         apply_edit(edit)
-    with pytest.raises(PcipassError, match="/etc/modprobe.d is a symbolic link"):
+    with pytest.raises(PcipassError, match=r"/etc/modprobe\.d is a symbolic link"):
         apply_edit(edit, check_before=False)
     assert (outside / "pcipass.conf").read_bytes() == b"# old\n"
     assert os.listdir(outside) == ["pcipass.conf"]
