@@ -234,3 +234,17 @@ def test_no_descriptor_leaks_on_success_or_refusal(tree: tuple[Path, Path]) -> N
             with pytest.raises((LinkOutOfRoot, OperationFailed)):
                 write_file(files, bad, b"x")
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_image_s_absolute_lib_link_stays_in_the_image(tree: tuple[Path, Path]) -> None:
+    """lib -> /usr/lib in a guest image means the image's /usr/lib, not the host's."""
+    from pcipass.persist.guest_modules import acpiphp_module_present
+
+    root, _ = tree
+    release = "2.6.18-164.el5"
+    hotplug = root / "usr/lib/modules" / release / "kernel/drivers/pci/hotplug"
+    hotplug.mkdir(parents=True)
+    (hotplug / "acpiphp.ko").write_bytes(b"\x7fELF")
+    (root / "lib").symlink_to("/usr/lib")
+    assert acpiphp_module_present(HostRoot.at(root), release) is True
+    assert acpiphp_module_present(HostRoot.at(root), "9.9.9-none") is None

@@ -375,7 +375,7 @@ class Confined:
                     return Path(os.readlink(f"/proc/self/fd/{fd}"))
                 finally:
                     os.close(fd)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise os_error(absolute, exc, "open the directory") from exc

@@ -132,9 +132,12 @@ def acpiphp_module_present(root: HostRoot, release: str | None) -> bool | None:
         return any(
             _BUILTIN_PATH.search(line.split(b":", 1)[0].strip()) for line in dep.splitlines()
         )
-    if not moddir.is_dir():
+    # The directory as resolved inside the root (an image's absolute links
+    # stay in the image); rglob does not follow links below it.
+    real = root.files.real_dir(root.host_path(moddir))
+    if real is None:
         return None
-    return any(moddir.rglob("acpiphp.ko*"))
+    return any(real.rglob("acpiphp.ko*"))
 
 
 def uses_sysconfig_modules(platform: Platform) -> bool:
