@@ -210,3 +210,44 @@ def test_a_sysfs_write_under_root_does_not_follow_a_link_out(
     err = capsys.readouterr().err
     assert "driver_override is a symbolic link to" in err and err.count("\n") == 1
     assert snapshot(outside, skip=()) == before
+
+
+def test_recover_never_acts_on_a_crafted_journal_path(
+    tmp_path: Path, outside: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ledger shipped in an image names files outside the root: recover leaves them alone."""
+    from pcipass.host.root import HostRoot
+    from pcipass.persist.atomic import digest
+    from pcipass.state.ledger import Ledger
+
+    host = _host("kvm", tmp_path)
+    conf = host.base / "etc/modprobe.d/pcipass.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_bytes(b"# written by pcipass\n")
+    (host.base / "etc/xen").mkdir(parents=True)
+    (host.base / "etc/xen/out").symlink_to(outside / "secret")
+    with Ledger.open(HostRoot.at(host.base)) as ledger:
+        op = ledger.begin("hide-persist", {})
+        old = ledger.save_backup(b"# before\n")
+        secret_sha = digest((outside / "secret").read_bytes())
+        for display in (
+            "/../../../../../../../../.." + str(outside / "secret"),
+            "relative/path",
+            "/etc/xen/out",
+        ):
+            op.record_file_edit(display, digest(b"# before\n"), secret_sha, old)
+        op.record_file_edit(
+            "/etc/modprobe.d/pcipass.conf",
+            digest(b"# before\n"),
+            digest(b"# written by pcipass\n"),
+            old,
+        )
+    before = snapshot(outside, skip=())
+    assert main(["--root", str(host.base), "recover"]) == 0
+    out = capsys.readouterr().out
+    assert "a path that leaves the root; left alone" in out
+    assert "'relative/path': not an absolute path; left alone" in out
+    assert "/etc/xen/out" in out and "left alone" in out
+    assert "/etc/modprobe.d/pcipass.conf: restored" in out
+    assert conf.read_bytes() == b"# before\n"
+    assert snapshot(outside, skip=()) == before

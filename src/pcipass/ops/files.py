@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from pcipass.errors import OperationFailed, PcipassError
+from pcipass.errors import OperationFailed, PcipassError, RefusedError, UsageError
+from pcipass.host.confined import host_parts
 from pcipass.host.context import Host
 from pcipass.persist.atomic import FileEdit, apply_edit, digest, is_temp_name, sweep_temp_files
 from pcipass.state.ledger import FileEditRecord, Ledger, OperationHandle
@@ -73,11 +74,30 @@ def apply_file_operation(
     op.finish()
 
 
+def _recorded_path_problem(display: str) -> str | None:
+    """Why a journal record's path cannot be acted on (the journal is data, not orders)."""
+    if not display.startswith("/") or "\0" in display:
+        return "not an absolute path"
+    try:
+        normal = "/" + "/".join(host_parts(display))
+    except UsageError:
+        return "a path that leaves the root"
+    return None if normal == display else "not a normalised path"
+
+
 def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord]) -> list[str]:
     report = []
     for record in sorted(records, key=lambda r: r.id, reverse=True):
+        problem = _recorded_path_problem(record.display_path)
+        if problem is not None:
+            report.append(f"file edit {record.id} {record.display_path!r}: {problem}; left alone")
+            continue
         path = host.root.path(record.display_path)
-        current = host.root.files.read_bytes(record.display_path)
+        try:
+            current = host.root.files.read_bytes(record.display_path)
+        except RefusedError as error:
+            report.append(f"{record.display_path}: {error.problem}; left alone")
+            continue
         current_sha = digest(current)
         if current_sha == record.before_sha:
             continue  # the write never happened
@@ -87,11 +107,19 @@ def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord
         before: bytes | None = None
         if record.before_sha != "absent":
             sha = record.backup_path or record.before_sha
-            before = ledger.load_backup(sha.rsplit("/", 1)[-1])
+            try:
+                before = ledger.load_backup(sha.rsplit("/", 1)[-1])
+            except ValueError:
+                report.append(f"{record.display_path}: backup reference invalid; left alone")
+                continue
             if hashlib.sha256(before).hexdigest() != record.before_sha:
                 report.append(f"{record.display_path}: backup damaged; left alone")
                 continue
-        apply_edit(FileEdit(path, record.display_path, current, before), check_before=True)
+        try:
+            apply_edit(FileEdit(path, record.display_path, current, before), check_before=True)
+        except RefusedError as error:  # e.g. it now lies behind a link out of the root
+            report.append(f"{record.display_path}: {error.problem}; left alone")
+            continue
         report.append(f"{record.display_path}: restored")
     return report
 
@@ -118,8 +146,9 @@ WRITTEN_DIRS = (
 
 
 def written_directories(ledger: Ledger) -> list[str]:
-    parents = {r.display_path.rsplit("/", 1)[0] or "/" for r in ledger.file_edits()}
-    return sorted(set(WRITTEN_DIRS) | {p for p in parents if p.startswith("/")})
+    recorded = [r.display_path for r in ledger.file_edits()]
+    parents = {d.rsplit("/", 1)[0] or "/" for d in recorded if _recorded_path_problem(d) is None}
+    return sorted(set(WRITTEN_DIRS) | parents)
 
 
 def remove_leftover_temp_files(host: Host, ledger: Ledger) -> list[str]:
