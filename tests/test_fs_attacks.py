@@ -251,3 +251,17 @@ def test_recover_never_acts_on_a_crafted_journal_path(
     assert "/etc/modprobe.d/pcipass.conf: restored" in out
     assert conf.read_bytes() == b"# before\n"
     assert snapshot(outside, skip=()) == before
+
+
+def test_attach_through_a_link_inside_the_root_edits_its_target(
+    tmp_path: Path, outside: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = _host("rhel5", tmp_path)
+    auto = host.base / "etc/xen/auto"
+    auto.mkdir(parents=True)
+    (auto / "rhel5pv").symlink_to("../rhel5pv")
+    argv = ["attach", "09:00.0", "rhel5pv", "--hide", "--accept-pv-dma-risk"]
+    assert main(["--root", str(host.base), *argv, "--config", "/etc/xen/auto/rhel5pv"]) == 0
+    capsys.readouterr()
+    assert os.readlink(auto / "rhel5pv") == "../rhel5pv"
+    assert b"0000:09:00.0" in (host.base / "etc/xen/rhel5pv").read_bytes()
