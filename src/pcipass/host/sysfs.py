@@ -97,6 +97,14 @@ class Sysfs:
         finally:
             os.close(fd)
 
+    @staticmethod
+    def size(path: Path) -> int | None:
+        """The size stat reports (a binary attribute's, e.g. ``rom``: the BAR's)."""
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return None
+
     @classmethod
     def read_int(cls, path: Path | str, base: int = 10) -> int | None:
         text = cls.read_text(path)
