@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pcipass.errors import GuestNotFoundError, RefusedError, UsageError
+from pcipass.errors import ConfigSyntaxError, GuestNotFoundError, RefusedError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestOs
+from pcipass.guests.names import check_guest_name
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.host.root import safe_name
 from pcipass.ops.attach import GuestContext
 from pcipass.ops.guests import GuestFile, find_guest
 from pcipass.policy import guest_rules
@@ -85,6 +85,7 @@ def guard(
     *,
     config: str | None = None,
     domain_xml: bytes | None = None,
+    toolstack: str | None = None,
 ) -> GuardResult:
     """Allow ``operation`` on ``guest`` or raise :class:`RefusedError` (PP003).
 
@@ -95,7 +96,7 @@ def guard(
         raise UsageError(
             f"guard {operation!r}", f"unknown operation; expected one of {', '.join(OPERATIONS)}"
         )
-    safe_name("guest", guest)
+    check_guest_name(guest, toolstack)
     result = GuardResult(guest, operation, allowed=True)
     listed: list[str] = []
     sources: list[str] = []  # where the listed devices were found, for the message
@@ -140,6 +141,9 @@ def guard_libvirt_hook(host: Host, words: list[str], stdin: bytes) -> GuardResul
     OPERATION SUB-OPERATION EXTRA), ``stdin`` the domain XML.
 
     Returns None for operations the guard does not judge (exit 0, silent).
+    The name is taken as libvirt gives it (any name libvirt accepts); a
+    domain XML pcipass cannot read is not a reason to block: the guest's
+    configuration, the ledger and a running QEMU are asked instead.
     """
     if len(words) < 2:
         raise UsageError(
@@ -152,7 +156,15 @@ def guard_libvirt_hook(host: Host, words: list[str], stdin: bytes) -> GuardResul
         return None
     if operation == "migrate" and len(words) > 2 and words[2] != "begin":
         return None
-    return guard(host, guest, operation, domain_xml=stdin if stdin.strip() else None)
+    xml = stdin if stdin.strip() else None
+    if xml is not None:
+        try:
+            parse_domain_xml(xml, STDIN_DISPLAY)
+        except ConfigSyntaxError as error:
+            result = guard(host, guest, operation, toolstack="libvirt")
+            result.notes.append(f"{error.render()}; its configuration was read instead")
+            return result
+    return guard(host, guest, operation, domain_xml=xml, toolstack="libvirt")
 
 
 @dataclass

@@ -24,9 +24,9 @@ from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, GuestNotFoundError, PcipassError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestKind
+from pcipass.guests.names import check_guest_name
 from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
 from pcipass.host.context import Host
-from pcipass.host.root import safe_name
 
 XEN_DIR = "/etc/xen"
 LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"
@@ -106,8 +106,11 @@ def read_guest_file(path: Path, display: str) -> GuestFile:
 
 
 def candidate_paths(host: Host, guest: str) -> list[str]:
-    """Where the toolstacks keep ``guest``'s configuration (host paths)."""
-    name = safe_name("guest", guest)
+    """Where the toolstacks keep ``guest``'s configuration (host paths).
+
+    The name is the file name as each toolstack spells it; the check refuses
+    ``/``, NUL and ``..``, so it stays one component of its directory."""
+    name = check_guest_name(guest)
     return [
         f"{XEN_DIR}/{name}",
         f"{XEN_DIR}/{name}.cfg",
@@ -135,7 +138,7 @@ def find_guest(host: Host, guest: str, config: str | None = None) -> GuestFile:
     A ``config`` whose ``name`` names another guest is refused: editing it
     would give the device to the wrong guest.
     """
-    safe_name("guest", guest)
+    check_guest_name(guest)
     if config is not None:
         path, display = config_path(host, config)
         return _check_name(read_guest_file(path, display), guest)

@@ -46,7 +46,10 @@ def libvirt_hook_text() -> str:
         f"{MARKER}\n"
         "# Refuses migrate/restore of a guest holding a passed-through PCI device; every\n"
         "# other operation passes.  stdout stays empty (libvirt reads it at restore).\n"
-        f'exec {command} guard --libvirt-hook "$@"\n'
+        "# Only migrate and restore are judged: start, stop and the rest never wait\n"
+        "# for (or fail with) pcipass.  '--': a guest name may begin with '-'.\n"
+        'case "$2" in migrate|restore) ;; *) exit 0 ;; esac\n'
+        f'exec {command} guard --libvirt-hook -- "$@"\n'
     )
 
 
