@@ -73,6 +73,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="run as /etc/libvirt/hooks/qemu: arguments GUEST OPERATION SUB-OPERATION "
             "EXTRA, domain XML on stdin",
         )
+        parser.add_argument(
+            "--wrapped",
+            metavar="TOOL",
+            choices=["xl", "xm"],
+            help="run from the xl/xm wrapper: the arguments are TOOL's whole command line "
+            "(after --), the output of `TOOL list` on stdin",
+        )
 
 
 def run(name: str, args: argparse.Namespace, host: Host) -> int:
@@ -190,12 +197,18 @@ def _plain_qemu(
 
 def _guard(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json
-    from pcipass.ops.guard import OPERATIONS, guard, guard_libvirt_hook
+    from pcipass.ops.guard import OPERATIONS, guard, guard_libvirt_hook, guard_wrapped
 
     if args.libvirt_hook:
         # libvirt reads a restore hook's stdout as a new domain XML: print
         # nothing there; refusals go to stderr through the CLI's error path.
         guard_libvirt_hook(host, list(args.words), sys.stdin.buffer.read())
+        return 0
+    if args.wrapped:
+        # The wrapper runs the real program when this exits 0; print nothing
+        # on stdout, which belongs to the program's own output.
+        listing = "" if sys.stdin.isatty() else sys.stdin.read()
+        guard_wrapped(host, args.wrapped, list(args.words), listing)
         return 0
     if len(args.words) != 2 or args.words[0] not in OPERATIONS:
         raise UsageError(
