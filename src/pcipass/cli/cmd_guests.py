@@ -49,6 +49,14 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="OS",
             help="the guest's OS when its configuration does not say (rhel5.4, rhel6, ...)",
         )
+        parser.add_argument(
+            "--trust-unreadable",
+            metavar="FILE",
+            action="append",
+            default=[],
+            help="an xm file whose pci is computed by code pcipass does not run, which you "
+            "know does not hold this device (PP101 fails closed otherwise); repeatable",
+        )
     if name == "guests":
         parser.add_argument("names", nargs="*", metavar="GUEST", help="only these guests")
         parser.add_argument(
@@ -130,6 +138,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             guest_os=guest_os,
             dry_run=args.dry_run,
             live=args.live,
+            trust_unreadable=args.trust_unreadable,
         )
     else:
         result = detach(

@@ -96,8 +96,44 @@ _DYNAMIC_NAMES = frozenset(
         "__dict__",
         "__setattr__",
         "modules",
+        "getattr",
+        "__builtin__",
+        "builtins",
+        "reload",
+        "input",  # Python 2's input() evaluates what it reads
     }
 )
+# Attributes that reach frames, namespaces or the interpreter's module table
+# (sys._getframe().f_locals, a traceback's tb_frame, gc.get_referrers...): any
+# name starting with "_" and these.
+_DYNAMIC_ATTRIBUTES = frozenset(
+    {
+        "f_locals",
+        "f_globals",
+        "f_back",
+        "f_builtins",
+        "tb_frame",
+        "tb_next",
+        "gi_frame",
+        "cr_frame",
+        "ag_frame",
+        "currentframe",
+        "stack",
+        "trace",
+        "getouterframes",
+        "exc_info",
+        "get_referrers",
+        "get_referents",
+        "get_objects",
+        "sys",
+        "modules",
+        "builtins",
+    }
+)
+# Modules an xm file may import (xmexample.hvm uses os and re) without making
+# its devices unknown; any other import may bring a way to reach the
+# namespace xend reads pci from (inspect, sys, gc, ctypes, importlib...).
+_HARMLESS_MODULES = frozenset({"os", "os.path", "re", "string", "time", "socket", "platform"})
 
 # Keys only xl knows (xl.cfg(5)); xm (Xen 3.x xend) has none of them.
 _XL_ONLY_KEYS = frozenset(
@@ -229,8 +265,10 @@ class XenConfig:
         settings: list[_Setting],
         lines: _Lines,
         notes: list[str],
+        unknown: list[tuple[int, str]] | None = None,
     ) -> None:
         self.data = data
+        self._unknown = sorted(unknown or [])
         self._display = display
         self._kind = kind
         self._settings = settings
@@ -239,7 +277,9 @@ class XenConfig:
         self._by_key: dict[str, _Setting] = {}
         for setting in settings:  # the last assignment wins, in xm and in xl
             self._by_key[setting.key] = setting
-        self._check_single("pci")
+        # A pci set more than once is read as the toolstack reads it (xl:
+        # "+=" appends, "=" starts again; xm: the last one wins), so the
+        # devices count for PP101; pcipass only refuses to *edit* it.
         self._devices = self._read_devices()
         self._name = self._read_name()
         self._virt_mode = self._read_virt_mode()
@@ -304,7 +344,27 @@ class XenConfig:
         return self._bool_setting("pci_msitranslate")
 
     def devices(self) -> list[AssignedDevice]:
+        """The devices ``pci`` lists literally (see :attr:`devices_unknown`)."""
         return list(self._devices)
+
+    @property
+    def devices_unknown(self) -> str | None:
+        """Why pcipass cannot tell every device this guest holds (xm code that
+        could set or change ``pci``), as ``line N: reason``; None when the
+        literal ``pci`` is all there is."""
+        if not self._unknown:
+            return None
+        return "; ".join(f"line {line}: {reason}" for line, reason in self._unknown)
+
+    def _refuse_unknown(self) -> None:
+        if self._unknown:
+            line, reason = self._unknown[0]
+            raise ConfigSyntaxError(
+                self._display,
+                f"pcipass cannot tell which devices this file assigns ({reason}), "
+                "so it does not edit its pci",
+                line,
+            )
 
     def device_option(self, device: AssignedDevice, key: str) -> bool | None:
         """A per-device boolean (``permissive``, ``msitranslate``) with the
@@ -330,6 +390,8 @@ class XenConfig:
     ) -> bytes:
         """The file with ``address`` added to ``pci`` (unchanged if already there
         with the same options)."""
+        self._refuse_unknown()
+        self._check_single("pci")
         requested = tuple((str(k), str(v)) for k, v in (options or {}).items())
         spec = self._format_spec(address, requested)
         for device in self._devices:
@@ -354,6 +416,8 @@ class XenConfig:
 
     def with_device_removed(self, address: PciAddress) -> bytes:
         """The file without the ``pci`` entry for ``address`` (unchanged if none)."""
+        self._refuse_unknown()
+        self._check_single("pci")
         for device in self._devices:
             if device.covers(address) and device.address != address:
                 raise UsageError(
@@ -413,10 +477,20 @@ class XenConfig:
                 occurrences[1].line,
             )
 
+    def _effective_pci(self) -> list[_Setting]:
+        effective: list[_Setting] = []
+        for setting in self._settings:
+            if setting.key == "pci":
+                effective = [*effective, setting] if setting.operator == "+=" else [setting]
+        return effective
+
     def _read_devices(self) -> list[AssignedDevice]:
-        setting = self._by_key.get("pci")
-        if setting is None:
-            return []
+        devices = []
+        for setting in self._effective_pci():
+            devices += self._read_pci_setting(setting)
+        return devices
+
+    def _read_pci_setting(self, setting: _Setting) -> list[AssignedDevice]:
         if setting.items is None:
             raise ConfigSyntaxError(
                 self._display, "pci must be a list: pci = [ '0000:09:00.0' ]", setting.line
@@ -670,14 +744,21 @@ def parse_xen_config(data: bytes, display_path: str, kind: GuestKind) -> XenConf
     Raises :class:`ConfigSyntaxError` (subject ``path:line``) for anything
     outside the grammar, a duplicated ``pci``, or a bad ``pci`` entry.
     """
+    unknown: list[tuple[int, str]] = []
     if kind is GuestKind.XL:
         settings, lines, notes = _parse_xl(data, display_path)
     elif kind is GuestKind.XM:
-        settings, lines, notes = _parse_xm(data, display_path)
+        settings, lines, notes, unknown = _parse_xm(data, display_path)
     else:
         raise UsageError(display_path, f"{kind} is not a Xen configuration kind")
     return XenConfig(
-        data=data, display=display_path, kind=kind, settings=settings, lines=lines, notes=notes
+        data=data,
+        display=display_path,
+        kind=kind,
+        settings=settings,
+        lines=lines,
+        notes=notes,
+        unknown=unknown,
     )
 
 
@@ -914,7 +995,9 @@ def _parse_xl(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[s
 # xm: Python, read as data through ast
 
 
-def _parse_xm(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[str]]:
+def _parse_xm(
+    data: bytes, display: str
+) -> tuple[list[_Setting], _Lines, list[str], list[tuple[int, str]]]:
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     body = data[bom:]
     try:
@@ -940,8 +1023,12 @@ def _parse_xm(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[s
 
     notes: list[str] = []
     settings: list[_Setting] = []
+    unknown: list[tuple[int, str]] = []
     for statement in module.body:
         setting = _xm_setting(statement, data, display, offset)
+        if setting is not None and setting.key == "pci" and setting.value is CODE:
+            unknown.append((statement.lineno, "pci is computed by Python code"))
+            continue
         if setting is not None:
             settings.append(setting)
             if setting.value is not CODE:
@@ -950,14 +1037,14 @@ def _parse_xm(data: bytes, display: str) -> tuple[list[_Setting], _Lines, list[s
             isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
         ):
             continue
-        _check_xm_code(statement, display)
+        unknown += _check_xm_code(statement, display)
         span = f"{statement.lineno}" + (
             f"-{statement.end_lineno}"
             if statement.end_lineno and statement.end_lineno != statement.lineno
             else ""
         )
         notes.append(f"line {span}: Python code pcipass did not run (xend would)")
-    return settings, lines, notes
+    return settings, lines, notes, unknown
 
 
 def _xm_setting(
@@ -980,7 +1067,7 @@ def _xm_setting(
     try:
         value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        if target.id in WATCHED_KEYS:
+        if target.id in WATCHED_KEYS and target.id != "pci":  # pci: devices unknown
             raise ConfigSyntaxError(
                 display,
                 f"{target.id} is computed by Python code; pcipass reads configuration "
@@ -1004,7 +1091,7 @@ def _xm_setting(
         )
         if target.id == "pci":
             _check_list_gaps(data, (value_start, value_end), items, display, statement.lineno)
-    elif target.id == "pci" and value is not None:
+    elif target.id == "pci" and value is not None and value is not CODE:
         raise ConfigSyntaxError(display, "pci must be a [list] of quoted strings", statement.lineno)
     scalar_quote = None
     if isinstance(node, ast.Constant) and isinstance(value, str):
@@ -1022,50 +1109,69 @@ def _xm_setting(
     )
 
 
-def _check_xm_code(statement: ast.stmt, display: str) -> None:
-    """Refuse code that binds a watched name or can bind names unseen."""
+def _check_xm_code(statement: ast.stmt, display: str) -> list[tuple[int, str]]:
+    """Why ``statement`` could set or change ``pci`` unseen, as (line,
+    reason) pairs: pcipass then reports the file's devices unknown.  Code
+    that binds another watched name is refused (ConfigSyntaxError)."""
+    unknown: list[tuple[int, str]] = []
     for node in ast.walk(statement):
-        bound: Iterable[str] = ()
-        if isinstance(node, ast.Name):
-            if node.id in _DYNAMIC_NAMES:
-                _refuse_dynamic(node.id, node, display)
-            if isinstance(node.ctx, (ast.Store, ast.Del)):
-                bound = (node.id,)
-        elif isinstance(node, ast.Attribute) and node.attr in _DYNAMIC_NAMES:
-            _refuse_dynamic(node.attr, node, display)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound = (node.name,)
-        elif isinstance(node, ast.alias):
-            if node.name == "*":
-                raise ConfigSyntaxError(
-                    display,
-                    "'import *' can set any name; pcipass cannot tell what it changes",
-                    getattr(node, "lineno", statement.lineno),
-                )
-            bound = ((node.asname or node.name).split(".")[0],)
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            bound = tuple(node.names)
-        elif isinstance(node, _NAME_BINDERS) and getattr(node, "name", None):
-            bound = (str(getattr(node, "name")),)  # noqa: B009 (a type the checker cannot narrow)
-        elif _MATCH_MAPPING is not None and isinstance(node, _MATCH_MAPPING):
-            rest = getattr(node, "rest", None)  # "**rest" in a mapping pattern
-            bound = (str(rest),) if rest else ()
-        for name in bound:
-            if name in WATCHED_KEYS:
+        line = getattr(node, "lineno", statement.lineno)
+        reason = _unseen_change(node)
+        if reason is not None:
+            unknown.append((line, reason))
+        for name in _bound_names(node, statement):
+            if name == "pci":
+                unknown.append((line, "Python code sets pci"))
+            elif name in WATCHED_KEYS:
                 raise ConfigSyntaxError(
                     display,
                     f"Python code sets {name}; pcipass reads configuration files as data and "
                     f"needs a plain {name} = <literal> line",
-                    getattr(node, "lineno", statement.lineno),
+                    line,
                 )
+    return unknown
 
 
-def _refuse_dynamic(name: str, node: ast.AST, display: str) -> None:
-    raise ConfigSyntaxError(
-        display,
-        f"Python code uses {name}, which can set configuration names pcipass cannot see",
-        getattr(node, "lineno", None),
-    )
+def _unseen_change(node: ast.AST) -> str | None:
+    """How ``node`` could reach ``pci`` or the namespace xend reads it from."""
+    if isinstance(node, ast.Name):
+        if node.id in _DYNAMIC_NAMES:
+            return f"Python code uses {node.id}, which can set names pcipass cannot see"
+        if node.id == "pci" and isinstance(node.ctx, ast.Load):
+            return "Python code uses pci (a call, an attribute or an index can change it)"
+    elif isinstance(node, ast.Attribute):
+        if node.attr in _DYNAMIC_NAMES or node.attr in _DYNAMIC_ATTRIBUTES:
+            return f"Python code uses .{node.attr}, which can reach names pcipass cannot see"
+        if node.attr.startswith("_"):
+            return f"Python code uses .{node.attr}, which can reach the interpreter's internals"
+    elif isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name not in _HARMLESS_MODULES:
+                return f"Python code imports {alias.name}"
+    elif isinstance(node, ast.ImportFrom):
+        if any(alias.name == "*" for alias in node.names):
+            return "'import *' can set any name"
+        if (node.module or "") not in _HARMLESS_MODULES or node.level:
+            return f"Python code imports from {'.' * node.level}{node.module or ''}"
+    return None
+
+
+def _bound_names(node: ast.AST, statement: ast.stmt) -> Iterable[str]:
+    """The names ``node`` binds (assignment targets, definitions, imports...)."""
+    if isinstance(node, ast.Name):
+        return (node.id,) if isinstance(node.ctx, (ast.Store, ast.Del)) else ()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return (node.name,)
+    if isinstance(node, ast.alias) and node.name != "*":
+        return ((node.asname or node.name).split(".")[0],)
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return tuple(node.names)
+    if isinstance(node, _NAME_BINDERS) and getattr(node, "name", None):
+        return (str(getattr(node, "name")),)  # noqa: B009 (a type the checker cannot narrow)
+    if _MATCH_MAPPING is not None and isinstance(node, _MATCH_MAPPING):
+        rest = getattr(node, "rest", None)  # "**rest" in a mapping pattern
+        return (str(rest),) if rest else ()
+    return ()
 
 
 def _check_list_gaps(

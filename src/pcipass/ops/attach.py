@@ -37,7 +37,14 @@ from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.ops.files import apply_edits, undo_file_edits
-from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
+from pcipass.ops.guests import (
+    GuestFile,
+    GuestScan,
+    find_guest,
+    same_guest,
+    scan_guests,
+    unreadable_findings,
+)
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.platform import Platform, detect_platform
 from pcipass.policy import guest_rules
@@ -248,6 +255,7 @@ class GuestContext:
             if d.covers(address)
         ]
         findings = guest_rules.exclusive_findings(address, guest, ledger_owner, listed_by)
+        findings += unreadable_findings(self.scan, address, guest_file)
         pv_dma = guest_rules.pv_dma_finding(address, cfg)
         if pv_dma is not None:
             findings.append(pv_dma)
@@ -267,15 +275,21 @@ def attach(
     guest_os: GuestOs | None = None,
     dry_run: bool = False,
     live: bool = False,
+    trust_unreadable: Sequence[str] = (),
 ) -> AttachResult:
-    """Assign ``address`` to ``guest`` in its configuration (and live)."""
+    """Assign ``address`` to ``guest`` in its configuration (and live).
+
+    ``trust_unreadable`` names xm files whose devices pcipass cannot read
+    that the administrator says do not hold ``address`` (PP101)."""
     guest_file = find_guest(host, guest, config)
     cfg = guest_file.config
     result = AttachResult(
         "attach", str(address), guest, guest_file.display, str(cfg.kind), dry_run=dry_run
     )
     result.notes += [f"{guest_file.display}: {n}" for n in cfg.notes]
-    scan = scan_guests(host, extra=guest_file if config is not None else None)
+    scan = scan_guests(
+        host, extra=guest_file if config is not None else None, trust_unreadable=trust_unreadable
+    )
     result.notes += [f"not checked for PP101: {p}" for p in scan.problems]
     ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
     try:

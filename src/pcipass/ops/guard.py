@@ -88,7 +88,11 @@ def _owned(host: Host, guest: str) -> list[str]:
 
 
 def _listed(config: GuestConfig) -> list[str]:
-    return [str(d.address) if d.address is not None else d.spec_text for d in config.devices()]
+    listed = [str(d.address) if d.address is not None else d.spec_text for d in config.devices()]
+    if config.devices_unknown is not None:
+        # Fail closed: code pcipass cannot read may give the guest a device.
+        listed.append(f"unknown ({config.display} {config.devices_unknown})")
+    return listed
 
 
 def guard(
@@ -222,6 +226,18 @@ def check_guest(
         guest, guest_file.display, str(cfg.kind), str(cfg.virt_mode), str(guest_os or cfg.os)
     )
     result.notes += [f"{guest_file.display}: {n}" for n in cfg.notes]
+    if cfg.devices_unknown is not None:
+        result.findings.append(
+            Finding(
+                "PP101",
+                Severity.WARN,
+                f"guest {guest}",
+                f"devices unknown: {guest_file.display} computes pci ({cfg.devices_unknown}); "
+                "pcipass gives no other guest a device until this file is plain data or is "
+                "trusted (--trust-unreadable)",
+                f"write pci = [ ... ] as a plain list in {guest_file.display}",
+            )
+        )
     ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
     try:
         owners = {o.address: o.guest for o in ledger.owners()}

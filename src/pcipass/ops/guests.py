@@ -17,6 +17,7 @@ being checked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pcipass.guests.model import GuestConfig, GuestKind
 from pcipass.guests.names import check_guest_name
 from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
 from pcipass.host.context import Host
+from pcipass.policy.verdict import Finding, Severity
 
 XEN_DIR = "/etc/xen"
 LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"
@@ -78,10 +80,56 @@ class GuestScan:
 
     guests: list[GuestFile] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # files that could not be read
+    # Files whose devices are unknown that the administrator vouches for
+    # (--trust-unreadable FILE): only their literal pci counts.
+    trusted: set[Path] = field(default_factory=set)
 
     def listing(self, address: PciAddress) -> list[GuestFile]:
         """The configurations that assign ``address`` (directly or by a wildcard)."""
         return [g for g in self.guests if any(d.covers(address) for d in g.config.devices())]
+
+    def unreadable(self) -> list[GuestFile]:
+        """Configurations that may hold any device: xm code pcipass cannot read
+        could set or change their ``pci`` (and nobody vouched for them)."""
+        return [
+            g
+            for g in self.guests
+            if devices_unknown(g.config) is not None and g.path.resolve() not in self.trusted
+        ]
+
+
+def devices_unknown(config: GuestConfig) -> str | None:
+    """Why ``config``'s devices cannot all be known (None: they can)."""
+    return config.devices_unknown
+
+
+def unreadable_findings(
+    scan: GuestScan, address: PciAddress, guest_file: GuestFile
+) -> list[Finding]:
+    """PP101, failing closed: a guest whose ``pci`` pcipass cannot read might
+    hold ``address``, so another guest is not given it unless the
+    administrator names that file with ``--trust-unreadable FILE``."""
+    findings = []
+    for other in scan.unreadable():
+        if same_guest(other, guest_file):
+            continue
+        findings.append(
+            Finding(
+                "PP101",
+                Severity.REFUSE,
+                str(address),
+                f"guest {other.guest_name} may hold it: {other.display} computes its devices "
+                f"({devices_unknown(other.config)}); a device belongs to one guest at a time",
+                f"make pci a plain list in {other.display}, or, if that guest does not hold "
+                f"{address}, say so: --trust-unreadable {other.display}",
+            )
+        )
+    return findings
+
+
+def trusted_paths(host: Host, files: Sequence[str]) -> set[Path]:
+    """``--trust-unreadable FILE`` arguments as resolved paths in the root."""
+    return {config_path(host, text)[0].resolve() for text in files}
 
 
 def parse_guest_file(path: Path, display: str, data: bytes) -> GuestConfig:
@@ -185,10 +233,12 @@ def _xml_entries(host: Host, absolute: str) -> list[Path]:
         return []
 
 
-def scan_guests(host: Host, extra: GuestFile | None = None) -> GuestScan:
+def scan_guests(
+    host: Host, extra: GuestFile | None = None, trust_unreadable: Sequence[str] = ()
+) -> GuestScan:
     """Read every guest configuration on the host (plus ``extra``, a
     ``--config`` file that may live elsewhere)."""
-    scan = GuestScan()
+    scan = GuestScan(trusted=trusted_paths(host, trust_unreadable))
     seen: set[Path] = set()
     paths = (
         _xen_dir_entries(host)
