@@ -581,3 +581,36 @@ def test_perturbed_samples_give_a_result_or_a_usage_error(
         return
     inserted(text, added)
     assert reparse(config, added).with_device_removed(NEW) == text
+
+
+# --------------------------------------------------------------------------
+# Comments stay with their entry in a one-entry-per-line list
+
+
+@pytest.mark.parametrize("kind", [GuestKind.XL, GuestKind.XM])
+@pytest.mark.parametrize("close", ["]", "    ]"])
+def test_a_comment_after_the_last_entry_stays_with_it(kind: GuestKind, close: str) -> None:
+    text = (
+        f"name = 'g'\npci = [\n    '09:00.0',  # NIC\n    '0a:00.0'   # HBA\n{close}\nmemory = 1\n"
+    ).encode()
+    config = parse_xen_config(text, "g", kind)
+    added = config.with_device_added(NEW)
+    assert added == text.replace(
+        b"    '0a:00.0'   # HBA\n", b"    '0a:00.0',   # HBA\n    '0000:0b:00.0'\n"
+    )
+    assert reparse(config, added).with_device_removed(NEW) == text
+    removed = config.with_device_removed(PciAddress.parse("0a:00.0"))
+    assert removed == text.replace(
+        b"'09:00.0',  # NIC\n    '0a:00.0'   # HBA\n", b"'09:00.0'  # NIC\n"
+    )
+    assert addresses(parse_xen_config(removed, "g", kind)) == ["0000:09:00.0"]
+    first_gone = config.with_device_removed(NIC)
+    assert b"    '0a:00.0'   # HBA\n" in first_gone and b"NIC" not in first_gone
+
+
+def test_crlf_one_entry_per_line_keeps_its_line_ends() -> None:
+    text = b"name = 'g'\r\npci = [\r\n    '09:00.0'  # NIC\r\n]\r\n"
+    config = parse_xen_config(text, "g", GuestKind.XM)
+    added = config.with_device_added(NEW)
+    assert added == b"name = 'g'\r\npci = [\r\n    '09:00.0',  # NIC\r\n    '0000:0b:00.0'\r\n]\r\n"
+    assert reparse(config, added).with_device_removed(NEW) == text

@@ -165,6 +165,12 @@ _XL_ONLY_LINE = re.compile(
 # device can be attached live later (lab-notes README, "Pitfall").
 _PASSTHROUGH_ON = frozenset({"enabled", "sync_pt", "share_pt"})
 _PASSTHROUGH_VALUES = _PASSTHROUGH_ON | {"disabled", "default"}
+# What pcipass writes when it adds passthrough (attach of an xl guest); the
+# last detach removes exactly such a line and nothing else.
+PASSTHROUGH_MARK = "# added by pcipass attach; its last detach removes it"
+_ADDED_PASSTHROUGH = re.compile(
+    rb"""passthrough[ \t]*=[ \t]*(["'])enabled\1[ \t]*""" + re.escape(PASSTHROUGH_MARK.encode())
+)
 
 # xend's check_pci_opts (Xen 3.4 tools/python/xen/util/pci.py) accepts only
 # these per-device options, 0/1/yes/no.
@@ -415,7 +421,38 @@ class XenConfig:
         return self._insert_item(setting, f"{quote}{spec}{quote}".encode(), style)
 
     def with_device_removed(self, address: PciAddress) -> bytes:
-        """The file without the ``pci`` entry for ``address`` (unchanged if none)."""
+        """The file without the ``pci`` entry for ``address`` (unchanged if none).
+
+        With the last device goes the ``passthrough`` line pcipass added
+        (:meth:`with_passthrough_enabled`), so attach then detach gives the
+        file back byte for byte; one the administrator wrote stays."""
+        after = self._without_device(address)
+        if after == self.data or self._kind is not GuestKind.XL:
+            return after
+        edited = parse_xen_config(after, self._display, self._kind)
+        return edited._without_added_passthrough()
+
+    def with_passthrough_enabled(self) -> bytes:
+        """xl.cfg(5) ``passthrough = "enabled"`` appended, marked as pcipass's
+        (unchanged when the file sets passthrough itself)."""
+        if self._kind is not GuestKind.XL or self.passthrough is not None:
+            return self.data
+        style = self._style()
+        value = self._format_scalar("passthrough", "enabled", style)
+        return self._append(f"passthrough{style.equals}{value}  {PASSTHROUGH_MARK}", style)
+
+    def _without_added_passthrough(self) -> bytes:
+        setting = self._by_key.get("passthrough")
+        if self._devices or setting is None:
+            return self.data
+        line_start = self._lines.start_of(setting.start)
+        line_end, _ = self._lines.end_of(setting.value_end)
+        line = self.data[line_start:line_end]
+        if not _ADDED_PASSTHROUGH.fullmatch(line):
+            return self.data
+        return _remove_lines(self.data, self._lines, line_start, line_end)
+
+    def _without_device(self, address: PciAddress) -> bytes:
         self._refuse_unknown()
         self._check_single("pci")
         for device in self._devices:
@@ -654,6 +691,14 @@ class XenConfig:
                 indent = b"    "
             text = indent + element + b"," + style.newline
             return data[:next_line] + text + data[next_line:]
+        own_line = self._alone_on_line(last, close_at)
+        if own_line is not None:
+            # One entry per line, no comma after the last: the comma goes
+            # right after the entry, so a comment after it stays on its line.
+            _line_end, next_line, newline = own_line
+            indent = data[lines.start_of(last.start) : last.start]
+            text = indent + element + newline
+            return data[: last.end] + b"," + data[last.end : next_line] + text + data[next_line:]
         if len(items) > 1:
             separator = data[items[-2].end : last.start]
             if b"#" in separator or b"\\" in separator:
@@ -661,6 +706,21 @@ class XenConfig:
         else:
             separator = self._fresh_separator(last, open_at, style)
         return data[: last.end] + separator + element + data[last.end :]
+
+    def _alone_on_line(self, item: _Item, close_at: int) -> tuple[int, int, bytes] | None:
+        """(line end, next line start, line end bytes) when ``item`` stands
+        alone on its line, with at most blanks and a comment after it (no
+        comma), and the list closes on a later line; else None."""
+        data, lines = self.data, self._lines
+        line_start = lines.start_of(item.start)
+        line_end, next_line = lines.end_of(item.end)
+        if data[line_start : item.start].strip(b" \t") or next_line > close_at:
+            return None
+        if next_line == line_end or not re.fullmatch(
+            rb"[ \t]*(?:#[^\r\n]*)?", data[item.end : line_end]
+        ):
+            return None
+        return line_end, next_line, data[line_end:next_line]
 
     def _fresh_separator(self, last: _Item, open_at: int, style: _Style) -> bytes:
         lines = self._lines
@@ -689,6 +749,13 @@ class XenConfig:
             and next_line <= close_at
         ):
             return data[:line_start] + data[next_line:]
+        if index > 0 and index == len(items) - 1 and self._alone_on_line(item, close_at):
+            # The inverse of the own-line insertion: the entry's line goes
+            # (with its comment) and so does the comma after the entry before
+            # it, whose own comment stays.
+            comma = _trailing_comma(data, items[index - 1].end, close_at)
+            if comma is not None and comma < line_start:
+                return data[:comma] + data[comma + 1 : line_start] + data[next_line:]
         if index > 0:
             return data[: items[index - 1].end] + data[item.end :]
         if len(items) > 1:

@@ -203,7 +203,7 @@ def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
         # xl.cfg(5) passthrough="enabled": the domain is built able to take a
         # device later, so detach -> save/restore -> attach works (lab-notes).
         edited = parse_xen_config(after, guest_file.display, GuestKind.XL)
-        after = edited.with_setting("passthrough", "enabled")
+        after = edited.with_passthrough_enabled()  # marked: the last detach removes it
     return after
 
 
