@@ -17,6 +17,7 @@ being checked.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ def unreadable_findings(
                 f"guest {other.guest_name} may hold it: {other.display} computes its devices "
                 f"({devices_unknown(other.config)}); a device belongs to one guest at a time",
                 f"make pci a plain list in {other.display}, or, if that guest does not hold "
-                f"{address}, say so: --trust-unreadable {other.display}",
+                f"{address}, say so: --trust-unreadable {shlex.quote(other.display)}",
             )
         )
     return findings
