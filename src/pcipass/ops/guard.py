@@ -4,8 +4,8 @@ The source document (§15.5 Limitations): "Any guest using PCI passthrough
 will no longer be available for save, restore, or migration capabilities, as
 it will be tied to a particular non-virtualized hardware configuration."
 Xen does not enforce it for PV guests: ``xl save`` of a guest holding a
-device exits 0 and the restored guest hangs in pcifront (lab-notes README,
-result 4), so this guard is what stands between the administrator and a
+device exits 0 and the restored guest hangs in pcifront (seen on Xen 4.17 in
+the lab), so this guard is what stands between the administrator and a
 dead guest.  Toolstack wrappers and hooks call it before the operation.
 
 A guest holds a device when pcipass's ledger says so, or when its
@@ -26,7 +26,6 @@ from pcipass.errors import (
     ConfigSyntaxError,
     GuestNotFoundError,
     PcipassError,
-    RefusedError,
     UsageError,
 )
 from pcipass.guests.libvirt_xml import parse_domain_xml
@@ -45,7 +44,7 @@ from pcipass.ops.guests import (
 )
 from pcipass.policy import guest_rules
 from pcipass.policy.guest_rules import save_restore_findings
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, refusal_error
 from pcipass.state.ledger import Ledger
 
 OPERATIONS = ("save", "restore", "migrate")
@@ -138,8 +137,7 @@ def guard(
     where = " and ".join(sources) or "its configuration"
     findings = save_restore_findings(guest, operation, owned, listed, where)
     if findings:
-        only = findings[0]
-        raise RefusedError(only.subject, only.message, only.remedy, rule=only.rule)
+        raise refusal_error(findings, f"guest {guest}")
     return result
 
 
@@ -323,15 +321,17 @@ def guard_unidentified(host: Host, tool: str, operation: str, reason: str) -> Gu
     held = holders(host)
     if held:
         shown = "; ".join(f"{guest} ({', '.join(devices)})" for guest, devices in held.items())
-        raise RefusedError(
+        refusal = Finding(
+            "PP003",
+            Severity.REFUSE,
             f"{tool} {operation}",
             f"pcipass cannot tell which guest this concerns: {reason}; guests holding "
             f"passed-through PCI devices: {shown}; a guest using PCI passthrough is not "
             f"available for save, restore, or migration, so the command is refused",
             f"name the guest plainly (e.g. {tool} {operation} GUEST ...), or use "
             f"pcipass {operation}",
-            rule="PP003",
         )
+        raise refusal_error([refusal], refusal.subject)
     result = GuardResult(f"({tool} {operation})", operation, allowed=True)
     result.notes.append(f"{reason}; no guest holds a passed-through device")
     return result
