@@ -164,9 +164,11 @@ def _info(
 
 def inventory(host: Host, *, with_owners: bool = True) -> Inventory:
     devices, problems = read_all(host.sysfs)
-    ids = PciIds.load(host.root.pci_ids_candidates)
+    ids = PciIds.for_root(host.root)
     if ids.problem:
         problems.append(ids.problem + "; names are shown as numeric ids")
+    if ids.note:
+        problems.append(ids.note)
     uses, use_problems = host_uses(host.sysfs, [d.address for d in devices if d.boot_vga])
     problems.extend(use_problems)
     groups = _group_map(devices)
@@ -182,9 +184,11 @@ def device_info(host: Host, address: PciAddress) -> tuple[DeviceInfo, list[str]]
     """One device with everything ``list`` knows (raises DeviceNotFoundError)."""
     dev = read_one(host.sysfs, address)
     problems: list[str] = []
-    ids = PciIds.load(host.root.pci_ids_candidates)
+    ids = PciIds.for_root(host.root)
     if ids.problem:
         problems.append(ids.problem)
+    if ids.note:
+        problems.append(ids.note)
     uses, use_problems = host_uses(host.sysfs)
     problems.extend(use_problems)
     groups: dict[int, list[PciAddress]] = {}
