@@ -158,6 +158,21 @@ def _plain_qemu(
             if name == "attach"
             else "device_del (and wait for DEVICE_DELETED)"
         )
+        if args.json:  # output contract: --json prints one JSON object, dry runs too
+            from pcipass.cli.render import print_json
+
+            print_json(
+                {
+                    "action": name,
+                    "address": str(address),
+                    "guest": guest,
+                    "dry_run": True,
+                    "would_send": f"{verb} host={address}",
+                    "pid": qemu.pid,
+                    "qmp_path": str(qemu.qmp_path),
+                }
+            )
+            return 0
         print(
             f"would send QMP {verb} host={address} to QEMU {guest} (pid {qemu.pid}, "
             f"{qemu.qmp_path})"
