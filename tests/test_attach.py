@@ -31,6 +31,7 @@ from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import DEFAULT_BUDGET, HotplugLimiter
 from pcipass.testing.fakehost import FakeRunner, snapshot
 from pcipass.testing.harness import Lab
+from pcipass.testing.tools import find_tool
 
 A = PciAddress.parse
 NIC = A("0000:09:00.0")  # the document's bnx2 NIC
@@ -448,11 +449,10 @@ class CapturingRunner(FakeRunner):
         return super().run(argv, stdin=stdin, env=env, timeout=timeout)
 
 
-VALIDATE = shutil.which("virt-xml-validate")
+VALIDATE = find_tool("virt-xml-validate")
 
 
-@pytest.mark.needs_tool
-@pytest.mark.skipif(VALIDATE is None, reason="virt-xml-validate (libvirt-clients) not installed")
+@pytest.mark.needs_tool("virt-xml-validate", "xmllint")
 def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> None:
     assert VALIDATE is not None
     hide_now(kvm.host, [VF], Backend.VFIO)
