@@ -27,6 +27,7 @@ import jsonschema
 import pytest
 
 from pcipass.cli.main import COMMANDS, main
+from pcipass.testing.fakehost import snapshot
 from pcipass.testing.harness import Lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -486,6 +487,29 @@ def test_an_ascii_terminal_gets_escapes_not_a_unicode_error(unicode_guest_host: 
         pcipass(unicode_guest_host, "guests", "--json", env=ascii_env()), "guests", 0
     )
     assert UNICODE_GUEST in [g["name"] for g in data["guests"]]
+
+
+def test_guests_says_why_a_listed_name_cannot_be_attached(unicode_guest_host: Path) -> None:
+    listed = check_contract(pcipass(unicode_guest_host, "guests", "--json"), "guests", 0)
+    rows = {g["name"]: g for g in listed["guests"]}
+    assert rows["win10"]["usable"] is True and "name_problem" not in rows["win10"]
+    assert rows[UNICODE_GUEST]["usable"] is False
+    why = rows[UNICODE_GUEST]["name_problem"]
+    assert why.startswith("not a valid name") and "attach" in why
+    text = pcipass(unicode_guest_host, "guests")
+    assert text.code == 0
+    assert text.err.splitlines() == [f"pcipass: guest {UNICODE_GUEST!r}: {why}"]
+    checked = check_contract(
+        pcipass(unicode_guest_host, "guests", "--check", "--json"), "guests", 0
+    )
+    assert [g["usable"] for g in checked["guests"] if g["guest"] == UNICODE_GUEST] == [False]
+    # ... and attach refuses it with the same reason, changing nothing.
+    before = snapshot(unicode_guest_host, skip=())
+    refused = check_contract(
+        pcipass(unicode_guest_host, "attach", VF, UNICODE_GUEST, "--json"), "error", 2
+    )
+    assert refused["problem"] == why.split(":")[0]
+    assert snapshot(unicode_guest_host, skip=()) == before
 
 
 def test_errors_about_a_unicode_name_reach_an_ascii_terminal(unicode_guest_host: Path) -> None:
