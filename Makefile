@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= /tmp/pcipass-example
 
-.PHONY: venv demo test test-deps lint bench lab lab-smoke clean
+.PHONY: venv demo test test-deps test-pythons lint bench lab lab-smoke dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,38 @@ test: test-deps venv
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+# The suite on the oldest and newest Pythons pcipass supports (RHEL 9 / Debian 11 ship 3.9;
+# Debian 13 3.13), from pyenv's interpreters.  A missing interpreter fails: CI must not pass
+# on fewer versions than it claims.
+PYENV_VERSIONS ?= $(HOME)/.pyenv/versions
+OTHER_PYTHONS  ?= 3.9 3.13
+test-pythons:
+	set -e; for v in $(OTHER_PYTHONS); do \
+	  py=$$(ls -d $(PYENV_VERSIONS)/$$v.*/bin/python 2>/dev/null | sort -V | tail -n 1); \
+	  if [ -z "$$py" ]; then echo "test-pythons: no Python $$v under $(PYENV_VERSIONS) (pyenv install $$v)" >&2; exit 1; fi; \
+	  echo "== pytest on $$($$py --version)"; \
+	  [ -x .venv-$$v/bin/python ] || $$py -m venv .venv-$$v; \
+	  .venv-$$v/bin/python -m pip install -q --upgrade pip; \
+	  .venv-$$v/bin/python -m pip install -q -e '.[test]'; \
+	  .venv-$$v/bin/python -m pytest -p no:cacheprovider; \
+	done
+
 lint: venv
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+
+# dist/pcipass.pyz (one file, stdlib only: `python3 pcipass.pyz list` on any host with 3.9+),
+# the man page and bash/zsh completion generated from the parser, and the wheel and sdist
+# that pip and pipx install.
+dist: venv
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python packaging/build_zipapp.py --output dist/pcipass.pyz
+	$(BIN)/python packaging/build_manpage.py --output dist/pcipass.1
+	$(BIN)/python packaging/build_completion.py --output-dir dist
+	$(BIN)/python -m pip install -q build
+	$(BIN)/python -m build -q --outdir dist .
 
 bench: venv
 	$(BIN)/python benchmarks/bench_list.py
@@ -51,4 +78,4 @@ lab-smoke:
 	lab/run smoke
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-3.* build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
