@@ -30,6 +30,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "virsh": "libvirt-clients",
     "sh": "dash",
     "bash": "bash",
+    "zsh": "zsh",
+    "groff": "groff-base",
 }
 
 # kmod installs into /sbin or /usr/sbin, which a non-root PATH may lack.
