@@ -554,3 +554,18 @@ def test_save_restore_migrate_success_shapes(
         data = one_json_object(capsys.readouterr().out)
         validator(definition).validate(data)
         assert data["action"] == argv[0]
+
+
+def test_undecodable_input_on_stdin_is_not_a_traceback(shared_hosts: dict[str, Path]) -> None:
+    root = str(shared_hosts["rhel5-xen"])
+    done = subprocess.run(
+        [sys.executable, "-m", "pcipass", "--root", root, "explain", "-", "--json"],
+        input=b"xc_assign_device failed \xff\xfe\n",
+        capture_output=True,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"},
+    )
+    assert b"Traceback" not in done.stderr, done.stderr
+    run = Run(done.returncode, done.stdout.decode(), done.stderr.decode())
+    data = check_contract(run, "error", 2)
+    assert data["problem"] == "not valid utf-8 text"
