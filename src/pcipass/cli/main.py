@@ -247,7 +247,7 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
             as_json=as_json,
         )
     except OSError as error:
-        return report_error(_os_error(error), as_json=as_json)
+        return report_error(HostOSError(error), as_json=as_json)
 
 
 class HostOSError(PcipassError):
@@ -267,10 +267,6 @@ class HostOSError(PcipassError):
         data["error"] = "OSError"
         data["errno"] = self.errno_name
         return data
-
-
-def _os_error(error: OSError) -> PcipassError:
-    return HostOSError(error)
 
 
 def _open_host(root: str) -> Host:
