@@ -569,3 +569,19 @@ def test_undecodable_input_on_stdin_is_not_a_traceback(shared_hosts: dict[str, P
     run = Run(done.returncode, done.stdout.decode(), done.stderr.decode())
     data = check_contract(run, "error", 2)
     assert data["problem"] == "not valid utf-8 text"
+
+
+@pytest.mark.parametrize(("argv", "code"), [(("list",), 1), (("check", ROUTE_NIC), 3)])
+def test_a_closed_stdout_is_one_line_and_never_exit_0(
+    shared_hosts: dict[str, Path], argv: tuple[str, ...], code: int
+) -> None:
+    # `pcipass list >&-`: Python starts with no sys.stdout at all.
+    script = '"$1" -m pcipass --root "$2" "${@:3}" >&-'
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", sys.executable, str(shared_hosts["rhel5-xen"]), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == code
+    assert done.stderr == "pcipass: standard output: write failed: Bad file descriptor\n"
