@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= /tmp/pcipass-example
 
-.PHONY: venv demo test test-deps test-pythons lint bench lab lab-smoke dist clean
+.PHONY: venv demo test test-deps test-pythons lint bench lab lab-smoke dist dist-files deb rpm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,19 +56,51 @@ lint: venv
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
-# dist/pcipass.pyz (one file, stdlib only: `python3 pcipass.pyz list` on any host with 3.9+),
-# the man page and bash/zsh completion generated from the parser, and the wheel and sdist
-# that pip and pipx install.
-dist: venv
-	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python packaging/build_zipapp.py --output dist/pcipass.pyz
-	$(BIN)/python packaging/build_manpage.py --output dist/pcipass.1
-	$(BIN)/python packaging/build_completion.py --output-dir dist
-	$(BIN)/python -m pip install -q build
-	$(BIN)/python -m build -q --outdir dist .
+# Everything a host can install from, in $(DIST): `make dist`.
+#   dist-files: pcipass.pyz (one file, stdlib only: `python3 pcipass.pyz list` on any host with
+#               3.9+), pcipass.1 and bash/zsh completion generated from the parser, wheel, sdist;
+#   deb:        Debian package with debhelper + dh-python (pybuild), lintian clean;
+#   rpm:        RHEL 9 family package, built with rpmbuild (Debian's rpm package).
+# Both packages are built from a copy of the tracked files plus the generated pages, with the
+# system PATH: the distribution's python3 builds them, not one a version manager put first.
+DIST      ?= dist
+PKG_BUILD ?= build/pkg
+VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+SYSTEM_PATH = /usr/sbin:/usr/bin:/sbin:/bin
+GENERATED = $(DIST)/pcipass.1 $(DIST)/pcipass.bash $(DIST)/_pcipass
+
+dist: dist-files deb rpm
+
+dist-files: venv
+	$(BIN)/python -m pip install -q -e '.[test]' build
+	$(BIN)/python packaging/build_zipapp.py --output $(DIST)/pcipass.pyz
+	$(BIN)/python packaging/build_manpage.py --output $(DIST)/pcipass.1
+	$(BIN)/python packaging/build_completion.py --output-dir $(DIST)
+	$(BIN)/python -m build -q --outdir $(DIST) . >/dev/null
+
+# A tree of the tracked files and the generated pages: what both packages are built from.
+$(PKG_BUILD)/pcipass-$(VERSION): dist-files
+	rm -rf $(PKG_BUILD) && mkdir -p $@/dist
+	git ls-files -z | xargs -0 cp --parents -t $@
+	cp $(GENERATED) $@/dist/
+
+deb: $(PKG_BUILD)/pcipass-$(VERSION)
+	cd $< && PATH=$(SYSTEM_PATH) dpkg-buildpackage -b -uc -us >../deb.log 2>&1 \
+	  || { tail -30 $(PKG_BUILD)/deb.log; exit 1; }
+	cp $(PKG_BUILD)/pcipass_$(VERSION)_all.deb $(DIST)/
+	PATH=$(SYSTEM_PATH) lintian --fail-on error,warning $(DIST)/pcipass_$(VERSION)_all.deb
+
+rpm: $(PKG_BUILD)/pcipass-$(VERSION)
+	mkdir -p $(PKG_BUILD)/rpm/SOURCES
+	tar -C $(PKG_BUILD) --exclude=debian -czf $(PKG_BUILD)/rpm/SOURCES/pcipass-$(VERSION).tar.gz \
+	  pcipass-$(VERSION)
+	PATH=$(SYSTEM_PATH) rpmbuild -bb --nodeps --define "_topdir $(abspath $(PKG_BUILD))/rpm" \
+	  packaging/pcipass.spec >$(PKG_BUILD)/rpm.log 2>&1 || { tail -30 $(PKG_BUILD)/rpm.log; exit 1; }
+	cp $(PKG_BUILD)/rpm/RPMS/noarch/pcipass-$(VERSION)-*.rpm $(DIST)/
 
 bench: venv
 	$(BIN)/python benchmarks/bench_list.py
+	$(BIN)/python benchmarks/bench_verbs.py
 
 # Both scenarios run even when the first fails; the exit status reports either failure.
 lab:

@@ -173,7 +173,7 @@ def run_boot(
     res = qemu.boot(name, argv, out / "logs" / f"{name}.log", timeout, on_event)
     why = ""
     if res.timed_out:
-        why = f"QEMU killed after {timeout:.0f}s timeout"
+        why = res.timeout_why
     elif res.init_at is None:
         why = f"guest never reached /init (QEMU exit {res.rc}); see {res.log}"
     elif not res.done:

@@ -32,6 +32,12 @@ TOOL_PACKAGES: dict[str, str] = {
     "bash": "bash",
     "zsh": "zsh",
     "groff": "groff-base",
+    "dpkg-buildpackage": "dpkg-dev",
+    "dh": "debhelper",
+    "lintian": "lintian",
+    "rpmbuild": "rpm",
+    "rpm2cpio": "rpm",
+    "cpio": "cpio",
 }
 
 # kmod installs into /sbin or /usr/sbin, which a non-root PATH may lack.
