@@ -31,7 +31,7 @@ from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import DEFAULT_BUDGET, HotplugLimiter
 from pcipass.testing.fakehost import FakeRunner, snapshot
 from pcipass.testing.harness import Lab
-from pcipass.testing.tools import find_tool
+from pcipass.testing.tools import find_tool, require_tool
 
 A = PciAddress.parse
 NIC = A("0000:09:00.0")  # the document's bnx2 NIC
@@ -481,7 +481,7 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
         "<domain type='test'><name>pcipass-live</name><memory>1024</memory>"
         f"<os><type>hvm</type></os><devices>{runner.files[0].strip()}</devices></domain>\n"
     )
-    virsh_program = shutil.which("virsh")
+    virsh_program = require_tool("virsh")  # libvirt-clients, like virt-xml-validate
     if virsh_program is not None:
         dumped = subprocess.run(
             [virsh_program, "-c", "test:///default", f"define {live}; dumpxml pcipass-live"],
