@@ -27,8 +27,9 @@ import jsonschema
 import pytest
 
 from pcipass.cli.main import COMMANDS, main
-from pcipass.testing.fakehost import snapshot
+from pcipass.testing.fakehost import FakeHost, snapshot
 from pcipass.testing.harness import Lab
+from pcipass.testing.rom_builder import chain, rom_image
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs/json-schema/pcipass.json").read_text())
@@ -147,6 +148,21 @@ XL_ATTACHED = steps(
     ("attach", NIC, "domu", "--accept-pv-dma-risk"),
     files={"/etc/xen/domu.cfg": XL_GUEST},
 )
+GPU = "0000:01:00.0"  # kvm: NVIDIA 10de:1b80
+
+
+def with_rom(*images: bytes) -> Setup:
+    """The kvm host's GPU gets an option ROM of these images (PCI Firmware Spec 3.0 5.1)."""
+
+    def prepare(root: Path) -> None:
+        FakeHost.load(root).set_rom(GPU, chain(*images))
+
+    return prepare
+
+
+LEGACY_ROM = rom_image(0x10DE, 0x1B80, blocks=2)
+EFI_ROM = rom_image(0x10DE, 0x1B80, code_type=3, blocks=2)
+BAD_ROM = rom_image(0x8086, 0x1234, blocks=2)  # no image for this device
 QEMU_RUNNING = steps(
     ("hide", "--now", "--backend", "vfio", VF), files={"/proc/4242/cmdline": QEMU_ARGV}
 )
@@ -212,6 +228,12 @@ CASES: tuple[Case, ...] = (
     Case("explain", "success", ("explain", "modprobe: FATAL: Module pciback not found"), 0),
     Case("explain", "unknown", ("explain", "hello"), 1, shape="explain"),
     Case("explain", "usage", ("explain",), 2),
+    Case("rom", "success", ("rom", GPU), 0, "kvm", with_rom(LEGACY_ROM, EFI_ROM)),
+    Case("rom", "problems", ("rom", GPU), 1, "kvm", with_rom(BAD_ROM), shape="rom"),
+    Case("rom", "not-found", ("rom", GPU), 4, kind="kvm"),
+    Case("rom", "not-found", ("rom", MISSING), 4, kind="kvm"),
+    Case("rom", "usage", ("rom",), 2, kind="kvm"),
+    Case("rom", "usage", ("rom", GPU, "--save", "/sys/x.rom"), 2, "kvm", with_rom(LEGACY_ROM)),
     Case("save", "refusal", ("save", "rhel5pv", "/tmp/rhel5pv.save"), 3),
     Case("save", "not-found", ("save", "nosuch", "/tmp/x"), 4),
     Case("save", "usage", ("save", "rhel5pv"), 2),
