@@ -569,9 +569,10 @@ def test_save_restore_migrate_success_shapes(
 
     def with_xl(root: str) -> object:
         assert root == str(domu.base)
-        domu.runner.programs.add("xl")
         return domu.host
 
+    domu.runner.programs.add("xl")
+    domu.runner.toolstack.running["domu"] = {NIC}  # the guest runs with its device
     monkeypatch.setattr(cli, "_open_host", with_xl)
     root = str(domu.base)
     capsys.readouterr()
