@@ -32,6 +32,7 @@ from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import DEFAULT_BUDGET, HotplugLimiter
 from pcipass.testing.fakehost import FakeRunner, snapshot
 from pcipass.testing.harness import Lab
+from pcipass.testing.tools import find_tool, require_tool
 
 A = PciAddress.parse
 NIC = A("0000:09:00.0")  # the document's bnx2 NIC
@@ -472,11 +473,10 @@ class CapturingRunner(FakeRunner):
         return super().run(argv, stdin=stdin, env=env, timeout=timeout)
 
 
-VALIDATE = shutil.which("virt-xml-validate")
+VALIDATE = find_tool("virt-xml-validate")
 
 
-@pytest.mark.needs_tool
-@pytest.mark.skipif(VALIDATE is None, reason="virt-xml-validate (libvirt-clients) not installed")
+@pytest.mark.needs_tool("virt-xml-validate", "xmllint")
 def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> None:
     assert VALIDATE is not None
     hide_now(kvm.host, [VF], Backend.VFIO)
@@ -506,7 +506,7 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
         "<domain type='test'><name>pcipass-live</name><memory>1024</memory>"
         f"<os><type>hvm</type></os><devices>{runner.files[0].strip()}</devices></domain>\n"
     )
-    virsh_program = shutil.which("virsh")
+    virsh_program = require_tool("virsh")  # libvirt-clients, like virt-xml-validate
     if virsh_program is not None:
         dumped = subprocess.run(
             [virsh_program, "-c", "test:///default", f"define {live}; dumpxml pcipass-live"],

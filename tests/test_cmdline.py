@@ -9,7 +9,6 @@ reads and meant to write.  Fuzzed files are only syntax-checked with
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -35,18 +34,18 @@ from pcipass.persist.cmdline import (
 )
 from pcipass.persist.modprobe import read_persistent_hides
 from pcipass.persist.shell_assign import ShellFile
+from pcipass.testing.tools import find_tool
 
 A = PciAddress.parse("0000:09:00.0")
 B = PciAddress.parse("0000:0a:04.1")
 PCIBACK = Backend.PCIBACK
 VFIO = Backend.VFIO
-SH = shutil.which("sh")
-_sh_missing = pytest.mark.skipif(SH is None, reason="no /bin/sh")
+SH = find_tool("sh")
 
 
 def needs_sh(test: Callable[..., None]) -> Callable[..., None]:
-    """Marks a test that runs /bin/sh on its own fixtures; skipped without it."""
-    return pytest.mark.needs_tool(_sh_missing(test))
+    """Marks a test that runs /bin/sh on its own fixtures (pcipass.testing.tools)."""
+    return pytest.mark.needs_tool("sh")(test)
 
 
 # A Debian 12 /etc/default/grub as installed (its usual shape, comments shortened).

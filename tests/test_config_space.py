@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -44,9 +43,9 @@ from pcipass.testing.config_builder import (
     pm,
     sriov,
 )
+from pcipass.testing.tools import find_tool
 
-LSPCI = shutil.which("lspci")
-needs_lspci = pytest.mark.skipif(LSPCI is None, reason="lspci (pciutils) not installed")
+LSPCI = find_tool("lspci")
 
 AER = ExtCap(0x0001, bytes(0x44), version=2)  # an extended cap we list but do not decode
 ARI = ExtCap(0x000E, bytes(4))
@@ -338,8 +337,7 @@ def assert_agrees(parsed: ConfigSpace, view: LspciView) -> None:
 # --- cross-check with lspci ------------------------------------------------------------------
 
 
-@needs_lspci
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("lspci")
 def test_lspci_decodes_realistic_devices_like_parse_config(tmp_path: Path) -> None:
     views = run_lspci(tmp_path, DEVICES)
     for address, data in DEVICES.items():
@@ -348,8 +346,7 @@ def test_lspci_decodes_realistic_devices_like_parse_config(tmp_path: Path) -> No
         assert_agrees(parsed, views[address])
 
 
-@needs_lspci
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("lspci")
 def test_lspci_sees_the_values_the_devices_were_built_with(tmp_path: Path) -> None:
     """Not only agreement: the specific facts each imitated device must show."""
     views = run_lspci(tmp_path, DEVICES)
@@ -372,8 +369,7 @@ def test_lspci_sees_the_values_the_devices_were_built_with(tmp_path: Path) -> No
     assert views["00:1d.0"].af == (True, True)
 
 
-@needs_lspci
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("lspci")
 def test_unprivileged_64_byte_read_is_reported_like_lspci(tmp_path: Path) -> None:
     """lspci prints <access denied> where the capability list leaves the 64 bytes read; the
     parser keeps the header and says the capabilities could not be read."""
@@ -389,8 +385,7 @@ def test_unprivileged_64_byte_read_is_reported_like_lspci(tmp_path: Path) -> Non
     )
 
 
-@needs_lspci
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("lspci")
 def test_256_bytes_of_a_pcie_device_hide_the_extended_caps_from_both(tmp_path: Path) -> None:
     data = DEVICES["03:00.0"][:256]
     views = run_lspci(tmp_path, {"03:00.0": data})
@@ -434,8 +429,7 @@ def _random_chain_config(rng: random.Random) -> bytes:
     return bytes(data)
 
 
-@needs_lspci
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("lspci")
 def test_random_capability_chains_walk_like_lspci(tmp_path: Path) -> None:
     """Differential test on 150 random chains (loops, masked low bits, random ids): the
     offsets of both lists equal lspci's, and so do the loop detections."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -82,7 +81,7 @@ def test_rhel5_guest_gets_exactly_the_documents_file(tmp_path: Path) -> None:
     assert again.nothing_to_do
 
 
-@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
+@pytest.mark.needs_tool("sh")
 def test_the_rhel5_file_is_a_valid_shell_script(tmp_path: Path) -> None:
     (edit,) = plan_guest_setup(rhel5_guest(tmp_path)).edits
     apply_edit(edit)

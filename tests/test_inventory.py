@@ -143,7 +143,11 @@ def test_truncated_and_unreadable_attributes(rhel5: Lab) -> None:
 
 
 @pytest.mark.parametrize("content", [None, b"\x00\xff" * 5000])
-def test_missing_or_corrupt_pci_ids_costs_only_names(tmp_path: Path, content: bytes | None) -> None:
+def test_missing_or_corrupt_pci_ids_costs_only_names(
+    tmp_path: Path, content: bytes | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Missing from the root AND from the running system (else its names are used).
+    monkeypatch.setattr("pcipass.host.pciids.SYSTEM_PCI_IDS", (tmp_path / "no-system-ids",))
     fake = build_rhel5_xen(tmp_path / "h")
     ids = fake.base / "usr/share/misc/pci.ids"
     if content is None:

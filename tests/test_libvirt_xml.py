@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.guests.libvirt_xml import LibvirtDomain, hostdev_xml, parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestKind, VirtMode
 from pcipass.testing.harness import inserted
+from pcipass.testing.tools import require_tool
 
 DATA = Path(__file__).parent / "data" / "guests"
 NEW = PciAddress.parse("0000:0b:00.0")
@@ -39,9 +39,8 @@ def addresses(config: GuestConfig) -> list[str]:
 @pytest.fixture(scope="session")
 def validate(tmp_path_factory: pytest.TempPathFactory) -> Validator:
     """Check a document with libvirt's RNG schema (virt-xml-validate FILE domain)."""
-    program = shutil.which("virt-xml-validate")
-    if program is None:
-        pytest.skip("virt-xml-validate (libvirt-clients) is not installed")
+    program = require_tool("virt-xml-validate")
+    require_tool("xmllint")  # virt-xml-validate runs it
     folder = tmp_path_factory.mktemp("validate")
 
     def check(data: bytes) -> None:
@@ -131,7 +130,7 @@ def test_sriov_interface_counts_as_an_assignment_but_is_not_removed() -> None:
 # Adding and removing
 
 
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("virt-xml-validate", "xmllint")
 @pytest.mark.parametrize("name", XML_SAMPLES)
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
 def test_add_validates_and_add_then_remove_is_identity(
@@ -178,7 +177,7 @@ def test_devices_created_with_tabs_and_double_quotes() -> None:
     assert added == data.replace(b"</domain>", block + b"</domain>")
 
 
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("virt-xml-validate", "xmllint")
 def test_remove_an_existing_hostdev_takes_its_lines_only(validate: Validator) -> None:
     data, domain = load("kvm-virt-install.xml")
     removed = domain.with_device_removed(HBA)
@@ -190,7 +189,7 @@ def test_remove_an_existing_hostdev_takes_its_lines_only(validate: Validator) ->
     assert parse_domain_xml(removed, "x").devices() == []
 
 
-@pytest.mark.needs_tool
+@pytest.mark.needs_tool("virt-xml-validate", "xmllint")
 def test_removing_the_only_device_removes_the_empty_devices(validate: Validator) -> None:
     text = (
         b"<domain type='kvm'>\n  <name>g</name>\n  <memory>1</memory>\n"

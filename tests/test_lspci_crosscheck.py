@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,10 +13,11 @@ import pytest
 from pcipass.cli.main import main
 from pcipass.testing.example import PCI_IDS, build_kvm, build_rhel5_xen
 from pcipass.testing.fakehost import FakeHost
+from pcipass.testing.tools import find_tool
 
-pytestmark = pytest.mark.needs_tool
+pytestmark = pytest.mark.needs_tool("lspci")
 
-LSPCI = shutil.which("lspci")
+LSPCI = find_tool("lspci")
 
 
 def lspci_records(base: Path) -> dict[str, dict[str, str]]:
@@ -87,7 +87,6 @@ def random_tree(base: Path, seed: int) -> FakeHost:
     return host
 
 
-@pytest.mark.skipif(LSPCI is None, reason="lspci (pciutils) not installed")
 @pytest.mark.parametrize("kind", ["rhel5", "kvm", "random1", "random2"])
 def test_list_agrees_with_lspci(
     tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]

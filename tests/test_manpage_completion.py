@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +17,9 @@ import pytest
 from pcipass.cli.main import COMMANDS, build_parser
 from pcipass.policy.rules import RULES
 from pcipass.testing.example import build_rhel5_xen
+from pcipass.testing.tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def require(tool: str, package: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        message = f"{tool} not found (install Debian package {package})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def build(script: str, *args: str) -> None:
@@ -45,7 +34,7 @@ def build(script: str, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def manual(tmp_path_factory: pytest.TempPathFactory) -> str:
-    groff = require("groff", "groff-base")
+    groff = require_tool("groff")
     page = tmp_path_factory.mktemp("man") / "pcipass.1"
     build("build_manpage.py", "--output", str(page))
     rendered = subprocess.run(
@@ -92,7 +81,7 @@ def completion(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def complete(script: Path, words: list[str], env: dict[str, str] | None = None) -> list[str]:
     """What bash offers on TAB after ``words`` (the last one being completed)."""
-    bash = require("bash", "bash")
+    bash = require_tool("bash")
     driver = (
         f"source {script}\n"
         'COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1))\n'
@@ -154,7 +143,7 @@ def test_completion_runs_no_python(completion: Path) -> None:
 
 
 def test_zsh_completion_parses(completion: Path) -> None:
-    zsh = require("zsh", "zsh")
+    zsh = require_tool("zsh")
     done = subprocess.run(
         [zsh, "-n", str(completion / "_pcipass")], capture_output=True, text=True, check=False
     )

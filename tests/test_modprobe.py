@@ -14,7 +14,6 @@ The real parser cross-checks run kmod's modprobe on the files pcipass writes:
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from pcipass.persist.modprobe import (
     split_logical,
 )
 from pcipass.testing.example import build_rhel5_xen
+from pcipass.testing.tools import find_tool, require_tool
 
 A = PciAddress.parse("0000:09:00.0")
 B = PciAddress.parse("0000:0a:04.1")
@@ -87,23 +87,13 @@ def config_lines(data: bytes) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def _tool(name: str) -> str | None:
-    for candidate in (shutil.which(name), f"/sbin/{name}", f"/usr/sbin/{name}"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
-MODPROBE = _tool("modprobe")
-DEPMOD = _tool("depmod")
-_kmod_missing = pytest.mark.skipif(
-    MODPROBE is None or DEPMOD is None, reason="kmod's modprobe/depmod not installed"
-)
+MODPROBE = find_tool("modprobe")
+DEPMOD = find_tool("depmod")
 
 
 def needs_kmod(test: Callable[..., None]) -> Callable[..., None]:
-    """Marks a test that runs kmod (``-m needs_tool`` selects them); skipped without it."""
-    return pytest.mark.needs_tool(_kmod_missing(test))
+    """Marks a test that runs kmod (``-m needs_tool`` selects them; pcipass.testing.tools)."""
+    return pytest.mark.needs_tool("modprobe", "depmod")(test)
 
 
 def _fake_ko(name: str) -> bytes:
@@ -133,8 +123,8 @@ def _fake_ko(name: str) -> bytes:
 @pytest.fixture
 def module_tree(tmp_path: Path) -> Path:
     """A kernel module tree (indexed by the real depmod) with the stubs and some drivers."""
-    if DEPMOD is None or MODPROBE is None:
-        pytest.skip("kmod's depmod/modprobe not installed")
+    require_tool("depmod")
+    require_tool("modprobe")
     # kmod adds options from this machine's /proc/cmdline to every module;
     # a CI machine booted with one of our stubs' options would skew the output.
     empty = tmp_path / "no-config"

@@ -8,9 +8,7 @@ main suite (the virtualenv `make test` builds), not again under every Python of 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pcipass.testing.example import build_kvm
+from pcipass.testing.tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = {
@@ -41,12 +40,8 @@ def version() -> str:
 def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
         pytest.skip("the packages are built once, by the main suite's virtualenv (.venv)")
-    for tool, package in TOOLS.items():
-        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            message = f"{tool} not found (install Debian package {package})"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+    for tool in TOOLS:
+        require_tool(tool)  # skipped without it; FAILED under CI (pcipass.testing.tools)
     out = tmp_path_factory.mktemp("packages")
     done = subprocess.run(
         ["make", "-C", str(REPO), f"DIST={out}/dist", f"PKG_BUILD={out}/build", "deb", "rpm"],

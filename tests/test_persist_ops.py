@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -102,8 +101,7 @@ def test_drift_is_reported_when_only_runtime_is_hidden(
     assert drift and "a reboot gives it back to the host" in drift[0]["message"]
 
 
-@pytest.mark.needs_tool
-@pytest.mark.skipif(shutil.which("modprobe") is None, reason="kmod not installed")
+@pytest.mark.needs_tool("modprobe")
 def test_kmod_parses_what_was_written_for_a_current_debian(
     kvm: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:

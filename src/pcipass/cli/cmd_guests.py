@@ -174,6 +174,21 @@ def _plain_qemu(
             if name == "attach"
             else "device_del (and wait for DEVICE_DELETED)"
         )
+        if args.json:  # output contract: --json prints one JSON object, dry runs too
+            from pcipass.cli.render import print_json
+
+            print_json(
+                {
+                    "action": name,
+                    "address": str(address),
+                    "guest": guest,
+                    "dry_run": True,
+                    "would_send": f"{verb} host={address}",
+                    "pid": qemu.pid,
+                    "qmp_path": str(qemu.qmp_path),
+                }
+            )
+            return 0
         print(
             f"would send QMP {verb} host={address} to QEMU {guest} (pid {qemu.pid}, "
             f"{qemu.qmp_path})"
@@ -226,7 +241,7 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
     from pcipass.ops.attach import GuestContext
     from pcipass.ops.guard import check_guest
-    from pcipass.ops.guests import GuestFile, find_guest, scan_guests
+    from pcipass.ops.guests import GuestFile, find_guest, name_problem, scan_guests
     from pcipass.policy.verdict import worst_exit
 
     guest_os = None
@@ -255,36 +270,48 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
             ]
             for g in chosen
         ]
+        # A listed name pcipass cannot act on says why (output contract).
+        unusable = {r[0]: name_problem(r[0]) for r in rows}
         if args.json:
-            print_json(
-                {
-                    "guests": [
-                        dict(
-                            zip_equal(
-                                ("name", "kind", "virt_mode", "os", "devices", "config"),
-                                r,
-                            )
-                        )
-                        for r in rows
-                    ],
-                    "problems": scan.problems,
-                }
-            )
+            listed = []
+            for r in rows:
+                row: dict[str, object] = dict(
+                    zip_equal(("name", "kind", "virt_mode", "os", "devices", "config"), r)
+                )
+                row["usable"] = unusable[r[0]] is None
+                if unusable[r[0]] is not None:
+                    row["name_problem"] = unusable[r[0]]
+                listed.append(row)
+            print_json({"guests": listed, "problems": scan.problems})
         else:
             print(table(rows, ["GUEST", "KIND", "MODE", "OS", "PCI", "CONFIG"]))
             for problem in scan.problems:
                 warn(f"could not read: {problem}")
+            for guest, why in unusable.items():
+                if why is not None:
+                    warn(f"guest {guest!r}: {why}")
         return 0
     context = GuestContext.gather(host, scan)
     checks = [check_guest(host, g, guest_os=guest_os, context=context) for g in chosen]
     findings = [f for c in checks for f in c.findings]
     if args.json:
-        print_json({"guests": [c.to_json() for c in checks], "problems": scan.problems})
+        verdicts = []
+        for check in checks:
+            verdict = check.to_json()
+            why = name_problem(check.guest)
+            verdict["usable"] = why is None
+            if why is not None:
+                verdict["name_problem"] = why
+            verdicts.append(verdict)
+        print_json({"guests": verdicts, "problems": scan.problems})
     else:
         for check in checks:
             print(
                 f"guest {check.guest} ({check.kind}, {check.virt_mode}, {check.os}): {check.config}"
             )
+            why = name_problem(check.guest)
+            if why is not None:
+                print(f"  note: {why}")
             for line in [f.render() for f in check.findings] + [f"note: {n}" for n in check.notes]:
                 print(f"  {line}")
             if not check.findings:

@@ -10,14 +10,17 @@ modules are imported only by the handler that needs them, so ``pcipass
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, TextIO, cast
 
 from pcipass import __version__
-from pcipass.errors import ExitCode, PcipassError, exit_code_for
+from pcipass.cli.streams import GuardedStdout
+from pcipass.errors import ExitCode, PcipassError, UsageError, exit_code_for
 
 if TYPE_CHECKING:
     from pcipass.host.context import Host
@@ -146,12 +149,25 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing and exiting,
+    so a usage error reaches the one error path of :func:`main` (and, with
+    ``--json``, prints a JSON object like every other outcome)."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse's wording ("invalid choice", "unrecognized arguments") is
+        # kept: scripts (the lab agent) read it.
+        subject = self.prog.partition(" ")[2]  # "pcipass hide" -> "hide"
+        raise UsageError(subject, message, f"see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pcipass",
         description="Give virtual machines exclusive, safe use of host PCI devices "
         "(Xen pciback, KVM vfio-pci).",
-        epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 refused by a rule, 4 not found.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 refused by a rule, 4 not found, "
+        "130 interrupted (143 terminated).",
     )
     parser.add_argument("--version", action="version", version=f"pcipass {__version__}")
     _global_options(parser, top=True)
@@ -173,37 +189,97 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit code is its outcome, whatever happens to stdout.
+
+    Every write to stdout goes through :class:`GuardedStdout`: a reader that
+    went away or a full disk never replaces the command's own exit code with
+    0, 120 or a traceback (see :mod:`pcipass.cli.streams`).
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(args_list)
+    saved = sys.stdout
+    guard = GuardedStdout(saved)
+    sys.stdout = cast(TextIO, guard)
+    try:
+        code = _dispatch(args_list, as_json=as_json)
+        guard.flush()
+    finally:
+        sys.stdout = saved
+    if guard.failure is not None:
+        guard.silence()
+        if not guard.reader_gone:
+            # The answer was lost: say so on stderr, and never exit 0.
+            problem = guard.failure.strerror or str(guard.failure)
+            print(f"pcipass: standard output: write failed: {problem}", file=sys.stderr)
+            code = code or int(ExitCode.FAILED)
+    return code
+
+
+def _wants_json(args_list: list[str]) -> bool:
+    """Whether ``--json`` was asked for, known before parsing (a usage error
+    found by the parser is answered in JSON too).  Words after ``--`` are
+    operands, not options."""
+    words = args_list[: args_list.index("--")] if "--" in args_list else args_list
+    return "--json" in words
+
+
+def _dispatch(args_list: list[str], *, as_json: bool) -> int:
+    from pcipass import interrupt
+
     if args_list == ["--version"]:
         # Answered before building the parser: scripts call this in loops.
         print(f"pcipass {__version__}")
         return int(ExitCode.OK)
-    parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
-    except SystemExit as exit_:
-        return int(exit_.code) if isinstance(exit_.code, int) else int(ExitCode.USAGE)
-    command: Command | None = getattr(args, "_command", None)
-    if command is None:
-        parser.print_help(sys.stderr)
-        return int(ExitCode.USAGE)
-    from pcipass import interrupt
-
-    interrupt.install()  # SIGINT/SIGTERM roll back like errors (pcipass/interrupt.py)
-    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(args_list)
+        except SystemExit as exit_:  # --help and --version: argparse printed them
+            return int(exit_.code) if isinstance(exit_.code, int) else int(ExitCode.USAGE)
+        command: Command | None = getattr(args, "_command", None)
+        if command is None:
+            if not as_json:
+                parser.print_help(sys.stderr)
+            raise UsageError("", "no command given", "see `pcipass --help`")
+        interrupt.install()  # SIGINT/SIGTERM roll back like errors (pcipass/interrupt.py)
         host = _open_host(args.root)
         module = importlib.import_module(f"pcipass.cli.{command.module}")
         runner: Callable[[str, argparse.Namespace, Host], int] = module.run
         return runner(command.name, args, host)
     except PcipassError as error:
-        return report_error(error, as_json=bool(args.json))
+        return report_error(error, as_json=as_json)
     except interrupt.Interrupted as stop:
-        return interrupt.report(stop)
+        # SIGINT/SIGTERM during a transaction: it was rolled back first (ops/transaction.py).
+        return report_interrupt(stop.signum, as_json=as_json, undone=stop.undone)
     except KeyboardInterrupt:
-        print("pcipass: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return int(ExitCode.OK)
+        return report_interrupt(signal.SIGINT, as_json=as_json)
+    except UnicodeDecodeError as error:
+        # Text read from stdin or a file in an encoding the locale cannot read.
+        return report_error(
+            UsageError("input", f"not valid {error.encoding} text", "give UTF-8 text"),
+            as_json=as_json,
+        )
+    except OSError as error:
+        return report_error(HostOSError(error), as_json=as_json)
+
+
+class HostOSError(PcipassError):
+    """An OSError no layer turned into a pcipass error: still one line, exit 1,
+    and in JSON the error object with ``"error": "OSError"`` and ``errno``."""
+
+    def __init__(self, error: OSError) -> None:
+        self.errno_name = errno.errorcode.get(error.errno or 0, "")
+        remedy = ""
+        if error.errno in (errno.EACCES, errno.EPERM):
+            remedy = "pcipass changes the host as root; run it with sudo"
+        subject = str(error.filename) if error.filename is not None else ""
+        super().__init__(subject, error.strerror or str(error), remedy)
+
+    def to_json(self) -> dict[str, object]:
+        data = super().to_json()
+        data["error"] = "OSError"
+        data["errno"] = self.errno_name
+        return data
 
 
 def _open_host(root: str) -> Host:
@@ -218,9 +294,9 @@ def _open_host(root: str) -> Host:
 def report_error(error: PcipassError, *, as_json: bool) -> int:
     code = exit_code_for(error)
     if as_json:
-        import json
+        from pcipass.cli.render import print_json
 
-        print(json.dumps(error.to_json(), indent=2))
+        print_json(error.to_json())
     else:
         print(f"pcipass: {error.render()}", file=sys.stderr)
         for finding in getattr(error, "findings", []):
@@ -228,6 +304,38 @@ def report_error(error: PcipassError, *, as_json: bool) -> int:
             if callable(render):
                 print(f"  {render()}", file=sys.stderr)
     return int(code)
+
+
+def report_interrupt(signum: int, *, as_json: bool, undone: Sequence[str] | None = None) -> int:
+    """A signal ended the command: exit 128 + signal number (130 for SIGINT,
+    143 for SIGTERM, as shells report it); ``undone`` lists what a transaction
+    rolled back (empty: it had changed nothing; None: no transaction said).
+    The JSON shape is the error object of docs/json.md plus ``signal``/``undone``."""
+    name = signal.Signals(signum).name
+    code = 128 + int(signum)
+    problem = f"interrupted by {name}"
+    remedy = "run `pcipass status`; `pcipass recover` rolls back an operation left half-done"
+    if as_json:
+        from pcipass.cli.render import print_json
+
+        print_json(
+            {
+                "error": "Interrupted",
+                "subject": "pcipass",
+                "problem": problem,
+                "remedy": remedy,
+                "exit_code": code,
+                "signal": name,
+                "undone": list(undone or ()),
+            }
+        )
+    else:
+        for step in undone or ():
+            print(f"pcipass: undone: {step}", file=sys.stderr)
+        if undone is not None and not undone:
+            print("pcipass: nothing had been changed", file=sys.stderr)
+        print(f"pcipass: {problem} ({remedy})", file=sys.stderr)
+    return code
 
 
 def run() -> None:

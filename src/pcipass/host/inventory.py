@@ -149,9 +149,11 @@ def _info(
 def inventory(host: Host, owners: Mapping[PciAddress, str] | None = None) -> Inventory:
     """Every function on the bus; ``owners`` (address -> guest) fills the owner column."""
     devices, problems = read_all(host.sysfs)
-    ids = PciIds.load(host.root.pci_ids_candidates)
+    ids = PciIds.for_root(host.root)
     if ids.problem:
         problems.append(ids.problem + "; names are shown as numeric ids")
+    if ids.note:  # a --root without pci.ids: the running system's names, said once
+        problems.append(ids.note)
     uses, use_problems = host_uses(host.sysfs, [d.address for d in devices if d.boot_vga])
     problems.extend(use_problems)
     groups = _group_map(devices)
@@ -168,9 +170,11 @@ def device_info(
     """One device with everything ``list`` knows (raises DeviceNotFoundError)."""
     dev = read_one(host.sysfs, address)
     problems: list[str] = []
-    ids = PciIds.load(host.root.pci_ids_candidates)
+    ids = PciIds.for_root(host.root)
     if ids.problem:
         problems.append(ids.problem)
+    if ids.note:
+        problems.append(ids.note)
     uses, use_problems = host_uses(host.sysfs)
     problems.extend(use_problems)
     groups: dict[int, list[PciAddress]] = {}

@@ -5,6 +5,11 @@ not parsed whole: the text is searched for the vendors asked about, and only
 their blocks are parsed.  A missing or corrupt file only costs names
 (callers show the numeric ids, as ``lspci -n`` does).
 
+Under ``--root DIR`` the tree's own pci.ids is used; a tree without one (a
+bare image, a copy of /sys) gets the running system's names instead, with a
+note saying so: the ids are the PCI-SIG's and do not depend on the host, so
+names from this machine are right, only possibly older or newer.
+
 Format (pci.ids header): ``vendor  vendor_name``, then ``\\tdevice  device_name``,
 then ``\\t\\tsubvendor subdevice  subsystem_name``; classes follow ``C class``.
 """
@@ -12,11 +17,23 @@ then ``\\t\\tsubvendor subdevice  subsystem_name``; classes follow ``C class``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pcipass.errors import OperationFailed
 from pcipass.host.confined import read_regular
+
+if TYPE_CHECKING:
+    from pcipass.host.root import HostRoot
+
+# Where distributions install pci.ids (Debian: package pci.ids; RHEL: hwdata).
+SYSTEM_PCI_IDS: tuple[Path, ...] = (
+    Path("/usr/share/misc/pci.ids"),
+    Path("/usr/share/hwdata/pci.ids"),
+    Path("/usr/share/pci.ids"),
+)
 
 
 @dataclass
@@ -24,6 +41,7 @@ class PciIds:
     text: str | None
     source: str | None
     problem: str | None = None
+    note: str | None = None  # said once by the caller: where the names came from
     _vendors: dict[int, tuple[str | None, dict[int, str]]] = field(default_factory=dict)
     _classes: dict[int, str] | None = None
 
@@ -51,6 +69,23 @@ class PciIds:
                 return cls(None, str(path), f"{path} does not look like pci.ids")
             return cls(text, str(path))
         return cls(None, None, "no pci.ids found (install package pci.ids or hwdata)")
+
+    @classmethod
+    def for_root(cls, root: HostRoot, system: Sequence[Path] | None = None) -> PciIds:
+        """The names for ``root``: its own pci.ids, else (a tree that has none)
+        the running system's.  A file that exists under the root but cannot be
+        read is reported, not replaced: that root is broken, not bare."""
+        ids = cls.load(root.pci_ids_candidates)
+        if ids.text is not None or ids.source is not None or root.is_real:
+            return ids
+        fallback = cls.load(list(SYSTEM_PCI_IDS if system is None else system))
+        if fallback.text is None:
+            return ids
+        fallback.note = (
+            f"no pci.ids under {root.prefix}; device names come from this machine's "
+            f"{fallback.source}"
+        )
+        return fallback
 
     def vendor(self, vendor: int) -> str | None:
         return self._vendor_block(vendor)[0]

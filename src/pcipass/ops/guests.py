@@ -157,6 +157,22 @@ def read_guest_file(path: Path, display: str) -> GuestFile:
     return GuestFile(parse_guest_file(path, display, data), path, display, data)
 
 
+def name_problem(guest: str) -> str | None:
+    """Why pcipass cannot act on a guest of this name (None: it can).
+
+    ``guests`` lists every configuration it finds, whatever its name; the
+    commands that act on a guest take only names some toolstack allows
+    (:func:`~pcipass.guests.names.check_guest_name`), so ``guests`` says which
+    ones ``attach``/``detach``/``guard`` will refuse, and why, instead of
+    letting a listed name fail later.
+    """
+    try:
+        check_guest_name(guest)
+    except UsageError as error:
+        return f"{error.problem}: attach, detach and guard refuse it (rename the guest)"
+    return None
+
+
 def candidate_paths(host: Host, guest: str) -> list[str]:
     """Where the toolstacks keep ``guest``'s configuration (host paths).
 

@@ -8,7 +8,7 @@ from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.state.ledger import Ledger, format_time
-from pcipass.state.limiter import HotplugLimiter
+from pcipass.state.limiter import HotplugBudget, HotplugLimiter
 
 
 @dataclass
@@ -16,14 +16,17 @@ class StatusReport:
     hidden: list[dict[str, object]] = field(default_factory=list)
     owners: list[dict[str, object]] = field(default_factory=list)
     open_operations: list[dict[str, object]] = field(default_factory=list)
-    hotplug: list[dict[str, object]] = field(default_factory=list)
+    # Typed, not dicts: the text form does arithmetic on these numbers (the
+    # window is a float in the ledger; reading it back from a dict as a string
+    # once crashed text-mode status after any hotplug).
+    hotplug: list[HotplugBudget] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
             "hidden": self.hidden,
             "owners": self.owners,
             "open_operations": self.open_operations,
-            "hotplug": self.hotplug,
+            "hotplug": [_budget_json(budget) for budget in self.hotplug],
         }
 
     def render(self) -> str:
@@ -41,12 +44,7 @@ class StatusReport:
                 f"{item['address']}: assigned to guest {item['guest']} "
                 f"({item['config_kind']} {item['config_path'] or ''})".rstrip()
             )
-        for item in self.hotplug:
-            lines.append(
-                f"{item['address']}: {item['events_in_window']} of "
-                f"{item['budget']} hotplug events used in the last "
-                f"{int(str(item['window_seconds'])) // 60} min (PP007)"
-            )
+        lines += [_budget_line(budget) for budget in self.hotplug]
         for item in self.open_operations:
             lines.append(
                 f"interrupted operation {item['id']} ({item['kind']}, "
@@ -86,17 +84,31 @@ def status(host: Host) -> StatusReport:
         for text in sorted(devices):
             budget = limiter.status(text)
             if budget.used:
-                report.hotplug.append(
-                    {
-                        "address": text,
-                        "events_in_window": budget.used,
-                        "budget": budget.budget,
-                        "window_seconds": budget.window_seconds,
-                        "next_allowed": budget.next_allowed,
-                    }
-                )
+                report.hotplug.append(budget)
         for op in ledger.open_operations():
             report.open_operations.append(
                 {"id": op.id, "kind": op.kind, "intent": op.intent, "steps": len(op.steps)}
             )
     return report
+
+
+def _budget_json(budget: HotplugBudget) -> dict[str, object]:
+    return {
+        "address": budget.address,
+        "events_in_window": budget.used,
+        "budget": budget.budget,
+        "window_seconds": budget.window_seconds,
+        "next_allowed": budget.next_allowed,
+    }
+
+
+def _budget_line(budget: HotplugBudget) -> str:
+    minutes = budget.window_seconds / 60
+    span = f"{minutes:.0f} min" if minutes == int(minutes) else f"{budget.window_seconds:g} s"
+    line = (
+        f"{budget.address}: {budget.used} of {budget.budget} hotplug events used "
+        f"in the last {span} (PP007)"
+    )
+    if budget.next_allowed is not None:
+        line += f"; the next one is allowed at {format_time(budget.next_allowed)}"
+    return line
