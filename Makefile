@@ -100,6 +100,7 @@ rpm: $(PKG_BUILD)/pcipass-$(VERSION)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_list.py
+	$(BIN)/python benchmarks/bench_verbs.py
 
 # Both scenarios run even when the first fails; the exit status reports either failure.
 lab:
