@@ -307,6 +307,21 @@ def test_persist_only_hide_is_exported_with_the_ledgers_driver(rhel5: Lab) -> No
     assert "<driver name='xen'/>" in result.text
 
 
+def test_recorded_device_gone_from_the_bus_is_refused_not_fatal(
+    rhel5_hidden: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hide_persist(rhel5_hidden.host, addrs("09:00.0"), Backend.PCIBACK)
+    rhel5_hidden.fake.remove_device("0000:09:00.0")
+    code, out, err = run(rhel5_hidden, capsys, "--format", "libvirt")
+    assert code == 0
+    assert "pci_0000_0a_04_1" in out
+    assert "pci_0000_09_00_0" not in out
+    assert (
+        "refused, not exported: [PP105] refuse: 0000:09:00.0: recorded by pcipass but no "
+        "longer on the bus" in err
+    )
+
+
 def test_nothing_hidden_exports_nothing(kvm: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(kvm, capsys, "--format", "nova")
     assert code == 0

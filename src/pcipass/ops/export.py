@@ -211,11 +211,18 @@ def _evaluate(
     """Run the assignability rules over the targets together with everything
     already hidden: a group whose other members pcipass already took from the
     host has left the host whole (PP102), the same judgement hide made."""
-    together = list(targets) + [a for a in sorted(held) if a not in targets]
-    findings = assignability_findings(host, together, inv=inv)
     by_address = inv.by_address()
     devices: list[ExportDevice] = []
     refused: list[Refused] = []
+    # A device pcipass recorded that is gone from the bus is refused like
+    # `check` does (PP105) instead of failing the whole export; an address
+    # given on the command line that does not exist stays "not found".
+    for address in [a for a in held if a not in by_address]:
+        if address in targets:
+            refused.append(Refused(address, [_gone(address)]))
+            targets = [a for a in targets if a != address]
+    together = list(targets) + [a for a in sorted(held) if a not in targets and a in by_address]
+    findings = assignability_findings(host, together, inv=inv)
     for address in targets:
         mine = [f for f in findings if f.subject == str(address)]
         refusals = [f for f in mine if f.severity is Severity.REFUSE]
@@ -227,6 +234,16 @@ def _evaluate(
         warnings = [f for f in mine if f.severity is Severity.WARN]
         devices.append(ExportDevice(info, driver, warnings))
     return devices, refused
+
+
+def _gone(address: PciAddress) -> Finding:
+    return Finding(
+        "PP105",
+        Severity.REFUSE,
+        str(address),
+        "recorded by pcipass but no longer on the bus",
+        "was the card removed? pcipass unhide --persist it to clean up",
+    )
 
 
 def _node_name(host: Host, given: str | None) -> str:
