@@ -191,15 +191,10 @@ def _held_devices(host: Host, inv: Inventory) -> dict[PciAddress, str | None]:
         for record in ledger.hidden():
             address = PciAddress.parse(record.address)
             if held.get(address) is None:
-                held[address] = _stub_module_driver(record.stub_driver)
+                held[address] = record.stub_driver  # the driver name, e.g. vfio-pci
     finally:
         ledger.close()
     return held
-
-
-def _stub_module_driver(stub: str) -> str:
-    # The ledger names the backend's driver; vfio's is bound as vfio-pci.
-    return "vfio-pci" if stub == "vfio" else stub
 
 
 def _evaluate(
@@ -480,7 +475,7 @@ def libvirt(devices: Sequence[ExportDevice]) -> tuple[dict[str, object], str]:
     lines: list[str] = []
     for dev in devices:
         # pciback means a Xen host (libxl's driver 'xen'); anything else VFIO.
-        driver = "xen" if dev.stub_driver == "pciback" else "vfio"
+        driver = "xen" if dev.stub_driver in ("pciback", "xen-pciback") else "vfio"
         # managed='no': pcipass keeps the device off the host; managed='yes'
         # would have libvirt rebind it to the host driver when the guest stops.
         element = hostdev_xml(dev.address, driver, managed=False)
