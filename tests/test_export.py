@@ -379,3 +379,18 @@ def test_export_writes_nothing_and_runs_nothing(
     capsys.readouterr()
     assert unchanged(kvm_hidden.base, before)
     assert len(kvm_hidden.runner.calls) == calls
+
+
+@pytest.mark.parametrize(
+    "hostname", ["evil,node=pve1,path=0000:05:00.0", "-rf", "a b", "x" * 64, "pve1\tmap id=1"]
+)
+def test_hostile_hostname_is_refused_before_anything_is_printed(
+    kvm_hidden: Lab, capsys: pytest.CaptureFixture[str], hostname: str
+) -> None:
+    # The host name ends up inside pci.cfg and the pvesh --map value: a comma
+    # or whitespace would add fields to the mapping, so it must be a DNS label.
+    kvm_hidden.fake.write_file("/etc/hostname", hostname + "\n")
+    code, out, err = run(kvm_hidden, capsys, "--format", "proxmox")
+    assert code == 2
+    assert out == ""
+    assert "is not a valid host name" in err
