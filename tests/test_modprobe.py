@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, UsageError
+from pcipass.host.platform import PersistMethod, StubState, detect_platform
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import apply_edit, plan_edit
 from pcipass.persist.modprobe import (
@@ -47,7 +48,6 @@ from pcipass.persist.modprobe import (
     repair_rhel5_alias,
     split_logical,
 )
-from pcipass.persist.platform import PersistMethod, StubState, detect_platform
 from pcipass.testing.example import build_rhel5_xen
 
 A = PciAddress.parse("0000:09:00.0")

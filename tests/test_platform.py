@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from pcipass.errors import UsageError
-from pcipass.host.root import HostRoot
-from pcipass.persist.platform import (
+from pcipass.host.platform import (
     Backend,
     GrubFlavour,
     InitramfsTool,
@@ -19,6 +18,7 @@ from pcipass.persist.platform import (
     parse_platform_override,
     parse_redhat_release,
 )
+from pcipass.host.root import HostRoot
 from pcipass.testing.example import build_rhel5_xen
 
 DEBIAN_OS_RELEASE = """\

@@ -206,7 +206,7 @@ def test_cli_hide_now_json_and_check_exit_codes(
 
 
 def test_without_iommu_groups_a_conventional_bus_is_one_isolation_unit(rhel5: Lab) -> None:
-    from pcipass.policy.assignable import assignability_findings
+    from pcipass.ops.assignability import assignability_findings
 
     alone = assignability_findings(rhel5.host, [A("0000:0a:04.1")])
     pp102 = [f for f in alone if f.rule == "PP102"]

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import (
+from registry import plan, step
+from steplib import (
     StepFailed,
     driver,
     emit_file,
@@ -28,10 +29,8 @@ from agent import (
     mentions,
     must,
     pcipass,
-    plan,
     read,
     run,
-    step,
     wait_for,
 )
 from topology import KVM_E1000E, KVM_E1000E_PORT, KVM_ICH9, KVM_SPARE_E1000, KVM_UPLINK

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent import (
+from registry import plan, step
+from steplib import (
     StepFailed,
     driver,
     emit_file,
@@ -24,10 +25,8 @@ from agent import (
     mentions,
     must,
     pcipass,
-    plan,
     read,
     run,
-    step,
     wait_for,
 )
 from topology import XEN_GATEWAY, XEN_SPARE, XEN_UPLINK, XEN_UPLINK_IP

@@ -15,8 +15,8 @@ from labkit import image, packages, qemu
 
 LAB = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(LAB / "guest"))
-import agent  # noqa: E402  (the guest's plans, to name the steps a dead boot never reached)
-import steps_kvm  # noqa: E402, F401
+import registry  # noqa: E402  (the guest's plans, to name the steps a dead boot never reached)
+import steps_kvm  # noqa: E402, F401  (registers its steps)
 import steps_xen  # noqa: E402, F401
 import topology  # noqa: E402  (shared with the guest agent)
 
@@ -184,7 +184,7 @@ def run_boot(
         why = "no step results"
     plan = plan_of(argv)
     reported = {r.name for r in res.steps}
-    for missing in agent.REGISTRY.plans.get(plan, []):
+    for missing in registry.REGISTRY.plans.get(plan, []):
         if missing not in reported:
             report.add(f"{name}/{missing}", False, 0, "not reached: the boot ended before it")
     init = f", /init at {res.init_at:.0f}s" if res.init_at is not None else ""

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from pcipass.errors import UsageError
-
 if TYPE_CHECKING:
     from pcipass.host.context import Host
-    from pcipass.ops.inventory import DeviceInfo, Inventory
+    from pcipass.host.inventory import DeviceInfo, Inventory
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -39,43 +37,6 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     return _show(args, host)
 
 
-def _class_matches(info: DeviceInfo, wanted: str) -> bool:
-    from pcipass.host.device import class_filter_value
-
-    code = info.device.class_code
-    if code is None:
-        return False
-    named = class_filter_value(wanted)
-    if named is not None:
-        return code >> 16 == named
-    text = wanted.lower().removeprefix("0x")
-    try:
-        value = int(text, 16)
-    except ValueError:
-        raise UsageError(
-            f"--class {wanted}",
-            "unknown class name",
-            "use net, storage, display, bridge, ... or a hex code like 0200",
-        ) from None
-    if len(text) <= 2:
-        return code >> 16 == value
-    if len(text) <= 4:
-        return code >> 8 == value
-    return code == value
-
-
-def _filtered(inv: Inventory, args: argparse.Namespace) -> list[DeviceInfo]:
-    items = inv.devices
-    if args.device_class:
-        items = [d for d in items if _class_matches(d, args.device_class)]
-    if args.driver:
-        want = None if args.driver == "none" else args.driver
-        items = [d for d in items if d.device.driver == want]
-    if args.group is not None:
-        items = [d for d in items if d.device.iommu_group == args.group]
-    return items
-
-
 def _use_text(info: DeviceInfo, listed: dict[str, list[str]] | None = None) -> str:
     names = (listed or {}).get(str(info.address), [])
     if info.owner:
@@ -98,11 +59,14 @@ def _desc(info: DeviceInfo) -> str:
 
 def _list(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
-    from pcipass.ops.inventory import SCHEMA_VERSION, inventory
+    from pcipass.host.inventory import SCHEMA_VERSION
+    from pcipass.ops.inventory import filter_devices, guest_listing, inventory
 
     inv = inventory(host)
-    items = _filtered(inv, args)
-    listed = _guest_listing(host, inv) if args.guests else None
+    items = filter_devices(
+        inv, device_class=args.device_class, driver=args.driver, group=args.group
+    )
+    listed = guest_listing(host, inv) if args.guests else None
     if args.json:
         devices = [d.to_json() for d in items]
         if listed is not None:
@@ -128,20 +92,6 @@ def _list(args: argparse.Namespace, host: Host) -> int:
     for problem in inv.problems:
         warn(problem)
     return 0
-
-
-def _guest_listing(host: Host, inv: Inventory) -> dict[str, list[str]]:
-    """Address -> guests whose configuration lists it (problems go to inv)."""
-    from pcipass.ops.guests import scan_guests
-
-    scan = scan_guests(host)
-    inv.problems.extend(scan.problems)
-    listed: dict[str, list[str]] = {}
-    for info in inv.devices:
-        names = [g.guest_name for g in scan.listing(info.address)]
-        if names:
-            listed[str(info.address)] = names
-    return listed
 
 
 def _tree(inv: Inventory, shown: set[object]) -> str:

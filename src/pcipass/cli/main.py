@@ -202,19 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open_host(root: str) -> Host:
-    from pathlib import Path
-
     from pcipass.host.context import Host
 
-    root = "/" if root == "/" else str(Path(root).resolve())
-    if root != "/" and (Path(root) / ".pcipass-simulated-host").exists():
-        # The example host: a fake kernel acts on sysfs writes so users can try
-        # hide --now without hardware (pcipass.testing.example).
-        from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
-
-        kernel = FakeKernel(FakeHost.load(Path(root)))
-        return Host.open(root, runner=FakeRunner(kernel), writer=kernel)
-    return Host.open(root)
+    host = Host.for_command(root)
+    if host.simulated_notice:
+        print(f"pcipass: {host.simulated_notice}", file=sys.stderr)
+    return host
 
 
 def report_error(error: PcipassError, *, as_json: bool) -> int:

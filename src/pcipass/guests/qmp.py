@@ -5,7 +5,7 @@ only QEMU's monitor.  QMP is line-delimited JSON (qemu docs/interop/qmp-spec):
 the server greets, the client sends ``qmp_capabilities``, then each command
 gets one ``return`` or ``error`` answer, with asynchronous ``event`` messages
 interleaved.  The socket is read with a raw buffer (a file object over a
-socket with a timeout cannot be read again after one timeout: lab-notes).
+socket with a timeout cannot be read again after one timeout, as seen in the lab).
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ _XL_ONLY_LINE = re.compile(
 )
 
 # xl.cfg(5) "passthrough": these values give the domain an IOMMU context, so a
-# device can be attached live later (lab-notes README, "Pitfall").
+# device can be attached live later (without one, xl says
+# "xc_assign_device failed: Operation not supported").
 _PASSTHROUGH_ON = frozenset({"enabled", "sync_pt", "share_pt"})
 _PASSTHROUGH_VALUES = _PASSTHROUGH_ON | {"disabled", "default"}
 

@@ -5,7 +5,7 @@ operation can journal it and roll it back (libvirt's virhostdev model):
 
 * :func:`set_override` / clear: ``driver_override`` (Linux 3.16+), the only
   targeted way to say "this device, that driver" (never the global
-  ``new_id``, which grabs every matching device: ANCHORS pain 7);
+  ``new_id``, which grabs every matching device, the host's own included);
 * pciback's ``new_slot``/``remove_slot`` for kernels without driver_override
   (RHEL 5's 2.6.18: the document's era);
 * :func:`unbind`, :func:`bind`, :func:`probe` (``drivers_probe``);
@@ -21,6 +21,8 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed
 from pcipass.host.context import Host
+from pcipass.host.platform import running_xen_stub
+from pcipass.host.stubs import VFIO_DRIVER, VFIO_MODULE, XEN_DRIVER
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,13 @@ def stub_for(host: Host, backend: Backend) -> StubDriver:
 
     xen-pciback registers its PCI driver as "pciback" whatever the module is
     called: ``pciback`` on RHEL 5's 2.6.18-xen kernel, ``xen-pciback`` on
-    pvops kernels (lab-notes: the RHEL 5 name fails on a current kernel).
+    pvops kernels (the RHEL 5 name fails there: "Module pciback not found").
+    The module name is decided once, in host/stubs.py, for hiding now and
+    hiding at boot alike.
     """
     if backend is Backend.VFIO:
-        return StubDriver(backend, "vfio-pci", "vfio-pci")
-    release = host.sysfs.read_text(host.root.path("/proc/sys/kernel/osrelease")) or ""
-    module = "pciback" if release.startswith("2.6.18") else "xen-pciback"
-    return StubDriver(backend, "pciback", module)
+        return StubDriver(backend, VFIO_DRIVER, VFIO_MODULE)
+    return StubDriver(backend, XEN_DRIVER, running_xen_stub(host.root))
 
 
 def current_driver(host: Host, address: PciAddress) -> str | None:
@@ -76,11 +78,11 @@ def set_override(host: Host, address: PciAddress, driver: str | None) -> None:
 
 def pciback_slot(host: Host, address: PciAddress, add: bool) -> None:
     attr = "new_slot" if add else "remove_slot"
-    host.sysfs.write_attr(host.root.pci_driver("pciback") / attr, str(address))
+    host.sysfs.write_attr(host.root.pci_driver(XEN_DRIVER) / attr, str(address))
 
 
 def pciback_has_slot(host: Host, address: PciAddress) -> bool:
-    slots = host.sysfs.read_text(host.root.pci_driver("pciback") / "slots") or ""
+    slots = host.sysfs.read_text(host.root.pci_driver(XEN_DRIVER) / "slots") or ""
     return str(address) in slots.split()
 
 

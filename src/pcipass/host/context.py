@@ -1,8 +1,15 @@
 """Host: the bundle every operation receives (root, sysfs, runner, clock).
 
 Nothing in pcipass reads the machine through a module constant or global;
-the CLI builds one Host from ``--root`` and passes it down.  Tests build one
-over a fake tree with the fake kernel behind the sysfs write seam.
+the CLI builds one Host from ``--root`` (:meth:`Host.for_command`) and passes
+it down.  Tests build one over a fake tree with the fake kernel behind the
+sysfs write seam.
+
+The simulated kernel is chosen here and only here: a tree built by
+``pcipass-example`` declares itself with the file :data:`SIMULATED_MARKER`,
+and a command on it gets the test kit's fake kernel and says so
+(:attr:`Host.simulated_notice`), so nobody believes a real host was changed.
+The real root ``/`` is never simulated.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from pcipass.host.root import HostRoot
 from pcipass.host.sysfs import KernelWriter, Sysfs
 from pcipass.runner import CommandRunner, OfflineRunner, SubprocessRunner
 
+#: The file by which an example tree declares that its kernel is simulated.
+SIMULATED_MARKER = ".pcipass-simulated-host"
+
 
 @dataclass
 class Host:
@@ -23,6 +33,35 @@ class Host:
     sysfs: Sysfs
     runner: CommandRunner
     clock: Callable[[], float] = field(default=time.time)
+    #: True when sysfs writes and modprobe go to the simulated kernel.
+    simulated: bool = False
+
+    @property
+    def simulated_notice(self) -> str | None:
+        """The line every command on a simulated kernel prints first."""
+        if not self.simulated:
+            return None
+        return (
+            f"simulated kernel: {self.root.prefix} is an example host; "
+            "no device of this machine is touched"
+        )
+
+    @classmethod
+    def for_command(cls, prefix: str | Path = "/") -> Host:
+        """The host a command acts on: the machine for ``/``; a tree that
+        carries :data:`SIMULATED_MARKER` with the simulated kernel; any other
+        tree offline (read it, edit its files, run no command)."""
+        root = HostRoot.at(prefix)
+        if root.is_real or not (root.prefix / SIMULATED_MARKER).is_file():
+            return cls.open(prefix)
+        # The one edge from host/ to the test kit: the simulated kernel is
+        # the fake kernel the tests use (see tests/test_architecture.py).
+        from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
+
+        kernel = FakeKernel(FakeHost.load(root.prefix))
+        host = cls.open(prefix, runner=FakeRunner(kernel), writer=kernel)
+        host.simulated = True
+        return host
 
     @classmethod
     def open(

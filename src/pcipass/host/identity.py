@@ -1,15 +1,17 @@
 """Stable device identity, to catch BDF drift.
 
 After a card is added or firmware changes, the same address can name another
-device and the wrong device gets hidden or given to a guest (ANCHORS pain 6,
-Qubes #7792).  pcipass records, with every hidden or owned address, what the
+device and the wrong device gets hidden or given to a guest (Qubes
+issue #7792).  pcipass records, with every hidden or owned address, what the
 device *is* and fails closed when that no longer matches.
 """
 
 from __future__ import annotations
 
 from pcipass.host.config_space import format_dsn
+from pcipass.host.context import Host
 from pcipass.host.device import PciDevice
+from pcipass.host.topology import read_config
 
 # Compared keys: ids and class always; serial and slot when both sides know them.
 _ALWAYS = ("vendor", "device", "subsystem_vendor", "subsystem_device", "class")
@@ -33,6 +35,12 @@ def identity_of(device: PciDevice, serial: int | None) -> dict[str, str]:
     if device.physical_slot:
         result["physical_slot"] = device.physical_slot
     return result
+
+
+def current_identity(host: Host, device: PciDevice) -> dict[str, str]:
+    """The identity of the device at this address now (serial from its config space)."""
+    config = read_config(host, device.address)
+    return identity_of(device, None if config is None else config.dsn)
 
 
 def identity_mismatch(recorded: dict[str, str], current: dict[str, str]) -> list[str]:

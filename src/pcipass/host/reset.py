@@ -30,6 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.host.config_space import ConfigSpace
+from pcipass.host.context import Host
+from pcipass.host.device import PciDevice
+from pcipass.host.topology import bus_reset_blocker
 
 # Kernel method names (drivers/pci/pci.c pci_reset_fn_methods, in the kernel's order).
 METHOD_DEVICE_SPECIFIC = "device_specific"
@@ -215,4 +218,18 @@ def _verdict(
         reason=reason + suffix,
         source=source,
         unusable=unusable,
+    )
+
+
+def reset_verdict(host: Host, dev: PciDevice, config: ConfigSpace | None) -> ResetVerdict:
+    """The verdict for one function on this host: the kernel's methods, its
+    configuration space and whether its bus may be reset."""
+    methods = None if dev.reset_methods is None else list(dev.reset_methods)
+    blocker = bus_reset_blocker(host, dev)
+    return reset_readiness(
+        methods,
+        config,
+        bus_reset_possible=not blocker,
+        bus_reset_blocker=blocker,
+        reset_attribute=host.sysfs.exists(host.root.pci_device(dev.address) / "reset"),
     )

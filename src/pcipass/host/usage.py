@@ -2,7 +2,8 @@
 
 The document (§15.5): "If the host is using the device, the device cannot be
 assigned to the guest."  Users' worst failure is a host that loses its root
-disk or its management NIC (ANCHORS pain 4), so this module finds, from
+disk or its management NIC (it then cannot
+boot or be reached to undo the change), so this module finds, from
 ``/proc`` and ``/sys`` under the injected root only:
 
 * block devices behind mounted filesystems (``/proc/self/mountinfo``, else

@@ -36,18 +36,19 @@ from pcipass.guests.model import GuestKind, GuestOs
 from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.platform import Platform, detect_platform
+from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
 from pcipass.persist.atomic import FileEdit, plan_edit
-from pcipass.persist.platform import Platform, detect_platform
 from pcipass.policy import guest_rules
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, refusal_error
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock
 
 # What xl says when a domain built without an IOMMU context is given a device
-# (lab-notes README, "Pitfall": libxl_pci.c pci_add_dm_done).
+# (seen with Xen 4.17 in the lab: libxl_pci.c pci_add_dm_done).
 XC_ASSIGN_REFUSAL = "xc_assign_device failed: Operation not supported"
 
 
@@ -165,19 +166,7 @@ def _run_checked(host: Host, argv: Sequence[str]) -> None:
 
 
 def _refuse(address: PciAddress, blocking: list[Finding], findings: list[Finding]) -> RefusedError:
-    if len(blocking) == 1:
-        only = blocking[0]
-        return RefusedError(
-            only.subject, only.message, only.remedy, rule=only.rule, findings=findings
-        )
-    rules = ", ".join(dict.fromkeys(f.rule for f in blocking))
-    return RefusedError(
-        str(address),
-        f"{len(blocking)} refusals ({rules}); nothing was changed",
-        "see each one below",
-        rule=blocking[0].rule,
-        findings=findings,
-    )
+    return refusal_error(blocking, str(address), listed=findings)
 
 
 def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
@@ -194,7 +183,7 @@ def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
     after = config.with_device_added(address)
     if isinstance(config, XenConfig) and config.kind is GuestKind.XL and config.passthrough is None:
         # xl.cfg(5) passthrough="enabled": the domain is built able to take a
-        # device later, so detach -> save/restore -> attach works (lab-notes).
+        # device later, so detach -> save/restore -> attach works (checked on Xen 4.17 in the lab).
         edited = parse_xen_config(after, guest_file.display, GuestKind.XL)
         after = edited.with_setting("passthrough", "enabled")
     return after
@@ -291,8 +280,8 @@ def attach(
     hidden = guest_rules.hidden_findings(
         address, driver, record.stub_driver if record else None, xen=xen
     )
-    wanted = guest_rules.XEN_STUBS if xen else guest_rules.KVM_STUBS
-    stub_mismatch = driver in guest_rules.ALL_STUBS - wanted
+    wanted = XEN_GUEST_DRIVERS if xen else KVM_GUEST_DRIVERS
+    stub_mismatch = driver in STUB_DRIVERS - wanted
     needs_hide = hide and bool(hidden) and not stub_mismatch and exists
     context = GuestContext.gather(host, scan)
     findings = ([] if needs_hide else hidden) + context.device_findings(

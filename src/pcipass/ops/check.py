@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.identity import current_identity, identity_mismatch
+from pcipass.host.inventory import DeviceInfo, Inventory
+from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
-from pcipass.policy.assignable import assignability_findings, current_identity
 from pcipass.policy.verdict import Finding, Severity
-from pcipass.state.ledger import Ledger
+from pcipass.state.ledger import HiddenRecord, Ledger
 
 
 @dataclass
@@ -66,92 +68,123 @@ def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Findi
 def run_check(
     host: Host, addresses: Sequence[PciAddress], guests: Sequence[str] | None = None
 ) -> CheckReport:
-    from pcipass.host.identity import identity_mismatch
-
+    """Every rule: the named devices (or everything pcipass holds), the named
+    guests (or every guest when no device is named) and the persistent
+    configuration."""
     inv = inventory(host)
     report = CheckReport()
     ledger = Ledger.open(host.root, readonly=True)
     try:
         hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
         owned = {PciAddress.parse(o.address) for o in ledger.owners()}
-        for op in ledger.open_operations():
-            report.findings.append(
-                Finding(
-                    "PP010",
-                    Severity.WARN,
-                    f"operation {op.id}",
-                    f"interrupted {op.kind} ({len(op.steps)} step(s) done)",
-                    "run pcipass recover",
-                )
-            )
+        report.findings += _interrupted_operations(ledger)
     finally:
         ledger.close()
-    by_address = inv.by_address()
     if addresses:
         report.checked = [str(a) for a in addresses]
         report.findings += assignability_findings(host, addresses, inv=inv)
     else:
         targets = sorted(set(hidden) | owned)
         report.checked = [str(a) for a in targets]
+        by_address = inv.by_address()
         for address in targets:
-            info = by_address.get(address)
-            record = hidden.get(address)
-            if info is None:
-                report.findings.append(
-                    Finding(
-                        "PP105",
-                        Severity.REFUSE,
-                        str(address),
-                        "recorded by pcipass but no longer on the bus",
-                        "was the card removed? pcipass unhide --persist it to clean up",
-                    )
-                )
-                continue
-            if record is not None:
-                changes = identity_mismatch(record.identity, current_identity(host, info))
-                if changes:
-                    report.findings.append(
-                        Finding(
-                            "PP105",
-                            Severity.REFUSE,
-                            str(address),
-                            "is not the device pcipass recorded (" + "; ".join(changes) + ")",
-                            "check the hardware before any guest starts",
-                        )
-                    )
-                current = binding.current_driver(host, address)
-                if record.how in ("now", "both") and current != record.stub_driver:
-                    report.findings.append(
-                        Finding(
-                            "PP010",
-                            Severity.WARN,
-                            str(address),
-                            f"recorded as hidden on {record.stub_driver} but bound to "
-                            f"{current or 'no driver'} now",
-                            f"pcipass hide --now {address}",
-                        )
-                    )
-            for use in info.uses:
-                report.findings.append(
-                    Finding(
-                        "PP001",
-                        Severity.REFUSE,
-                        str(address),
-                        f"held by pcipass but the host uses it: {use.detail}",
-                        "give it back or free it",
-                    )
-                )
+            report.findings += _held_device_findings(
+                host, address, by_address.get(address), hidden.get(address)
+            )
     if guests or not addresses:
         found, checked = guest_findings(host, guests)
         report.findings += found
         report.checked += checked
     if not guests:
-        from pcipass.ops.persist import persistence_findings
-
-        wanted = {str(a) for a in addresses}
-        for finding in persistence_findings(host, inv):
-            # With addresses: the configuration's own problems (subject is a
-            # file) and the drift of these devices, not other devices' drift.
-            if not wanted or finding.subject in wanted or finding.subject.startswith("/"):
-                report.findings.append(finding)
+        report.findings += _persistence_findings(host, inv, addresses)
     return report
+
+
+def _interrupted_operations(ledger: Ledger) -> list[Finding]:
+    """PP010: an operation the journal shows as started and never finished."""
+    return [
+        Finding(
+            "PP010",
+            Severity.WARN,
+            f"operation {op.id}",
+            f"interrupted {op.kind} ({len(op.steps)} step(s) done)",
+            "run pcipass recover",
+        )
+        for op in ledger.open_operations()
+    ]
+
+
+def _held_device_findings(
+    host: Host, address: PciAddress, info: DeviceInfo | None, record: HiddenRecord | None
+) -> list[Finding]:
+    """A device pcipass hid or assigned: still there (PP105), still the same
+    device (PP105), still on its stub (PP010), not used by the host (PP001)."""
+    if info is None:
+        return [
+            Finding(
+                "PP105",
+                Severity.REFUSE,
+                str(address),
+                "recorded by pcipass but no longer on the bus",
+                "was the card removed? pcipass unhide --persist it to clean up",
+            )
+        ]
+    found: list[Finding] = []
+    if record is not None:
+        found += _recorded_device_findings(host, address, info, record)
+    for use in info.uses:
+        found.append(
+            Finding(
+                "PP001",
+                Severity.REFUSE,
+                str(address),
+                f"held by pcipass but the host uses it: {use.detail}",
+                "give it back or free it",
+            )
+        )
+    return found
+
+
+def _recorded_device_findings(
+    host: Host, address: PciAddress, info: DeviceInfo, record: HiddenRecord
+) -> list[Finding]:
+    found: list[Finding] = []
+    changes = identity_mismatch(record.identity, current_identity(host, info.device))
+    if changes:
+        found.append(
+            Finding(
+                "PP105",
+                Severity.REFUSE,
+                str(address),
+                "is not the device pcipass recorded (" + "; ".join(changes) + ")",
+                "check the hardware before any guest starts",
+            )
+        )
+    current = binding.current_driver(host, address)
+    if record.how in ("now", "both") and current != record.stub_driver:
+        found.append(
+            Finding(
+                "PP010",
+                Severity.WARN,
+                str(address),
+                f"recorded as hidden on {record.stub_driver} but bound to "
+                f"{current or 'no driver'} now",
+                f"pcipass hide --now {address}",
+            )
+        )
+    return found
+
+
+def _persistence_findings(
+    host: Host, inv: Inventory, addresses: Sequence[PciAddress]
+) -> list[Finding]:
+    """With addresses: the configuration's own problems (subject is a file)
+    and the drift of these devices, not other devices' drift."""
+    from pcipass.ops.persist import persistence_findings
+
+    wanted = {str(a) for a in addresses}
+    return [
+        finding
+        for finding in persistence_findings(host, inv)
+        if not wanted or finding.subject in wanted or finding.subject.startswith("/")
+    ]

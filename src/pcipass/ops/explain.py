@@ -1,6 +1,7 @@
 """``pcipass explain TEXT``: what a toolstack's passthrough error means on this host.
 
-The messages users paste into issue trackers (ANCHORS.md pains 3, 9) name a
+The messages users paste into issue trackers (IOMMU group not viable,
+no interrupt remapping, a missing module, ...) name a
 cause only indirectly.  Each known message is matched by a pattern, and the
 explanation is completed from this host where it can be: the members of an
 IOMMU group, whether an IOMMU is active, the stub a device is bound to.

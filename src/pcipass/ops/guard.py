@@ -4,8 +4,8 @@ The source document (§15.5 Limitations): "Any guest using PCI passthrough
 will no longer be available for save, restore, or migration capabilities, as
 it will be tied to a particular non-virtualized hardware configuration."
 Xen does not enforce it for PV guests: ``xl save`` of a guest holding a
-device exits 0 and the restored guest hangs in pcifront (lab-notes README,
-result 4), so this guard is what stands between the administrator and a
+device exits 0 and the restored guest hangs in pcifront (seen on Xen 4.17 in
+the lab), so this guard is what stands between the administrator and a
 dead guest.  Toolstack wrappers and hooks call it before the operation.
 
 A guest holds a device when pcipass's ledger says so, or when its
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pcipass.errors import GuestNotFoundError, RefusedError, UsageError
+from pcipass.errors import GuestNotFoundError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestOs
 from pcipass.host import binding
@@ -32,7 +32,7 @@ from pcipass.ops.attach import GuestContext
 from pcipass.ops.guests import GuestFile, find_guest
 from pcipass.policy import guest_rules
 from pcipass.policy.guest_rules import save_restore_findings
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, refusal_error
 from pcipass.state.ledger import Ledger
 
 OPERATIONS = ("save", "restore", "migrate")
@@ -120,8 +120,7 @@ def guard(
     where = " and ".join(sources) or "its configuration"
     findings = save_restore_findings(guest, operation, owned, listed, where)
     if findings:
-        only = findings[0]
-        raise RefusedError(only.subject, only.message, only.remedy, rule=only.rule)
+        raise refusal_error(findings, f"guest {guest}")
     return result
 
 

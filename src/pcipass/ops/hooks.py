@@ -1,7 +1,7 @@
 """Install the save/restore/migrate guard where the toolstacks ask (rule PP003).
 
 Xen does not enforce the document's rule: on Xen 4.17 ``xl save`` of a PV
-guest holding a device exits 0 and the restored guest hangs (lab-notes).  So
+guest holding a device exits 0 and the restored guest hangs (seen in the lab).  So
 pcipass puts its guard in the toolstacks' way:
 
 * libvirt: ``/etc/libvirt/hooks/qemu`` and ``/etc/libvirt/hooks/libxl``

@@ -1,130 +1,24 @@
-"""Inventory: every PCI function with names, driver, group, host use and owner.
+"""Inventory with owners: the host's devices joined with the ledger's owners.
 
-The data behind ``pcipass list`` and ``pcipass show``.  The JSON produced by
-:meth:`DeviceInfo.to_json` is the documented, stable schema (docs/json.md):
-keys are only ever added, never renamed or removed, within schema version 1.
+``pcipass.host.inventory`` reads the bus; this module adds who owns each
+device, which only the ledger (a layer above the host) knows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-
 from pcipass.address import PciAddress
+from pcipass.errors import PcipassError, UsageError
+from pcipass.host import inventory as host_inventory
 from pcipass.host.context import Host
-from pcipass.host.device import PciDevice, read_all, read_one
-from pcipass.host.pciids import PciIds
-from pcipass.host.usage import HostUse, host_uses
-
-SCHEMA_VERSION = 1
-
-# Drivers that exist only to hold a device for a guest (Xen pciback, VFIO).
-STUB_DRIVERS = frozenset({"pciback", "vfio-pci", "pci-stub"})
+from pcipass.host.device import class_filter_value
+from pcipass.host.inventory import DeviceInfo, Inventory
+from pcipass.ops.guests import scan_guests
+from pcipass.state.ledger import Ledger
 
 
-@dataclass
-class DeviceInfo:
-    device: PciDevice
-    vendor_name: str | None
-    device_name: str | None
-    class_name: str | None
-    uses: list[HostUse]
-    group_members: list[PciAddress]
-    owner: str | None = None
-
-    @property
-    def address(self) -> PciAddress:
-        return self.device.address
-
-    @property
-    def hidden(self) -> bool:
-        return self.device.driver in STUB_DRIVERS
-
-    def describe(self) -> str:
-        dev = self.device
-        vendor = self.vendor_name or (f"{dev.vendor:04x}" if dev.vendor is not None else "?")
-        name = self.device_name or (f"Device {dev.device:04x}" if dev.device is not None else "?")
-        return f"{vendor} {name}"
-
-    def to_json(self) -> dict[str, object]:
-        dev = self.device
-        return {
-            "address": str(dev.address),
-            "vendor_id": None if dev.vendor is None else f"{dev.vendor:04x}",
-            "device_id": None if dev.device is None else f"{dev.device:04x}",
-            "subsystem_vendor_id": _hex4(dev.subsystem_vendor),
-            "subsystem_device_id": _hex4(dev.subsystem_device),
-            "class": None if dev.class_code is None else f"{dev.class_code:06x}",
-            "revision": None if dev.revision is None else f"{dev.revision:02x}",
-            "vendor_name": self.vendor_name,
-            "device_name": self.device_name,
-            "class_name": self.class_name,
-            "driver": dev.driver,
-            "driver_override": dev.driver_override,
-            "hidden": self.hidden,
-            "iommu_group": dev.iommu_group,
-            "iommu_group_members": [str(a) for a in self.group_members],
-            "numa_node": dev.numa_node,
-            "parent": None if dev.parent is None else str(dev.parent),
-            "is_bridge": dev.is_bridge,
-            "sriov": _sriov_json(dev),
-            "boot_vga": dev.boot_vga,
-            "physical_slot": dev.physical_slot,
-            "reset_methods": None if dev.reset_methods is None else list(dev.reset_methods),
-            "host_uses": [u.to_json() for u in self.uses],
-            "owner": self.owner,
-            "unreadable": list(dev.unreadable),
-        }
-
-
-def _hex4(value: int | None) -> str | None:
-    return None if value is None else f"{value:04x}"
-
-
-def _sriov_json(dev: PciDevice) -> dict[str, object] | None:
-    if dev.sriov_totalvfs is None and dev.physfn is None:
-        return None
-    return {
-        "total_vfs": dev.sriov_totalvfs,
-        "num_vfs": dev.sriov_numvfs,
-        "physfn": None if dev.physfn is None else str(dev.physfn),
-        "virtfns": [str(v) for v in dev.virtfns],
-    }
-
-
-@dataclass
-class Inventory:
-    devices: list[DeviceInfo]
-    problems: list[str] = field(default_factory=list)
-
-    def by_address(self) -> dict[PciAddress, DeviceInfo]:
-        return {d.address: d for d in self.devices}
-
-    def get(self, address: PciAddress) -> DeviceInfo | None:
-        return self.by_address().get(address)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "devices": [d.to_json() for d in self.devices],
-            "problems": list(self.problems),
-        }
-
-
-def _group_map(devices: Iterable[PciDevice]) -> dict[int, list[PciAddress]]:
-    groups: dict[int, list[PciAddress]] = {}
-    for dev in devices:
-        if dev.iommu_group is not None:
-            groups.setdefault(dev.iommu_group, []).append(dev.address)
-    return groups
-
-
-def _owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
+def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
     """Owners from the ledger, read-only; an absent ledger means no owners.
     A ledger that cannot be read costs only the owner column."""
-    from pcipass.errors import PcipassError
-    from pcipass.state.ledger import Ledger
-
     try:
         ledger = Ledger.open(host.root, readonly=True)
     except PcipassError as error:
@@ -136,60 +30,73 @@ def _owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
         ledger.close()
 
 
-def _info(
-    dev: PciDevice,
-    ids: PciIds,
-    uses: dict[PciAddress, list[HostUse]],
-    groups: dict[int, list[PciAddress]],
-    owners: dict[PciAddress, str],
-) -> DeviceInfo:
-    vendor_name = device_name = class_name = None
-    if dev.vendor is not None:
-        vendor_name = ids.vendor(dev.vendor)
-        if dev.device is not None:
-            device_name = ids.device(dev.vendor, dev.device)
-    if dev.class_code is not None:
-        class_name = ids.class_name(dev.class_code)
-    members = groups.get(dev.iommu_group, []) if dev.iommu_group is not None else []
-    return DeviceInfo(
-        dev,
-        vendor_name,
-        device_name,
-        class_name,
-        uses.get(dev.address, []),
-        sorted(members),
-        owners.get(dev.address),
-    )
-
-
 def inventory(host: Host, *, with_owners: bool = True) -> Inventory:
-    devices, problems = read_all(host.sysfs)
-    ids = PciIds.load(host.root.pci_ids_candidates)
-    if ids.problem:
-        problems.append(ids.problem + "; names are shown as numeric ids")
-    uses, use_problems = host_uses(host.sysfs, [d.address for d in devices if d.boot_vga])
-    problems.extend(use_problems)
-    groups = _group_map(devices)
-    owners = _owners(host, problems) if with_owners else {}
-    infos = [_info(dev, ids, uses, groups, owners) for dev in devices]
-    for dev in devices:
-        if dev.unreadable:
-            problems.append(f"{dev.address}: could not read {', '.join(dev.unreadable)}")
-    return Inventory(infos, problems)
+    problems: list[str] = []
+    owners = read_owners(host, problems) if with_owners else {}
+    inv = host_inventory.inventory(host, owners)
+    inv.problems.extend(problems)
+    return inv
 
 
 def device_info(host: Host, address: PciAddress) -> tuple[DeviceInfo, list[str]]:
     """One device with everything ``list`` knows (raises DeviceNotFoundError)."""
-    dev = read_one(host.sysfs, address)
     problems: list[str] = []
-    ids = PciIds.load(host.root.pci_ids_candidates)
-    if ids.problem:
-        problems.append(ids.problem)
-    uses, use_problems = host_uses(host.sysfs)
-    problems.extend(use_problems)
-    groups: dict[int, list[PciAddress]] = {}
-    if dev.iommu_group is not None:
-        from pcipass.host.device import iommu_group_members
+    owners = read_owners(host, problems)
+    info, found = host_inventory.device_info(host, address, owners)
+    return info, found + problems
 
-        groups[dev.iommu_group] = iommu_group_members(host.sysfs, dev.iommu_group)
-    return _info(dev, ids, uses, groups, _owners(host, problems)), problems
+
+def _class_matches(info: DeviceInfo, wanted: str) -> bool:
+    """``--class``: a class name (net, storage, ...) or a hex class code of
+    2 (base class), 4 (with sub-class) or 6 digits (with programming interface)."""
+    code = info.device.class_code
+    if code is None:
+        return False
+    named = class_filter_value(wanted)
+    if named is not None:
+        return code >> 16 == named
+    text = wanted.lower().removeprefix("0x")
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise UsageError(
+            f"--class {wanted}",
+            "unknown class name",
+            "use net, storage, display, bridge, ... or a hex code like 0200",
+        ) from None
+    if len(text) <= 2:
+        return code >> 16 == value
+    if len(text) <= 4:
+        return code >> 8 == value
+    return code == value
+
+
+def filter_devices(
+    inv: Inventory,
+    *,
+    device_class: str | None = None,
+    driver: str | None = None,
+    group: int | None = None,
+) -> list[DeviceInfo]:
+    """The devices ``pcipass list`` shows for its filters (``driver='none'``: unbound)."""
+    items = inv.devices
+    if device_class:
+        items = [d for d in items if _class_matches(d, device_class)]
+    if driver:
+        want = None if driver == "none" else driver
+        items = [d for d in items if d.device.driver == want]
+    if group is not None:
+        items = [d for d in items if d.device.iommu_group == group]
+    return items
+
+
+def guest_listing(host: Host, inv: Inventory) -> dict[str, list[str]]:
+    """Address -> guests whose configuration lists it (problems go to inv)."""
+    scan = scan_guests(host)
+    inv.problems.extend(scan.problems)
+    listed: dict[str, list[str]] = {}
+    for info in inv.devices:
+        names = [g.guest_name for g in scan.listing(info.address)]
+        if names:
+            listed[str(info.address)] = names
+    return listed

@@ -2,7 +2,7 @@
 
 Procedure 15.3 steps 1-2 of the document: the modprobe lines that make
 pciback claim a device before its driver does.  The platform decides the
-form (persist/platform.py): the document's exact ``/etc/modprobe.conf`` lines
+form (host/platform.py): the document's exact ``/etc/modprobe.conf`` lines
 on RHEL 5, ``/etc/modprobe.d/pcipass.conf`` on current systems, the kernel
 command line when the stub is built in.  Every edit is planned (diff for
 ``--dry-run``), journalled, backed up and written atomically (ops/files.py).
@@ -18,7 +18,9 @@ from pcipass.backend import Backend
 from pcipass.errors import RefusedError, UsageError
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.ops.inventory import Inventory, inventory
+from pcipass.host.inventory import Inventory
+from pcipass.host.platform import PersistMethod, Platform, StubState, detect_platform
+from pcipass.ops.inventory import inventory
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
     HideDevice,
@@ -28,7 +30,6 @@ from pcipass.persist.modprobe import (
     plan_remove_hide,
     read_persistent_hides,
 )
-from pcipass.persist.platform import PersistMethod, Platform, StubState, detect_platform
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -168,8 +169,8 @@ def _plan_cmdline(
     add: bool,
 ) -> FileEdit:
     """The kernel command line in /etc/default/grub (stub built in, or asked for)."""
+    from pcipass.host.platform import DEFAULT_GRUB_FILE
     from pcipass.persist import cmdline
-    from pcipass.persist.platform import DEFAULT_GRUB_FILE
 
     display = DEFAULT_GRUB_FILE
     path = host.root.path(display)
@@ -207,7 +208,8 @@ def id_collateral(host: Host, addresses: Sequence[PciAddress], inv: Inventory) -
     """vfio-pci ``ids=`` claims EVERY device with that vendor:device at boot.
 
     Hiding one of two identical NICs by id also takes the other, which may be
-    the host's own (ANCHORS pain 4): refuse when a same-id device the host
+    the host's own, and a host that loses its root disk or management NIC at
+    boot is the worst outcome there is: refuse when a same-id device the host
     uses is not part of the request, warn for any other.
     """
     by = inv.by_address()
@@ -284,22 +286,13 @@ def _persist(
     checked: list[Finding] = []
     inv = inventory(host)  # read once: checks, plan and ledger records all use it
     if add:
-        from pcipass.errors import RefusedError
-        from pcipass.policy.assignable import assignability_findings
-        from pcipass.policy.verdict import refusals
+        from pcipass.ops.assignability import assignability_findings
+        from pcipass.policy.verdict import raise_refusals
 
         checked = assignability_findings(host, addresses, inv=inv)
         if backend is Backend.VFIO:
             checked += id_collateral(host, addresses, inv)
-        blocking = refusals(checked)
-        if blocking:
-            raise RefusedError(
-                ", ".join(str(a) for a in addresses),
-                blocking[0].message,
-                blocking[0].remedy,
-                rule=blocking[0].rule,
-                findings=blocking,
-            )
+        raise_refusals(checked, ", ".join(str(a) for a in addresses))
     platform = _platform(host, platform_text)
     method, edits, notes = _plan(host, addresses, backend, platform, inv, add=add)
     edits = [e for e in edits if e.changes_anything]
@@ -335,7 +328,7 @@ def _persist(
                 for address in addresses:
                     record = ledger.get_hidden(address)
                     info = by[address]  # assignability_findings refused a missing one
-                    from pcipass.policy.assignable import current_identity
+                    from pcipass.host.identity import current_identity
 
                     stub = binding.stub_for(host, backend).driver
                     how = (
@@ -346,7 +339,7 @@ def _persist(
                     original = record.original_driver if record else info.device.driver
                     ledger.record_hidden(
                         address,
-                        identity=current_identity(host, info),
+                        identity=current_identity(host, info.device),
                         stub_driver=stub,
                         original_driver=original,
                         how=how,

@@ -4,7 +4,9 @@ Validate every device first, then act, then verify, and roll back in reverse
 order on any failure (libvirt virhostdev).  Each step is written to the
 ledger's journal *after* it happened, with the data that undoes it, so that
 ``pcipass recover`` in another process (after a crash or a kill) can undo
-exactly the steps that happened: no device is left driverless (ANCHORS pain 7).
+exactly the steps that happened: no device is left driverless (a
+device left with no driver is lost to host and guest alike until someone
+rebinds it by hand).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pcipass.errors import OperationFailed, PcipassError, RefusedError
 from pcipass.host import binding
 from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
-from pcipass.ops.inventory import STUB_DRIVERS, inventory
-from pcipass.policy.verdict import Finding, Severity, refusals
+from pcipass.host.stubs import STUB_DRIVERS
+from pcipass.ops.inventory import inventory
+from pcipass.policy.verdict import Finding, Severity, raise_refusals
 from pcipass.state.ledger import Ledger, OperationHandle
 from pcipass.state.lock import StateLock
 
@@ -305,26 +308,15 @@ def hide_now(
     *,
     dry_run: bool = False,
     how: str = "now",
-    fail_after: int | None = None,
 ) -> RebindResult:
     """Bind every device to the stub, all or nothing."""
     from pcipass.host.identity import identity_of
-    from pcipass.ops.show import read_config
-    from pcipass.policy.assignable import assignability_findings
+    from pcipass.host.topology import read_config
+    from pcipass.ops.assignability import assignability_findings
 
     inv = inventory(host)
     findings = assignability_findings(host, addresses, inv=inv)
-    blocking = refusals(findings)
-    if blocking:
-        raise RefusedError(
-            ", ".join(str(a) for a in addresses),
-            blocking[0].message
-            if len(blocking) == 1
-            else f"{len(blocking)} rules refuse this; nothing was changed",
-            blocking[0].remedy if len(blocking) == 1 else "",
-            rule=blocking[0].rule,
-            findings=blocking,
-        )
+    raise_refusals(findings, ", ".join(str(a) for a in addresses))
     stub = binding.stub_for(host, backend)
     result = RebindResult(
         findings=[f for f in findings if f.severity is not Severity.REFUSE], dry_run=dry_run
@@ -362,9 +354,7 @@ def hide_now(
             )
             done: list[Step] = []
             try:
-                for index, address in enumerate(todo):
-                    if fail_after is not None and index >= fail_after:
-                        raise OperationFailed(str(address), "injected failure")
+                for address in todo:
                     steps = hide_steps(host, address, stub)
                     _run_steps(host, op, steps, done)
                     result.steps.extend(s.describe for s in steps)

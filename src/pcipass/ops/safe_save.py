@@ -137,8 +137,8 @@ def safe_save(host: Host, guest: str, target: str) -> SafeResult:
 
 def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
     guest_file = _xl_guest(host, guest, "restore")
-    from pcipass.policy.assignable import assignability_findings
-    from pcipass.policy.verdict import refusals
+    from pcipass.ops.assignability import assignability_findings
+    from pcipass.policy.verdict import refusal_error, refusals
 
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
@@ -152,13 +152,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
                 if f.rule == "PP105"
             ]
             if blocking:
-                raise RefusedError(
-                    blocking[0].subject,
-                    blocking[0].message,
-                    blocking[0].remedy,
-                    rule="PP105",
-                    findings=blocking,
-                )
+                raise refusal_error(blocking, f"guest {guest}")
             argv = ["xl", "restore", source]
             _run_checked(host, argv)
             result.commands.append(argv)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
-from pcipass.host.config_space import ConfigSpace, format_dsn, parse_config
+from pcipass.host.config_space import ConfigSpace, format_dsn
 from pcipass.host.context import Host
-from pcipass.host.device import list_addresses
-from pcipass.host.reset import ResetVerdict, reset_readiness
-from pcipass.ops.inventory import DeviceInfo, device_info
+from pcipass.host.inventory import DeviceInfo
+from pcipass.host.reset import ResetVerdict, reset_verdict
+from pcipass.host.topology import read_config
+from pcipass.ops.assignability import assignability_findings
+from pcipass.ops.inventory import device_info
 
 
 @dataclass
@@ -99,31 +101,6 @@ def _caps_summary(config: ConfigSpace) -> str:
     return ", ".join(dict.fromkeys(names))
 
 
-def bus_reset_blocker(host: Host, info: DeviceInfo) -> str:
-    """Why a secondary bus reset cannot be used for this function ('' if it can).
-
-    A bus reset resets every function below the parent bridge (PCI-to-PCI
-    Bridge 1.2 §3.2.5.17), so it is unsafe while another function there is
-    used by the host; it is never possible on a root bus (no bridge to pulse).
-    """
-    dev = info.device
-    if dev.parent is None:
-        return "the device is on a root bus (no bridge above it to reset)"
-    siblings = [
-        a
-        for a in list_addresses(host.sysfs)
-        if a != dev.address and (a.domain, a.bus) == (dev.address.domain, dev.address.bus)
-    ]
-    if siblings:
-        return f"the bus is shared with {', '.join(str(s) for s in siblings)}"
-    return ""
-
-
-def read_config(host: Host, address: PciAddress) -> ConfigSpace | None:
-    data = host.sysfs.read_bytes(host.root.pci_device(address) / "config")
-    return None if data is None else parse_config(data)
-
-
 def device_report(host: Host, address: PciAddress) -> DeviceReport:
     info, problems = device_info(host, address)
     config = read_config(host, address)
@@ -131,25 +108,6 @@ def device_report(host: Host, address: PciAddress) -> DeviceReport:
         problems.append(f"{address}: config space unreadable (capabilities unknown)")
     elif config.problems:
         problems.extend(f"{address}: {p}" for p in config.problems)
-    reset = reset_verdict(host, info, config)
-    findings: list[dict[str, object]] = []
-    try:
-        from pcipass.policy.assignable import assignability_findings
-    except ImportError:
-        pass
-    else:
-        findings = [f.to_json() for f in assignability_findings(host, [address])]
+    reset = reset_verdict(host, info.device, config)
+    findings = [f.to_json() for f in assignability_findings(host, [address])]
     return DeviceReport(info, config, reset, findings, problems)
-
-
-def reset_verdict(host: Host, info: DeviceInfo, config: ConfigSpace | None) -> ResetVerdict:
-    device_dir = host.root.pci_device(info.address)
-    methods = None if info.device.reset_methods is None else list(info.device.reset_methods)
-    blocker = bus_reset_blocker(host, info)
-    return reset_readiness(
-        methods,
-        config,
-        bus_reset_possible=not blocker,
-        bus_reset_blocker=blocker,
-        reset_attribute=host.sysfs.exists(device_dir / "reset"),
-    )

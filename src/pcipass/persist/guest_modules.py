@@ -11,7 +11,7 @@ RHEL 5 and 6 run every executable ``/etc/sysconfig/modules/*.modules`` from
 rc.sysinit; systemd systems (and Debian's kmod init script) load the names
 listed in ``modules-load.d/*.conf`` (modules-load.d(5)).  Many current
 kernels have acpiphp built in (``CONFIG_HOTPLUG_PCI_ACPI=y``, Debian 6.1
-among them, lab-notes KVM.md §4): then there is nothing to load and nothing
+among them, as checked in the KVM lab): then there is nothing to load and nothing
 to write.
 
 :func:`plan_guest_setup` only reads; it returns the file edits (through
@@ -26,9 +26,9 @@ import re
 from dataclasses import dataclass
 
 from pcipass.compat import StrEnum
+from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import FileEdit, plan_edit, read_bytes
-from pcipass.persist.platform import Platform, detect_platform
 
 MODULE = "acpiphp"
 RHEL_MODULES_FILE = "/etc/sysconfig/modules/acpiphp.modules"

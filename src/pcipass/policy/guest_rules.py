@@ -16,15 +16,9 @@ from dataclasses import dataclass
 from pcipass.address import PciAddress
 from pcipass.guests.model import GuestConfig, GuestOs, VirtMode
 from pcipass.host.context import Host
-from pcipass.persist.platform import Platform
+from pcipass.host.platform import Platform
+from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.policy.verdict import Finding, Severity
-
-# Stub drivers by hypervisor: Xen's toolstack hands a device to a domain only
-# from pciback (xen-pciback registers as "pciback"); KVM/QEMU only from
-# vfio-pci (pci-stub served legacy KVM assignment, removed from QEMU 2.12).
-XEN_STUBS = frozenset({"pciback"})
-KVM_STUBS = frozenset({"vfio-pci"})
-ALL_STUBS = frozenset({"pciback", "vfio-pci", "pci-stub"})
 
 PV_DMA_WORDS = (
     "a guest which has access to a non-virtualized PCI device via PCI passthrough also has "
@@ -61,11 +55,11 @@ def hidden_findings(
     runs on Xen (pciback) or KVM (vfio-pci).
     """
     subject = str(address)
-    wanted = XEN_STUBS if xen else KVM_STUBS
+    wanted = XEN_GUEST_DRIVERS if xen else KVM_GUEST_DRIVERS
     wanted_text = "pciback" if xen else "vfio-pci"
     if driver in wanted:
         return []
-    if driver in ALL_STUBS:
+    if driver in STUB_DRIVERS:
         return [
             Finding(
                 "PP002",
@@ -260,7 +254,7 @@ def hvm_support_findings(
     on Red Hat Enterprise Linux 5.4 and newer", and it needs an active IOMMU.
 
     On current Xen (4.x, xl) PV passthrough needs the IOMMU too: Xen 4.17
-    refuses with "passthrough not supported on this platform" (lab-notes).
+    refuses with "passthrough not supported on this platform" (seen in the lab).
     """
     subject = str(address)
     name = config.name or config.display
@@ -385,7 +379,7 @@ def _libvirt_guests_findings(host: Host, guest: str) -> list[Finding]:
 def _xendomains_findings(host: Host, guest: str) -> list[Finding]:
     """xendomains saves every running domain to ``XENDOMAINS_SAVE`` and
     restores it at boot, which is the save/restore the document rules out
-    (and ``xl save`` does not refuse: lab-notes)."""
+    (and ``xl save`` of a guest holding a device does not refuse: it exits 0)."""
     for absolute in XENDOMAINS_FILES:
         try:
             text = host.root.path(absolute).read_text(errors="replace")

@@ -2,7 +2,8 @@
 
 Rules PP001-PP010 come from the source document, RHEL 5 Virtualization
 Guide §15.5 "PCI passthrough for para-virtualized Xen guests"; PP101 and up
-are pcipass's own, from what users of other tools lose (ANCHORS.md).
+are pcipass's own, from what users of other tools lose (a device given to two guests,
+the wrong device after the bus renumbers, a host that loses its own disk).
 """
 
 from __future__ import annotations

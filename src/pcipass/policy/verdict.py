@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pcipass.compat import StrEnum
+from pcipass.errors import ExitCode, RefusedError
 
 
 class Severity(StrEnum):
@@ -39,14 +41,45 @@ class Finding:
         return text + (f" ({self.remedy})" if self.remedy else "")
 
 
-def refusals(findings: list[Finding]) -> list[Finding]:
+def refusals(findings: Sequence[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity is Severity.REFUSE]
 
 
-def worst_exit(findings: list[Finding]) -> int:
+def refusal_error(
+    blocking: Sequence[Finding], subject: str, *, listed: Sequence[Finding] | None = None
+) -> RefusedError:
+    """The one RefusedError for refusing findings (``blocking`` is not empty).
+
+    One refusal speaks for itself (its subject, message and remedy); several
+    are summed up under ``subject`` and each is listed.  ``listed`` are the
+    findings the error carries for ``--json`` (default: the refusals)."""
+    shown = list(blocking if listed is None else listed)
+    if len(blocking) == 1:
+        only = blocking[0]
+        return RefusedError(only.subject, only.message, only.remedy, rule=only.rule, findings=shown)
+    rules = ", ".join(dict.fromkeys(f.rule for f in blocking))
+    return RefusedError(
+        subject,
+        f"{len(blocking)} refusals ({rules}); nothing was changed",
+        "see each one below",
+        rule=blocking[0].rule,
+        findings=shown,
+    )
+
+
+def raise_refusals(
+    findings: Sequence[Finding], subject: str, *, listed: Sequence[Finding] | None = None
+) -> None:
+    """Raise :func:`refusal_error` when any of ``findings`` refuses."""
+    blocking = refusals(findings)
+    if blocking:
+        raise refusal_error(blocking, subject, listed=listed)
+
+
+def worst_exit(findings: Sequence[Finding]) -> ExitCode:
     """``check``'s exit code: 3 when anything is refused, 1 on warnings, else 0."""
     if any(f.severity is Severity.REFUSE for f in findings):
-        return 3
+        return ExitCode.REFUSED
     if any(f.severity is Severity.WARN for f in findings):
-        return 1
-    return 0
+        return ExitCode.FAILED
+    return ExitCode.OK

@@ -45,13 +45,13 @@ from typing import Any, Final
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
 from pcipass.host.root import HostRoot
+from pcipass.host.stubs import RECORDED_STUBS
 from pcipass.persist.atomic import atomic_write, read_bytes
 
 SCHEMA_VERSION: Final = 1
 DB_NAME: Final = "state.db"
 BACKUP_DIR: Final = "backups"
 
-STUB_DRIVERS: Final = frozenset({"pciback", "xen-pciback", "vfio-pci"})
 HIDE_MODES: Final = frozenset({"now", "persist", "both"})
 HOTPLUG_KINDS: Final = frozenset({"attach", "detach"})
 
@@ -412,7 +412,7 @@ class Ledger:
         hide the device's current driver is the stub, not the one to give back.
         """
         key = _canonical_address(address)
-        _check_choice("stub driver", stub_driver, STUB_DRIVERS)
+        _check_choice("stub driver", stub_driver, RECORDED_STUBS)
         _check_choice("hide mode", how, HIDE_MODES)
         ident = dict(identity)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in ident.items()):

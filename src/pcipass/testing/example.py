@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcipass.host.config_space import PortType
+from pcipass.host.pci_regs import PortType
 from pcipass.testing.config_builder import acs, dsn, msi, msix, pcie, pm, sriov
 from pcipass.testing.fakehost import FakeHost
 

@@ -527,7 +527,7 @@ class FakeKernel:
     * ``drivers_probe``: binds an unbound device to its override (only), or
       the first driver whose id table matches.
     * ``drivers/X/new_id``: adds an id and binds matching unbound devices now,
-      as the kernel does (a famous trap, ANCHORS pain 7).
+      as the kernel does (a trap: the host's own identical device is taken too).
     * ``pciback new_slot/remove_slot``: edits pciback's slot list.
     * ``reset``: works only if ``reset_method`` lists something.
     Failures on demand: :meth:`fail` makes a matching write raise OSError.

@@ -28,6 +28,13 @@ from pcipass.backend import Backend
 from pcipass.compat import StrEnum
 from pcipass.errors import UsageError
 from pcipass.host.root import HostRoot, safe_name
+from pcipass.host.stubs import (
+    STUB_MODULES,
+    VFIO_MODULE,
+    XEN_MODULE_OLD,
+    is_2_6_kernel,
+    xen_stub_module,
+)
 
 
 class PersistMethod(StrEnum):
@@ -56,9 +63,6 @@ class GrubFlavour(StrEnum):
     UPDATE_GRUB = "update-grub"  # Debian, Ubuntu
     GRUB2_MKCONFIG = "grub2-mkconfig"  # RHEL 7+, Fedora
 
-
-#: The stub module names pcipass knows, as files name them (kmod treats - and _ alike).
-STUB_MODULES = ("pciback", "xen-pciback", "vfio-pci")
 
 #: The file pcipass owns on systems that read modprobe.d.
 PCIPASS_MODPROBE_FILE = "/etc/modprobe.d/pcipass.conf"
@@ -133,7 +137,7 @@ class Platform:
 
     def stub_module(self, backend: Backend) -> str:
         """The stub module's name on this platform, as modprobe files spell it."""
-        return self.xen_stub if backend is Backend.PCIBACK else "vfio-pci"
+        return self.xen_stub if backend is Backend.PCIBACK else VFIO_MODULE
 
     def method_for(self, backend: Backend) -> PersistMethod:
         """The persistence method for ``backend`` (the override wins)."""
@@ -149,7 +153,11 @@ class Platform:
         # apply when the module is loaded); only the command line reaches it.
         if self.stub_state(self.stub_module(backend)) is StubState.BUILTIN:
             return PersistMethod.CMDLINE
-        if backend is Backend.PCIBACK and self.xen_stub == "pciback" and self.reads_modprobe_conf:
+        if (
+            backend is Backend.PCIBACK
+            and self.xen_stub == XEN_MODULE_OLD
+            and self.reads_modprobe_conf
+        ):
             return PersistMethod.RHEL5
         return PersistMethod.MODPROBE_D
 
@@ -268,11 +276,14 @@ def detect_platform(
     evidence: list[str] = []
     family, version, pretty = _read_distribution(root, evidence)
     kernel = _kernel_release(root, release, evidence)
-    stubs = _stub_states(root, kernel, evidence)
+    stubs = stub_states(root, kernel, evidence)
     states = dict(stubs)
-    old_kernel = kernel is not None and _is_pre_kmod_kernel(kernel)
+    old_kernel = kernel is not None and is_2_6_kernel(kernel)
     rhel5 = family in _RHEL_LIKE and version.split(".", 1)[0] == "5"
-    xen_stub = _xen_stub(states, old_kernel or rhel5 or _nothing_known(family, kernel, method))
+    xen_stub = xen_stub_module(
+        installed_stubs(states),
+        old_kernel=old_kernel or rhel5 or _nothing_known(family, kernel, method),
+    )
     reads_conf = rhel5 or old_kernel or _nothing_known(family, kernel, method)
     initramfs = _initramfs_tool(root, family, rhel5, evidence)
     grub, grub_cfg = _grub(root, family, rhel5, evidence)
@@ -383,19 +394,11 @@ def _kernel_release(root: HostRoot, release: str | None, evidence: list[str]) ->
     return None
 
 
-def _is_pre_kmod_kernel(release: str) -> bool:
-    """2.6.x kernels (RHEL 5's 2.6.18) predate kmod and the xen-pciback name."""
-    match = re.match(r"(\d+)\.(\d+)", release)
-    if match is None:
-        return False
-    return (int(match.group(1)), int(match.group(2))) < (3, 0)
-
-
 def _normalise(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _stub_states(
+def stub_states(
     root: HostRoot, release: str | None, evidence: list[str]
 ) -> tuple[tuple[str, StubState], ...]:
     unknown = tuple((name, StubState.UNKNOWN) for name in STUB_MODULES)
@@ -446,14 +449,25 @@ def _walk_module_names(moddir: Path) -> set[str]:
     return names
 
 
-def _xen_stub(states: dict[str, StubState], old: bool) -> str:
-    if states.get("pciback") in (StubState.MODULE, StubState.BUILTIN):
-        return "pciback"
-    if states.get("xen-pciback") in (StubState.MODULE, StubState.BUILTIN):
-        return "xen-pciback"
-    # No module tree to ask: the kernel generation decides (xen-pciback is the
-    # upstream name since Linux 3.1; 2.6.18-xen kernels call it pciback).
-    return "pciback" if old else "xen-pciback"
+def running_xen_stub(root: HostRoot) -> str:
+    """The Xen stub module of the running kernel (the same decision
+    :func:`detect_platform` makes, from the kernel alone: hiding now does not
+    depend on which distribution's files are present)."""
+    evidence: list[str] = []
+    try:
+        kernel = _kernel_release(root, None, evidence)
+    except UsageError:  # a release that is no safe path part: no module tree to ask
+        kernel = None
+    states = dict(stub_states(root, kernel, evidence))
+    old = kernel is not None and is_2_6_kernel(kernel)
+    return xen_stub_module(installed_stubs(states), old_kernel=old)
+
+
+def installed_stubs(states: dict[str, StubState]) -> set[str]:
+    """The stub modules a kernel has, as a module or built in."""
+    return {
+        name for name, state in states.items() if state in (StubState.MODULE, StubState.BUILTIN)
+    }
 
 
 def _exists_any(root: HostRoot, paths: tuple[str, ...]) -> str | None:

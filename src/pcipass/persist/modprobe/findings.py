@@ -1,0 +1,253 @@
+"""Problems in the persistent hiding configuration (rules PP009, PP010).
+
+Read from the parsed state of :mod:`pcipass.persist.modprobe.installed`:
+a hide value given twice (the kernel keeps the last), values the stub cannot
+parse, ordering lines that never run, and lines the kernel cannot load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pcipass.address import format_hide_list
+from pcipass.host.platform import (
+    PCIPASS_MODPROBE_FILE,
+    RHEL5_MODPROBE_FILE,
+    Platform,
+    StubState,
+)
+from pcipass.persist.modprobe.installed import OrderingEntry, PersistentState
+from pcipass.persist.modprobe.syntax import module_key
+
+# --------------------------------------------------------------------------
+# Findings
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersistFinding:
+    """A problem in persistent configuration (feeds ``pcipass check``)."""
+
+    rule: str  # PP009 (hide-merge) or PP010 (reload-or-reboot / drift)
+    code: str  # stable short name, e.g. "duplicate-hide"
+    severity: str  # "error" or "warning"
+    subject: str  # "path:line"
+    problem: str
+    remedy: str = ""
+    path: str | None = None
+    line: int | None = None
+
+    def render(self) -> str:
+        text = f"{self.subject}: [{self.rule}] {self.problem}"
+        return f"{text} ({self.remedy})" if self.remedy else text
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "code": self.code,
+            "severity": self.severity,
+            "subject": self.subject,
+            "problem": self.problem,
+            "remedy": self.remedy,
+            "path": self.path,
+            "line": self.line,
+        }
+
+
+# --------------------------------------------------------------------------
+# Findings
+# --------------------------------------------------------------------------
+
+
+def findings(state: PersistentState, platform: Platform | None = None) -> list[PersistFinding]:
+    """PP009 (a hide value overridden by a later one) and the silent failures
+    of persistent hiding (PP010): the RHEL 5 lines on a xen-pciback kernel,
+    /etc/modprobe.conf on a kmod system, options for a built-in stub, values
+    the stub cannot parse, install lines kmod will not run."""
+    result: list[PersistFinding] = []
+    result.extend(_duplicate_findings(state))
+    result.extend(_value_findings(state))
+    result.extend(_ordering_findings(state))
+    if platform is not None:
+        result.extend(_platform_findings(state, platform))
+    return result
+
+
+def _where(path: str, line: int) -> str:
+    return f"{path}:{line}"
+
+
+def _duplicate_findings(state: PersistentState) -> list[PersistFinding]:
+    result: list[PersistFinding] = []
+    for entry in state.entries:
+        if entry.effective:
+            continue
+        winner = next(
+            e
+            for e in state.entries
+            if e.effective and e.stub == entry.stub and e.param == entry.param
+        )
+        lost = [a for a in entry.addresses if a not in winner.addresses]
+        lost_ids = [i for i in entry.ids if i not in winner.ids]
+        same = [e for e in state.entries if e.stub == entry.stub and e.param == entry.param]
+        if entry.param == "hide":
+            merged = list(dict.fromkeys(a for e in same for a in e.addresses))
+            fix = f"options {winner.module} hide={format_hide_list(merged)}"
+            lost_text = ", ".join(str(a) for a in lost) or "nothing new"
+        else:
+            merged_ids = list(dict.fromkeys(i for e in same for i in e.ids))
+            fix = f"options {winner.module} ids={','.join(merged_ids)}"
+            lost_text = ", ".join(lost_ids) or "nothing new"
+        result.append(
+            PersistFinding(
+                "PP009",
+                "duplicate-" + entry.param,
+                "error" if (lost or lost_ids) else "warning",
+                _where(entry.path, entry.line),
+                f"{entry.param}= for {entry.stub.replace('_', '-')} is given again at "
+                f"{_where(winner.path, winner.line)}; the kernel keeps only the last value, "
+                f"so this one is lost at boot (not hidden: {lost_text})",
+                f"merge them into one line: {fix}",
+                entry.path,
+                entry.line,
+            )
+        )
+    return result
+
+
+def _value_findings(state: PersistentState) -> list[PersistFinding]:
+    return [
+        PersistFinding(
+            "PP010",
+            "bad-" + e.param,
+            "error",
+            _where(e.path, e.line),
+            f"{e.param}={e.value!r} cannot be parsed ({e.error}); the stub logs a parse error "
+            "and hides nothing from it",
+            "write each address as (DDDD:BB:DD.F), e.g. hide=(0000:09:00.0)(0000:0a:04.1)"
+            if e.param == "hide"
+            else "write ids as vendor:device[,vendor:device], e.g. ids=8086:10d3",
+            e.path,
+            e.line,
+        )
+        for e in state.entries
+        if e.error is not None
+    ]
+
+
+def _ordering_findings(state: PersistentState) -> list[PersistFinding]:
+    """kmod runs the first install of a module only, and none if it has a softdep."""
+    result: list[PersistFinding] = []
+    installs: dict[str, OrderingEntry] = {}
+    softdeps: dict[str, OrderingEntry] = {}
+    for entry in state.ordering:
+        key = module_key(entry.module)
+        if entry.command == "install":
+            if key in installs and entry.loads:
+                first = installs[key]
+                result.append(_shadowed(entry, first, "install command"))
+            installs.setdefault(key, entry)
+        elif entry.command == "softdep":
+            if key in softdeps and entry.loads:
+                first = softdeps[key]
+                if not set(entry.loads) <= set(first.loads):
+                    result.append(_shadowed(entry, first, "softdep"))
+            softdeps.setdefault(key, entry)
+    for key, install in installs.items():
+        if install.loads and key in softdeps:
+            soft = softdeps[key]
+            if not set(install.loads) & set(soft.loads):
+                result.append(
+                    PersistFinding(
+                        "PP010",
+                        "install-ignored-softdep",
+                        "error",
+                        _where(install.path, install.line),
+                        f"kmod ignores this install command because {install.module} has a "
+                        f"softdep at {_where(soft.path, soft.line)}, so the stub is not loaded "
+                        "first",
+                        f"add the stub to that softdep's pre: list "
+                        f"(softdep {install.module} pre: {install.loads[0].replace('_', '-')})",
+                        install.path,
+                        install.line,
+                    )
+                )
+    return result
+
+
+def _shadowed(entry: OrderingEntry, first: OrderingEntry, what: str) -> PersistFinding:
+    return PersistFinding(
+        "PP010",
+        "shadowed-" + entry.command,
+        "error",
+        _where(entry.path, entry.line),
+        f"kmod uses only the first {what} of {entry.module} "
+        f"({_where(first.path, first.line)}), so this one never runs",
+        "merge the two into the first one",
+        entry.path,
+        entry.line,
+    )
+
+
+def _platform_findings(state: PersistentState, platform: Platform) -> list[PersistFinding]:
+    result: list[PersistFinding] = []
+    pciback_exists = platform.stub_state("pciback") in (StubState.MODULE, StubState.BUILTIN)
+    alias_ok = state.aliases.get("pciback") in ("xen_pciback",)
+    release = platform.kernel_release or "this kernel"
+    if platform.xen_stub == "xen-pciback" and not pciback_exists and not alias_ok:
+        for entry in [e for e in state.entries if e.stub == "pciback"]:
+            result.append(_rhel5_finding(entry.path, entry.line, release))
+        for order in state.ordering:
+            if order.command == "install" and "pciback" in order.loads:
+                result.append(_rhel5_finding(order.path, order.line, release))
+    if not platform.reads_modprobe_conf:
+        for entry in state.entries:
+            if entry.path == RHEL5_MODPROBE_FILE:
+                result.append(
+                    PersistFinding(
+                        "PP010",
+                        "modprobe-conf-ignored",
+                        "error",
+                        _where(entry.path, entry.line),
+                        "kmod does not read /etc/modprobe.conf, so this hides nothing at boot",
+                        f"move the lines to {PCIPASS_MODPROBE_FILE} "
+                        "(pcipass hide --persist writes them there)",
+                        entry.path,
+                        entry.line,
+                    )
+                )
+    for entry in state.entries:
+        if platform.stub_state(entry.stub) is StubState.BUILTIN:
+            name = entry.stub.replace("_", "-")
+            flag = "vfio-pci.ids" if entry.param == "ids" else f"{name}.hide"
+            result.append(
+                PersistFinding(
+                    "PP010",
+                    "options-for-builtin",
+                    "error",
+                    _where(entry.path, entry.line),
+                    f"{entry.stub.replace('_', '-')} is built into {release}; modprobe options "
+                    "never reach a built-in module",
+                    f"use the kernel command line ({flag}=...; pcipass hide --persist "
+                    "--platform cmdline)",
+                    entry.path,
+                    entry.line,
+                )
+            )
+    return result
+
+
+def _rhel5_finding(path: str, line: int, release: str) -> PersistFinding:
+    return PersistFinding(
+        "PP010",
+        "rhel5-form-on-xen-pciback",
+        "error",
+        _where(path, line),
+        f"names the module pciback, which {release} does not have (it is xen-pciback): "
+        "modprobe prints 'Module pciback not found', the host driver takes the device and "
+        "still exits 0",
+        "add the line 'alias pciback xen-pciback' (pcipass hide --persist does this), "
+        "or use options xen-pciback",
+        path,
+        line,
+    )

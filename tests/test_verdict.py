@@ -1,0 +1,40 @@
+"""One way from refusing findings to RefusedError; worst_exit is an ExitCode."""
+
+from __future__ import annotations
+
+import pytest
+
+from pcipass.errors import ExitCode, RefusedError, exit_code_for
+from pcipass.policy.verdict import Finding, Severity, raise_refusals, refusal_error, worst_exit
+
+USE = Finding("PP001", Severity.REFUSE, "0000:09:00.0", "the host uses it: eth0", "pick another")
+GROUP = Finding("PP102", Severity.REFUSE, "0000:0a:04.1", "IOMMU group 7 also holds X", "take it")
+RESET = Finding("PP104", Severity.WARN, "0000:09:00.0", "no FLR", "expect a reboot")
+
+
+def test_one_refusal_speaks_for_itself() -> None:
+    error = refusal_error([USE], "0000:09:00.0 0000:0a:04.1")
+    assert error.render() == "0000:09:00.0: [PP001] the host uses it: eth0 (pick another)"
+    assert exit_code_for(error) is ExitCode.REFUSED
+    assert error.findings == [USE]
+
+
+def test_several_refusals_are_summed_up_and_each_is_listed() -> None:
+    error = refusal_error([USE, GROUP], "2 devices", listed=[USE, GROUP, RESET])
+    assert error.render() == (
+        "2 devices: [PP001] 2 refusals (PP001, PP102); nothing was changed (see each one below)"
+    )
+    assert error.findings == [USE, GROUP, RESET]
+
+
+def test_raise_refusals_raises_only_for_refusals() -> None:
+    raise_refusals([RESET], "0000:09:00.0")
+    with pytest.raises(RefusedError) as raised:
+        raise_refusals([RESET, GROUP], "0000:0a:04.1")
+    assert raised.value.findings == [GROUP]
+
+
+def test_worst_exit_is_an_exit_code() -> None:
+    assert worst_exit([]) is ExitCode.OK
+    assert worst_exit([RESET]) is ExitCode.FAILED
+    assert worst_exit([RESET, USE]) is ExitCode.REFUSED
