@@ -31,8 +31,10 @@ from pcipass.address import PciAddress
 from pcipass.compat import StrEnum
 from pcipass.errors import NotFoundError, UsageError
 from pcipass.host.context import Host
-from pcipass.ops.inventory import STUB_DRIVERS, DeviceInfo, Inventory, inventory
-from pcipass.policy.assignable import assignability_findings
+from pcipass.host.inventory import DeviceInfo, Inventory
+from pcipass.host.stubs import STUB_DRIVERS, XEN_DRIVER, XEN_MODULE
+from pcipass.ops.assignability import assignability_findings
+from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 
@@ -191,7 +193,9 @@ def _held_devices(host: Host, inv: Inventory) -> dict[PciAddress, str | None]:
         for record in ledger.hidden():
             address = PciAddress.parse(record.address)
             if held.get(address) is None:
-                held[address] = record.stub_driver  # the driver name, e.g. vfio-pci
+                # Older records carry the Xen module name; the driver is pciback.
+                stub = record.stub_driver
+                held[address] = XEN_DRIVER if stub == XEN_MODULE else stub
     finally:
         ledger.close()
     return held
@@ -475,7 +479,7 @@ def libvirt(devices: Sequence[ExportDevice]) -> tuple[dict[str, object], str]:
     lines: list[str] = []
     for dev in devices:
         # pciback means a Xen host (libxl's driver 'xen'); anything else VFIO.
-        driver = "xen" if dev.stub_driver in ("pciback", "xen-pciback") else "vfio"
+        driver = "xen" if dev.stub_driver == XEN_DRIVER else "vfio"
         # managed='no': pcipass keeps the device off the host; managed='yes'
         # would have libvirt rebind it to the host driver when the guest stops.
         element = hostdev_xml(dev.address, driver, managed=False)
