@@ -117,6 +117,13 @@ COMMANDS: tuple[Command, ...] = (
         False,
     ),
     Command(
+        "rom",
+        "cmd_rom",
+        "a device's option ROM: images, UEFI or legacy-only (--save FILE)",
+        False,
+        False,
+    ),
+    Command(
         "guard-install",
         "cmd_hooks",
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",

@@ -72,6 +72,14 @@ class Sysfs:
         except OSError:
             return None
 
+    @staticmethod
+    def size(path: Path) -> int | None:
+        """The size stat reports (a binary attribute's, e.g. ``rom``: the BAR's)."""
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return None
+
     @classmethod
     def read_int(cls, path: Path | str, base: int = 10) -> int | None:
         text = cls.read_text(path)

@@ -10,6 +10,7 @@ from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.identity import current_identity, identity_mismatch
 from pcipass.host.inventory import DeviceInfo, Inventory
+from pcipass.host.reset_quirks import quirk_notes
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity
@@ -91,6 +92,10 @@ def run_check(
             report.findings += _held_device_findings(
                 host, address, by_address.get(address), hidden.get(address)
             )
+    report.findings += [  # known-bad resets (host/reset_quirks.py) as PP104 findings
+        Finding("PP104", Severity(n.severity), n.subject, n.message, n.remedy)
+        for n in quirk_notes(host, report.checked)
+    ]
     if guests or not addresses:
         found, checked = guest_findings(host, guests)
         report.findings += found

@@ -9,9 +9,11 @@ from pcipass.host.config_space import ConfigSpace, format_dsn
 from pcipass.host.context import Host
 from pcipass.host.inventory import DeviceInfo
 from pcipass.host.reset import ResetVerdict, reset_verdict
+from pcipass.host.reset_quirks import quirk_notes
 from pcipass.host.topology import read_config
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import device_info
+from pcipass.policy.verdict import Finding, Severity
 
 
 @dataclass
@@ -110,4 +112,8 @@ def device_report(host: Host, address: PciAddress) -> DeviceReport:
         problems.extend(f"{address}: {p}" for p in config.problems)
     reset = reset_verdict(host, info.device, config)
     findings = [f.to_json() for f in assignability_findings(host, [address])]
+    findings += [  # known-bad resets (host/reset_quirks.py) as PP104 findings
+        Finding("PP104", Severity(n.severity), n.subject, n.message, n.remedy).to_json()
+        for n in quirk_notes(host, [str(address)])
+    ]
     return DeviceReport(info, config, reset, findings, problems)

@@ -208,6 +208,7 @@ class FakeHost:
         boot_vga: bool | None = None,
         secondary_bus: int | None = None,
         config_size: int | None = None,
+        rom: bytes | None = None,
     ) -> Path:
         addr = PciAddress.parse(address)
         name = str(addr)
@@ -248,6 +249,8 @@ class FakeHost:
             _write(directory / "reset", "", 0o200)
         if boot_vga is not None:
             _write(directory / "boot_vga", "1\n" if boot_vga else "0\n", 0o444)
+        if rom is not None:
+            self.set_rom(name, rom)
         _rel_link(directory / "subsystem", self.sys / "bus" / "pci")
         _rel_link(self.bus / "devices" / name, directory)
         if group == "auto":
@@ -259,6 +262,15 @@ class FakeHost:
             self.add_driver(driver)
             self.bind(name, KNOWN_DRIVERS.get(driver, FakeDriver(driver, driver)).name)
         return directory
+
+    ROM_STORE = ".fake-rom"  # the ROM BAR's content, shown in ``rom`` only while enabled
+
+    def set_rom(self, address: str, content: bytes) -> None:
+        """Give a device an option ROM: its ``rom`` attribute stays empty until
+        "1" is written to it, as the kernel answers reads only then."""
+        name = str(PciAddress.parse(address))
+        _write(self.base / self.ROM_STORE / name, content, 0o600)
+        _write(self.path_of(name) / "rom", b"", 0o600)
 
     def put_in_group(self, address: str, group: int) -> None:
         directory = self.path_of(address)
@@ -530,6 +542,8 @@ class FakeKernel:
       as the kernel does (a trap: the host's own identical device is taken too).
     * ``pciback new_slot/remove_slot``: edits pciback's slot list.
     * ``reset``: works only if ``reset_method`` lists something.
+    * ``rom``: exactly "0\\n" disables reading (empties the file), any other
+      write enables it (the file shows the ROM); pci-sysfs.c's pci_write_rom.
     Failures on demand: :meth:`fail` makes a matching write raise OSError.
     """
 
@@ -573,6 +587,12 @@ class FakeKernel:
         elif path.name == "driver_override":
             self._device_dir_of(path)
             (path).write_text((text or "(null)") + "\n")
+        elif path.name == "rom" and path.exists():
+            name = self._device_dir_of(path)
+            enable = value != "0\n"
+            path.write_bytes(
+                (self.host.base / FakeHost.ROM_STORE / name).read_bytes() if enable else b""
+            )
         elif path.name == "reset":
             methods = (
                 (path.parent / "reset_method").read_text().split()
