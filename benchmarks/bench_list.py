@@ -226,7 +226,7 @@ def plan(size: int) -> list[Entry]:
 
 def build_tree(base: Path, size: int) -> dict[str, int]:
     """Build the fake host of ``size`` functions under ``base``; returns counts per kind."""
-    from pcipass.host.config_space import PortType
+    from pcipass.host.pci_regs import PortType
     from pcipass.testing.config_builder import Cap, ExtCap, acs, msi, msix, pcie, pm
     from pcipass.testing.fakehost import FakeHost
 

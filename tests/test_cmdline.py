@@ -323,7 +323,7 @@ def test_modprobe_and_command_line_both_hiding_is_pp009() -> None:
     )
     (finding,) = cross_findings(modprobe, configured.hides)
     assert (finding.rule, finding.subject) == ("PP009", "/etc/modprobe.d/pcipass.conf:1")
-    assert "command line value wins" in finding.problem
+    assert "command line value wins" in finding.message
 
 
 # --------------------------------------------------------------------------

@@ -306,7 +306,7 @@ def test_second_options_line_is_a_finding_and_the_merge_goes_into_the_last() -> 
     assert state.hidden() == {PciAddress.parse("0000:02:00.0")}
     (finding,) = findings(state)
     assert (finding.rule, finding.code, finding.line) == ("PP009", "duplicate-hide", 1)
-    assert "0000:01:00.0" in finding.problem
+    assert "0000:01:00.0" in finding.message
     assert "options pciback hide=(0000:01:00.0)(0000:02:00.0)" in finding.remedy
     text = add_hide(user, rhel5(HideDevice(A)))
     assert config_lines(text)[1] == "options pciback hide=(0000:02:00.0)(0000:09:00.0)"

@@ -400,26 +400,7 @@ def parse_config(data: bytes) -> ConfigSpace:
         problems.append("vendor id ffff: the function did not answer (removed, or read failed)")
         return dataclasses.replace(header, problems=tuple(problems))
 
-    subsystem: tuple[int | None, int | None] = (None, None)
-    buses: tuple[int | None, int | None, int | None] = (None, None, None)
-    cap_pointer_reg: int | None = None
-    if layout in (HeaderType.PCI_BRIDGE, HeaderType.CARDBUS_BRIDGE):
-        buses = (
-            reader.u8(REG_PRIMARY_BUS),
-            reader.u8(REG_SECONDARY_BUS),
-            reader.u8(REG_SUBORDINATE_BUS),
-        )
-    if layout == HeaderType.ENDPOINT:
-        subsystem = (reader.u16(REG_SUBSYSTEM_VENDOR), reader.u16(REG_SUBSYSTEM_ID))
-        cap_pointer_reg = REG_CAP_POINTER
-    elif layout == HeaderType.PCI_BRIDGE:
-        cap_pointer_reg = REG_CAP_POINTER
-    elif layout == HeaderType.CARDBUS_BRIDGE:
-        subsystem = (reader.u16(REG_CB_SUBSYSTEM_VENDOR), reader.u16(REG_CB_SUBSYSTEM_ID))
-        cap_pointer_reg = REG_CB_CAP_POINTER
-    elif layout is not None:
-        problems.append(f"header type {layout:#04x} is reserved: layout unknown")
-
+    subsystem, buses, cap_pointer_reg = _layout_registers(reader, layout, problems)
     caps, caps_complete = _walk_caps(reader, status, cap_pointer_reg, problems)
     std = _decode_caps(reader, caps, problems)
     # Only PCI Express and PCI-X 2.0 functions have extended configuration space (PCIe 4.0
@@ -451,6 +432,33 @@ def parse_config(data: bytes) -> ConfigSpace:
         sriov=ext.sriov,
         problems=tuple(problems),
     )
+
+
+def _layout_registers(
+    reader: _Reader, layout: int | None, problems: list[str]
+) -> tuple[tuple[int | None, int | None], tuple[int | None, int | None, int | None], int | None]:
+    """Subsystem ids, bus numbers and the capability pointer's register, which sit
+    at different offsets per header layout (PCI 3.0 §6.1; PPB 1.2 §3.2 for bridges)."""
+    subsystem: tuple[int | None, int | None] = (None, None)
+    buses: tuple[int | None, int | None, int | None] = (None, None, None)
+    cap_pointer_reg: int | None = None
+    if layout in (HeaderType.PCI_BRIDGE, HeaderType.CARDBUS_BRIDGE):
+        buses = (
+            reader.u8(REG_PRIMARY_BUS),
+            reader.u8(REG_SECONDARY_BUS),
+            reader.u8(REG_SUBORDINATE_BUS),
+        )
+    if layout == HeaderType.ENDPOINT:
+        subsystem = (reader.u16(REG_SUBSYSTEM_VENDOR), reader.u16(REG_SUBSYSTEM_ID))
+        cap_pointer_reg = REG_CAP_POINTER
+    elif layout == HeaderType.PCI_BRIDGE:
+        cap_pointer_reg = REG_CAP_POINTER
+    elif layout == HeaderType.CARDBUS_BRIDGE:
+        subsystem = (reader.u16(REG_CB_SUBSYSTEM_VENDOR), reader.u16(REG_CB_SUBSYSTEM_ID))
+        cap_pointer_reg = REG_CB_CAP_POINTER
+    elif layout is not None:
+        problems.append(f"header type {layout:#04x} is reserved: layout unknown")
+    return subsystem, buses, cap_pointer_reg
 
 
 def _walk_caps(

@@ -153,15 +153,7 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
     if sub_vendor is None:
         sub_vendor = sysfs.read_int(base + "subsystem_vendor", 16)
         sub_device = sysfs.read_int(base + "subsystem_device", 16)
-    class_text = uevent.get("PCI_CLASS")
-    class_code: int | None
-    if class_text is not None:
-        try:
-            class_code = int(class_text, 16)
-        except ValueError:
-            class_code = None
-    else:
-        class_code = sysfs.read_int(base + "class", 16)
+    class_code = _class_code(sysfs, base, uevent.get("PCI_CLASS"))
     if class_code is None:
         unreadable.append("class")
     driver = uevent.get("DRIVER") or sysfs.link_name(base + "driver")
@@ -178,13 +170,7 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
     totalvfs = sysfs.read_int(base + "sriov_totalvfs")
     numvfs = sysfs.read_int(base + "sriov_numvfs") if totalvfs is not None else None
     physfn = _address_or_none(sysfs.link_name(base + "physfn"))
-    virtfns: list[PciAddress] = []
-    if totalvfs:
-        for entry in sysfs.scan(real):
-            if entry.name.startswith("virtfn"):
-                vf = _address_or_none(sysfs.link_name(entry.path))
-                if vf is not None:
-                    virtfns.append(vf)
+    virtfns = _virtfns(sysfs, real) if totalvfs else []
     boot_vga = sysfs.read_text(base + "boot_vga") == "1"
     reset_text = sysfs.read_text(base + "reset_method")
     return PciDevice(
@@ -210,6 +196,27 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
         reset_methods=None if reset_text is None else tuple(reset_text.split()),
         unreadable=tuple(unreadable),
     )
+
+
+def _class_code(sysfs: Sysfs, base: str, uevent_class: str | None) -> int | None:
+    """The class code from uevent's PCI_CLASS, else from the ``class`` attribute."""
+    if uevent_class is None:
+        return sysfs.read_int(base + "class", 16)
+    try:
+        return int(uevent_class, 16)
+    except ValueError:
+        return None
+
+
+def _virtfns(sysfs: Sysfs, real: str) -> list[PciAddress]:
+    """A physical function's VFs, from its ``virtfnN`` links."""
+    found: list[PciAddress] = []
+    for entry in sysfs.scan(real):
+        if entry.name.startswith("virtfn"):
+            vf = _address_or_none(sysfs.link_name(entry.path))
+            if vf is not None:
+                found.append(vf)
+    return found
 
 
 def list_addresses(sysfs: Sysfs) -> list[PciAddress]:

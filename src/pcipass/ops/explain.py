@@ -18,6 +18,7 @@ from pcipass.errors import AddressError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.device import iommu_group_members
+from pcipass.host.stubs import VFIO_DRIVER
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def _address_in(text: str) -> PciAddress | None:
 def _group(host: Host, match: re.Match[str], text: str) -> Explanation:
     group = int(match.group(1))
     members = iommu_group_members(host.sysfs, group)
-    unbound = [m for m in members if binding.current_driver(host, m) not in ("vfio-pci", None)]
+    unbound = [m for m in members if binding.current_driver(host, m) not in (VFIO_DRIVER, None)]
     names = ", ".join(str(m) for m in members) or "(no such group on this host)"
     fix = "bind every member to vfio-pci: pcipass hide --now --backend vfio --group " + (
         str(members[0]) if members else "BDF"

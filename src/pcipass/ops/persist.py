@@ -371,9 +371,7 @@ def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
         *cmdline.cmdline_findings(running),
         *cmdline.cross_findings(state, configured.hides),
     ]
-    for item in persist_findings:
-        severity = Severity.REFUSE if item.severity == "error" else Severity.WARN
-        result.append(Finding(item.rule, severity, item.subject, item.problem, item.remedy))
+    result += persist_findings
     persistent = state.hidden() | configured.hides.hidden() | running.hidden()
     by = inv.by_address()
     for address in sorted(persistent):

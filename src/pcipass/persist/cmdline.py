@@ -37,11 +37,12 @@ from pcipass.host.platform import (
     Regeneration,
 )
 from pcipass.host.root import HostRoot
-from pcipass.persist.modprobe.findings import PersistFinding
+from pcipass.persist.modprobe.findings import persist_finding
 from pcipass.persist.modprobe.installed import PersistentState
 from pcipass.persist.modprobe.syntax import module_key, parse_params
 from pcipass.persist.shell_assign import EOL_NOTE, MARKER, Assignment, ShellFile, Value, evaluate
 from pcipass.persist.stub_values import hide_items, id_items, normalise_device_id, parse_hide_value
+from pcipass.policy.verdict import Finding
 
 BASE = "GRUB_CMDLINE_LINUX"
 BASE_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
@@ -170,7 +171,7 @@ class ConfiguredCmdline:
     variables: Mapping[str, str]  # final values of the GRUB_CMDLINE_* variables
     sources: Mapping[str, str]  # variable -> "path:line" of its last assignment
     hides: CmdlineHides  # the hiding parameters, for the entries asked about
-    findings: tuple[PersistFinding, ...]
+    findings: tuple[Finding, ...]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -209,7 +210,7 @@ def read_configured(files: Mapping[str, bytes], *, xen: bool = False) -> Configu
     """
     env: dict[str, str] = {}
     sources: dict[str, str] = {}
-    problems: list[PersistFinding] = []
+    problems: list[Finding] = []
     names = (BASE, BASE_DEFAULT, XEN_REPLACE, XEN_REPLACE_DEFAULT)
     for path in grub_file_order(files):
         shell = ShellFile.parse(files[path], path)
@@ -252,45 +253,45 @@ def _self_appends(data: bytes, assignment: Assignment) -> bool:
     return f"${assignment.name}" in raw or f"${{{assignment.name}}}" in raw
 
 
-def _unreadable(path: str, problem: str) -> PersistFinding:
-    return PersistFinding(
+def _unreadable(path: str, problem: str) -> Finding:
+    return persist_finding(
         "PP010",
         "cmdline-unreadable",
         "warning",
         path,
         f"pcipass cannot follow this file ({problem}); the configured command line is unknown",
-        "simplify the assignment, or check the generated grub.cfg by hand",
-        path,
+        remedy="simplify the assignment, or check the generated grub.cfg by hand",
+        path=path,
     )
 
 
-def _overridden_by_snippet(path: str, assignment: Assignment) -> PersistFinding:
-    return PersistFinding(
+def _overridden_by_snippet(path: str, assignment: Assignment) -> Finding:
+    return persist_finding(
         "PP010",
         "cmdline-overridden",
         "warning",
         f"{path}:{assignment.line}",
         f"{assignment.name} is set again after /etc/default/grub, replacing what is there "
         "(including anything pcipass adds)",
-        f'make it append instead: {assignment.name}="${assignment.name} ..."',
-        path,
-        assignment.line,
+        remedy=f'make it append instead: {assignment.name}="${assignment.name} ..."',
+        path=path,
+        line=assignment.line,
     )
 
 
-def cmdline_findings(hides: CmdlineHides) -> list[PersistFinding]:
+def cmdline_findings(hides: CmdlineHides) -> list[Finding]:
     """PP009 for a hiding parameter given twice; PP010 for a value the stub rejects."""
-    result: list[PersistFinding] = []
+    result: list[Finding] = []
     for token in hides.tokens:
         if token.error is not None:
             result.append(
-                PersistFinding(
+                persist_finding(
                     "PP010",
                     f"bad-{token.kind}",
                     "error",
                     token.where,
                     f"{token.param}={token.value!r} cannot be parsed ({token.error})",
-                    "write addresses as (DDDD:BB:DD.F)(...) and ids as vendor:device,...",
+                    remedy="write addresses as (DDDD:BB:DD.F)(...) and ids as vendor:device,...",
                 )
             )
         if token.effective:
@@ -304,34 +305,34 @@ def cmdline_findings(hides: CmdlineHides) -> list[PersistFinding]:
         else:
             merged = ",".join(dict.fromkeys(i for t in same for i in t.ids))
         result.append(
-            PersistFinding(
+            persist_finding(
                 "PP009",
                 f"duplicate-{token.kind}",
                 "error",
                 token.where,
                 f"{token.param}= is given again later ({winner.where}); the kernel keeps only "
                 "the last value, so this one is lost",
-                f"merge them into one: {winner.param}={merged}",
+                remedy=f"merge them into one: {winner.param}={merged}",
             )
         )
     return result
 
 
-def cross_findings(modprobe: PersistentState, configured: CmdlineHides) -> list[PersistFinding]:
+def cross_findings(modprobe: PersistentState, configured: CmdlineHides) -> list[Finding]:
     """Both modprobe options and the command line set one stub's value.
 
     kmod appends the command line's options after the files' options
     (``kmod_config_new`` parses /proc/cmdline last), and the kernel keeps
     the last value: the command line wins and the modprobe value is lost.
     """
-    result: list[PersistFinding] = []
+    result: list[Finding] = []
     for entry in modprobe.entries:
         if not entry.effective:
             continue
         for token in configured.tokens:
             if token.effective and (token.stub, token.kind) == (entry.stub, entry.param):
                 result.append(
-                    PersistFinding(
+                    persist_finding(
                         "PP009",
                         f"cmdline-and-modprobe-{entry.param}",
                         "error",
@@ -339,9 +340,9 @@ def cross_findings(modprobe: PersistentState, configured: CmdlineHides) -> list[
                         f"{entry.param}= for {entry.stub.replace('_', '-')} is also on the kernel "
                         f"command line ({token.where}); the command line value wins and this "
                         "one is lost",
-                        "keep the devices in one place",
-                        entry.path,
-                        entry.line,
+                        remedy="keep the devices in one place",
+                        path=entry.path,
+                        line=entry.line,
                     )
                 )
     return result

@@ -22,12 +22,16 @@ class Finding:
     subject: str  # the device address or "guest NAME"
     message: str
     remedy: str = ""
+    # Findings about a file line also say which (persistent configuration):
+    code: str = ""  # a stable short name within the rule, e.g. "duplicate-hide"
+    path: str | None = None
+    line: int | None = None
 
     def to_json(self) -> dict[str, object]:
         from pcipass.policy.rules import RULES
 
         rule = RULES.get(self.rule)
-        return {
+        data: dict[str, object] = {
             "rule": self.rule,
             "name": rule.name if rule else None,
             "severity": str(self.severity),
@@ -35,6 +39,9 @@ class Finding:
             "message": self.message,
             "remedy": self.remedy,
         }
+        if self.code:  # keys added only where they mean something (docs/json.md)
+            data.update(code=self.code, path=self.path, line=self.line)
+        return data
 
     def render(self) -> str:
         text = f"[{self.rule}] {self.severity}: {self.subject}: {self.message}"

@@ -68,8 +68,8 @@ from pcipass.persist.modprobe.edit import (
     repair_rhel5_alias,
 )
 from pcipass.persist.modprobe.findings import (
-    PersistFinding,
     findings,
+    persist_finding,
 )
 from pcipass.persist.modprobe.installed import (
     MODPROBE_DIRS,
@@ -115,7 +115,6 @@ __all__ = [
     "Marker",
     "OrderingEntry",
     "Param",
-    "PersistFinding",
     "PersistentState",
     "RemoveResult",
     "ValueItem",
@@ -132,6 +131,7 @@ __all__ = [
     "parse_hide_value",
     "parse_marker",
     "parse_params",
+    "persist_finding",
     "plan_add_hide",
     "plan_remove_hide",
     "read_one_file",

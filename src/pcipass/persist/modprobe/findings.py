@@ -7,8 +7,6 @@ parse, ordering lines that never run, and lines the kernel cannot load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pcipass.address import format_hide_list
 from pcipass.host.platform import (
     PCIPASS_MODPROBE_FILE,
@@ -18,40 +16,28 @@ from pcipass.host.platform import (
 )
 from pcipass.persist.modprobe.installed import OrderingEntry, PersistentState
 from pcipass.persist.modprobe.syntax import module_key
+from pcipass.policy.verdict import Finding, Severity
 
 # --------------------------------------------------------------------------
 # Findings
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PersistFinding:
-    """A problem in persistent configuration (feeds ``pcipass check``)."""
-
-    rule: str  # PP009 (hide-merge) or PP010 (reload-or-reboot / drift)
-    code: str  # stable short name, e.g. "duplicate-hide"
-    severity: str  # "error" or "warning"
-    subject: str  # "path:line"
-    problem: str
-    remedy: str = ""
-    path: str | None = None
-    line: int | None = None
-
-    def render(self) -> str:
-        text = f"{self.subject}: [{self.rule}] {self.problem}"
-        return f"{text} ({self.remedy})" if self.remedy else text
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "rule": self.rule,
-            "code": self.code,
-            "severity": self.severity,
-            "subject": self.subject,
-            "problem": self.problem,
-            "remedy": self.remedy,
-            "path": self.path,
-            "line": self.line,
-        }
+def persist_finding(
+    rule: str,
+    code: str,
+    severity: str,
+    subject: str,
+    problem: str,
+    *,
+    remedy: str = "",
+    path: str | None = None,
+    line: int | None = None,
+) -> Finding:
+    """A finding about persistent configuration: ``severity`` "error" (the
+    device is not hidden at boot: refuse) or "warning"."""
+    level = Severity.REFUSE if severity == "error" else Severity.WARN
+    return Finding(rule, level, subject, problem, remedy, code=code, path=path, line=line)
 
 
 # --------------------------------------------------------------------------
@@ -59,12 +45,12 @@ class PersistFinding:
 # --------------------------------------------------------------------------
 
 
-def findings(state: PersistentState, platform: Platform | None = None) -> list[PersistFinding]:
+def findings(state: PersistentState, platform: Platform | None = None) -> list[Finding]:
     """PP009 (a hide value overridden by a later one) and the silent failures
     of persistent hiding (PP010): the RHEL 5 lines on a xen-pciback kernel,
     /etc/modprobe.conf on a kmod system, options for a built-in stub, values
     the stub cannot parse, install lines kmod will not run."""
-    result: list[PersistFinding] = []
+    result: list[Finding] = []
     result.extend(_duplicate_findings(state))
     result.extend(_value_findings(state))
     result.extend(_ordering_findings(state))
@@ -77,8 +63,8 @@ def _where(path: str, line: int) -> str:
     return f"{path}:{line}"
 
 
-def _duplicate_findings(state: PersistentState) -> list[PersistFinding]:
-    result: list[PersistFinding] = []
+def _duplicate_findings(state: PersistentState) -> list[Finding]:
+    result: list[Finding] = []
     for entry in state.entries:
         if entry.effective:
             continue
@@ -99,7 +85,7 @@ def _duplicate_findings(state: PersistentState) -> list[PersistFinding]:
             fix = f"options {winner.module} ids={','.join(merged_ids)}"
             lost_text = ", ".join(lost_ids) or "nothing new"
         result.append(
-            PersistFinding(
+            persist_finding(
                 "PP009",
                 "duplicate-" + entry.param,
                 "error" if (lost or lost_ids) else "warning",
@@ -107,37 +93,37 @@ def _duplicate_findings(state: PersistentState) -> list[PersistFinding]:
                 f"{entry.param}= for {entry.stub.replace('_', '-')} is given again at "
                 f"{_where(winner.path, winner.line)}; the kernel keeps only the last value, "
                 f"so this one is lost at boot (not hidden: {lost_text})",
-                f"merge them into one line: {fix}",
-                entry.path,
-                entry.line,
+                remedy=f"merge them into one line: {fix}",
+                path=entry.path,
+                line=entry.line,
             )
         )
     return result
 
 
-def _value_findings(state: PersistentState) -> list[PersistFinding]:
+def _value_findings(state: PersistentState) -> list[Finding]:
     return [
-        PersistFinding(
+        persist_finding(
             "PP010",
             "bad-" + e.param,
             "error",
             _where(e.path, e.line),
             f"{e.param}={e.value!r} cannot be parsed ({e.error}); the stub logs a parse error "
             "and hides nothing from it",
-            "write each address as (DDDD:BB:DD.F), e.g. hide=(0000:09:00.0)(0000:0a:04.1)"
+            remedy="write each address as (DDDD:BB:DD.F), e.g. hide=(0000:09:00.0)(0000:0a:04.1)"
             if e.param == "hide"
             else "write ids as vendor:device[,vendor:device], e.g. ids=8086:10d3",
-            e.path,
-            e.line,
+            path=e.path,
+            line=e.line,
         )
         for e in state.entries
         if e.error is not None
     ]
 
 
-def _ordering_findings(state: PersistentState) -> list[PersistFinding]:
+def _ordering_findings(state: PersistentState) -> list[Finding]:
     """kmod runs the first install of a module only, and none if it has a softdep."""
-    result: list[PersistFinding] = []
+    result: list[Finding] = []
     installs: dict[str, OrderingEntry] = {}
     softdeps: dict[str, OrderingEntry] = {}
     for entry in state.ordering:
@@ -158,7 +144,7 @@ def _ordering_findings(state: PersistentState) -> list[PersistFinding]:
             soft = softdeps[key]
             if not set(install.loads) & set(soft.loads):
                 result.append(
-                    PersistFinding(
+                    persist_finding(
                         "PP010",
                         "install-ignored-softdep",
                         "error",
@@ -166,31 +152,31 @@ def _ordering_findings(state: PersistentState) -> list[PersistFinding]:
                         f"kmod ignores this install command because {install.module} has a "
                         f"softdep at {_where(soft.path, soft.line)}, so the stub is not loaded "
                         "first",
-                        f"add the stub to that softdep's pre: list "
+                        remedy=f"add the stub to that softdep's pre: list "
                         f"(softdep {install.module} pre: {install.loads[0].replace('_', '-')})",
-                        install.path,
-                        install.line,
+                        path=install.path,
+                        line=install.line,
                     )
                 )
     return result
 
 
-def _shadowed(entry: OrderingEntry, first: OrderingEntry, what: str) -> PersistFinding:
-    return PersistFinding(
+def _shadowed(entry: OrderingEntry, first: OrderingEntry, what: str) -> Finding:
+    return persist_finding(
         "PP010",
         "shadowed-" + entry.command,
         "error",
         _where(entry.path, entry.line),
         f"kmod uses only the first {what} of {entry.module} "
         f"({_where(first.path, first.line)}), so this one never runs",
-        "merge the two into the first one",
-        entry.path,
-        entry.line,
+        remedy="merge the two into the first one",
+        path=entry.path,
+        line=entry.line,
     )
 
 
-def _platform_findings(state: PersistentState, platform: Platform) -> list[PersistFinding]:
-    result: list[PersistFinding] = []
+def _platform_findings(state: PersistentState, platform: Platform) -> list[Finding]:
+    result: list[Finding] = []
     pciback_exists = platform.stub_state("pciback") in (StubState.MODULE, StubState.BUILTIN)
     alias_ok = state.aliases.get("pciback") in ("xen_pciback",)
     release = platform.kernel_release or "this kernel"
@@ -204,16 +190,16 @@ def _platform_findings(state: PersistentState, platform: Platform) -> list[Persi
         for entry in state.entries:
             if entry.path == RHEL5_MODPROBE_FILE:
                 result.append(
-                    PersistFinding(
+                    persist_finding(
                         "PP010",
                         "modprobe-conf-ignored",
                         "error",
                         _where(entry.path, entry.line),
                         "kmod does not read /etc/modprobe.conf, so this hides nothing at boot",
-                        f"move the lines to {PCIPASS_MODPROBE_FILE} "
+                        remedy=f"move the lines to {PCIPASS_MODPROBE_FILE} "
                         "(pcipass hide --persist writes them there)",
-                        entry.path,
-                        entry.line,
+                        path=entry.path,
+                        line=entry.line,
                     )
                 )
     for entry in state.entries:
@@ -221,24 +207,24 @@ def _platform_findings(state: PersistentState, platform: Platform) -> list[Persi
             name = entry.stub.replace("_", "-")
             flag = "vfio-pci.ids" if entry.param == "ids" else f"{name}.hide"
             result.append(
-                PersistFinding(
+                persist_finding(
                     "PP010",
                     "options-for-builtin",
                     "error",
                     _where(entry.path, entry.line),
                     f"{entry.stub.replace('_', '-')} is built into {release}; modprobe options "
                     "never reach a built-in module",
-                    f"use the kernel command line ({flag}=...; pcipass hide --persist "
+                    remedy=f"use the kernel command line ({flag}=...; pcipass hide --persist "
                     "--platform cmdline)",
-                    entry.path,
-                    entry.line,
+                    path=entry.path,
+                    line=entry.line,
                 )
             )
     return result
 
 
-def _rhel5_finding(path: str, line: int, release: str) -> PersistFinding:
-    return PersistFinding(
+def _rhel5_finding(path: str, line: int, release: str) -> Finding:
+    return persist_finding(
         "PP010",
         "rhel5-form-on-xen-pciback",
         "error",
@@ -246,8 +232,8 @@ def _rhel5_finding(path: str, line: int, release: str) -> PersistFinding:
         f"names the module pciback, which {release} does not have (it is xen-pciback): "
         "modprobe prints 'Module pciback not found', the host driver takes the device and "
         "still exits 0",
-        "add the line 'alias pciback xen-pciback' (pcipass hide --persist does this), "
+        remedy="add the line 'alias pciback xen-pciback' (pcipass hide --persist does this), "
         "or use options xen-pciback",
-        path,
-        line,
+        path=path,
+        line=line,
     )
