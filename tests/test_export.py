@@ -20,8 +20,7 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.ops.export import ExportFormat, export
-from pcipass.ops.persist import hide_persist
-from pcipass.ops.rebind import hide_now
+from pcipass.ops.hide import hide, hide_now
 from pcipass.testing.fakehost import snapshot
 from pcipass.testing.harness import Lab
 
@@ -301,7 +300,7 @@ def test_proxmox_node_name(rhel5: Lab, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_persist_only_hide_is_exported_with_the_ledgers_driver(rhel5: Lab) -> None:
-    hide_persist(rhel5.host, addrs("09:00.0"), Backend.PCIBACK)
+    hide(rhel5.host, addrs("09:00.0"), Backend.PCIBACK, now=False, persist=True)
     result = export(rhel5.host, ExportFormat.LIBVIRT)
     assert [str(d.address) for d in result.devices] == ["0000:09:00.0"]
     assert "<driver name='xen'/>" in result.text
@@ -310,7 +309,7 @@ def test_persist_only_hide_is_exported_with_the_ledgers_driver(rhel5: Lab) -> No
 def test_recorded_device_gone_from_the_bus_is_refused_not_fatal(
     rhel5_hidden: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hide_persist(rhel5_hidden.host, addrs("09:00.0"), Backend.PCIBACK)
+    hide(rhel5_hidden.host, addrs("09:00.0"), Backend.PCIBACK, now=False, persist=True)
     rhel5_hidden.fake.remove_device("0000:09:00.0")
     code, out, err = run(rhel5_hidden, capsys, "--format", "libvirt")
     assert code == 0
