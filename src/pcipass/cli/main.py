@@ -85,6 +85,13 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("guests", "cmd_guests", "guest configurations, their devices and rules", False, False),
     Command(
+        "export",
+        "cmd_export",
+        "hidden devices as Proxmox, Nova, KubeVirt or libvirt definitions (prints only)",
+        False,
+        False,
+    ),
+    Command(
         "save",
         "cmd_safe",
         "xl guests holding devices: detach live, xl save (PP003's safe path)",
