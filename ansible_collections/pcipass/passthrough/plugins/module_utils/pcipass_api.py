@@ -70,23 +70,39 @@ def run_pcipass(
     A refusal or any other error fails the task (``fail_json`` does not
     return).  ``ok_codes``: exit codes whose JSON is a result, not an error
     (``check`` exits 1 when it found warnings)."""
+    result, error = try_pcipass(module, args, dry_run=dry_run, ok_codes=ok_codes)
+    if error is not None:
+        fail_from_error(module, error)
+    return result
+
+
+def try_pcipass(
+    module: Any,
+    args: list[str],
+    *,
+    dry_run: bool = False,
+    ok_codes: tuple[int, ...] = (0,),
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Like ``run_pcipass``, but a JSON error object (a refusal, exit 3) is
+    returned as the second item for the caller to judge; output that is not
+    JSON still fails the task."""
     # --dry-run right after the command: ARGS may end with "--" and operands.
     command = [args[0], "--dry-run", *args[1:]] if dry_run else list(args)
     argv = [*pcipass_argv(module), "--root", module.params["root"], "--json", *command]
     rc, out, err = module.run_command(argv, check_rc=False)
     data = _parse(out)
     if isinstance(data, dict) and "error" in data:
-        fail_from_error(module, data, rc, err, argv)
+        return {}, {**data, "rc": rc, "stderr": err, "cmd": argv}
     if rc not in ok_codes or not isinstance(data, dict):
         module.fail_json(
-            msg=f"pcipass: {' '.join(args[:1])}: exited {rc} without a JSON result "
+            msg=f"pcipass: {args[0]}: exited {rc} without a JSON result "
             "(see stderr; pcipass --version on the target)",
             rc=rc,
             stdout=out,
             stderr=err,
             cmd=argv,
         )
-    return data  # type: ignore[return-value]
+    return data, None  # type: ignore[return-value]
 
 
 def _parse(out: str) -> object:
@@ -96,9 +112,7 @@ def _parse(out: str) -> object:
         return None
 
 
-def fail_from_error(
-    module: Any, error: dict[str, Any], rc: int, stderr: str, argv: list[str]
-) -> None:
+def fail_from_error(module: Any, error: dict[str, Any]) -> None:
     """Fail the task with pcipass's error object: one-line message as pcipass
     prints it, plus rule, findings and remedy as separate keys for
     ``failed_when``/``rescue`` to test."""
@@ -112,17 +126,17 @@ def fail_from_error(
     refusals = [f for f in findings if f.get("severity") == "refuse"]
     module.fail_json(
         msg=msg,
-        rc=rc,
+        rc=error.get("rc"),
         error=error.get("error"),
         rule=error.get("rule"),
         rules=sorted({str(f.get("rule")) for f in refusals or findings if f.get("rule")}),
         subject=subject,
         problem=problem,
         remedy=remedy,
-        refused=rc == EXIT_REFUSED,
+        refused=error.get("rc") == EXIT_REFUSED,
         findings=findings,
-        stderr=stderr,
-        cmd=argv,
+        stderr=error.get("stderr"),
+        cmd=error.get("cmd"),
     )
 
 

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Ansible reads DOCUMENTATION, EXAMPLES and RETURN before the imports (its module format).
+# ruff: noqa: E402
 # Copyright: pcipass developers
 # GNU General Public License v2.0 or later (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module: hide PCI devices from the host, or give them back."""
@@ -157,13 +159,48 @@ remedy:
   type: str
 """
 
+from typing import Any
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pcipass.passthrough.plugins.module_utils.pcipass_api import (
     COMMON_ARGS,
     binding_diff,
+    fail_from_error,
     file_diffs,
     run_pcipass,
+    try_pcipass,
 )
+
+# ``status --json``'s ``how`` values that satisfy now/persist.
+HOW_NOW = ("now", "both")
+HOW_PERSIST = ("persist", "both")
+
+
+def already_hidden_for_a_guest(module: AnsibleModule, error: dict[str, Any]) -> bool:
+    """True when pcipass refused ``hide`` only because each device is hidden
+    and assigned to a guest (PP101, one owner at a time) and its ledger
+    already holds it the way asked: the state is reached, nothing to do.
+    pcipass judges re-hiding an owned device as taking it again; for a
+    desired-state module it is the second run of the same play."""
+    p = module.params
+    refusals = [f for f in error.get("findings") or [] if f.get("severity") == "refuse"]
+    if p["state"] != "hidden" or not refusals or any(f.get("rule") != "PP101" for f in refusals):
+        return False
+    status = run_pcipass(module, ["status"])
+    how = {entry.get("address"): entry.get("how") for entry in status.get("hidden") or []}
+    for address in canonical(p["address"]):
+        if address not in how:
+            return False
+        if p["now"] and how[address] not in HOW_NOW:
+            return False
+        if p["persist"] and how[address] not in HOW_PERSIST:
+            return False
+    return True
+
+
+def canonical(addresses: list[str]) -> list[str]:
+    """``09:00.0`` and ``0000:09:00.0`` alike, lower case, as pcipass prints them."""
+    return [a.lower() if a.count(":") == 2 else f"0000:{a.lower()}" for a in addresses]
 
 
 def main() -> None:
@@ -202,7 +239,11 @@ def main() -> None:
         args.append("--group")
     if p["regenerate"]:
         args.append("--regenerate")
-    result = run_pcipass(module, args, dry_run=module.check_mode)
+    result, error = try_pcipass(module, args, dry_run=module.check_mode)
+    if error is not None:
+        if already_hidden_for_a_guest(module, error):
+            module.exit_json(changed=False, findings=[], now=None, persist=None)
+        fail_from_error(module, error)
 
     now = result.get("now") or {}
     persist = result.get("persist") or {}

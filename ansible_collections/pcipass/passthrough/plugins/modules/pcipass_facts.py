@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Ansible reads DOCUMENTATION, EXAMPLES and RETURN before the imports (its module format).
+# ruff: noqa: E402
 # Copyright: pcipass developers
 # GNU General Public License v2.0 or later (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module: pcipass's inventory, findings and ledger as host facts."""
@@ -54,7 +56,9 @@ EXAMPLES = r"""
 
 - name: Stop when pcipass finds a refusal on a host
   ansible.builtin.assert:
-    that: ansible_facts.pcipass.findings | selectattr('severity', 'equalto', 'refuse') | list | length == 0
+    that: >-
+      ansible_facts.pcipass.findings
+      | selectattr('severity', 'equalto', 'refuse') | list | length == 0
 """
 
 RETURN = r"""

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Ansible reads DOCUMENTATION, EXAMPLES and RETURN before the imports (its module format).
+# ruff: noqa: E402
 # Copyright: pcipass developers
 # GNU General Public License v2.0 or later (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module: install or remove pcipass's save/migrate guard (rule PP003)."""
@@ -8,7 +10,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: pcipass_guard
-short_description: Install or remove the libvirt hook and xl/xm wrappers that refuse to migrate a guest holding a PCI device
+short_description: Install or remove pcipass's libvirt hook and xl/xm save/migrate wrappers
 version_added: "0.1.0"
 description:
   - Runs C(pcipass guard-install) on the target. A guest that holds a passed-through PCI device

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Ansible reads DOCUMENTATION, EXAMPLES and RETURN before the imports (its module format).
+# ruff: noqa: E402
 # Copyright: pcipass developers
 # GNU General Public License v2.0 or later (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module: assign a hidden PCI device to a guest, or take it back."""

@@ -1,0 +1,414 @@
+"""The Ansible collection pcipass.passthrough, run for real.
+
+ansible-core's own ansible-playbook runs the collection's example playbook
+(examples/site.yml: a check-mode plan on every host, then the apply) with
+the local connection against example-host trees, one tree per inventory host
+(``root`` per host), pcipass started as ``python -m pcipass`` of this venv.
+Nothing is mocked: the modules run pcipass's CLI, which works on the trees
+through the simulated kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcipass.testing.example import build_kvm, build_rhel5_xen
+from pcipass.testing.fakehost import snapshot
+
+try:
+    import ansible  # noqa: F401
+
+    HAVE_ANSIBLE = True
+except ImportError:
+    HAVE_ANSIBLE = False
+    if os.environ.get("CI"):
+        # CI must not pass on fewer tests than it claims.
+        raise RuntimeError("ansible-core is not installed: pip install -e '.[test]'") from None
+
+pytestmark = pytest.mark.skipif(
+    not HAVE_ANSIBLE, reason="ansible-core not installed (pip install -e '.[test]')"
+)
+
+REPO = Path(__file__).resolve().parent.parent
+COLLECTION = REPO / "ansible_collections" / "pcipass" / "passthrough"
+SITE = COLLECTION / "examples" / "site.yml"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+# What each kind of example host is asked for (the inventory's host vars).
+RHEL5_VARS: dict[str, Any] = {
+    "pcipass_hide": ["0000:09:00.0"],
+    "pcipass_assign": [
+        {
+            "address": "0000:09:00.0",
+            "guest": "rhel5pv",
+            "accept_pv_dma_risk": True,
+            "guest_os": "rhel5.4",
+        }
+    ],
+}
+KVM_VARS: dict[str, Any] = {
+    "pcipass_hide": ["0000:02:10.0"],
+    "pcipass_backend": "vfio",
+    "pcipass_assign": [{"address": "0000:02:10.0", "guest": "win10"}],
+}
+BUILDERS = {"rhel5": (build_rhel5_xen, RHEL5_VARS), "kvm": (build_kvm, KVM_VARS)}
+
+# ansible-core ships no JSON stdout callback (it moved to ansible.posix): this
+# one records every task result, as JSON lines, in the file $PCIPASS_TEST_RECORD.
+RECORDER = """
+import json, os
+from ansible.plugins.callback import CallbackBase
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "record"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self):
+        super().__init__()
+        self.play = -1
+
+    def v2_playbook_on_play_start(self, play):
+        self.play += 1
+
+    def _record(self, result, status):
+        entry = {"play": self.play, "task": result._task.get_name(),
+                 "host": result._host.get_name(), "status": status,
+                 "result": result._result}
+        with open(os.environ["PCIPASS_TEST_RECORD"], "a") as out:
+            out.write(json.dumps(entry, default=str) + "\\n")
+
+    def v2_runner_on_ok(self, result):
+        self._record(result, "ok")
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._record(result, "failed")
+
+    def v2_runner_on_skipped(self, result):
+        self._record(result, "skipped")
+"""
+
+
+def make_inventory(
+    tmp_path: Path, kinds: dict[str, str], overrides: dict[str, dict[str, Any]] | None = None
+) -> tuple[Path, dict[str, Path]]:
+    """One example tree per host; an inventory (JSON is YAML) naming them."""
+    hosts: dict[str, Any] = {}
+    trees: dict[str, Path] = {}
+    for name, kind in kinds.items():
+        build, host_vars = BUILDERS[kind]
+        tree = tmp_path / "hosts" / name
+        build(tree).mark_simulated()
+        trees[name] = tree
+        hosts[name] = {**host_vars, "pcipass_root": str(tree), **(overrides or {}).get(name, {})}
+    inventory = {
+        "passthrough": {
+            "hosts": hosts,
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+                "pcipass_command": [sys.executable, "-m", "pcipass"],
+            },
+        }
+    }
+    path = tmp_path / "inventory.yml"
+    path.write_text(json.dumps(inventory))
+    return path, trees
+
+
+class Run:
+    """One ansible-playbook run: its exit code, output and recorded results."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], record: Path) -> None:
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        lines = record.read_text().splitlines() if record.exists() else []
+        self.entries = [json.loads(line) for line in lines]
+
+    def results(self) -> dict[tuple[int, str, str], dict[str, Any]]:
+        """(play index, task name, host) -> the task's result."""
+        return {(e["play"], e["task"], e["host"]): e["result"] for e in self.entries}
+
+    def failed(self) -> dict[tuple[int, str, str], dict[str, Any]]:
+        return {
+            (e["play"], e["task"], e["host"]): e["result"]
+            for e in self.entries
+            if e["status"] == "failed"
+        }
+
+    def changed_hosts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for (_, _, host), result in self.results().items():
+            counts[host] = counts.get(host, 0) + changed(result)
+        return counts
+
+    def output(self) -> str:
+        return self.stdout[-4000:] + self.stderr[-2000:]
+
+
+def playbook(tmp_path: Path, inventory: Path, book: Path, *options: str) -> Run:
+    plugins = tmp_path / "callback_plugins"
+    plugins.mkdir(exist_ok=True)
+    (plugins / "record.py").write_text(RECORDER)
+    record = tmp_path / f"record-{len(list(tmp_path.glob('record-*')))}.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "PCIPASS_"))}
+    env.update(
+        PCIPASS_TEST_RECORD=str(record),
+        ANSIBLE_CALLBACK_PLUGINS=str(plugins),
+        ANSIBLE_CALLBACKS_ENABLED="record",
+        ANSIBLE_COLLECTIONS_PATH=str(REPO),
+        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+        ANSIBLE_REMOTE_TEMP=str(tmp_path / "ansible-remote-tmp"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_HOST_KEY_CHECKING="0",
+        ANSIBLE_DEPRECATION_WARNINGS="0",
+    )
+    record.touch()
+    proc = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(book), *options],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    return Run(proc, record)
+
+
+def changed(result: dict[str, Any]) -> bool:
+    if "results" in result:  # a loop
+        return any(item.get("changed") for item in result["results"])
+    return bool(result.get("changed"))
+
+
+def file_diffs(result: dict[str, Any]) -> list[str]:
+    """The configuration file diffs of a result (not the binding lines).
+
+    The ``mode PATH: 0755`` trailer is left out: ``guard-install --json``
+    renders its diffs after writing, when the mode no longer differs, so only
+    the dry run shows it (reported to the hooks area)."""
+    items = result.get("results", [result])
+    return [
+        "".join(
+            line
+            for line in diff["prepared"].splitlines(keepends=True)
+            if not line.startswith("mode ")
+        )
+        for item in items
+        for diff in item.get("diff") or []
+        if diff.get("prepared", "").startswith("--- ")
+    ]
+
+
+def snapshots(trees: dict[str, Path]) -> dict[str, dict[str, object]]:
+    # skip=(): check mode must not touch pcipass's own state either.
+    return {name: snapshot(tree, skip=()) for name, tree in trees.items()}
+
+
+def test_check_mode_changes_nothing_and_diff_shows_the_files(tmp_path: Path) -> None:
+    inventory, trees = make_inventory(tmp_path, {"dom0": "rhel5", "kvm": "kvm"})
+    before = snapshots(trees)
+    run = playbook(tmp_path, inventory, SITE, "--check", "--diff")
+    assert run.returncode == 0, run.output()
+    assert snapshots(trees) == before
+    out = run.stdout
+    # RHEL 5: /etc/modprobe.conf (Procedure 15.3 step 1) and the xm guest file.
+    assert "+++ /etc/modprobe.conf" in out
+    assert "+options pciback hide=(0000:09:00.0)" in out
+    assert "+++ /etc/xen/rhel5pv" in out
+    assert "+pci = [ '0000:09:00.0' ]" in out
+    # KVM: modprobe.d for vfio-pci, the libvirt XML, the guard hook.
+    assert "+++ /etc/libvirt/qemu/win10.xml" in out
+    assert "<address domain='0x0000' bus='0x02' slot='0x10' function='0x0'/>" in out
+    assert "+++ /etc/libvirt/hooks/qemu" in out
+    # The binding changes.
+    assert "would run: echo 0000:09:00.0 > /sys/bus/pci/drivers/bnx2/unbind" in out
+    assert "would run: echo 0000:02:10.0 > /sys/bus/pci/drivers/igbvf/unbind" in out
+
+
+def test_apply_does_what_check_mode_predicted_then_nothing(tmp_path: Path) -> None:
+    inventory, trees = make_inventory(tmp_path, {"dom0": "rhel5", "kvm": "kvm"})
+    before = snapshots(trees)
+    run = playbook(tmp_path, inventory, SITE, "--diff")
+    assert run.returncode == 0, run.output()
+    found = run.results()
+    plan = {(task, host): r for (play, task, host), r in found.items() if play == 0}
+    applied = {(task, host): r for (play, task, host), r in found.items() if play == 1}
+    assert plan.keys() == applied.keys()
+    assert len(plan) == 6  # three tasks on two hosts
+    for key, result in plan.items():
+        assert result.get("changed") is not None or "results" in result, key
+        assert changed(result) == changed(applied[key]), key
+        assert file_diffs(result) == file_diffs(applied[key]), key
+        assert changed(result), key  # every task has work on fresh trees
+
+    # Exactly the predicted files changed on each host (the simulated kernel's
+    # sysfs and pcipass's ledger aside).
+    after = snapshots(trees)
+    for name, tree in trees.items():
+        predicted = {
+            diff.split("\n", 2)[1].removeprefix("+++ ").lstrip("/")
+            for (task, host), result in plan.items()
+            if host == name
+            for diff in file_diffs(result)
+        }
+        touched = {
+            path
+            for path in before[name].keys() | after[name].keys()
+            if path.startswith("etc/") and before[name].get(path) != after[name].get(path)
+        }
+        touched_files = {p for p in touched if (tree / p).is_file() or p not in after[name]}
+        assert touched_files == predicted, name
+
+    again = playbook(tmp_path, inventory, SITE, "--diff")
+    assert again.returncode == 0, again.output()
+    assert again.changed_hosts() == {"dom0": 0, "kvm": 0}
+
+    facts_book = tmp_path / "facts.yml"
+    facts_book.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "passthrough",
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "name": "facts",
+                            "pcipass.passthrough.pcipass_facts": {
+                                "root": "{{ pcipass_root }}",
+                                "pcipass_command": "{{ pcipass_command }}",
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    facts = playbook(tmp_path, inventory, facts_book).results()
+    for host, address, guest in (
+        ("dom0", "0000:09:00.0", "rhel5pv"),
+        ("kvm", "0000:02:10.0", "win10"),
+    ):
+        pcipass = facts[(0, "facts", host)]["ansible_facts"]["pcipass"]
+        hidden = [d["address"] for d in pcipass["devices"] if d["hidden"]]
+        assert hidden == [address]
+        assert [(o["address"], o["guest"]) for o in pcipass["status"]["owners"]] == [
+            (address, guest)
+        ]
+
+
+def test_refusal_on_one_host_fails_with_the_rule_and_changes_no_host(tmp_path: Path) -> None:
+    # The dom0's 0000:05:00.0 carries the default route (PP001); the KVM
+    # host's plan is fine, but the plan play stops the run before any apply.
+    inventory, trees = make_inventory(
+        tmp_path,
+        {"dom0": "rhel5", "kvm": "kvm"},
+        overrides={"dom0": {"pcipass_hide": ["0000:05:00.0"], "pcipass_assign": []}},
+    )
+    before = snapshots(trees)
+    run = playbook(tmp_path, inventory, SITE)
+    assert run.returncode != 0
+    found = run.results()
+    failed = run.failed()
+    assert list(failed) == [(0, "Hide the devices from the host, now and at every boot", "dom0")]
+    result = next(iter(failed.values()))
+    assert result["rule"] == "PP001"
+    assert result["refused"] is True
+    assert result["msg"].startswith("pcipass: 0000:05:00.0: [PP001]")
+    assert result["remedy"]
+    assert any("default route" in f["message"] for f in result["findings"])
+    assert all(f["rule"] == "PP001" for f in result["findings"])
+    assert not any(play == 1 for play, _, _ in found)  # the apply play never ran
+    assert snapshots(trees) == before
+
+
+def test_install_role_puts_the_one_file_build_on_a_host(tmp_path: Path) -> None:
+    pyz = tmp_path / "dist" / "pcipass.pyz"
+    subprocess.run(
+        [sys.executable, str(REPO / "packaging" / "build_zipapp.py"), "--output", str(pyz)],
+        check=True,
+        capture_output=True,
+    )
+    inventory, _ = make_inventory(tmp_path, {"dom0": "rhel5"})
+    target = tmp_path / "target"
+    book = tmp_path / "install.yml"
+    book.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "passthrough",
+                    "gather_facts": False,
+                    "roles": [
+                        {
+                            "role": "pcipass.passthrough.install",
+                            "pcipass_install_pyz": str(pyz),
+                            "pcipass_install_dir": str(target / "lib" / "pcipass"),
+                            "pcipass_install_link": str(target / "sbin" / "pcipass"),
+                            "pcipass_install_python": sys.executable,
+                        }
+                    ],
+                    "tasks": [
+                        {
+                            "name": "facts through the installed build",
+                            "pcipass.passthrough.pcipass_facts": {
+                                "root": "{{ pcipass_root }}",
+                                "pcipass_command": [
+                                    sys.executable,
+                                    str(target / "lib" / "pcipass" / "pcipass.pyz"),
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    (target / "sbin").mkdir(parents=True)
+    run = playbook(tmp_path, inventory, book)
+    assert run.returncode == 0, run.output()
+    assert (target / "lib" / "pcipass" / "pcipass.pyz").read_bytes() == pyz.read_bytes()
+    assert os.readlink(target / "sbin" / "pcipass") == str(
+        target / "lib" / "pcipass" / "pcipass.pyz"
+    )
+    found = run.results()
+    devices = found[(0, "facts through the installed build", "dom0")]["ansible_facts"]["pcipass"][
+        "devices"
+    ]
+    assert "0000:09:00.0" in [d["address"] for d in devices]
+    again = playbook(tmp_path, inventory, book)
+    assert again.returncode == 0, again.output()
+    assert again.changed_hosts() == {"dom0": 0}
+
+
+@pytest.mark.slow
+def test_twenty_hosts_with_forks(tmp_path: Path) -> None:
+    """20 hosts, 10 forks: plan and apply; the wall time is printed for the
+    collection README (measured, not asserted)."""
+    kinds = {f"host{n:02d}": ("rhel5" if n % 2 else "kvm") for n in range(20)}
+    inventory, trees = make_inventory(tmp_path, kinds)
+    start = time.monotonic()
+    check = playbook(tmp_path, inventory, SITE, "--check", "--forks", "10")
+    checked = time.monotonic() - start
+    assert check.returncode == 0, check.output()
+    start = time.monotonic()
+    run = playbook(tmp_path, inventory, SITE, "--forks", "10")
+    applied = time.monotonic() - start
+    assert run.returncode == 0, run.output()
+    # Three tasks changed per host in each play (the plan predicts, the apply does).
+    assert run.changed_hosts() == {name: 6 for name in kinds}
+    for name, tree in trees.items():
+        config = "etc/xen/rhel5pv" if kinds[name] == "rhel5" else "etc/libvirt/qemu/win10.xml"
+        assert ("0000:09:00.0" in (tree / config).read_text()) == (kinds[name] == "rhel5")
+    print(f"\n20 hosts, forks 10: check mode {checked:.1f} s, plan+apply {applied:.1f} s")
