@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ BUILDERS = {"rhel5": (build_rhel5_xen, RHEL5_VARS), "kvm": (build_kvm, KVM_VARS)
 # ansible-core ships no JSON stdout callback (it moved to ansible.posix): this
 # one records every task result, as JSON lines, in the file $PCIPASS_TEST_RECORD.
 RECORDER = """
-import json, os
+import json, os, time
 from ansible.plugins.callback import CallbackBase
 
 class CallbackModule(CallbackBase):
@@ -79,13 +79,20 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_play_start(self, play):
         self.play += 1
+        self._write({"play_start": self.play, "at": time.monotonic()})
+
+    def v2_playbook_on_stats(self, stats):
+        self._write({"play_start": self.play + 1, "at": time.monotonic()})
+
+    def _write(self, entry):
+        with open(os.environ["PCIPASS_TEST_RECORD"], "a") as out:
+            out.write(json.dumps(entry, default=str) + "\\n")
 
     def _record(self, result, status):
         entry = {"play": self.play, "task": result._task.get_name(),
                  "host": result._host.get_name(), "status": status,
                  "result": result._result}
-        with open(os.environ["PCIPASS_TEST_RECORD"], "a") as out:
-            out.write(json.dumps(entry, default=str) + "\\n")
+        self._write(entry)
 
     def v2_runner_on_ok(self, result):
         self._record(result, "ok")
@@ -133,7 +140,11 @@ class Run:
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         lines = record.read_text().splitlines() if record.exists() else []
-        self.entries = [json.loads(line) for line in lines]
+        entries = [json.loads(line) for line in lines]
+        self.entries = [e for e in entries if "play_start" not in e]
+        starts = {e["play_start"]: e["at"] for e in entries if "play_start" in e}
+        # Wall time of each play: from its start to the next play's (or the end).
+        self.play_seconds = [starts[n + 1] - starts[n] for n in sorted(starts) if n + 1 in starts]
 
     def results(self) -> dict[tuple[int, str, str], dict[str, Any]]:
         """(play index, task name, host) -> the task's result."""
@@ -394,21 +405,40 @@ def test_install_role_puts_the_one_file_build_on_a_host(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_twenty_hosts_with_forks(tmp_path: Path) -> None:
-    """20 hosts, 10 forks: plan and apply; the wall time is printed for the
-    collection README (measured, not asserted)."""
+    """20 hosts, 10 forks, the example playbook: its plan play is the
+    check-mode run, its apply play the apply.  The wall time of each is
+    printed for the collection README (measured, not asserted)."""
     kinds = {f"host{n:02d}": ("rhel5" if n % 2 else "kvm") for n in range(20)}
     inventory, trees = make_inventory(tmp_path, kinds)
-    start = time.monotonic()
-    check = playbook(tmp_path, inventory, SITE, "--check", "--forks", "10")
-    checked = time.monotonic() - start
-    assert check.returncode == 0, check.output()
-    start = time.monotonic()
     run = playbook(tmp_path, inventory, SITE, "--forks", "10")
-    applied = time.monotonic() - start
     assert run.returncode == 0, run.output()
     # Three tasks changed per host in each play (the plan predicts, the apply does).
     assert run.changed_hosts() == {name: 6 for name in kinds}
     for name, tree in trees.items():
         config = "etc/xen/rhel5pv" if kinds[name] == "rhel5" else "etc/libvirt/qemu/win10.xml"
         assert ("0000:09:00.0" in (tree / config).read_text()) == (kinds[name] == "rhel5")
-    print(f"\n20 hosts, forks 10: check mode {checked:.1f} s, plan+apply {applied:.1f} s")
+        assert ("bus='0x02' slot='0x10'" in (tree / config).read_text()) == (kinds[name] == "kvm")
+    plan, apply = run.play_seconds
+    print(f"\n20 hosts, forks 10: check-mode plan {plan:.1f} s, apply {apply:.1f} s")
+
+
+def test_collection_builds(tmp_path: Path) -> None:
+    galaxy = Path(sys.executable).parent / "ansible-galaxy"
+    subprocess.run(
+        [str(galaxy), "collection", "build", str(COLLECTION), "--output-path", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        | {"ANSIBLE_HOME": str(tmp_path / "ansible-home")},
+    )
+    with tarfile.open(tmp_path / "pcipass-passthrough-0.1.0.tar.gz") as archive:
+        names = set(archive.getnames())
+        manifest = json.load(archive.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
+    assert manifest["collection_info"]["namespace"] == "pcipass"
+    assert manifest["collection_info"]["name"] == "passthrough"
+    for module in ("pcipass_facts", "pcipass_device", "pcipass_guest_device", "pcipass_guard"):
+        assert f"plugins/modules/{module}.py" in names
+    assert "plugins/module_utils/pcipass_api.py" in names
+    assert "roles/install/tasks/main.yml" in names
+    assert "examples/site.yml" in names
+    assert not any("__pycache__" in name for name in names)
