@@ -364,10 +364,10 @@ def test_install_role_puts_the_one_file_build_on_a_host(tmp_path: Path) -> None:
                     "roles": [
                         {
                             "role": "pcipass.passthrough.install",
-                            "pcipass_install_pyz": str(pyz),
-                            "pcipass_install_dir": str(target / "lib" / "pcipass"),
-                            "pcipass_install_link": str(target / "sbin" / "pcipass"),
-                            "pcipass_install_python": sys.executable,
+                            "install_pcipass_pyz": str(pyz),
+                            "install_pcipass_dir": str(target / "lib" / "pcipass"),
+                            "install_pcipass_link": str(target / "sbin" / "pcipass"),
+                            "install_pcipass_python": sys.executable,
                         }
                     ],
                     "tasks": [
@@ -442,3 +442,31 @@ def test_collection_builds(tmp_path: Path) -> None:
     assert "roles/install/tasks/main.yml" in names
     assert "examples/site.yml" in names
     assert not any("__pycache__" in name for name in names)
+
+
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    """ansible-test sanity builds its own venvs with pip fetched from the
+    network, so offline the collection is checked with ansible-lint's
+    production profile (the brief's fallback)."""
+    lint = Path(sys.executable).parent / "ansible-lint"
+    if not lint.exists():
+        if os.environ.get("CI"):
+            pytest.fail("ansible-lint is not installed: pip install -e '.[test]'")
+        pytest.skip("ansible-lint not installed (pip install -e '.[test]')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=str(REPO),
+        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        NO_COLOR="1",
+    )
+    run = subprocess.run(
+        [str(lint), "--offline", "--profile", "production", "--nocolor"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=COLLECTION,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "Profile 'production' was required, and it passed" in run.stderr + run.stdout

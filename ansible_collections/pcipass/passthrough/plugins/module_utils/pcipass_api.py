@@ -29,7 +29,8 @@ PYZ_PATH = "/usr/local/lib/pcipass/pcipass.pyz"
 # Options every module takes; merged into each module's argument_spec.
 COMMON_ARGS: dict[str, dict[str, Any]] = {
     "root": {"type": "path", "default": "/"},
-    "pcipass_command": {"type": "raw"},
+    # A command, not a secret (validate-modules asks because of its name).
+    "pcipass_command": {"type": "raw", "no_log": False},
 }
 
 # pcipass's exit code for a refusal (docs/cli.md).

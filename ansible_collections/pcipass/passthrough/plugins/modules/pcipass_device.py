@@ -21,7 +21,8 @@ description:
   - Check mode runs pcipass with C(--dry-run) and predicts C(changed); diff mode shows the
     configuration file diffs and the driver binding changes.
 author:
-  - pcipass developers
+  # No GitHub handle: the form validate-modules documents for that.
+  - pcipass developers (!UNKNOWN)
 options:
   address:
     description:
@@ -94,7 +95,9 @@ attributes:
     support: full
     description: The file diffs and the driver binding changes.
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts (Xen dom0 or KVM) and images of them.
 """
 
 EXAMPLES = r"""

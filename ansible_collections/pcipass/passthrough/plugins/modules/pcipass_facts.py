@@ -16,7 +16,8 @@ description:
   - Runs C(pcipass list --json), C(pcipass status --json) and, with O(check), C(pcipass check
     --json) on the target and sets the fact C(pcipass) (read-only; nothing is changed).
 author:
-  - pcipass developers
+  # No GitHub handle: the form validate-modules documents for that.
+  - pcipass developers (!UNKNOWN)
 options:
   check:
     description: Also run pcipass's rules over everything it holds and the persistent
@@ -40,10 +41,14 @@ attributes:
     description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Read-only; there is nothing to show.
   facts:
     support: full
+    description: Sets the fact C(pcipass).
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts (Xen dom0 or KVM) and images of them.
 """
 
 EXAMPLES = r"""

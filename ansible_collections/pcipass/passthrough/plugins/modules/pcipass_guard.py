@@ -20,7 +20,8 @@ description:
   - Idempotent; an installed guard reports C(changed=false).
   - Check mode runs pcipass with C(--dry-run); diff mode shows each hook and wrapper file.
 author:
-  - pcipass developers
+  # No GitHub handle: the form validate-modules documents for that.
+  - pcipass developers (!UNKNOWN)
 options:
   state:
     description: C(present) installs, C(absent) removes every hook and wrapper pcipass installed.
@@ -62,7 +63,9 @@ attributes:
     support: full
     description: Each hook and wrapper file, created or removed.
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts (Xen dom0 or KVM) and images of them.
 """
 
 EXAMPLES = r"""

@@ -23,7 +23,8 @@ description:
   - Check mode runs pcipass with C(--dry-run); diff mode shows the guest configuration diff and,
     with O(hide), the driver binding changes.
 author:
-  - pcipass developers
+  # No GitHub handle: the form validate-modules documents for that.
+  - pcipass developers (!UNKNOWN)
 options:
   address:
     description: The PCI address (C(0000:09:00.0)).
@@ -82,7 +83,9 @@ attributes:
     support: full
     description: The guest configuration diff and the binding changes.
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts (Xen dom0 or KVM) and images of them.
 """
 
 EXAMPLES = r"""
