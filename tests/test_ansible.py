@@ -535,6 +535,8 @@ def test_ansible_lint_production_profile(tmp_path: Path) -> None:
     network, so offline the collection is checked with ansible-lint's
     production profile (the brief's fallback)."""
     lint = Path(sys.executable).parent / "ansible-lint"
+    if sys.version_info < (3, 10):
+        pytest.skip("ansible-lint 24+ needs Python 3.10; the suite on a newer Python runs it")
     if not lint.exists():
         if os.environ.get("CI"):
             pytest.fail("ansible-lint is not installed: pip install -e '.[test]'")
