@@ -24,6 +24,7 @@ def domu(rhel5: Lab) -> Lab:
     rhel5.runner.programs.add("xl")
     hide_now(rhel5.host, [NIC], Backend.PCIBACK)
     attach(rhel5.host, NIC, "domu", accept_pv_dma_risk=True)
+    rhel5.runner.toolstack.running["domu"] = {str(NIC)}  # started with its device
     assert 'passthrough = "enabled"' in (rhel5.base / "etc/xen/domu.cfg").read_text()
     rhel5.runner.calls.clear()
     return rhel5

@@ -407,6 +407,15 @@ def unhide_now(
         plan: list[tuple[PciAddress, str | None]] = []
         for address in addresses:
             owner = ledger.owner(address)
+            if owner is not None and owner.uncertain:
+                raise RefusedError(
+                    str(address),
+                    f"may be in guest {owner.guest}: a live hotplug into it did not finish "
+                    "and its outcome is unknown",
+                    f"pcipass recover asks the toolstack; or pcipass detach --live {address} "
+                    f"{owner.guest}",
+                    rule="PP101",
+                )
             if owner is not None:
                 raise RefusedError(
                     str(address),
@@ -478,14 +487,32 @@ def _undo_ownership(ledger: Ledger, kind: str, intent: dict[str, object]) -> lis
     ):
         return []
     owner = ledger.owner(address)
+    if owner is not None and owner.uncertain:
+        # A live hotplug may have happened: recover asks the toolstack
+        # (ops.live.settle_uncertain) instead of guessing.
+        return []
+    config = str(intent.get("config") or "")
+    recorded_kind = intent.get("config_kind")
+    config_kind = (
+        recorded_kind
+        if isinstance(recorded_kind, str)
+        else "libvirt"
+        if config.endswith(".xml")
+        else ("xl" if config.endswith(".cfg") else "xm")
+    )
+    if intent.get("live") is True and (owner is None or owner.guest == guest):
+        # The running guest may hold the device or not, whatever the file
+        # says now: mark it "maybe in guest" and let the toolstack decide.
+        from pcipass.state.ledger import UNCERTAIN_PREFIX
+
+        ledger.claim(
+            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config or None
+        )
+        return []
     if kind == "attach" and owner is not None and owner.guest == guest:
         ledger.release(address, guest)
         return [f"{address}: ownership by {guest} released (attach rolled back)"]
     if kind == "detach" and owner is None:
-        config = str(intent.get("config") or "")
-        config_kind = (
-            "libvirt" if config.endswith(".xml") else ("xl" if config.endswith(".cfg") else "xm")
-        )
         ledger.claim(address, guest, config_kind=config_kind, config_path=config or None)
         return [f"{address}: ownership by {guest} restored (detach rolled back)"]
     return []
@@ -524,6 +551,9 @@ def recover(host: Host) -> list[str]:
                     )
                 else:
                     report.append(f"op {op.id} ({op.kind}): rolled back")
+            from pcipass.ops.live import settle_uncertain
+
+            report.extend(settle_uncertain(host, ledger))
         finally:
             ledger.close()
     return report

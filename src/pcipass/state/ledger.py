@@ -54,6 +54,11 @@ BACKUP_DIR: Final = "backups"
 
 HIDE_MODES: Final = frozenset({"now", "persist", "both"})
 HOTPLUG_KINDS: Final = frozenset({"attach", "detach"})
+# An owner whose config_kind starts with this is "maybe in guest G": a live
+# hotplug was started and its outcome is not known yet (no answer, timeout,
+# Ctrl-C).  It blocks the device like any owner until `recover` or a repeat
+# asks the toolstack and records the truth.
+UNCERTAIN_PREFIX: Final = "maybe-"
 
 # How long a writer waits for another writer's transaction before SQLite gives
 # up with "database is locked".  Transactions here are a few statements long;
@@ -154,6 +159,11 @@ class OwnerRecord:
     config_kind: str
     config_path: str | None
     since: float
+
+    @property
+    def uncertain(self) -> bool:
+        """A live hotplug into ``guest`` may or may not have happened."""
+        return self.config_kind.startswith(UNCERTAIN_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -554,6 +564,21 @@ class Ledger:
                 (key, guest, kind, now),
             )
         return HotplugAdmission(True, times, now)
+
+    def forget_hotplug(self, address: PciAddress | str, guest: str, kind: str, at: float) -> bool:
+        """Take back one event recorded by :meth:`admit_hotplug` (the hotplug
+        it admitted did not happen, so it must not count against PP007)."""
+        key = _canonical_address(address)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id FROM hotplug_events WHERE address = ? AND guest = ? AND kind = ? "
+                "AND at = ? ORDER BY id DESC LIMIT 1",
+                (key, guest, kind, at),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM hotplug_events WHERE id = ?", (row[0],))
+        return True
 
     def hotplug_events(
         self, address: PciAddress | str | None = None, *, since: float | None = None
