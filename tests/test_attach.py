@@ -26,7 +26,7 @@ from pcipass.guests.guest_os import parse_os_text
 from pcipass.guests.toolstack import XenCli
 from pcipass.ops.attach import XC_ASSIGN_REFUSAL, attach, detach
 from pcipass.ops.guests import scan_guests
-from pcipass.ops.rebind import hide_now
+from pcipass.ops.hide import hide_now
 from pcipass.runner import CommandResult
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import DEFAULT_BUDGET, HotplugLimiter
@@ -688,7 +688,7 @@ class Killed(BaseException):
 def test_recover_undoes_an_attach_killed_after_its_file_edit(
     rhel5: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pcipass.ops.rebind import recover
+    from pcipass.ops.recover import recover
 
     hidden_nic(rhel5)
     rhel5.runner.programs.add("xm")
@@ -733,7 +733,7 @@ def test_libvirt_file_edit_without_virsh_says_how_to_hand_it_to_libvirtd(kvm: La
 def test_recover_restores_ownership_of_a_detach_killed_after_the_release(
     rhel5: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pcipass.ops.rebind import recover
+    from pcipass.ops.recover import recover
     from pcipass.state.ledger import OperationHandle
 
     hidden_nic(rhel5)

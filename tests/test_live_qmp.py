@@ -18,8 +18,9 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.guests.qmp import MAX_MESSAGE_BYTES, QmpClient, QmpError
+from pcipass.ops.hide import hide_now, unhide_now
 from pcipass.ops.qemu_guest import QemuGuest, find_qemu, qemu_live
-from pcipass.ops.rebind import hide_now, recover, unhide_now
+from pcipass.ops.recover import recover
 from pcipass.state.ledger import Ledger
 from pcipass.testing import fakeqmp
 from pcipass.testing.fakeqmp import FakeQmp

@@ -12,7 +12,8 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.ops.attach import attach, detach
-from pcipass.ops.rebind import hide_now, recover, unhide_now
+from pcipass.ops.hide import hide_now, unhide_now
+from pcipass.ops.recover import recover
 from pcipass.runner import CommandResult
 from pcipass.state.ledger import Ledger
 from pcipass.testing.harness import Lab

@@ -15,8 +15,8 @@ from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.errors import RefusedError
 from pcipass.guests.qemu_argv import qemu_name, qmp_socket, vfio_hosts
+from pcipass.ops.hide import hide_now
 from pcipass.ops.qemu_guest import find_qemu, qemu_live
-from pcipass.ops.rebind import hide_now
 from pcipass.state.ledger import Ledger
 from pcipass.testing.fakeqmp import FakeQmp
 from pcipass.testing.harness import Lab

@@ -8,7 +8,7 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.ops.attach import attach
-from pcipass.ops.rebind import hide_now
+from pcipass.ops.hide import hide_now
 from pcipass.ops.safe_save import safe_migrate, safe_restore, safe_save
 from pcipass.runner import CommandResult
 from pcipass.state.ledger import Ledger
@@ -103,7 +103,7 @@ def test_migrate_frees_this_hosts_devices_and_says_what_to_do_there(domu: Lab) -
 
 
 def test_an_interrupted_save_is_reported_by_recover(domu: Lab) -> None:
-    from pcipass.ops.rebind import recover
+    from pcipass.ops.recover import recover
 
     class Killed(BaseException):
         pass

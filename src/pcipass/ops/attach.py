@@ -355,7 +355,7 @@ def attach(
         result.commands.append(live_command(host, guest_file, guest, address, "attach"))
         _live_advice(result, guest_file, guest)
     if needs_hide:
-        from pcipass.ops.rebind import hide_now
+        from pcipass.ops.hide import hide_now
 
         backend = Backend.PCIBACK if xen else Backend.VFIO
         hidden_result = hide_now(host, [address], backend, dry_run=dry_run)
