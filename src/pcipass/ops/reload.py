@@ -1,0 +1,155 @@
+"""Reloading driver modules (Procedure 15.3 step 1), and saying what it costs.
+
+The document makes the persistent lines take effect by reloading the
+device's driver.  This module plans that reload for a request: which modules
+go down and come back (the device's driver; the stub too when it is loaded,
+because ``hide=`` / ``ids=`` are module parameters read only when the module
+loads), which other functions they take with them (policy/reload.py judges
+them), and where every function must end up.  ``hide --persist`` and
+``unhide --persist`` use the plan for their advice; ``--reload-driver`` runs
+it (:func:`reload_for_persist`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pcipass.address import PciAddress
+from pcipass.errors import RefusedError
+from pcipass.host import binding
+from pcipass.host.binding import StubDriver
+from pcipass.host.context import Host
+from pcipass.host.inventory import Inventory
+from pcipass.host.stubs import STUB_DRIVERS
+from pcipass.policy.reload import ReloadImpact, reload_advice, reload_findings, reload_impact
+from pcipass.policy.verdict import Finding, raise_refusals
+
+
+@dataclass(frozen=True)
+class Module:
+    """A loaded driver: its sysfs driver name and the module modprobe knows."""
+
+    driver: str
+    module: str
+
+
+@dataclass
+class ReloadPlan:
+    """Which modules a reload takes down (in this order) and brings back."""
+
+    unload: list[Module] = field(default_factory=list)
+    load: list[Module] = field(default_factory=list)
+    impacts: list[ReloadImpact] = field(default_factory=list)
+    # Where every function of the reloaded drivers must be bound afterwards.
+    expected: dict[PciAddress, str | None] = field(default_factory=dict)
+    # Why there is nothing to reload for some targets (builtin, no driver...).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def safe(self) -> bool:
+        return all(i.safe for i in self.impacts)
+
+    def findings(self, *, refusing: bool) -> list[Finding]:
+        found: list[Finding] = []
+        for impact in self.impacts:
+            found += reload_findings(impact, refusing=refusing)
+        return found
+
+    def advice(self, *, verb: str = "takes effect") -> list[str]:
+        return [reload_advice(i, verb=verb) for i in self.impacts]
+
+    def describe(self) -> list[str]:
+        return [f"modprobe -r {m.module}" for m in self.unload] + [
+            f"modprobe {m.module}" for m in self.load
+        ]
+
+
+def module_of(host: Host, driver: str) -> Module | None:
+    """The loadable module behind a driver, None when it is built in (or unknown).
+
+    ``/sys/bus/pci/drivers/D/module`` names the module; a module absent from
+    ``/proc/modules`` is built into the kernel and cannot be reloaded.
+    """
+    name = host.sysfs.link_name(host.root.pci_driver(driver) / "module")
+    if name is None:
+        return None
+    modules = host.sysfs.read_text(host.root.proc / "modules") or ""
+    loaded = {line.split()[0] for line in modules.splitlines() if line.split()}
+    if name.replace("-", "_") not in loaded:
+        return None
+    return Module(driver, name)
+
+
+def plan_reload(
+    host: Host,
+    inv: Inventory,
+    targets: Sequence[PciAddress],
+    stub: StubDriver,
+    *,
+    hiding: bool,
+    owners: dict[PciAddress, str] | None = None,
+) -> ReloadPlan:
+    """Plan the reload that makes a persistent hide (or unhide) of ``targets`` take effect.
+
+    Hiding: each target's own driver goes down and comes back; the stub's
+    configuration is read when the stub loads, so a loaded stub is reloaded
+    too (unloaded after the driver, loaded first by the install/softdep line).
+    Giving back: the stub is reloaded (it drops what its new configuration no
+    longer names) and the targets' original drivers probe them.
+    """
+    by = inv.by_address()
+    plan = ReloadPlan()
+    drivers: list[str] = []
+    for address in targets:
+        info = by.get(address)
+        driver = info.device.driver if info is not None else None
+        if hiding and driver is not None and driver not in STUB_DRIVERS:
+            if driver not in drivers:
+                drivers.append(driver)
+        elif hiding and driver is None:
+            plan.notes.append(f"{address} has no driver: nothing to reload for it")
+    drivers.append(stub.driver)
+    for driver in drivers:
+        if not binding.driver_loaded(host, driver):
+            continue  # nothing is bound to a driver that is not there
+        module = module_of(host, driver)
+        if module is None:
+            plan.notes.append(f"{driver} is built into the kernel: only a reboot reloads it")
+            continue
+        plan.unload.append(module)
+        plan.impacts.append(reload_impact(driver, targets, inv, owners=owners))
+    # Bring back in reverse: the stub first (it must claim the targets before
+    # their driver probes them), then the drivers.
+    plan.load = list(reversed(plan.unload))
+    reloaded = {m.driver for m in plan.unload}
+    for info in inv.devices:
+        if info.device.driver in reloaded and info.address not in targets:
+            plan.expected[info.address] = info.device.driver
+    return plan
+
+
+def checked_reload(
+    host: Host,
+    inv: Inventory,
+    targets: Sequence[PciAddress],
+    stub: StubDriver,
+    *,
+    hiding: bool,
+) -> ReloadPlan:
+    """The reload ``--reload-driver`` asked for, refused when it is not safe.
+
+    PP001 names every other function of the driver the host uses (the
+    document's host: 0000:05:00.0 carries the default route); PP101 every one
+    a guest holds.  Nothing is touched before this returns.
+    """
+    plan = plan_reload(host, inv, targets, stub, hiding=hiding)
+    raise_refusals(plan.findings(refusing=True), "--reload-driver")
+    if not plan.unload:
+        raise RefusedError(
+            "--reload-driver",
+            "nothing can be reloaded: " + ("; ".join(plan.notes) or "no module drives these"),
+            "use --now (per-device rebind through sysfs) or reboot",
+            rule="PP010",
+        )
+    return plan
