@@ -257,3 +257,12 @@ def test_reload_is_refused_with_pp001_when_the_uplink_shares_the_driver(rhel5: L
     assert raised.value.rule == "PP001"
     assert raised.value.subject == "0000:05:00.0" and "default route" in raised.value.problem
     assert snapshot(rhel5.base) == before
+
+
+def test_explain_module_in_use_names_the_uplink_and_the_safe_way(rhel5: Lab) -> None:
+    from pcipass.ops.explain import explain
+
+    (found,) = explain(rhel5.host, "modprobe: FATAL: Module bnx2 is in use.")
+    assert found.rule == "PP010"
+    assert "0000:05:00.0" in found.cause and "default route" in found.cause
+    assert "--now" in found.fix and "reboot" in found.fix
