@@ -12,11 +12,13 @@ it (:func:`reload_for_persist`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
-from pcipass.errors import RefusedError
+from pcipass.errors import OperationFailed, RefusedError
 from pcipass.host import binding
 from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
@@ -153,3 +155,92 @@ def checked_reload(
             rule="PP010",
         )
     return plan
+
+
+# --- running it (inside one transaction: ops/hide.py) --------------------------------
+
+# A module name as modprobe takes it; anything else in a journal was not written by pcipass.
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModuleStep:
+    """One ``modprobe`` of the reload: a transaction step (ops/transaction.py)
+    with nothing to journal for undo: the intent's ``modules`` list is what
+    rollback and ``recover`` reload (:func:`ensure_loaded`)."""
+
+    describe: str
+    action: Callable[[], None]
+    undo: Mapping[str, object] | None = None
+
+
+def _modprobe(host: Host, argv: list[str]) -> None:
+    host.runner.run(argv).check()
+
+
+def reload_steps(host: Host, plan: ReloadPlan) -> list[ModuleStep]:
+    """``modprobe -r`` each module (driver first, then the stub), then
+    ``modprobe`` them back (the stub first, with its new ``hide=``/``ids=``)."""
+    steps = [
+        ModuleStep(
+            f"modprobe -r {m.module}",
+            functools.partial(_modprobe, host, ["modprobe", "-r", m.module]),
+        )
+        for m in plan.unload
+    ]
+    steps += [
+        ModuleStep(
+            f"modprobe {m.module}", functools.partial(_modprobe, host, ["modprobe", m.module])
+        )
+        for m in plan.load
+    ]
+    return steps
+
+
+def verify_reload(host: Host, expected: Mapping[PciAddress, str | None]) -> None:
+    """Every function of the reloaded drivers is bound where it must be, or the
+    reload failed (and the transaction rolls back)."""
+    wrong = [
+        f"{address} is on {binding.current_driver(host, address) or 'no driver'}, "
+        f"expected {driver or 'no driver'}"
+        for address, driver in sorted(expected.items())
+        if binding.current_driver(host, address) != driver
+    ]
+    if wrong:
+        raise OperationFailed(
+            "--reload-driver",
+            "after the reload " + "; ".join(wrong),
+            "use --now (per-device rebind through sysfs) or reboot",
+        )
+
+
+def modules_json(plan: ReloadPlan) -> list[str]:
+    """The intent's record: modules that must be loaded again if the command dies."""
+    return [m.module for m in plan.load]
+
+
+def ensure_loaded(host: Host, modules: object) -> list[str]:
+    """Load every recorded module that is not loaded (rollback, ``recover``).
+
+    The record is data: a name that is not a module name is refused before
+    anything runs.  Returns what was loaded.
+    """
+    if not isinstance(modules, list) or not all(
+        isinstance(m, str) and _MODULE_NAME.match(m) for m in modules
+    ):
+        raise RefusedError(
+            "journal",
+            f"modules {modules!r} are not module names; pcipass did not write this record",
+            "inspect the state database (pcipass status)",
+        )
+    loaded: list[str] = []
+    present = {
+        line.split()[0].replace("-", "_")
+        for line in (host.sysfs.read_text(host.root.proc / "modules") or "").splitlines()
+        if line.split()
+    }
+    for module in modules:
+        if module.replace("-", "_") not in present:
+            _modprobe(host, ["modprobe", module])
+            loaded.append(module)
+    return loaded
