@@ -364,8 +364,6 @@ def _reload_advice(
     plan = plan_reload(host, inv, addresses, binding.stub_for(host, backend), hiding=add)
     result.findings += [f for f in plan.findings(refusing=False) if f.severity is Severity.WARN]
     result.notes += plan.advice() + plan.notes
-    if not plan.impacts and add:
-        result.notes.append("takes effect at the next boot; add --now to rebind at once")
 
 
 def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:

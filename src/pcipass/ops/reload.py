@@ -111,6 +111,8 @@ def plan_reload(
                 drivers.append(driver)
         elif hiding and driver is None:
             plan.notes.append(f"{address} has no driver: nothing to reload for it")
+    if hiding and not drivers:
+        return plan  # every target is on a stub already (or has no driver): nothing to reload
     drivers.append(stub.driver)
     for driver in drivers:
         if not binding.driver_loaded(host, driver):
