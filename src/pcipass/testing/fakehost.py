@@ -714,6 +714,9 @@ class FakeKernel:
         """Make the next load (or unload) of ``module`` fail, as a broken module would."""
         self.module_failures.append(("unload" if unload else "load", module.replace("_", "-"), err))
 
+    def known_module(self, module: str) -> FakeDriver | None:
+        return KNOWN_DRIVERS.get(module) or KNOWN_DRIVERS.get(module.replace("_", "-"))
+
     def module_loaded(self, module: str) -> bool:
         from pcipass.testing import fakemodprobe
 

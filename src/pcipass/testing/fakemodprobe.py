@@ -88,10 +88,8 @@ class ModprobeConfig:
                 self.alias[module] = _canon(words[2])
 
 
-def _spec(module: str) -> FakeDriver | None:
-    from pcipass.testing.fakehost import KNOWN_DRIVERS
-
-    return KNOWN_DRIVERS.get(module) or KNOWN_DRIVERS.get(_canon(module))
+def _spec(kernel: FakeKernel, module: str) -> FakeDriver | None:
+    return kernel.known_module(module)
 
 
 def _fails(kernel: FakeKernel, action: str, module: str) -> None:
@@ -103,13 +101,13 @@ def _fails(kernel: FakeKernel, action: str, module: str) -> None:
 
 
 def module_loaded(kernel: FakeKernel, module: str) -> bool:
-    spec = _spec(module)
+    spec = _spec(kernel, module)
     return spec is not None and kernel.host.driver_dir(spec.name).exists()
 
 
 def load_module(kernel: FakeKernel, module: str, params: Mapping[str, str]) -> None:
     """The module's init: register the driver, take its parameters, probe."""
-    spec = _spec(module)
+    spec = _spec(kernel, module)
     if spec is None:
         raise OSError(errno.ENOENT, f"Module {module} not found")
     _fails(kernel, "load", spec.module)
@@ -137,7 +135,7 @@ def load_module(kernel: FakeKernel, module: str, params: Mapping[str, str]) -> N
 
 def unload_module(kernel: FakeKernel, module: str) -> None:
     """``modprobe -r``: the driver's remove() runs for every function it drives."""
-    spec = _spec(module)
+    spec = _spec(kernel, module)
     host = kernel.host
     if spec is None or not host.driver_dir(spec.name).exists():
         raise OSError(errno.ENOENT, f"Module {module} is not currently loaded")
