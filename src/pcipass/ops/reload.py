@@ -16,6 +16,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, RefusedError
@@ -246,3 +247,34 @@ def ensure_loaded(host: Host, modules: object) -> list[str]:
             _modprobe(host, ["modprobe", module])
             loaded.append(module)
     return loaded
+
+
+class StepRunner(Protocol):
+    """The transaction (ops/transaction.py): runs steps, journalling their undo."""
+
+    def run(self, steps: Sequence[ModuleStep]) -> None: ...
+
+
+def run_reload(
+    txn: StepRunner,
+    host: Host,
+    plan: ReloadPlan,
+    targets: Mapping[PciAddress, str | None],
+    *,
+    probe: Sequence[PciAddress] = (),
+) -> list[str]:
+    """Unload, load, (probe the given-back devices), verify: a failure raises
+    and the caller's transaction rolls everything back.  ``targets`` says
+    where each requested device must end up (the stub when hiding, its own
+    driver when giving back); every other function of the reloaded drivers
+    must be back where it was.  Returns the steps run."""
+    steps = reload_steps(host, plan) + [
+        ModuleStep(
+            f"echo {address} > /sys/bus/pci/drivers_probe",
+            functools.partial(binding.probe, host, address),
+        )
+        for address in probe
+    ]
+    txn.run(steps)
+    verify_reload(host, {**plan.expected, **targets})
+    return [s.describe for s in steps]
