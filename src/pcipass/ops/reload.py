@@ -150,7 +150,7 @@ def checked_reload(
     """
     plan = plan_reload(host, inv, targets, stub, hiding=hiding)
     raise_refusals(plan.findings(refusing=True), "--reload-driver")
-    if not plan.unload:
+    if not plan.unload and plan.notes:
         raise RefusedError(
             "--reload-driver",
             "nothing can be reloaded: " + ("; ".join(plan.notes) or "no module drives these"),
@@ -222,12 +222,8 @@ def modules_json(plan: ReloadPlan) -> list[str]:
     return [m.module for m in plan.load]
 
 
-def ensure_loaded(host: Host, modules: object) -> list[str]:
-    """Load every recorded module that is not loaded (rollback, ``recover``).
-
-    The record is data: a name that is not a module name is refused before
-    anything runs.  Returns what was loaded.
-    """
+def valid_modules(modules: object) -> list[str]:
+    """A journal's ``modules`` record, validated as data (module names only)."""
     if not isinstance(modules, list) or not all(
         isinstance(m, str) and _MODULE_NAME.match(m) for m in modules
     ):
@@ -236,6 +232,13 @@ def ensure_loaded(host: Host, modules: object) -> list[str]:
             f"modules {modules!r} are not module names; pcipass did not write this record",
             "inspect the state database (pcipass status)",
         )
+    return [str(m) for m in modules]
+
+
+def ensure_loaded(host: Host, modules: object) -> list[str]:
+    """Load every recorded module that is not loaded (rollback, ``recover``):
+    the reload's undo is "reload again".  Returns what was loaded."""
+    modules = valid_modules(modules)
     loaded: list[str] = []
     present = {
         line.split()[0].replace("-", "_")
