@@ -557,6 +557,7 @@ class FakeKernel:
         self.on_written: Callable[[str, str], None] | None = None  # after it acted
         self.module_failures: list[tuple[str, str, int]] = []  # (load|unload, module, errno)
         self.module_ids: dict[str, set[tuple[int, int]]] = {}  # vfio-pci ids= of this load
+        self.probe_failures: set[str] = set()  # functions whose probe fails at a module load
 
     def fail(
         self, pattern: str, err: int = errno.EIO, *, value: str | None = None, times: int = 1

@@ -130,7 +130,8 @@ def load_module(kernel: FakeKernel, module: str, params: Mapping[str, str]) -> N
             (int(i.split(":")[0], 16), int(i.split(":")[1], 16)) for i in ids.split(",") if i
         }
     for name in list(host._paths):
-        kernel._probe(name)
+        if name not in kernel.probe_failures:  # e.g. missing firmware: the probe fails, unbound
+            kernel._probe(name)
 
 
 def unload_module(kernel: FakeKernel, module: str) -> None:
