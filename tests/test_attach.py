@@ -23,9 +23,10 @@ from pcipass.errors import (
     UsageError,
 )
 from pcipass.guests.guest_os import parse_os_text
+from pcipass.guests.toolstack import XenCli
 from pcipass.ops.attach import XC_ASSIGN_REFUSAL, attach, detach
 from pcipass.ops.guests import scan_guests
-from pcipass.ops.rebind import hide_now
+from pcipass.ops.hide import hide_now
 from pcipass.runner import CommandResult
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import DEFAULT_BUDGET, HotplugLimiter
@@ -415,6 +416,7 @@ def test_live_detach_failure_leaves_config_and_owner(rhel5: Lab) -> None:
     hidden_nic(rhel5)
     rhel5.runner.programs.add("xm")
     attach(rhel5.host, NIC, "rhel5pv", accept_pv_dma_risk=True)
+    rhel5.runner.toolstack.running["rhel5pv"] = {str(NIC)}  # it runs with the device
     rhel5.runner.answers["xm pci-detach"] = CommandResult(("xm",), 1, "", "Error: busy\n")
     before = snapshot(rhel5.base)
     with pytest.raises(OperationFailed, match="Error: busy"):
@@ -468,7 +470,8 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
         [VALIDATE, str(path), "domain"], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stderr
-    virsh = [c for c in runner.calls if c[0] == "virsh"]
+    # (virsh domstate and dumpxml only ask what the running guest holds)
+    virsh = [c for c in runner.calls if c[0] == "virsh" and c[3] not in ("dumpxml", "domstate")]
     # libvirtd is told about the edited file, then the running guest gets the device.
     assert virsh[0] == ("virsh", "-c", "qemu:///system", "define", str(path))
     assert virsh[1][:5] == ("virsh", "-c", "qemu:///system", "attach-device", "win10")
@@ -498,7 +501,7 @@ def test_libvirt_attach_output_validates_against_libvirts_schema(kvm: Lab) -> No
     live.unlink()
     assert checked.returncode == 0, checked.stderr
     detach(kvm.host, VF, "win10", live=True)
-    verbs = [c[3] for c in runner.calls if c[0] == "virsh"]
+    verbs = [c[3] for c in runner.calls if c[0] == "virsh" and c[3] not in ("dumpxml", "domstate")]
     assert verbs == ["define", "attach-device", "detach-device", "define"]
     assert read(kvm, "/etc/libvirt/qemu/win10.xml") == original
 
@@ -599,7 +602,7 @@ def test_libvirt_xen_guest_uses_the_xen_driver_and_connection(rhel5: Lab) -> Non
     attach(rhel5.host, NIC, "lxpv", live=True, accept_pv_dma_risk=True)
     text = read(rhel5, "/etc/libvirt/libxl/lxpv.xml").decode()
     assert "<driver name='xen'/>" in text and "bus='0x09'" in text
-    virsh = [c for c in runner.calls if c[0] == "virsh"]
+    virsh = [c for c in runner.calls if c[0] == "virsh" and c[3] not in ("dumpxml", "domstate")]
     assert [c[:4] for c in virsh] == [
         ("virsh", "-c", "xen:///system", "define"),
         ("virsh", "-c", "xen:///system", "attach-device"),
@@ -685,24 +688,30 @@ class Killed(BaseException):
 def test_recover_undoes_an_attach_killed_after_its_file_edit(
     rhel5: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pcipass.ops.attach as attach_module
-    from pcipass.ops.rebind import recover
+    from pcipass.ops.recover import recover
 
     hidden_nic(rhel5)
     rhel5.runner.programs.add("xm")
     original = read(rhel5, RHEL5PV)
 
-    def killed(*args: object, **kwargs: object) -> list[str]:
+    def killed(*args: object, **kwargs: object) -> None:
         raise Killed
 
-    monkeypatch.setattr(attach_module, "_run_live", killed)
+    monkeypatch.setattr(XenCli, "hotplug", killed)
     with pytest.raises(Killed):
         attach(rhel5.host, NIC, "rhel5pv", accept_pv_dma_risk=True, live=True)
     assert read(rhel5, RHEL5PV) != original  # the edit happened, then the kill
-    assert owner(rhel5, NIC) is None  # claimed only after the live step
+    # Killed while xm was being told: the device may be in the guest, so it
+    # has an owner ("maybe"), and unhide --now must not give it to the host.
+    with Ledger.open(rhel5.host.root, readonly=True) as ledger:
+        maybe = ledger.owner(NIC)
+    assert maybe is not None and maybe.guest == "rhel5pv" and maybe.uncertain
     report = recover(rhel5.host)
     assert any("/etc/xen/rhel5pv: restored" in line for line in report)
     assert read(rhel5, RHEL5PV) == original
+    # recover asked xm (xm pci-list): the guest does not hold it; recorded.
+    assert ("xm", "pci-list", "rhel5pv") in rhel5.runner.calls
+    assert owner(rhel5, NIC) is None
     assert rhel5.fake.bound_driver(str(NIC)) == "pciback"  # the hide is not part of it
 
 
@@ -724,7 +733,7 @@ def test_libvirt_file_edit_without_virsh_says_how_to_hand_it_to_libvirtd(kvm: La
 def test_recover_restores_ownership_of_a_detach_killed_after_the_release(
     rhel5: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pcipass.ops.rebind import recover
+    from pcipass.ops.recover import recover
     from pcipass.state.ledger import OperationHandle
 
     hidden_nic(rhel5)

@@ -21,7 +21,7 @@ from pcipass.cli.main import main
 from pcipass.errors import PcipassError, RefusedError, UsageError
 from pcipass.ops.attach import attach
 from pcipass.ops.guard import guard, guard_libvirt_hook
-from pcipass.ops.rebind import hide_now
+from pcipass.ops.hide import hide_now
 from pcipass.state.ledger import Ledger
 from pcipass.testing.fakehost import snapshot
 from pcipass.testing.harness import Lab

@@ -213,7 +213,10 @@ def test_non_root_reader_of_readable_db_in_root_owned_dir(world_root: HostRoot) 
 
     assert as_nobody(read) == "0000:09:00.0:bnx2"
     # The reader created nothing (no -shm in a directory it may not write).
-    assert sorted(p.name for p in world_root.state_dir.iterdir()) == ["state.db"]
+    assert sorted(p.name for p in world_root.state_dir.iterdir()) == [
+        "state.db",
+        "state.db.in-use",  # written by the writer (_record_one), not the reader
+    ]
 
 
 def test_non_root_who_cannot_read_gets_a_clear_error(world_root: HostRoot) -> None:

@@ -10,8 +10,8 @@ import pytest
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed, RefusedError
+from pcipass.ops.hide import hide_now
 from pcipass.ops.libvirt_conn import connect_attach
-from pcipass.ops.rebind import hide_now
 from pcipass.state.ledger import Ledger
 from pcipass.testing.fakehost import snapshot
 from pcipass.testing.harness import Lab

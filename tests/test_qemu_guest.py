@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,98 +15,25 @@ from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.errors import RefusedError
 from pcipass.guests.qemu_argv import qemu_name, qmp_socket, vfio_hosts
+from pcipass.ops.hide import hide_now
 from pcipass.ops.qemu_guest import find_qemu, qemu_live
-from pcipass.ops.rebind import hide_now
 from pcipass.state.ledger import Ledger
+from pcipass.testing.fakeqmp import FakeQmp
 from pcipass.testing.harness import Lab
 
 VF = PciAddress.parse("0000:02:10.0")
-
-
-class FakeQemu:
-    """A QMP server: greeting, capabilities, qom-list/qom-get over peripherals,
-    device_add, and device_del answered later by a DEVICE_DELETED event."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.peripherals: dict[str, str] = {"pt0": "0000:00:05.0"}  # id -> host
-        self.commands: list[dict[str, Any]] = []
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        self.server.listen(4)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                self._session(conn)
-
-    def _send(self, conn: socket.socket, message: dict[str, Any]) -> None:
-        conn.sendall(json.dumps(message).encode() + b"\r\n")
-
-    def _session(self, conn: socket.socket) -> None:
-        self._send(conn, {"QMP": {"version": {}, "capabilities": []}})
-        buffer = b""
-        while True:
-            data = conn.recv(4096)
-            if not data:
-                return
-            buffer += data
-            while b"\n" in buffer:
-                line, _, buffer = buffer.partition(b"\n")
-                request = json.loads(line)
-                self.commands.append(request)
-                self._answer(conn, request)
-
-    def _answer(self, conn: socket.socket, request: dict[str, Any]) -> None:
-        command, args = request["execute"], request.get("arguments", {})
-        if command == "qom-list":
-            self._send(
-                conn, {"return": [{"name": i, "type": "child<vfio-pci>"} for i in self.peripherals]}
-            )
-        elif command == "qom-get":
-            ident = args["path"].rsplit("/", 1)[-1]
-            self._send(conn, {"return": self.peripherals[ident]})
-        elif command == "device_add":
-            if args["id"] in self.peripherals:
-                self._send(
-                    conn,
-                    {
-                        "error": {
-                            "class": "GenericError",
-                            "desc": f"Duplicate device ID '{args['id']}'",
-                        }
-                    },
-                )
-                return
-            self.peripherals[args["id"]] = args["host"]
-            self._send(conn, {"return": {}})
-        elif command == "device_del":
-            self._send(conn, {"return": {}})
-            # The guest ejects it a moment later (ACPI), then QEMU reports it.
-            self._send(conn, {"event": "DEVICE_DELETED", "data": {"device": args["id"]}})
-            del self.peripherals[args["id"]]
-        else:
-            self._send(conn, {"return": {}})
-
-    def close(self) -> None:
-        self.server.close()
+VF_TEXT = str(VF)
 
 
 @pytest.fixture
-def qemu(kvm: Lab) -> Iterator[FakeQemu]:
+def qemu(kvm: Lab) -> Iterator[FakeQmp]:
     # The socket lives under the host root as /run/l2.qmp; binding through the
     # directory's descriptor dodges AF_UNIX's 108-byte path limit.
     run = kvm.base / "run"
     run.mkdir(exist_ok=True)
     fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fake = FakeQemu(Path(f"/proc/self/fd/{fd}/l2.qmp"))
+        fake = FakeQmp(Path(f"/proc/self/fd/{fd}/l2.qmp"), {"pt0": "0000:00:05.0"})
     finally:
         os.close(fd)
     argv = [
@@ -145,14 +69,14 @@ def test_argv_parsing_forms() -> None:
     assert vfio_hosts(argv) == ["0000:01:00.0"]
 
 
-def test_find_qemu_reads_proc(kvm: Lab, qemu: FakeQemu) -> None:
+def test_find_qemu_reads_proc(kvm: Lab, qemu: FakeQmp) -> None:
     found = find_qemu(kvm.host, "l2")
     assert found is not None and found.pid == 4242
     assert found.devices == ["0000:00:05.0"]
     assert find_qemu(kvm.host, "nobody") is None
 
 
-def test_attach_then_detach_live_through_qmp(kvm: Lab, qemu: FakeQemu) -> None:
+def test_attach_then_detach_live_through_qmp(kvm: Lab, qemu: FakeQmp) -> None:
     hide_now(kvm.host, [VF], Backend.VFIO)
     found = find_qemu(kvm.host, "l2")
     assert found is not None
@@ -176,15 +100,15 @@ def test_attach_then_detach_live_through_qmp(kvm: Lab, qemu: FakeQemu) -> None:
     ledger.close()
     result = qemu_live(kvm.host, found, VF, "detach")
     assert result.device_id == "pcipass-0000-02-10-0"
-    assert "pcipass-0000-02-10-0" not in qemu.peripherals
-    assert "pt0" in qemu.peripherals  # the device the guest was started with stays
+    assert "pcipass-0000-02-10-0" not in qemu.devices
+    assert "pt0" in qemu.devices  # the device the guest was started with stays
     ledger = Ledger.open(kvm.host.root, readonly=True)
     assert ledger.owner(VF) is None
     ledger.close()
 
 
 def test_attach_of_a_device_still_on_its_driver_is_refused_before_qmp(
-    kvm: Lab, qemu: FakeQemu
+    kvm: Lab, qemu: FakeQmp
 ) -> None:
     found = find_qemu(kvm.host, "l2")
     assert found is not None
@@ -196,7 +120,7 @@ def test_attach_of_a_device_still_on_its_driver_is_refused_before_qmp(
 
 
 def test_hotplug_limiter_refuses_past_the_budget(
-    kvm: Lab, qemu: FakeQemu, capsys: pytest.CaptureFixture[str]
+    kvm: Lab, qemu: FakeQmp, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kvm.fake.mark_simulated()
     root = str(kvm.base)
@@ -209,11 +133,17 @@ def test_hotplug_limiter_refuses_past_the_budget(
     assert main(["--root", root, "attach", str(VF), "l2", "--live"]) == 3
     err = capsys.readouterr().err
     assert "[PP007]" in err and "budget 32" in err and "next one is allowed at" in err
-    assert len(qemu.commands) == sent  # refused before talking to QEMU
+    # Refused before any hotplug: QEMU was only asked what it holds.
+    assert {c["execute"] for c in qemu.commands[sent:]} <= {
+        "qmp_capabilities",
+        "qom-list",
+        "qom-get",
+    }
+    assert VF_TEXT not in qemu.hosts()
 
 
 def test_status_shows_the_hotplug_budget_used(
-    kvm: Lab, qemu: FakeQemu, capsys: pytest.CaptureFixture[str]
+    kvm: Lab, qemu: FakeQmp, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kvm.fake.mark_simulated()
     root = str(kvm.base)

@@ -12,7 +12,8 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.cli.main import main
 from pcipass.errors import OperationFailed, RefusedError
-from pcipass.ops.rebind import hide_now, recover, unhide_now
+from pcipass.ops.hide import hide_now, unhide_now
+from pcipass.ops.recover import recover
 from pcipass.state.ledger import Ledger
 from pcipass.testing.fakehost import snapshot
 from pcipass.testing.harness import Lab
@@ -33,7 +34,7 @@ def test_document_procedure_hides_both_devices_through_pciback_slots(rhel5: Lab)
     assert ("/sys/bus/pci/drivers/pciback/new_slot", "0000:09:00.0") in writes
     assert ("/sys/bus/pci/drivers/pciback/bind", "0000:09:00.0") in writes
     assert ("modprobe", "pciback") in rhel5.runner.calls
-    assert [d["original_driver"] for d in result.done] == ["bnx2", "e1000"]
+    assert [d.original_driver for d in result.done] == ["bnx2", "e1000"]
     ledger = Ledger.open(rhel5.host.root, readonly=True)
     record = ledger.get_hidden("0000:09:00.0")
     assert record is not None and record.original_driver == "bnx2"

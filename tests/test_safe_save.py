@@ -8,7 +8,7 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.ops.attach import attach
-from pcipass.ops.rebind import hide_now
+from pcipass.ops.hide import hide_now
 from pcipass.ops.safe_save import safe_migrate, safe_restore, safe_save
 from pcipass.runner import CommandResult
 from pcipass.state.ledger import Ledger
@@ -24,6 +24,7 @@ def domu(rhel5: Lab) -> Lab:
     rhel5.runner.programs.add("xl")
     hide_now(rhel5.host, [NIC], Backend.PCIBACK)
     attach(rhel5.host, NIC, "domu", accept_pv_dma_risk=True)
+    rhel5.runner.toolstack.running["domu"] = {str(NIC)}  # started with its device
     assert 'passthrough = "enabled"' in (rhel5.base / "etc/xen/domu.cfg").read_text()
     rhel5.runner.calls.clear()
     return rhel5
@@ -102,7 +103,7 @@ def test_migrate_frees_this_hosts_devices_and_says_what_to_do_there(domu: Lab) -
 
 
 def test_an_interrupted_save_is_reported_by_recover(domu: Lab) -> None:
-    from pcipass.ops.rebind import recover
+    from pcipass.ops.recover import recover
 
     class Killed(BaseException):
         pass

@@ -33,7 +33,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--live",
             action="store_true",
-            help="also hotplug the running guest (xl/xm pci-attach, virsh attach-device --live)",
+            help="also hotplug the running guest (xl/xm pci-attach, virsh attach-device --live, "
+            "libvirt AFFECT_LIVE, QMP device_add); a repeat that finds it done hot-plugs nothing",
         )
     if name == "attach":
         parser.add_argument(
@@ -85,6 +86,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.attach import attach, detach
 
     address = PciAddress.parse(args.address)
+    if args.connect and args.config is not None:
+        raise UsageError(
+            f"{name} --connect",
+            "--config names a file, --connect a libvirt connection: give one of them",
+            "libvirt holds the definition of a --connect domain",
+        )
     if args.connect:
         from pcipass.ops.libvirt_conn import connect_attach
 
@@ -140,17 +147,10 @@ def _plain_qemu(
 ) -> int | None:
     """A guest with no configuration file but a running QEMU named GUEST with a
     QMP socket: hotplug through QMP.  None when that is not the case."""
-    from pcipass.errors import GuestNotFoundError
-    from pcipass.ops.guests import find_guest
-    from pcipass.ops.qemu_guest import find_qemu, qemu_live
+    from pcipass.ops.qemu_guest import plain_qemu, qemu_live
 
-    try:
-        find_guest(host, guest)
-    except GuestNotFoundError:
-        qemu = find_qemu(host, guest)
-        if qemu is None:
-            raise
-    else:
+    qemu = plain_qemu(host, guest)
+    if qemu is None:
         return None
     if args.dry_run:
         verb = (
@@ -171,20 +171,9 @@ def _plain_qemu(
     if args.json:
         from pcipass.cli.render import print_json
 
-        print_json(
-            {
-                "action": name,
-                "address": str(address),
-                "guest": guest,
-                "qmp": result.qmp,
-                "device_id": result.device_id,
-                "notes": result.notes,
-            }
-        )
+        print_json(result.to_json())
     else:
-        verb = "hot-plugged into" if name == "attach" else "unplugged from"
-        print(f"{address}: {verb} QEMU guest {guest} through QMP ({result.qmp})")
-        print("\n".join(result.notes))
+        print("\n".join(result.render_lines()))
     return 0
 
 

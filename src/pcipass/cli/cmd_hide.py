@@ -44,6 +44,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="with --persist: also run the initramfs / grub regeneration command pcipass "
             "names (default: only print it)",
         )
+    if name == "recover":
+        parser.add_argument(
+            "--rebuild-ledger",
+            action="store_true",
+            help="the state database lost its records: rebuild owners from the guest "
+            "configurations and hidden devices from the bindings (the old file is kept)",
+        )
     if name == "hide":
         parser.add_argument(
             "--backend",
@@ -82,73 +89,54 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             print(report.render())
         return 0
     if name == "recover":
-        from pcipass.ops.rebind import recover
+        from pcipass.ops.recover import rebuild_ledger, recover
 
-        recovered = recover(host)
+        recovered = rebuild_ledger(host) if args.rebuild_ledger else recover(host)
         if args.json:
             print_json({"recovered": recovered})
         else:
-            print("\n".join(recovered) or "nothing to recover: the journal is empty")
-        return 0
+            print("\n".join(recovered) or "nothing to recover: the journal is empty; no change")
+        return 1 if any(": could not undo " in line for line in recovered) else 0
     if not args.now and not args.persist:
         raise UsageError(
             name, "say --now (rebind through sysfs), --persist (at every boot), or both"
         )
+    from pcipass.ops.hide import hide, unhide, with_groups
+
     addresses = _addresses(args)
-    if name == "hide" and args.group:
-        addresses = _with_groups(host, addresses)
-    outputs: dict[str, object] = {}
-    lines: list[str] = []
-    if args.now:
-        from pcipass.ops.rebind import hide_now, unhide_now
+    if name == "hide":
+        if args.group:
+            addresses = with_groups(host, addresses)
+        outcome = hide(
+            host,
+            addresses,
+            _backend(args, host),
+            now=args.now,
+            persist=args.persist,
+            platform=args.platform,
+            dry_run=args.dry_run,
+        )
+    else:
+        outcome = unhide(
+            host,
+            addresses,
+            now=args.now,
+            persist=args.persist,
+            platform=args.platform,
+            dry_run=args.dry_run,
+        )
+    lines = outcome.render_lines()
+    if args.regenerate and not args.dry_run and outcome.persist is not None:
+        from pcipass.cli.render import progress
 
-        if name == "hide":
-            result = hide_now(host, addresses, _backend(args, host), dry_run=args.dry_run)
-        else:
-            result = unhide_now(host, addresses, dry_run=args.dry_run)
-        outputs["now"] = result.to_json()
-        lines += [f.render() for f in result.findings]
-        if args.dry_run:
-            lines += ["would run:"] + [f"  {s}" for s in result.steps]
-        for device in result.done:
-            verb = "hidden" if name == "hide" else "given back"
-            if device.get("changed") and name == "hide":
-                lines.append(
-                    f"{device['address']}: hidden now (driver {device['driver']}, "
-                    f"was {device.get('original_driver') or 'none'})"
-                )
-            elif device.get("changed"):
-                lines.append(
-                    f"{device['address']}: given back now (driver {device['driver'] or 'none'})"
-                )
-            else:
-                lines.append(
-                    f"{device['address']}: already {verb} (driver {device['driver'] or 'none'})"
-                )
-    if args.persist:
-        from pcipass.ops.persist import hide_persist, unhide_persist
-
-        if name == "hide":
-            presult = hide_persist(
-                host, addresses, _backend(args, host), platform=args.platform, dry_run=args.dry_run
-            )
-        else:
-            presult = unhide_persist(host, addresses, platform=args.platform, dry_run=args.dry_run)
-        outputs["persist"] = presult.to_json()
-        if args.now:
-            # --now already printed the device findings and did the rebind.
-            presult.findings = [f for f in presult.findings if f.render() not in lines]
-            presult.notes = [n for n in presult.notes if "add --now" not in n]
-        lines += presult.render_lines()
-        if args.regenerate and not args.dry_run:
-            from pcipass.cli.render import progress
-
-            for argv in presult.regenerate:
-                progress(f"running {' '.join(argv)} (can take a minute)")
-                host.runner.run(argv, timeout=600.0).check()
-                lines.append(f"  ran: {' '.join(argv)}")
+        for argv in outcome.persist.regenerate:
+            progress(f"running {' '.join(argv)} (can take a minute)")
+            host.runner.run(argv, timeout=600.0).check()
+            lines.append(f"  ran: {' '.join(argv)}")
+    if not args.dry_run and not outcome.changed:
+        lines.append("no change")
     if args.json:
-        print_json(outputs)
+        print_json(outcome.to_json())
     else:
         print("\n".join(lines))
     return 0
@@ -160,22 +148,6 @@ def _backend(args: argparse.Namespace, host: Host) -> Backend:
     if args.backend:
         return Backend(args.backend)
     return Backend.PCIBACK if host.is_xen_dom0 else Backend.VFIO
-
-
-def _with_groups(host: Host, addresses: list[PciAddress]) -> list[PciAddress]:
-    from pcipass.ops.inventory import inventory
-
-    inv = inventory(host)
-    by = inv.by_address()
-    result = list(addresses)
-    for address in addresses:
-        info = by.get(address)
-        if info is None:
-            continue
-        for member in info.group_members:
-            if member not in result and not by[member].device.is_bridge:
-                result.append(member)
-    return result
 
 
 def _check(args: argparse.Namespace, host: Host) -> int:

@@ -187,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return int(ExitCode.USAGE)
+    from pcipass import interrupt
+
+    interrupt.install()  # SIGINT/SIGTERM roll back like errors (pcipass/interrupt.py)
     try:
         host = _open_host(args.root)
         module = importlib.import_module(f"pcipass.cli.{command.module}")
@@ -194,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runner(command.name, args, host)
     except PcipassError as error:
         return report_error(error, as_json=bool(args.json))
+    except interrupt.Interrupted as stop:
+        return interrupt.report(stop)
     except KeyboardInterrupt:
         print("pcipass: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,17 @@ the server greets, the client sends ``qmp_capabilities``, then each command
 gets one ``return`` or ``error`` answer, with asynchronous ``event`` messages
 interleaved.  The socket is read with a raw buffer (a file object over a
 socket with a timeout cannot be read again after one timeout, as seen in the lab).
+
+Everything QEMU sends is untrusted input: a reply of the wrong shape is a
+:class:`QmpError` naming the command ("unexpected reply"), never an
+AttributeError, and a message with no end of line cannot grow the buffer past
+:data:`MAX_MESSAGE_BYTES`.  Two kinds of failure matter to the caller:
+
+* :class:`QmpRefused`: QEMU answered with an ``error``: by the protocol the
+  command did nothing (qmp-spec "error response");
+* :class:`QmpNoAnswer`: no usable answer (timeout, closed connection, garbage):
+  the command may or may not have happened, and the caller must ask QEMU
+  again before it believes either.
 """
 
 from __future__ import annotations
@@ -15,9 +26,12 @@ import os
 import socket
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from pcipass.errors import OperationFailed
+
+# QEMU's largest ordinary replies (query-qmp-schema) are a few hundred KiB.
+MAX_MESSAGE_BYTES: Final = 1 << 20
 
 
 class QmpError(OperationFailed):
@@ -25,6 +39,19 @@ class QmpError(OperationFailed):
         self.command = command
         self.description = description
         super().__init__(f"QMP {command}", description)
+
+
+class QmpRefused(QmpError):
+    """QEMU answered ``error``: the command was not carried out."""
+
+
+class QmpNoAnswer(QmpError):
+    """No usable answer: whether the command happened is unknown."""
+
+
+def _shown(raw: object) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else json.dumps(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class QmpClient:
@@ -58,10 +85,14 @@ class QmpClient:
             if dirfd is not None:
                 os.close(dirfd)
         self._sock = sock
-        greeting = self._read_message(time.monotonic() + self.timeout)
-        if "QMP" not in greeting:
-            raise QmpError("greeting", f"not a QMP server: {str(greeting)[:80]}")
-        self.execute("qmp_capabilities")
+        try:
+            greeting = self._read_message("greeting", time.monotonic() + self.timeout)
+            if not isinstance(greeting.get("QMP"), dict):
+                raise QmpNoAnswer("greeting", f"not a QMP server: {_shown(greeting)}")
+            self.execute("qmp_capabilities")
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -70,31 +101,44 @@ class QmpClient:
         value: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
-    def _read_message(self, deadline: float) -> dict[str, Any]:
+    def _read_message(self, command: str, deadline: float) -> dict[str, Any]:
         assert self._sock is not None
         while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_MESSAGE_BYTES:
+                raise QmpNoAnswer(
+                    command,
+                    f"unexpected reply: over {MAX_MESSAGE_BYTES >> 20} MiB without an end of "
+                    "line; is this QEMU's QMP socket?",
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise QmpError("read", f"no answer within {self.timeout:.0f}s")
+                raise QmpNoAnswer(command, f"no answer within {self.timeout:g} s")
             self._sock.settimeout(remaining)
             try:
                 chunk = self._sock.recv(65536)
-            except TimeoutError as error:
-                raise QmpError("read", f"no answer within {self.timeout:.0f}s") from error
+            except socket.timeout as error:  # TimeoutError from Python 3.10 on
+                raise QmpNoAnswer(command, f"no answer within {self.timeout:g} s") from error
+            except OSError as error:
+                raise QmpNoAnswer(
+                    command, f"QMP connection failed: {error.strerror or error}"
+                ) from error
             if not chunk:
-                raise QmpError("read", "QEMU closed the QMP connection")
+                raise QmpNoAnswer(command, "QEMU closed the QMP connection")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             message = json.loads(line)
         except ValueError as error:
-            raise QmpError("read", f"malformed QMP message {line[:80]!r}") from error
+            raise QmpNoAnswer(command, f"unexpected reply (not JSON): {_shown(line)}") from error
         if not isinstance(message, dict):
-            raise QmpError("read", f"unexpected QMP message {line[:80]!r}")
+            raise QmpNoAnswer(command, f"unexpected reply (not an object): {_shown(line)}")
         return message
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -102,18 +146,30 @@ class QmpClient:
         request: dict[str, Any] = {"execute": command}
         if arguments:
             request["arguments"] = arguments
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError as error:
+            # Part of the request may have reached QEMU: unknown, not refused.
+            raise QmpNoAnswer(
+                command, f"QMP connection failed: {error.strerror or error}"
+            ) from error
         deadline = time.monotonic() + self.timeout
         while True:
-            message = self._read_message(deadline)
+            message = self._read_message(command, deadline)
             if "event" in message:
                 self.events.append(message)
                 continue
             if "error" in message:
-                error = message["error"]
-                raise QmpError(command, str(error.get("desc", error)))
+                detail = message["error"]
+                desc = detail.get("desc") if isinstance(detail, dict) else None
+                if not isinstance(desc, str):
+                    # qmp-spec: an error is {"class": ..., "desc": ...}; anything else is
+                    # not QEMU speaking, so nothing can be concluded from it.
+                    raise QmpNoAnswer(command, f"unexpected reply: {_shown(message)}")
+                raise QmpRefused(command, desc)
             if "return" in message:
                 return message["return"]
+            raise QmpNoAnswer(command, f"unexpected reply: {_shown(message)}")
 
     def wait_event(
         self, name: str, *, match: dict[str, Any] | None = None, timeout: float = 30.0
@@ -121,7 +177,9 @@ class QmpClient:
         """The first event ``name`` whose data contains ``match`` (seen or to come)."""
 
         def fits(event: dict[str, Any]) -> bool:
-            data = event.get("data", {})
+            data = event.get("data")
+            if not isinstance(data, dict):
+                data = {}
             return event.get("event") == name and all(
                 data.get(k) == v for k, v in (match or {}).items()
             )
@@ -131,8 +189,23 @@ class QmpClient:
                 return event
         deadline = time.monotonic() + timeout
         while True:
-            message = self._read_message(deadline)
+            message = self._read_message(f"wait for {name}", deadline)
             if "event" in message:
                 self.events.append(message)
                 if fits(message):
                     return message
+
+
+def expect_list_of_objects(command: str, value: object) -> list[dict[str, Any]]:
+    """``value`` as a list of JSON objects, or a clear error naming ``command``."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise QmpNoAnswer(
+            command, f"unexpected reply: {_shown(value)} (expected a list of objects)"
+        )
+    return value
+
+
+def expect_text(command: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise QmpNoAnswer(command, f"unexpected reply: {_shown(value)} (expected a string)")
+    return value

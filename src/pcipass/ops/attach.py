@@ -3,22 +3,15 @@
 Validate everything first (PP002 hidden, PP101 exclusive, PP004 PV DMA,
 PP005 RHEL 6 PV, PP006 HVM support), then act: the configuration edit goes
 through the journal (:func:`pcipass.ops.files.apply_edits`), ownership into
-the ledger, and with ``live`` the toolstack's hotplug command runs, after the
-PP007 limiter admitted it.  A failed hotplug undoes the configuration edit
-and the claim, so the request is all or nothing.
-
-Live commands (argument lists, never a shell):
-
-* xm (RHEL 5, xend): ``xm pci-attach GUEST BDF`` / ``xm pci-detach GUEST BDF``
-* xl (xl(1)): ``xl pci-attach GUEST BDF`` / ``xl pci-detach GUEST BDF``
-* libvirt (virsh(1)): ``virsh -c URI attach-device GUEST FILE --live`` /
-  ``detach-device``, FILE holding one ``<hostdev>`` element.
+the ledger, and with ``live`` the guest's toolstack
+(:mod:`pcipass.guests.toolstack`: xl, xm or virsh) hot-plugs the device,
+owned by the ledger from the moment it may have happened
+(:func:`pcipass.ops.live.owned_hotplug`).  A hotplug the toolstack refused
+undoes the configuration edit and the claim, so the request is all or nothing.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,8 +24,8 @@ from pcipass.errors import (
     RefusedError,
     UsageError,
 )
-from pcipass.guests.libvirt_xml import hostdev_xml
 from pcipass.guests.model import GuestKind, GuestOs
+from pcipass.guests.toolstack import XC_ASSIGN_REFUSAL, Toolstack, Virsh, XenCli
 from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
 from pcipass.host.context import Host
@@ -40,16 +33,14 @@ from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
+from pcipass.ops.live import owned_hotplug
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.policy import guest_rules
 from pcipass.policy.verdict import Finding, Severity, refusal_error
-from pcipass.state.ledger import Ledger
-from pcipass.state.limiter import HotplugLimiter
+from pcipass.state.ledger import Ledger, OperationHandle
 from pcipass.state.lock import StateLock
 
-# What xl says when a domain built without an IOMMU context is given a device
-# (seen with Xen 4.17 in the lab: libxl_pci.c pci_add_dm_done).
-XC_ASSIGN_REFUSAL = "xc_assign_device failed: Operation not supported"
+__all__ = ["XC_ASSIGN_REFUSAL", "AttachResult", "attach", "detach"]
 
 
 @dataclass
@@ -68,6 +59,9 @@ class AttachResult:
     commands: list[list[str]] = field(default_factory=list)
     hide: dict[str, object] | None = None
     dry_run: bool = False
+    # What the live step found or did: "hot-plugged", "unplugged",
+    # "already attached", "not attached" ("" without --live).
+    live: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -83,6 +77,7 @@ class AttachResult:
             "commands": self.commands,
             "hide": self.hide,
             "dry_run": self.dry_run,
+            "live": self.live,
         }
 
     def render_lines(self) -> list[str]:
@@ -101,71 +96,43 @@ class AttachResult:
         else:
             verb = "already lists" if self.action == "attach" else "does not list"
             lines.append(f"{self.config}: {verb} {self.address}; unchanged")
-        for argv in self.commands:
-            lines.append(f"ran: {' '.join(argv)}")
+        if self.live in ("hot-plugged", "unplugged"):
+            for argv in self.commands:
+                lines.append(f"ran: {' '.join(argv)}")
+            where = "into" if self.action == "attach" else "from"
+            lines.append(f"{self.address}: {self.live} {where} running guest {self.guest}")
+        elif self.live:
+            where = "to" if self.action == "attach" else "from"
+            lines.append(
+                f"{self.address}: {self.live} {where} running guest {self.guest}; "
+                "nothing hot-plugged"
+            )
         return lines
 
 
-# --- toolstack commands ----------------------------------------------------
+# --- toolstack --------------------------------------------------------------
 
 
-def live_command(guest_file: GuestFile, guest: str, address: PciAddress, action: str) -> list[str]:
-    """The hotplug command for this guest's toolstack (``FILE`` stands for the
-    hostdev XML file virsh reads)."""
-    kind = guest_file.kind
-    if kind is GuestKind.LIBVIRT:
-        verb = "attach-device" if action == "attach" else "detach-device"
+def guest_toolstack(host: Host, guest_file: GuestFile, guest: str) -> Toolstack:
+    """The toolstack that hot-plugs into the running ``guest`` of this file."""
+    if guest_file.kind is GuestKind.LIBVIRT:
         uri = guest_file.libvirt_uri or "qemu:///system"
-        return ["virsh", "-c", uri, verb, guest, "FILE", "--live"]
-    program = "xl" if kind is GuestKind.XL else "xm"
-    return [program, f"pci-{action}", guest, str(address)]
+        return Virsh(host, uri, guest, xen=guest_file.config.hypervisor == "xen")
+    return XenCli(host, "xl" if guest_file.kind is GuestKind.XL else "xm", guest)
 
 
-def _run_live(
+def live_command(
     host: Host, guest_file: GuestFile, guest: str, address: PciAddress, action: str
 ) -> list[str]:
-    argv = live_command(guest_file, guest, address, action)
-    if guest_file.kind is not GuestKind.LIBVIRT:
-        _run_checked(host, argv)
-        return argv
-    driver = "xen" if guest_file.config.hypervisor == "xen" else "vfio"
-    with tempfile.TemporaryDirectory(prefix="pcipass-") as directory:
-        # virsh reads the device from a file (virsh(1) attach-device); the
-        # directory is private (mode 0700) and removed afterwards.
-        path = os.path.join(directory, f"hostdev-{address}.xml".replace(":", "_"))
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(hostdev_xml(address, driver, managed=False) + "\n")
-        real = [path if part == "FILE" else part for part in argv]
-        _run_checked(host, real)
-    return argv
-
-
-def _run_checked(host: Host, argv: Sequence[str]) -> None:
-    if host.runner.which(argv[0]) is None and not host.is_real:
-        raise OperationFailed(
-            argv[0],
-            "not run: the toolstack is not available for this root",
-            "run the live step on the host itself, or leave out --live",
-        )
-    result = host.runner.run(list(argv), timeout=300.0)
-    if result.returncode == 0:
-        return
-    output = (result.stderr or result.stdout).strip() or "no message"
-    remedy = "the configuration change was rolled back; nothing else changed"
-    if XC_ASSIGN_REFUSAL in output:
-        remedy = (
-            "the running domain was built without passthrough; "
-            'with passthrough="enabled" in its configuration, restart it, then attach; ' + remedy
-        )
-    raise OperationFailed(
-        " ".join(argv[:2]), f"{' '.join(argv)} exited {result.returncode}:\n{output}", remedy
-    )
+    """The hotplug command, as the user would type it (``FILE`` stands for
+    the hostdev XML file virsh reads)."""
+    return guest_toolstack(host, guest_file, guest).describe(address, action)
 
 
 # --- the plan --------------------------------------------------------------
 
 
-def _refuse(address: PciAddress, blocking: list[Finding], findings: list[Finding]) -> RefusedError:
+def refusal(address: PciAddress, blocking: list[Finding], findings: list[Finding]) -> RefusedError:
     return refusal_error(blocking, str(address), listed=findings)
 
 
@@ -226,8 +193,13 @@ class GuestContext:
         address: PciAddress,
         ledger_owner: str | None,
         guest_os: GuestOs | None = None,
+        *,
+        listed_elsewhere: Sequence[tuple[str, str, str]] = (),
     ) -> list[Finding]:
-        """PP101, PP004 (as a warning), PP005 and PP006 for ``address`` in ``guest``."""
+        """PP101, PP004 (as a warning), PP005 and PP006 for ``address`` in ``guest``.
+
+        ``listed_elsewhere`` adds (guest, where, entry) listings that are not
+        files (the other domains of a libvirt connection)."""
         cfg = guest_file.config
         listed_by = [
             (other.guest_name, other.display, d.spec_text)
@@ -236,6 +208,7 @@ class GuestContext:
             for d in other.config.devices()
             if d.covers(address)
         ]
+        listed_by += [entry for entry in listed_elsewhere if entry[0] != guest]
         findings = guest_rules.exclusive_findings(address, guest, ledger_owner, listed_by)
         pv_dma = guest_rules.pv_dma_finding(address, cfg)
         if pv_dma is not None:
@@ -243,6 +216,96 @@ class GuestContext:
         findings += guest_rules.rhel6_pv_findings(address, cfg, guest_os or cfg.os)
         findings += guest_rules.hvm_support_findings(address, cfg, self.platform, self.iommu)
         return findings
+
+
+def attach_findings(
+    host: Host,
+    guest_file: GuestFile,
+    guest: str,
+    address: PciAddress,
+    *,
+    owner: str | None,
+    stub: str | None,
+    context: GuestContext | None = None,
+    listed_elsewhere: Sequence[tuple[str, str, str]] = (),
+    guest_os: GuestOs | None = None,
+    accept_pv_dma_risk: bool = False,
+    skip_hidden: bool = False,
+) -> tuple[list[Finding], list[Finding]]:
+    """Every rule attach applies, for a file or a libvirt connection alike:
+    PP002 hidden (unless ``skip_hidden``: attach --hide hides it first),
+    PP101, PP004, PP005, PP006, and PP003's shutdown-save check for Xen.
+    Returns (all findings, the ones that refuse)."""
+    xen = guest_file.is_xen
+    findings: list[Finding] = []
+    if not skip_hidden:
+        driver = binding.current_driver(host, address) if _device_exists(host, address) else None
+        findings += guest_rules.hidden_findings(address, driver, stub, xen=xen)
+    context = context if context is not None else GuestContext.gather(host)
+    findings += context.device_findings(
+        guest_file, guest, address, owner, guest_os, listed_elsewhere=listed_elsewhere
+    )
+    if xen:
+        findings += guest_rules.shutdown_save_findings(host, guest)
+    blocking = [f for f in findings if f.severity is Severity.REFUSE]
+    pv_dma = next((f for f in findings if f.rule == "PP004"), None)
+    if pv_dma is not None and not accept_pv_dma_risk:
+        blocking.append(pv_dma)
+    return findings, blocking
+
+
+def _ownership(host: Host, address: PciAddress) -> tuple[str | None, str | None]:
+    """(owner guest, stub driver of the hidden record) from the ledger."""
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
+        owner = ledger.owner(address)
+        record = ledger.get_hidden(address)
+    return (
+        owner.guest if owner else None,
+        record.stub_driver if record else None,
+    )
+
+
+def _needs_hide(host: Host, address: PciAddress, xen: bool, stub: str | None) -> bool:
+    """attach --hide: the device is on a host driver (not a stub of the
+    other hypervisor, which would need the user's decision)."""
+    if not _device_exists(host, address):
+        return False
+    driver = binding.current_driver(host, address)
+    wanted = XEN_GUEST_DRIVERS if xen else KVM_GUEST_DRIVERS
+    if driver in STUB_DRIVERS - wanted:
+        return False
+    return bool(guest_rules.hidden_findings(address, driver, stub, xen=xen))
+
+
+def _live_advice(result: AttachResult, guest_file: GuestFile, guest: str) -> None:
+    """What a live attach needs from the guest (PP008) and from Xen."""
+    cfg = guest_file.config
+    if not guest_file.is_xen:
+        # Document §15.5 Note (PP008): a KVM guest sees hot-plugged devices only
+        # with ACPI PCI hotplug (acpiphp) loaded; pcipass cannot see inside it.
+        result.findings.append(
+            Finding(
+                "PP008",
+                Severity.WARN,
+                f"guest {guest}",
+                "a KVM guest sees a hot-plugged device only when acpiphp is loaded in it "
+                "(built into current kernels; a module on RHEL 5)",
+                "run `pcipass guest-setup` inside the guest once (loads it now and at boot)",
+            )
+        )
+    if (
+        isinstance(cfg, XenConfig)
+        and cfg.kind is GuestKind.XL
+        and cfg.passthrough_enabled is not True
+        and not cfg.devices()
+    ):
+        result.notes.append(
+            f"guest {guest} was started from a configuration without "
+            'passthrough="enabled" and without pci devices, so Xen built it without '
+            f"passthrough: xl pci-attach will most likely fail with '{XC_ASSIGN_REFUSAL}'. "
+            'With passthrough="enabled" in the file, restart the guest once to make live '
+            "attach work"
+        )
 
 
 def attach(
@@ -259,86 +322,61 @@ def attach(
 ) -> AttachResult:
     """Assign ``address`` to ``guest`` in its configuration (and live)."""
     guest_file = find_guest(host, guest, config)
-    cfg = guest_file.config
     result = AttachResult(
-        "attach", str(address), guest, guest_file.display, str(cfg.kind), dry_run=dry_run
+        "attach", str(address), guest, guest_file.display, str(guest_file.kind), dry_run=dry_run
     )
-    result.notes += [f"{guest_file.display}: {n}" for n in cfg.notes]
+    result.notes += [f"{guest_file.display}: {n}" for n in guest_file.config.notes]
     scan = scan_guests(host, extra=guest_file if config is not None else None)
     result.notes += [f"not checked for PP101: {p}" for p in scan.problems]
-    ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
-    try:
-        owner = ledger.owner(address)
-        record = ledger.get_hidden(address)
-    finally:
-        ledger.close()
-    exists = _device_exists(host, address)
-    if not exists and record is None:
+    owner, stub = _ownership(host, address)
+    if not _device_exists(host, address) and stub is None:
         raise DeviceNotFoundError(str(address), str(host.root.prefix))
-    driver = binding.current_driver(host, address) if exists else None
     xen = guest_file.is_xen
-    hidden = guest_rules.hidden_findings(
-        address, driver, record.stub_driver if record else None, xen=xen
+    needs_hide = hide and _needs_hide(host, address, xen, stub)
+    findings, blocking = attach_findings(
+        host,
+        guest_file,
+        guest,
+        address,
+        owner=owner,
+        stub=stub,
+        context=GuestContext.gather(host, scan),
+        guest_os=guest_os,
+        accept_pv_dma_risk=accept_pv_dma_risk,
+        skip_hidden=needs_hide,
     )
-    wanted = XEN_GUEST_DRIVERS if xen else KVM_GUEST_DRIVERS
-    stub_mismatch = driver in STUB_DRIVERS - wanted
-    needs_hide = hide and bool(hidden) and not stub_mismatch and exists
-    context = GuestContext.gather(host, scan)
-    findings = ([] if needs_hide else hidden) + context.device_findings(
-        guest_file, guest, address, owner.guest if owner else None, guest_os
-    )
-    pv_dma = next((f for f in findings if f.rule == "PP004"), None)
-    if xen:
-        findings += guest_rules.shutdown_save_findings(host, guest)
-    blocking = [f for f in findings if f.severity is Severity.REFUSE]
-    if pv_dma is not None and not accept_pv_dma_risk:
-        blocking.append(pv_dma)
     if blocking:
-        raise _refuse(address, blocking, findings)
+        raise refusal(address, blocking, findings)
     result.findings = findings
-    after = _attach_edit(guest_file, address)
-    edit = _plan(guest_file, after)
+    edit = _plan(guest_file, _attach_edit(guest_file, address))
     result.changed = edit.changes_anything
     result.diff = edit.diff()
     if live:
-        result.commands.append(live_command(guest_file, guest, address, "attach"))
-        if not xen:
-            # Document §15.5 Note (PP008): a KVM guest sees hot-plugged devices only
-            # with ACPI PCI hotplug (acpiphp) loaded; pcipass cannot see inside it.
-            result.findings.append(
-                Finding(
-                    "PP008",
-                    Severity.WARN,
-                    f"guest {guest}",
-                    "a KVM guest sees a hot-plugged device only when acpiphp is loaded in it "
-                    "(built into current kernels; a module on RHEL 5)",
-                    "run `pcipass guest-setup` inside the guest once (loads it now and at boot)",
-                )
-            )
-        if (
-            isinstance(cfg, XenConfig)
-            and cfg.kind is GuestKind.XL
-            and cfg.passthrough_enabled is not True
-            and not cfg.devices()
-        ):
-            result.notes.append(
-                f"guest {guest} was started from a configuration without "
-                'passthrough="enabled" and without pci devices, so Xen built it without '
-                f"passthrough: xl pci-attach will most likely fail with '{XC_ASSIGN_REFUSAL}'. "
-                'With passthrough="enabled" in the file, restart the guest once to make live '
-                "attach work"
-            )
+        result.commands.append(live_command(host, guest_file, guest, address, "attach"))
+        _live_advice(result, guest_file, guest)
     if needs_hide:
-        backend = Backend.PCIBACK if xen else Backend.VFIO
-        from pcipass.ops.rebind import hide_now
+        from pcipass.ops.hide import hide_now
 
+        backend = Backend.PCIBACK if xen else Backend.VFIO
         hidden_result = hide_now(host, [address], backend, dry_run=dry_run)
         result.hide = hidden_result.to_json()
         result.findings += hidden_result.findings
     if dry_run:
         return result
-    result.notes += _apply(host, guest_file, address, edit, guest=guest, live=live, action="attach")
+    _apply(host, guest_file, address, edit, guest=guest, live=live, result=result)
     return result
+
+
+def _check_owner_locked(ledger: Ledger, address: PciAddress, guest: str) -> None:
+    owner = ledger.owner(address)
+    if owner is not None and owner.guest != guest:
+        # Another pcipass assigned it after the checks ran, before the lock.
+        raise RefusedError(
+            str(address),
+            f"is assigned to guest {owner.guest}; a device belongs to one guest at a time",
+            f"detach it first: pcipass detach {address} {owner.guest}",
+            rule="PP101",
+        )
 
 
 def _apply(
@@ -349,63 +387,82 @@ def _apply(
     *,
     guest: str,
     live: bool,
-    action: str,
-) -> list[str]:
-    """Under the state lock: limiter, journalled edit, ownership, live step.
-    Returns notes for the user."""
-    notes: list[str] = []
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            owner = ledger.owner(address)
-            if owner is not None and owner.guest != guest:
-                # Another pcipass assigned it after the checks ran, before the lock.
-                raise RefusedError(
-                    str(address),
-                    f"is assigned to guest {owner.guest}; a device belongs to one guest at a time",
-                    f"detach it first: pcipass detach {address} {owner.guest}",
-                    rule="PP101",
-                )
+    result: AttachResult,
+) -> None:
+    """Under the state lock: ownership check, live step, journalled edit, ownership."""
+    action = result.action
+    kind, display = str(guest_file.kind), guest_file.display
+    toolstack = guest_toolstack(host, guest_file, guest)
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        _check_owner_locked(ledger, address, guest)
+        if action == "detach" and live:
+            # Out of the running guest first: if the toolstack refuses,
+            # the configuration still says what is true.
+            result.live = owned_hotplug(
+                ledger, toolstack, address, action, config_kind=kind, config_path=display
+            ).message
+        op = ledger.begin(
+            action,
+            {
+                "address": str(address),
+                "guest": guest,
+                "config": display,
+                "config_kind": kind,
+                "live": live,
+            },
+        )
+        apply_edits(ledger, op, [edit])
+        if guest_file.kind is GuestKind.LIBVIRT and edit.changes_anything:
+            result.notes += _libvirt_define(host, guest_file)
+        if action == "attach":
             if live:
-                HotplugLimiter(ledger).acquire(address, guest, action)
-            if action == "detach" and live:
-                # Out of the running guest first: if the toolstack refuses,
-                # the configuration still says what is true.
-                _run_live(host, guest_file, guest, address, action)
-            op = ledger.begin(
-                action,
-                {
-                    "address": str(address),
-                    "guest": guest,
-                    "config": guest_file.display,
-                    "live": live,
-                },
-            )
-            apply_edits(ledger, op, [edit])
-            if guest_file.kind is GuestKind.LIBVIRT and edit.changes_anything:
-                notes += _libvirt_define(host, guest_file)
-            if action == "attach":
-                if live:
-                    try:
-                        _run_live(host, guest_file, guest, address, action)
-                    except PcipassError:
-                        undo_file_edits(host, ledger, ledger.file_edits(op.id))
-                        op.finish()
-                        raise
-                # Claimed last, after every step that can fail: a refused
-                # hotplug leaves no owner behind.
-                ledger.claim(
-                    address,
-                    guest,
-                    config_kind=str(guest_file.kind),
-                    config_path=guest_file.display,
+                result.live = _hotplug_into(
+                    ledger,
+                    op,
+                    host,
+                    toolstack=toolstack,
+                    address=address,
+                    kind=kind,
+                    display=display,
                 )
-            else:
-                ledger.release(address, guest)
+            # Claimed last, after every step that can fail: a refused
+            # hotplug leaves no owner behind.
+            ledger.claim(address, guest, config_kind=kind, config_path=display)
+        else:
+            ledger.release(address, guest)
+        op.finish()
+
+
+def _hotplug_into(
+    ledger: Ledger,
+    op: OperationHandle,
+    host: Host,
+    *,
+    toolstack: Toolstack,
+    address: PciAddress,
+    kind: str,
+    display: str,
+) -> str:
+    """The live half of attach.  Refused: the file edit is undone.  Unknown
+    and unsettled: the edit stays with the "maybe" owner (the device may be
+    in the guest, and the file then says so)."""
+    try:
+        return owned_hotplug(
+            ledger, toolstack, address, "attach", config_kind=kind, config_path=display
+        ).message
+    except PcipassError as error:
+        owner = ledger.owner(address)
+        if owner is not None and owner.uncertain:
             op.finish()
-        finally:
-            ledger.close()
-    return notes
+            raise
+        undo_file_edits(host, ledger, ledger.file_edits(op.id))
+        op.finish()
+        if isinstance(error, RefusedError):
+            raise
+        remedy = "; ".join(
+            part for part in (error.remedy, "the configuration change was rolled back") if part
+        )
+        raise OperationFailed(error.subject, error.problem, remedy) from error
 
 
 def _libvirt_define(host: Host, guest_file: GuestFile) -> list[str]:
@@ -451,11 +508,8 @@ def detach(
         str(guest_file.kind),
         dry_run=dry_run,
     )
-    ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
-    try:
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
         owner = ledger.owner(address)
-    finally:
-        ledger.close()
     if owner is not None and owner.guest != guest:
         finding = Finding(
             "PP101",
@@ -464,17 +518,17 @@ def detach(
             f"is assigned to guest {owner.guest}, not {guest}",
             f"name the owner: pcipass detach {address} {owner.guest}",
         )
-        raise _refuse(address, [finding], [finding])
+        raise refusal(address, [finding], [finding])
     after = guest_file.config.with_device_removed(address)
     edit = _plan(guest_file, after)
     result.changed = edit.changes_anything
     result.diff = edit.diff()
     if live:
-        result.commands.append(live_command(guest_file, guest, address, "detach"))
+        result.commands.append(live_command(host, guest_file, guest, address, "detach"))
     if not result.changed and owner is None and not live:
         result.notes.append(f"{address} is not assigned to guest {guest}; nothing to do")
         return result
     if dry_run:
         return result
-    result.notes += _apply(host, guest_file, address, edit, guest=guest, live=live, action="detach")
+    _apply(host, guest_file, address, edit, guest=guest, live=live, result=result)
     return result

@@ -2,49 +2,65 @@
 
 For a domain libvirt manages, the domain's XML comes from libvirtd, not from
 a file: pcipass reads the persistent definition (``XMLDesc(INACTIVE)``),
-applies every rule to it as to a file, and hands the change back the way
-libvirt wants it: ``defineXML`` of the edited definition for the persistent
-config (the exact bytes pcipass checked, so libvirt's own validation runs on
-them) and ``attachDeviceFlags``/``detachDeviceFlags`` with
-``VIR_DOMAIN_AFFECT_LIVE`` for ``--live``.  libvirt's own error text is shown
-when it refuses.  Ownership (PP101) and the hotplug limiter (PP007) are
-recorded as for every other guest.
+applies the same rules as to a file (:func:`pcipass.ops.attach.attach_findings`:
+PP002, PP101, PP004, PP005, PP006, PP003's shutdown-save check) and hands the
+change back the way libvirt wants it: ``defineXML`` of the edited definition
+(the exact bytes pcipass checked, so libvirt's own validation runs on them),
+and for ``--live`` the toolstack layer's libvirt-python hotplug
+(:class:`pcipass.guests.toolstack.LibvirtDomainLive`), owned by the ledger
+from the moment it may have happened (:mod:`pcipass.ops.live`).
+
+Rules of the connection itself:
+
+* PP101 looks at every domain of the connection (persistent definition and,
+  for a running domain, the live one), as it looks at every file;
+* a transient domain has no persistent definition: ``defineXML`` would make
+  it persistent behind the user's back, so only ``--live`` is accepted;
+* when ``defineXML`` fails after a live attach, the live attach is undone
+  (or, if that fails too, the device stays owned by the guest).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pcipass.address import PciAddress
-from pcipass.errors import CommandMissing, GuestNotFoundError, OperationFailed, RefusedError
-from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
-from pcipass.host import binding
+from pcipass.errors import (
+    GuestNotFoundError,
+    OperationFailed,
+    PcipassError,
+    RefusedError,
+    UsageError,
+)
+from pcipass.guests.libvirt_xml import parse_domain_xml
+from pcipass.guests.toolstack import LibvirtDomainLive, libvirt_module
 from pcipass.host.context import Host
-from pcipass.ops.attach import AttachResult, GuestContext
+from pcipass.ops.attach import AttachResult, attach_findings, refusal
 from pcipass.ops.guests import GuestFile
+from pcipass.ops.live import owned_hotplug
 from pcipass.persist.atomic import FileEdit
-from pcipass.policy import guest_rules
-from pcipass.policy.verdict import Severity
 from pcipass.state.ledger import Ledger
-from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock
 
-
-def _libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError as error:
-        raise CommandMissing(
-            "libvirt-python", "pip install libvirt-python (needs libvirt-dev)"
-        ) from error
-    # libvirt prints every error on stderr by default; pcipass reports them itself.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt
+# libvirt's test driver runs inside this process and talks to no daemon: the
+# one kind of connection that is safe while pcipass works on another root.
+_IN_PROCESS_SCHEME = "test:"
 
 
-def _domain(uri: str, guest: str) -> tuple[Any, Any, Any]:
-    libvirt = _libvirt()
+def _check_uri(host: Host, uri: str) -> None:
+    if str(host.root.prefix) != "/" and not uri.startswith(_IN_PROCESS_SCHEME):
+        raise UsageError(
+            f"--connect {uri}",
+            f"pcipass works on the root {host.root.prefix}, but this connection reaches the "
+            "libvirt of the machine pcipass runs on",
+            "leave out --root, or edit the image's domain files without --connect",
+        )
+
+
+def _open(uri: str) -> tuple[Any, Any]:
+    libvirt = libvirt_module()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as error:
@@ -53,12 +69,50 @@ def _domain(uri: str, guest: str) -> tuple[Any, Any, Any]:
             f"cannot connect: {error.get_error_message()}",
             "is libvirtd running, and may this user use it?",
         ) from error
+    return libvirt, conn
+
+
+def _lookup(libvirt: Any, conn: Any, uri: str, guest: str) -> Any:
     try:
-        dom = conn.lookupByName(guest)
+        return conn.lookupByName(guest)
     except libvirt.libvirtError as error:
-        conn.close()
         raise GuestNotFoundError(guest, [uri]) from error
-    return libvirt, conn, dom
+
+
+def _listed_elsewhere(
+    libvirt: Any, conn: Any, uri: str, guest: str, address: PciAddress
+) -> list[tuple[str, str, str]]:
+    """(domain, where, entry) for every other domain of the connection whose
+    persistent or live definition lists ``address`` (PP101)."""
+    found: list[tuple[str, str, str]] = []
+    for dom in conn.listAllDomains(0):
+        name = str(dom.name())
+        if name == guest:
+            continue
+        flags = [libvirt.VIR_DOMAIN_XML_INACTIVE] if dom.isPersistent() else []
+        if dom.isActive():
+            flags.append(0)
+        for flag in flags:
+            shown = f"{uri} domain {name}" + (" (running)" if flag == 0 else "")
+            try:
+                domain = parse_domain_xml(str(dom.XMLDesc(flag)).encode(), shown)
+            except PcipassError:
+                continue
+            entries = [d.spec_text for d in domain.devices() if d.covers(address)]
+            if entries:
+                found.append((name, shown, entries[0]))
+                break
+    return found
+
+
+@dataclass
+class _Plan:
+    """What --connect will hand libvirt: the definition before and after,
+    and the domain's live toolstack."""
+
+    toolstack: LibvirtDomainLive
+    before: bytes
+    after: bytes
 
 
 def connect_attach(
@@ -72,85 +126,182 @@ def connect_attach(
     accept_pv_dma_risk: bool = False,
     dry_run: bool = False,
 ) -> AttachResult:
-    libvirt, conn, dom = _domain(uri, guest)
+    """attach/detach ``address`` to/from ``guest`` of the libvirt connection ``uri``."""
+    _check_uri(host, uri)
+    libvirt, conn = _open(uri)
     try:
-        before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()
         display = f"{uri} domain {guest}"
-        config = parse_domain_xml(before, display)
-        result = AttachResult(
-            action, str(address), guest, f"{uri} domain {guest}", "libvirt", dry_run=dry_run
+        result = AttachResult(action, str(address), guest, display, "libvirt", dry_run=dry_run)
+        plan = _plan(
+            host,
+            libvirt,
+            conn,
+            address,
+            result=result,
+            uri=uri,
+            live=live,
+            accept_pv_dma_risk=accept_pv_dma_risk,
         )
-        # A GuestFile that no file backs: the rules read only its parsed config.
-        guest_file = GuestFile(config, Path("/"), display, before)
-        xen = config.hypervisor == "xen"
-        ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
-        try:
-            owner = ledger.owner(address)
-            record = ledger.get_hidden(address)
-        finally:
-            ledger.close()
-        if action == "attach":
-            findings = guest_rules.hidden_findings(
-                address,
-                binding.current_driver(host, address),
-                None if record is None else record.stub_driver,
-                xen=xen,
-            )
-            context = GuestContext.gather(host)
-            findings += context.device_findings(
-                guest_file, guest, address, owner.guest if owner else None
-            )
-            blocking = [f for f in findings if f.severity is Severity.REFUSE]
-            pv_dma = next((f for f in findings if f.rule == "PP004"), None)
-            if pv_dma is not None and not accept_pv_dma_risk:
-                blocking.append(pv_dma)
-            if blocking:
-                first = blocking[0]
-                raise RefusedError(
-                    first.subject, first.message, first.remedy, rule=first.rule, findings=blocking
-                )
-            result.findings = findings
-            after = config.with_device_added(address)
-        else:
-            after = config.with_device_removed(address)
-        result.diff = FileEdit(Path("/"), display, before, after).diff()
-        result.changed = after != before
         if live:
-            result.notes.append(f"live: libvirt {action}DeviceFlags(VIR_DOMAIN_AFFECT_LIVE)")
-        if dry_run:
-            return result
-        device_xml = hostdev_xml(address, "xen" if xen else "vfio", managed=False)
-        with StateLock(host.root):
-            ledger = Ledger.open(host.root, clock=host.clock)
-            try:
-                if live:
-                    HotplugLimiter(ledger).acquire(address, guest, action)
-                    try:
-                        if action == "attach":
-                            dom.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                        else:
-                            dom.detachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    except libvirt.libvirtError as error:
-                        raise OperationFailed(
-                            f"libvirt {action} --live",
-                            error.get_error_message(),
-                            "the persistent definition was not changed",
-                        ) from error
-                if after != before:
-                    try:
-                        conn.defineXML(after.decode())
-                    except libvirt.libvirtError as error:
-                        raise OperationFailed(
-                            f"libvirt define {guest}",
-                            error.get_error_message(),
-                            "the definition libvirt holds is unchanged",
-                        ) from error
-                if action == "attach":
-                    ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
-                elif owner is not None and owner.guest == guest:
-                    ledger.release(address, guest)
-            finally:
-                ledger.close()
+            result.commands.append(plan.toolstack.describe(address, action))
+        if not dry_run:
+            _apply(host, libvirt, conn, address, plan=plan, result=result, live=live)
         return result
     finally:
         conn.close()
+
+
+def _plan(
+    host: Host,
+    libvirt: Any,
+    conn: Any,
+    address: PciAddress,
+    *,
+    result: AttachResult,
+    uri: str,
+    live: bool,
+    accept_pv_dma_risk: bool,
+) -> _Plan:
+    """Read the domain, apply every rule, compute the new definition."""
+    guest, action, display = result.guest, result.action, result.config
+    dom = _lookup(libvirt, conn, uri, guest)
+    persistent = bool(dom.isPersistent())
+    before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0).encode()
+    config = parse_domain_xml(before, display)
+    if not persistent and not live:
+        raise RefusedError(
+            f"guest {guest}",
+            f"is a transient domain of {uri}: it has no persistent definition to edit, "
+            "and defining one would make it persistent",
+            f"use --live to {action} it in the running domain only",
+        )
+    guest_file = GuestFile(config, Path("/"), display, before)
+    if action == "attach":
+        extra = _listed_elsewhere(libvirt, conn, uri, guest, address)
+        result.findings = _checked(
+            host, guest_file, guest, address, extra=extra, accept_pv_dma_risk=accept_pv_dma_risk
+        )
+        after = config.with_device_added(address)
+    else:
+        after = config.with_device_removed(address)
+    if not persistent:
+        after = before  # the running domain only (--live)
+        result.notes.append(f"transient domain: only the running {guest} changes")
+    result.diff = FileEdit(Path("/"), display, before, after).diff()
+    result.changed = after != before
+    toolstack = LibvirtDomainLive(libvirt, uri, dom, guest, xen=config.hypervisor == "xen")
+    return _Plan(toolstack, before, after)
+
+
+def _apply(
+    host: Host,
+    libvirt: Any,
+    conn: Any,
+    address: PciAddress,
+    *,
+    plan: _Plan,
+    result: AttachResult,
+    live: bool,
+) -> None:
+    """Under the state lock: PP101 again, the live step, defineXML, ownership."""
+    guest, action, uri = result.guest, result.action, plan.toolstack.uri
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        _recheck_owner(ledger, address, guest, action)
+        if live:
+            result.live = owned_hotplug(
+                ledger, plan.toolstack, address, action, config_kind="libvirt", config_path=uri
+            ).message
+        if plan.after != plan.before:
+            _define(
+                libvirt,
+                conn,
+                plan.after,
+                toolstack=plan.toolstack,
+                ledger=ledger,
+                address=address,
+                action=action,
+                live=live,
+            )
+        if action == "attach":
+            ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
+        else:
+            owner = ledger.owner(address)
+            if owner is not None and owner.guest == guest:
+                ledger.release(address, guest)
+
+
+def _checked(
+    host: Host,
+    guest_file: GuestFile,
+    guest: str,
+    address: PciAddress,
+    *,
+    extra: list[tuple[str, str, str]],
+    accept_pv_dma_risk: bool,
+) -> list[Any]:
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
+        owner = ledger.owner(address)
+        record = ledger.get_hidden(address)
+    findings, blocking = attach_findings(
+        host,
+        guest_file,
+        guest,
+        address,
+        owner=owner.guest if owner else None,
+        stub=record.stub_driver if record else None,
+        listed_elsewhere=extra,
+        accept_pv_dma_risk=accept_pv_dma_risk,
+    )
+    if blocking:
+        raise refusal(address, blocking, findings)
+    return findings
+
+
+def _recheck_owner(ledger: Ledger, address: PciAddress, guest: str, action: str) -> None:
+    """PP101 again under the lock: another pcipass may have assigned it meanwhile."""
+    owner = ledger.owner(address)
+    if owner is not None and owner.guest != guest:
+        raise RefusedError(
+            str(address),
+            f"is assigned to guest {owner.guest}; a device belongs to one guest at a time",
+            f"detach it first: pcipass detach {address} {owner.guest}",
+            rule="PP101",
+        )
+
+
+def _define(
+    libvirt: Any,
+    conn: Any,
+    after: bytes,
+    *,
+    toolstack: LibvirtDomainLive,
+    ledger: Ledger,
+    address: PciAddress,
+    action: str,
+    live: bool,
+) -> None:
+    """``defineXML`` of the checked definition; on failure undo the live step."""
+    guest = toolstack.guest
+    try:
+        conn.defineXML(after.decode())
+    except libvirt.libvirtError as error:
+        problem = str(error.get_error_message() or error)
+        remedy = "the definition libvirt holds is unchanged"
+        if live:
+            undo = "detach" if action == "attach" else "attach"
+            try:
+                owned_hotplug(
+                    ledger,
+                    toolstack,
+                    address,
+                    undo,
+                    config_kind="libvirt",
+                    config_path=toolstack.uri,
+                )
+                remedy += f"; the live {action} was undone"
+            except PcipassError as undo_error:
+                remedy += (
+                    f"; undoing the live {action} failed ({undo_error.problem}): "
+                    f"the ledger keeps what guest {guest} holds"
+                )
+        raise OperationFailed(f"libvirt define {guest}", problem, remedy) from error

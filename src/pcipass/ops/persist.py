@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import RefusedError, UsageError
-from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.inventory import Inventory
 from pcipass.host.platform import PersistMethod, Platform, StubState, detect_platform
-from pcipass.ops.inventory import inventory
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
     HideDevice,
@@ -32,7 +30,6 @@ from pcipass.persist.modprobe import (
 )
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
-from pcipass.state.lock import StateLock
 
 
 @dataclass
@@ -129,11 +126,8 @@ def _plan(
     path = host.root.path(display)
     current = path.read_bytes() if path.is_file() else None
     if add:
-        ledger = Ledger.open(host.root, readonly=True)
-        try:
+        with Ledger.open(host.root, readonly=True) as ledger:
             devices = _devices(host, inv, addresses, ledger)
-        finally:
-            ledger.close()
         plan = HidePlan.for_platform(platform, backend, devices, method)
         result = plan_add_hide(current, plan, path=display)
         if result.already:
@@ -145,6 +139,9 @@ def _plan(
             )
         new = result.text
     else:
+        if current is None:
+            # Nothing hides anything at boot here: a repeat must not create the file.
+            return method, [], notes
         removed = plan_remove_hide(current, addresses, path=display)
         for address, line in removed.user_held:
             notes.append(
@@ -181,16 +178,13 @@ def _plan_cmdline(
         ids = sorted({by[a].device.id_text for a in addresses if a in by})
         if not add:
             # vfio-pci.ids= is per id: keep an id another hidden device still needs.
-            ledger = Ledger.open(host.root, readonly=True)
-            try:
+            with Ledger.open(host.root, readonly=True) as ledger:
                 others = {
                     by[PciAddress.parse(r.address)].device.id_text
                     for r in ledger.hidden()
                     if PciAddress.parse(r.address) not in addresses
                     and PciAddress.parse(r.address) in by
                 }
-            finally:
-                ledger.close()
             ids = [i for i in ids if i not in others]
     edit = cmdline.add_hide if add else cmdline.remove_hide
     new = edit(
@@ -244,47 +238,28 @@ def id_collateral(host: Host, addresses: Sequence[PciAddress], inv: Inventory) -
     return findings
 
 
-def hide_persist(
-    host: Host,
-    addresses: Sequence[PciAddress],
-    backend: Backend,
-    *,
-    platform: str | None = None,
-    dry_run: bool = False,
-) -> PersistResult:
-    return _persist(host, addresses, backend, platform, dry_run, add=True)
-
-
-def unhide_persist(
-    host: Host,
-    addresses: Sequence[PciAddress],
-    *,
-    platform: str | None = None,
-    dry_run: bool = False,
-) -> PersistResult:
+def unhide_backend(host: Host, ledger: Ledger, addresses: Sequence[PciAddress]) -> Backend:
+    """The backend a device was hidden with (its record), else this host's default."""
     backend = Backend.PCIBACK if host.is_xen_dom0 else Backend.VFIO
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
-        for address in addresses:
-            record = ledger.get_hidden(address)
-            if record is not None:
-                backend = Backend.VFIO if record.stub_driver == "vfio-pci" else Backend.PCIBACK
-    finally:
-        ledger.close()
-    return _persist(host, addresses, backend, platform, dry_run, add=False)
+    for address in addresses:
+        record = ledger.get_hidden(address)
+        if record is not None:
+            backend = Backend.VFIO if record.stub_driver == "vfio-pci" else Backend.PCIBACK
+    return backend
 
 
-def _persist(
+def plan_persist(
     host: Host,
     addresses: Sequence[PciAddress],
     backend: Backend,
     platform_text: str | None,
-    dry_run: bool,
+    inv: Inventory,
     *,
     add: bool,
+    dry_run: bool,
 ) -> PersistResult:
+    """Check the rules and plan the file edits; write nothing (ops/hide.py applies them)."""
     checked: list[Finding] = []
-    inv = inventory(host)  # read once: checks, plan and ledger records all use it
     if add:
         from pcipass.ops.assignability import assignability_findings
         from pcipass.policy.verdict import raise_refusals
@@ -309,42 +284,6 @@ def _persist(
     if method is not PersistMethod.CMDLINE:
         # Before saying "reload the driver": who else that reload takes down (#18).
         _reload_advice(host, inv, addresses, backend, result, add=add)
-    if dry_run or not edits:
-        return result
-    from pcipass.ops.files import apply_edits
-
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            op = ledger.begin(
-                "hide-persist" if add else "unhide-persist",
-                {"devices": [str(a) for a in addresses], "files": [e.display for e in edits]},
-            )
-            apply_edits(ledger, op, edits)
-            if add:
-                by = inv.by_address()
-                for address in addresses:
-                    record = ledger.get_hidden(address)
-                    info = by[address]  # assignability_findings refused a missing one
-                    from pcipass.host.identity import current_identity
-
-                    stub = binding.stub_for(host, backend).driver
-                    how = (
-                        "both"
-                        if record is not None and record.how in ("now", "both")
-                        else "persist"
-                    )
-                    original = record.original_driver if record else info.device.driver
-                    ledger.record_hidden(
-                        address,
-                        identity=current_identity(host, info.device),
-                        stub_driver=stub,
-                        original_driver=original,
-                        how=how,
-                    )
-            op.finish()
-        finally:
-            ledger.close()
     return result
 
 
@@ -359,6 +298,7 @@ def _reload_advice(
 ) -> None:
     """The "takes effect when reloaded" note, judged: every other function the
     reload would take down is named, with what the host uses it for."""
+    from pcipass.host import binding
     from pcipass.ops.reload import plan_reload
 
     plan = plan_reload(host, inv, addresses, binding.stub_for(host, backend), hiding=add)

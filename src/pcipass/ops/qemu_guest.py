@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, OperationFailed, RefusedError
+from pcipass.guests.toolstack import Qmp
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug
 from pcipass.policy.verdict import Finding
 from pcipass.state.ledger import Ledger
-from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock
 
 
@@ -52,32 +53,6 @@ def find_qemu(host: Host, name: str) -> QemuGuest | None:
     return None
 
 
-def _device_id(address: PciAddress) -> str:
-    return "pcipass-" + str(address).replace(":", "-").replace(".", "-")
-
-
-def _find_vfio_id(client: object, address: PciAddress) -> str | None:
-    """The qdev id of the vfio-pci device holding ``address`` (started with the
-    guest or added later): every peripheral's ``host`` property is asked."""
-    from pcipass.guests.qmp import QmpClient, QmpError
-
-    assert isinstance(client, QmpClient)
-    for child in client.execute("qom-list", {"path": "/machine/peripheral"}):
-        if child.get("type") != "child<vfio-pci>":
-            continue
-        path = f"/machine/peripheral/{child['name']}"
-        try:
-            text = client.execute("qom-get", {"path": path, "property": "host"})
-        except QmpError:
-            continue
-        try:
-            if PciAddress.parse(str(text)) == address:
-                return str(child["name"])
-        except AddressError:
-            continue
-    return None
-
-
 @dataclass
 class QemuLiveResult:
     action: str
@@ -85,16 +60,81 @@ class QemuLiveResult:
     guest: str
     qmp: str
     device_id: str | None
+    outcome: str = ""  # "hot-plugged", "unplugged", "already attached", "not attached"
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "address": self.address,
+            "guest": self.guest,
+            "qmp": self.qmp,
+            "device_id": self.device_id,
+            "outcome": self.outcome,
+            "notes": self.notes,
+        }
 
-def qemu_live(
-    host: Host, qemu: QemuGuest, address: PciAddress, action: str, *, timeout: float = 30.0
-) -> QemuLiveResult:
-    """Hot-plug (``attach``) or unplug (``detach``) ``address`` through QMP."""
-    from pcipass.guests.qmp import QmpClient
+    def render_lines(self) -> list[str]:
+        if self.outcome in ("hot-plugged", "unplugged"):
+            where = "into" if self.action == "attach" else "from"
+            head = f"{self.address}: {self.outcome} {where} QEMU guest {self.guest}"
+        else:
+            where = "to" if self.action == "attach" else "from"
+            head = f"{self.address}: {self.outcome} {where} QEMU guest {self.guest}; nothing to do"
+        return [f"{head} (QMP {self.qmp})", *self.notes]
 
+
+def _check_locked(
+    host: Host, ledger: Ledger, qemu: QemuGuest, address: PciAddress, action: str
+) -> None:
+    """PP101 (and PP002 for attach), decided under the state lock."""
+    owner = ledger.owner(address)
+    if owner is not None and owner.guest != qemu.name and action == "detach":
+        raise RefusedError(
+            str(address),
+            f"is assigned to guest {owner.guest}, not {qemu.name}",
+            f"name the owner: pcipass detach {address} {owner.guest}",
+            rule="PP101",
+        )
+    if action == "detach":
+        return
+    if owner is not None and owner.guest != qemu.name:
+        raise RefusedError(
+            str(address),
+            f"already assigned to guest {owner.guest}",
+            f"detach it first: pcipass detach {address} {owner.guest}",
+            rule="PP101",
+        )
+    driver = binding.current_driver(host, address)
+    if driver != "vfio-pci":
+        raise RefusedError(
+            str(address),
+            f"is bound to {driver or 'no driver'}, not "
+            "vfio-pci; a KVM guest can only take a hidden device",
+            f"pcipass hide --now --backend vfio {address}",
+            rule="PP002",
+        )
+
+
+def plain_qemu(host: Host, name: str) -> QemuGuest | None:
+    """The running QEMU ``name`` when no configuration file names that guest
+    (a file wins: its toolstack hot-plugs); None when a file does.  No file
+    and no such QEMU: GuestNotFoundError, listing where pcipass looked."""
+    from pcipass.errors import GuestNotFoundError
+    from pcipass.ops.guests import find_guest
+
+    try:
+        find_guest(host, name)
+    except GuestNotFoundError:
+        qemu = find_qemu(host, name)
+        if qemu is None:
+            raise
+        return qemu
+    return None
+
+
+def qemu_toolstack(host: Host, qemu: QemuGuest, *, timeout: float = 30.0) -> Qmp:
     qmp_path = qemu.qmp_path
     if qmp_path is None:
         raise OperationFailed(
@@ -102,56 +142,38 @@ def qemu_live(
             "has no QMP socket (-qmp unix:PATH,server,nowait): pcipass cannot hot-plug into it",
             "start it with a QMP socket, or use libvirt",
         )
-    result = QemuLiveResult(action, str(address), qemu.name, qmp_path, None)
     socket_path = str(host.root.path(qmp_path)) if qmp_path.startswith("/") else qmp_path
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            owner = ledger.owner(address)
-            if action == "attach":
-                if owner is not None and owner.guest != qemu.name:
-                    raise RefusedError(
-                        str(address),
-                        f"already assigned to guest {owner.guest}",
-                        f"detach it first: pcipass detach {address} {owner.guest}",
-                        rule="PP101",
-                    )
-                driver = binding.current_driver(host, address)
-                if driver != "vfio-pci":
-                    raise RefusedError(
-                        str(address),
-                        f"is bound to {driver or 'no driver'}, not "
-                        "vfio-pci; a KVM guest can only take a hidden device",
-                        f"pcipass hide --now --backend vfio {address}",
-                        rule="PP002",
-                    )
-            HotplugLimiter(ledger).acquire(address, qemu.name, action)
-            with QmpClient(socket_path, timeout=timeout) as client:
-                if action == "attach":
-                    if _find_vfio_id(client, address) is None:
-                        ident = _device_id(address)
-                        client.execute(
-                            "device_add", {"driver": "vfio-pci", "host": str(address), "id": ident}
-                        )
-                        result.device_id = ident
-                    ledger.claim(
-                        address, qemu.name, config_kind="qemu", config_path=f"qmp:{qmp_path}"
-                    )
-                    result.notes.append(
-                        "the guest sees the device only with ACPI hotplug (acpiphp): run "
-                        "`pcipass guest-setup` inside it once (rule PP008)"
-                    )
-                else:
-                    found = _find_vfio_id(client, address)
-                    if found is not None:
-                        client.execute("device_del", {"id": found})
-                        # The guest must eject it first (ACPI): wait for QEMU to say so.
-                        client.wait_event(
-                            "DEVICE_DELETED", match={"device": found}, timeout=timeout
-                        )
-                        result.device_id = found
-                    if owner is not None and owner.guest == qemu.name:
-                        ledger.release(address, qemu.name)
-        finally:
-            ledger.close()
+    return Qmp(socket_path, qmp_path, qemu.name, timeout=timeout)
+
+
+def qemu_live(
+    host: Host, qemu: QemuGuest, address: PciAddress, action: str, *, timeout: float = 30.0
+) -> QemuLiveResult:
+    """Hot-plug (``attach``) or unplug (``detach``) ``address`` through QMP."""
+    toolstack = qemu_toolstack(host, qemu, timeout=timeout)
+    result = QemuLiveResult(action, str(address), qemu.name, toolstack.shown_path, None)
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        _check_locked(host, ledger, qemu, address, action)
+        pending = begin_hotplug(
+            ledger,
+            toolstack,
+            address,
+            action,
+            config_kind="qemu",
+            config_path=toolstack.reference(),
+        )
+    # QMP waits up to ``timeout`` for the guest (DEVICE_DELETED comes when the
+    # guest ejects the device): without the state lock, so other pcipass
+    # commands do not wait behind it.  The ledger already blocks the device:
+    # for attach it is "maybe in guest G", for detach it stays owned.
+    failure = run_hotplug(pending)
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        outcome = finish_hotplug(ledger, pending, failure)
+    result.outcome = outcome.message
+    result.device_id = toolstack.device_id
+    if action == "attach" and outcome.happened:
+        result.notes.append(
+            "the guest sees the device only with ACPI hotplug (acpiphp): run "
+            "`pcipass guest-setup` inside it once (rule PP008)"
+        )
     return result

@@ -1,12 +1,9 @@
-"""Runtime hide and unhide: a journalled transaction of sysfs steps.
+"""Runtime hide and unhide: the sysfs steps, their undo records, and their plans.
 
-Validate every device first, then act, then verify, and roll back in reverse
-order on any failure (libvirt virhostdev).  Each step is written to the
-ledger's journal *after* it happened, with the data that undoes it, so that
-``pcipass recover`` in another process (after a crash or a kill) can undo
-exactly the steps that happened: no device is left driverless (a
-device left with no driver is lost to host and guest alike until someone
-rebinds it by hand).
+Validate every device first, then act, then verify (libvirt virhostdev).
+Each step carries the data that undoes it; ops/transaction.py journals it
+after it happened and, on any failure or signal, puts every device back as
+it was (:func:`reconcile`), so no device is left driverless.
 """
 
 from __future__ import annotations
@@ -16,15 +13,14 @@ from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
-from pcipass.errors import OperationFailed, PcipassError, RefusedError
+from pcipass.errors import OperationFailed, RefusedError
 from pcipass.host import binding
 from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
+from pcipass.host.inventory import Inventory
 from pcipass.host.stubs import STUB_DRIVERS
-from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity, raise_refusals
-from pcipass.state.ledger import Ledger, OperationHandle
-from pcipass.state.lock import StateLock
+from pcipass.state.ledger import HiddenRecord, Ledger
 
 Undo = dict[str, object]
 
@@ -36,9 +32,38 @@ class Step:
     undo: Undo | None  # None: nothing to undo (a check, a module load)
 
 
+@dataclass(frozen=True)
+class DeviceOutcome:
+    """What ``hide --now``/``unhide --now`` did to one device."""
+
+    address: PciAddress
+    driver: str | None  # bound now
+    original_driver: str | None  # the host driver (hide) / given back to (unhide)
+    changed: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "address": str(self.address),
+            "driver": self.driver,
+            "original_driver": self.original_driver,
+            "changed": self.changed,
+        }
+
+    def render(self, verb: str) -> str:
+        if not self.changed:
+            already = "hidden" if verb == "hide" else "given back"
+            return f"{self.address}: already {already} (driver {self.driver or 'none'}); no change"
+        if verb == "hide":
+            return (
+                f"{self.address}: hidden now (driver {self.driver}, "
+                f"was {self.original_driver or 'none'})"
+            )
+        return f"{self.address}: given back now (driver {self.driver or 'none'})"
+
+
 @dataclass
 class RebindResult:
-    done: list[dict[str, object]] = field(default_factory=list)
+    done: list[DeviceOutcome] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     dry_run: bool = False
@@ -46,10 +71,19 @@ class RebindResult:
     def to_json(self) -> dict[str, object]:
         return {
             "dry_run": self.dry_run,
-            "devices": self.done,
+            "devices": [d.to_json() for d in self.done],
             "steps": self.steps,
             "findings": [f.to_json() for f in self.findings],
         }
+
+
+def device_state(host: Host, address: PciAddress) -> dict[str, object]:
+    """What must be true again after a rollback: driver, override, pciback slot."""
+    return {
+        "driver": binding.current_driver(host, address),
+        "override": binding.read_override(host, address),
+        "slot": binding.pciback_has_slot(host, address),
+    }
 
 
 def apply_undo(host: Host, undo: Undo) -> None:
@@ -104,6 +138,7 @@ def apply_undo(host: Host, undo: Undo) -> None:
 
 
 def _write_text(host: Host, path_name: str, value: str) -> str:
+    """How a step reads in ``--dry-run`` and the journal (it writes nothing)."""
     return f"echo {value} > {path_name}"
 
 
@@ -227,15 +262,6 @@ def unhide_steps(host: Host, address: PciAddress, original: str | None) -> list[
     return steps
 
 
-def device_state(host: Host, address: PciAddress) -> dict[str, object]:
-    """What must be true again after a rollback: driver, override, pciback slot."""
-    return {
-        "driver": binding.current_driver(host, address),
-        "override": binding.read_override(host, address),
-        "slot": binding.pciback_has_slot(host, address),
-    }
-
-
 def reconcile(host: Host, address: PciAddress, before: dict[str, object]) -> bool:
     """Put a device back into ``before`` whatever partial state it is in.
 
@@ -266,30 +292,44 @@ def reconcile(host: Host, address: PciAddress, before: dict[str, object]) -> boo
     return changed
 
 
-def _run_steps(
-    host: Host, op: OperationHandle | None, steps: Sequence[Step], done: list[Step]
-) -> None:
-    for step in steps:
-        step.action()
-        done.append(step)
-        if op is not None and step.undo is not None:
-            op.step(step.describe, step.undo)
+# --- plans (decided under the state lock by ops/hide.py) ---------------------------
 
 
-def _rollback(host: Host, done: list[Step]) -> list[str]:
-    """Undo completed steps in reverse; return what could not be undone."""
-    failures = []
-    for step in reversed(done):
-        if step.undo is None:
-            continue
-        try:
-            apply_undo(host, step.undo)
-        except PcipassError as error:
-            failures.append(f"{step.describe}: {error}")
-    return failures
+@dataclass
+class HideNowPlan:
+    stub: StubDriver
+    todo: list[PciAddress]
+    originals: dict[PciAddress, str | None]
+    result: RebindResult
 
 
-def _ensure_stub_loaded(host: Host, stub: StubDriver) -> None:
+def plan_hide_now(
+    host: Host, addresses: Sequence[PciAddress], backend: Backend, inv: Inventory, *, dry_run: bool
+) -> HideNowPlan:
+    """Check every rule, then list the devices that still need to move to the stub."""
+    from pcipass.ops.assignability import assignability_findings
+
+    findings = assignability_findings(host, addresses, inv=inv)
+    raise_refusals(findings, ", ".join(str(a) for a in addresses))
+    stub = binding.stub_for(host, backend)
+    result = RebindResult(
+        findings=[f for f in findings if f.severity is not Severity.REFUSE], dry_run=dry_run
+    )
+    by_address = inv.by_address()
+    todo = [a for a in addresses if by_address[a].device.driver != stub.driver]
+    for address in addresses:
+        if address not in todo:
+            result.done.append(DeviceOutcome(address, stub.driver, None, changed=False))
+    originals = {a: binding.current_driver(host, a) for a in todo}
+    if dry_run:
+        if todo and not binding.driver_loaded(host, stub.driver):
+            result.steps.append(f"modprobe {stub.module}")
+        for address in todo:
+            result.steps.extend(s.describe for s in hide_steps(host, address, stub))
+    return HideNowPlan(stub, todo, originals, result)
+
+
+def ensure_stub_loaded(host: Host, stub: StubDriver) -> None:
     if not binding.driver_loaded(host, stub.driver):
         binding.load_module(host, stub.module)
         if not binding.driver_loaded(host, stub.driver):
@@ -301,229 +341,51 @@ def _ensure_stub_loaded(host: Host, stub: StubDriver) -> None:
             )
 
 
-def hide_now(
-    host: Host,
-    addresses: Sequence[PciAddress],
-    backend: Backend,
-    *,
-    dry_run: bool = False,
-    how: str = "now",
-) -> RebindResult:
-    """Bind every device to the stub, all or nothing."""
-    from pcipass.host.identity import identity_of
-    from pcipass.host.topology import read_config
-    from pcipass.ops.assignability import assignability_findings
-
-    inv = inventory(host)
-    findings = assignability_findings(host, addresses, inv=inv)
-    raise_refusals(findings, ", ".join(str(a) for a in addresses))
-    stub = binding.stub_for(host, backend)
-    result = RebindResult(
-        findings=[f for f in findings if f.severity is not Severity.REFUSE], dry_run=dry_run
-    )
-    by_address = inv.by_address()
-    todo = [a for a in addresses if by_address[a].device.driver != stub.driver]
-    for address in addresses:
-        if address not in todo:
-            result.done.append(
-                {
-                    "address": str(address),
-                    "driver": stub.driver,
-                    "original_driver": None,
-                    "changed": False,
-                }
-            )
-    if dry_run:
-        if not binding.driver_loaded(host, stub.driver):
-            result.steps.append(f"modprobe {stub.module}")
-        for address in todo:
-            result.steps.extend(s.describe for s in hide_steps(host, address, stub))
-        return result
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            _ensure_stub_loaded(host, stub)
-            originals = {a: binding.current_driver(host, a) for a in todo}
-            op = ledger.begin(
-                "hide",
-                {
-                    "devices": [str(a) for a in todo],
-                    "before": {str(a): device_state(host, a) for a in todo},
-                    "stub": stub.driver,
-                },
-            )
-            done: list[Step] = []
-            try:
-                for address in todo:
-                    steps = hide_steps(host, address, stub)
-                    _run_steps(host, op, steps, done)
-                    result.steps.extend(s.describe for s in steps)
-            except PcipassError as error:
-                failures = _rollback(host, done)
-                op.finish()
-                if failures:
-                    raise OperationFailed(
-                        str(error.subject),
-                        f"{error.problem}; rollback incomplete: {'; '.join(failures)}",
-                        "run pcipass recover",
-                    ) from error
-                raise OperationFailed(
-                    error.subject,
-                    error.problem,
-                    "nothing was changed: every device is back on its original driver",
-                    rolled_back=True,
-                ) from error
-            for address in todo:
-                info = by_address[address]
-                config = read_config(host, address)
-                ledger.record_hidden(
-                    address,
-                    identity=identity_of(info.device, None if config is None else config.dsn),
-                    stub_driver=stub.driver,
-                    original_driver=originals[address],
-                    how=how,
-                )
-                result.done.append(
-                    {
-                        "address": str(address),
-                        "driver": stub.driver,
-                        "original_driver": originals[address],
-                        "changed": True,
-                    }
-                )
-            op.finish()
-        finally:
-            ledger.close()
-    return result
+@dataclass
+class UnhideNowPlan:
+    todo: list[tuple[PciAddress, str | None]]
+    result: RebindResult
 
 
-def unhide_now(
-    host: Host, addresses: Sequence[PciAddress], *, dry_run: bool = False, forget: bool = True
-) -> RebindResult:
-    """Give devices back to their original drivers, all or nothing."""
+def plan_unhide_now(
+    host: Host, ledger: Ledger, addresses: Sequence[PciAddress], *, dry_run: bool
+) -> UnhideNowPlan:
+    """Refuse a guest's device (PP101, read under the lock), list what is on a stub now.
+
+    Only a device bound to a stub now (or left driverless by a hide) is given
+    back: a device hidden only at boot (``how == "persist"``) and still on its
+    own driver is not touched.
+    """
     result = RebindResult(dry_run=dry_run)
-    ledger = Ledger.open(host.root, readonly=dry_run, clock=host.clock)
-    try:
-        plan: list[tuple[PciAddress, str | None]] = []
-        for address in addresses:
-            owner = ledger.owner(address)
-            if owner is not None:
-                raise RefusedError(
-                    str(address),
-                    f"is assigned to guest {owner.guest}",
-                    f"detach it first: pcipass detach {address} {owner.guest}",
-                    rule="PP101",
-                )
-            record = ledger.get_hidden(address)
-            driver = binding.current_driver(host, address)
-            if driver not in STUB_DRIVERS and record is None:
-                result.done.append({"address": str(address), "driver": driver, "changed": False})
-                continue
-            plan.append((address, record.original_driver if record else None))
-        if dry_run:
-            for address, original in plan:
-                result.steps.extend(s.describe for s in unhide_steps(host, address, original))
-            return result
-        with StateLock(host.root):
-            op = ledger.begin(
-                "unhide",
-                {
-                    "devices": [str(a) for a, _ in plan],
-                    "before": {str(a): device_state(host, a) for a, _ in plan},
-                },
+    todo: list[tuple[PciAddress, str | None]] = []
+    for address in addresses:
+        owner = ledger.owner(address)
+        if owner is not None and owner.uncertain:
+            raise RefusedError(
+                str(address),
+                f"may be in guest {owner.guest}: a live hotplug into it did not finish "
+                "and its outcome is unknown",
+                f"pcipass recover asks the toolstack; or pcipass detach --live {address} "
+                f"{owner.guest}",
+                rule="PP101",
             )
-            done: list[Step] = []
-            try:
-                for address, original in plan:
-                    steps = unhide_steps(host, address, original)
-                    _run_steps(host, op, steps, done)
-                    result.steps.extend(s.describe for s in steps)
-            except PcipassError as error:
-                failures = _rollback(host, done)
-                op.finish()
-                raise OperationFailed(
-                    error.subject,
-                    error.problem,
-                    "rolled back: devices stay hidden"
-                    if not failures
-                    else "rollback incomplete: run pcipass recover",
-                    rolled_back=not failures,
-                ) from error
-            for address, original in plan:
-                if forget:
-                    ledger.forget_hidden(address)
-                result.done.append(
-                    {
-                        "address": str(address),
-                        "driver": binding.current_driver(host, address),
-                        "original_driver": original,
-                        "changed": True,
-                    }
-                )
-            op.finish()
-    finally:
-        ledger.close()
-    return result
-
-
-def _undo_ownership(ledger: Ledger, kind: str, intent: dict[str, object]) -> list[str]:
-    """attach claims ownership last and detach releases it before finishing:
-    a run killed after that step leaves the claim out of step with the
-    configuration file that recover has just restored."""
-    address, guest = intent.get("address"), intent.get("guest")
-    if (
-        kind not in ("attach", "detach")
-        or not isinstance(address, str)
-        or not isinstance(guest, str)
-    ):
-        return []
-    owner = ledger.owner(address)
-    if kind == "attach" and owner is not None and owner.guest == guest:
-        ledger.release(address, guest)
-        return [f"{address}: ownership by {guest} released (attach rolled back)"]
-    if kind == "detach" and owner is None:
-        config = str(intent.get("config") or "")
-        config_kind = (
-            "libvirt" if config.endswith(".xml") else ("xl" if config.endswith(".cfg") else "xm")
+        if owner is not None:
+            raise RefusedError(
+                str(address),
+                f"is assigned to guest {owner.guest}",
+                f"detach it first: pcipass detach {address} {owner.guest}",
+                rule="PP101",
+            )
+        record: HiddenRecord | None = ledger.get_hidden(address)
+        driver = binding.current_driver(host, address)
+        runtime_hidden = driver in STUB_DRIVERS or (
+            driver is None and record is not None and record.how in ("now", "both")
         )
-        ledger.claim(address, guest, config_kind=config_kind, config_path=config or None)
-        return [f"{address}: ownership by {guest} restored (detach rolled back)"]
-    return []
-
-
-def recover(host: Host) -> list[str]:
-    """Undo every interrupted operation's completed steps, newest first."""
-    report: list[str] = []
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            for op in sorted(ledger.open_operations(), key=lambda o: o.id, reverse=True):
-                for step in reversed(op.steps):
-                    apply_undo(host, dict(step.undo))
-                    report.append(f"op {op.id} ({op.kind}): undid {step.name}")
-                before = op.intent.get("before")
-                if isinstance(before, dict):
-                    for text, state in before.items():
-                        if isinstance(state, dict) and reconcile(
-                            host, PciAddress.parse(text), state
-                        ):
-                            report.append(f"op {op.id} ({op.kind}): {text} put back as it was")
-                from pcipass.ops.files import undo_file_edits
-
-                report.extend(undo_file_edits(host, ledger, op.file_edits))
-                report.extend(_undo_ownership(ledger, op.kind, op.intent))
-                ledger.abandon(op.id)
-                if op.kind.startswith("safe-"):
-                    # Live hotplug is not undone behind the guest's back: say where it stands.
-                    devices = ", ".join(str(d) for d in op.intent.get("devices", []) or [])
-                    guest = op.intent.get("guest")
-                    report.append(
-                        f"op {op.id} ({op.kind}): interrupted; {devices or 'no devices'} stay "
-                        f"reserved for {guest} but may be detached from it: see "
-                        f"`xl pci-list {guest}`, then `pcipass attach --live BDF {guest}`"
-                    )
-                else:
-                    report.append(f"op {op.id} ({op.kind}): rolled back")
-        finally:
-            ledger.close()
-    return report
+        if not runtime_hidden:
+            result.done.append(DeviceOutcome(address, driver, driver, changed=False))
+            continue
+        todo.append((address, record.original_driver if record else None))
+    if dry_run:
+        for address, original in todo:
+            result.steps.extend(s.describe for s in unhide_steps(host, address, original))
+    return UnhideNowPlan(todo, result)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.guests.model import GuestKind
+from pcipass.guests.toolstack import HotplugRefused, XenCli
 from pcipass.host.context import Host
-from pcipass.ops.attach import _run_checked, live_command
 from pcipass.ops.guests import GuestFile, find_guest
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import HotplugLimiter
@@ -87,18 +87,23 @@ def _hotplug_all(
     result: SafeResult,
 ) -> None:
     limiter = HotplugLimiter(ledger)
+    toolstack = XenCli(host, "xl", guest)
     for address in devices:
-        limiter.acquire(address, guest, action)
-        argv = live_command(guest_file, guest, address, action)
-        _run_checked(host, argv)
-        result.commands.append(argv)
+        ticket = limiter.acquire(address, guest, action)
+        try:
+            toolstack.hotplug(address, action)
+        except HotplugRefused:
+            limiter.refund(ticket)  # nothing changed: it does not count (PP007)
+            raise
+        result.commands.append(toolstack.describe(address, action))
 
 
-def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> SafeResult:
-    """Detach every device live, run ``argv`` (xl save / xl migrate), and on
+def _without_devices(host: Host, guest: str, action: str, operand: str) -> SafeResult:
+    """Detach every device live, run ``xl save|migrate GUEST OPERAND``, and on
     failure give the still-running guest its devices back.  Journalled, so an
     interruption shows in ``status`` and ``recover``."""
     guest_file = _xl_guest(host, guest, action)
+    argv = ["xl", action, guest, operand]
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
@@ -109,7 +114,7 @@ def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> Sa
             )
             _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
             try:
-                _run_checked(host, argv)
+                XenCli(host, "xl", guest).lifecycle(action, guest, operand)
             except OperationFailed:
                 _hotplug_all(
                     host, ledger, guest_file, guest, devices, action="attach", result=result
@@ -127,7 +132,7 @@ def _without_devices(host: Host, guest: str, action: str, argv: list[str]) -> Sa
 
 
 def safe_save(host: Host, guest: str, target: str) -> SafeResult:
-    result = _without_devices(host, guest, "save", ["xl", "save", guest, target])
+    result = _without_devices(host, guest, "save", target)
     result.notes.append(
         f"restore with: pcipass restore {target} {guest} (the devices stay "
         "reserved for the guest meanwhile)"
@@ -153,9 +158,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
             ]
             if blocking:
                 raise refusal_error(blocking, f"guest {guest}")
-            argv = ["xl", "restore", source]
-            _run_checked(host, argv)
-            result.commands.append(argv)
+            result.commands.append(XenCli(host, "xl", guest).lifecycle("restore", source))
             _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
         finally:
             ledger.close()
@@ -163,7 +166,7 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
 
 
 def safe_migrate(host: Host, guest: str, destination: str) -> SafeResult:
-    result = _without_devices(host, guest, "migrate", ["xl", "migrate", guest, destination])
+    result = _without_devices(host, guest, "migrate", destination)
     result.notes.append(
         f"{guest} runs on {destination} without devices; this host's devices are free (still "
         f"hidden). On the destination, give it its own: pcipass attach --live BDF {guest} "

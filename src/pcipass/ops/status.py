@@ -57,8 +57,7 @@ class StatusReport:
 
 def status(host: Host) -> StatusReport:
     report = StatusReport()
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         for record in ledger.hidden():
             address = PciAddress.parse(record.address)
             report.hidden.append(
@@ -100,6 +99,4 @@ def status(host: Host) -> StatusReport:
             report.open_operations.append(
                 {"id": op.id, "kind": op.kind, "intent": op.intent, "steps": len(op.steps)}
             )
-    finally:
-        ledger.close()
     return report

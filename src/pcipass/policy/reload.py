@@ -24,7 +24,7 @@ from pcipass.host.usage import HostUse
 from pcipass.policy.verdict import Finding, Severity
 
 # What the safe ways are, said the same everywhere.
-SAFE_WAYS = "use --now (rebinds only the named devices through sysfs) or reboot instead"
+SAFE_WAYS = "add --now (rebinds only the named devices through sysfs) or reboot instead"
 
 
 @dataclass(frozen=True)

@@ -29,213 +29,91 @@ Python (pyproject.toml, "No runtime dependencies on purpose").
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
-import json
 import os
 import re
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
 from pcipass.host.root import HostRoot
-from pcipass.host.stubs import RECORDED_STUBS
 from pcipass.persist.atomic import atomic_write, read_bytes
-
-SCHEMA_VERSION: Final = 1
-DB_NAME: Final = "state.db"
-BACKUP_DIR: Final = "backups"
-
-HIDE_MODES: Final = frozenset({"now", "persist", "both"})
-HOTPLUG_KINDS: Final = frozenset({"attach", "detach"})
-
-# How long a writer waits for another writer's transaction before SQLite gives
-# up with "database is locked".  Transactions here are a few statements long;
-# the generous bound only matters under heavy contention (40 processes).
-BUSY_TIMEOUT_SECONDS: Final = 30.0
-
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-JsonObject = dict[str, Any]
-Clock = Callable[[], float]
-
-# One statement per element: ``executescript`` would COMMIT the surrounding
-# transaction first, and schema creation must happen inside one.
-_SCHEMA_V1: Final = (
-    """CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE hidden (
-        address         TEXT PRIMARY KEY,
-        identity        TEXT NOT NULL,
-        stub_driver     TEXT NOT NULL,
-        original_driver TEXT,
-        how             TEXT NOT NULL CHECK (how IN ('now', 'persist', 'both')),
-        since           REAL NOT NULL
-    )""",
-    """CREATE TABLE owners (
-        address     TEXT PRIMARY KEY,
-        guest       TEXT NOT NULL,
-        config_kind TEXT NOT NULL,
-        config_path TEXT,
-        since       REAL NOT NULL
-    )""",
-    """CREATE TABLE hotplug_events (
-        id      INTEGER PRIMARY KEY AUTOINCREMENT,
-        address TEXT NOT NULL,
-        guest   TEXT NOT NULL,
-        kind    TEXT NOT NULL CHECK (kind IN ('attach', 'detach')),
-        at      REAL NOT NULL
-    )""",
-    "CREATE INDEX hotplug_events_by_address ON hotplug_events (address, at)",
-    """CREATE TABLE operations (
-        id      INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind    TEXT NOT NULL,
-        intent  TEXT NOT NULL,
-        started REAL NOT NULL,
-        pid     INTEGER NOT NULL
-    )""",
-    """CREATE TABLE operation_steps (
-        op_id INTEGER NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
-        seq   INTEGER NOT NULL,
-        name  TEXT NOT NULL,
-        undo  TEXT NOT NULL,
-        at    REAL NOT NULL,
-        PRIMARY KEY (op_id, seq)
-    )""",
-    # op_id is deliberately not a foreign key: the edit history outlives the
-    # journal entry (finish() removes the operation, the record of what was
-    # written where, and the backup of what was there before, stay).
-    """CREATE TABLE file_edits (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        op_id        INTEGER,
-        display_path TEXT NOT NULL,
-        before_sha   TEXT NOT NULL,
-        after_sha    TEXT NOT NULL,
-        backup_path  TEXT,
-        at           REAL NOT NULL
-    )""",
-    "CREATE INDEX file_edits_by_op ON file_edits (op_id)",
+from pcipass.state.records import (
+    EDIT_SELECT,
+    HIDDEN_SELECT,
+    HIDE_MODES,
+    HOTPLUG_KINDS,
+    OWNER_SELECT,
+    STUB_DRIVERS,
+    UNCERTAIN_PREFIX,
+    Clock,
+    FileEditRecord,
+    HiddenRecord,
+    HotplugAdmission,
+    HotplugEvent,
+    JournalStep,
+    JsonObject,
+    OpenOperation,
+    OwnerRecord,
+    canonical_address,
+    check_choice,
+    edit_from_row,
+    from_json,
+    hidden_from_row,
+    owner_from_row,
+    to_json,
+)
+from pcipass.state.schema import (
+    BACKUP_DIR,
+    BUSY_TIMEOUT_SECONDS,
+    DB_NAME,
+    SCHEMA_VERSION,
+    EmptyDatabase,
+    ReadonlyNeedsShm,
+    check_schema_readonly,
+    configure,
+    empty_view,
+    enable_wal,
+    ensure_schema,
+    format_time,
+    lost_records,
+    mark_used,
+    no_operation,
+    open_error,
+    permission_error,
+    set_aside,
+    sqlite_errors,
+    used_before,
 )
 
-# Migrations from version N to N+1, applied in order inside the opening
-# transaction.  Empty while there is only version 1.
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {}
+__all__ = [
+    "BACKUP_DIR",
+    "BUSY_TIMEOUT_SECONDS",
+    "DB_NAME",
+    "HIDE_MODES",
+    "HOTPLUG_KINDS",
+    "SCHEMA_VERSION",
+    "STUB_DRIVERS",
+    "UNCERTAIN_PREFIX",
+    "FileEditRecord",
+    "HiddenRecord",
+    "HotplugAdmission",
+    "HotplugEvent",
+    "JournalStep",
+    "JsonObject",
+    "Ledger",
+    "OpenOperation",
+    "OperationHandle",
+    "OwnerRecord",
+    "format_time",
+]
 
-
-# --- records ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HiddenRecord:
-    """A device pcipass hid from the host."""
-
-    address: str
-    identity: dict[str, str]
-    stub_driver: str
-    original_driver: str | None
-    how: str
-    since: float
-
-
-@dataclass(frozen=True)
-class OwnerRecord:
-    """The guest a device is assigned to (rule PP101)."""
-
-    address: str
-    guest: str
-    config_kind: str
-    config_path: str | None
-    since: float
-
-
-@dataclass(frozen=True)
-class HotplugEvent:
-    address: str
-    guest: str
-    kind: str
-    at: float
-
-
-@dataclass(frozen=True)
-class HotplugAdmission:
-    """Outcome of :meth:`Ledger.admit_hotplug`.
-
-    ``window_times`` are the timestamps of the events counted in the window
-    (oldest first), *excluding* the new one when it was admitted.
-    """
-
-    admitted: bool
-    window_times: tuple[float, ...]
-    now: float
-
-
-@dataclass(frozen=True)
-class JournalStep:
-    seq: int
-    name: str
-    undo: JsonObject
-    at: float
-
-
-@dataclass(frozen=True)
-class FileEditRecord:
-    id: int
-    op_id: int | None
-    display_path: str
-    before_sha: str
-    after_sha: str
-    backup_path: str | None
-    at: float
-
-
-@dataclass(frozen=True)
-class OpenOperation:
-    """An operation that was begun and not finished: work for ``recover``."""
-
-    id: int
-    kind: str
-    intent: JsonObject
-    steps: list[JournalStep]
-    started: float
-    pid: int = 0
-    file_edits: list[FileEditRecord] = field(default_factory=list)
-
-
-# --- helpers ---------------------------------------------------------------
-
-
-def _canonical_address(address: PciAddress | str) -> str:
-    """Addresses are keys: store them in the one kernel spelling."""
-    if isinstance(address, PciAddress):
-        return str(address)
-    return str(PciAddress.parse(address))
-
-
-def _to_json(what: str, value: Mapping[str, object]) -> str:
-    try:
-        return json.dumps(dict(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be JSON-serialisable: {exc}") from exc
-
-
-def _from_json(text: str) -> JsonObject:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _check_choice(what: str, value: str, allowed: frozenset[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {sorted(allowed)}, not {value!r}")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 # --- the ledger ------------------------------------------------------------
@@ -268,6 +146,7 @@ class Ledger:
         *,
         readonly: bool = False,
         clock: Clock = time.time,
+        rebuild: bool = False,
     ) -> Ledger:
         """Open the ledger of ``root``.
 
@@ -280,27 +159,30 @@ class Ledger:
         if readonly:
             conn = cls._connect_readonly(path, display)
         else:
-            conn = cls._connect_writable(path, display)
+            if rebuild:
+                set_aside(path)
+            conn = cls._connect_writable(path, display, rebuild=rebuild)
         return cls(conn, root, readonly=readonly, clock=clock, display=display)
 
     @staticmethod
-    def _connect_writable(path: Path, display: str) -> sqlite3.Connection:
+    def _connect_writable(path: Path, display: str, *, rebuild: bool) -> sqlite3.Connection:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         except PermissionError as exc:
-            raise _permission_error(display, "create the state directory") from exc
+            raise permission_error(display, "create the state directory") from exc
         if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            raise _permission_error(display, "write the state database")
+            raise permission_error(display, "write the state database")
         try:
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         except sqlite3.Error as exc:
-            raise _open_error(display, exc) from exc
+            raise open_error(display, exc) from exc
         try:
-            _configure(conn, display, writable=True)
+            configure(conn, display, writable=True)
             # Schema first: a file that is not ours (or is newer) is refused
             # before anything about it, its journal mode included, changes.
-            _ensure_schema(conn, display)
-            _enable_wal(conn, display)
+            ensure_schema(conn, display, had_records=not rebuild and used_before(path))
+            enable_wal(conn, display)
+            mark_used(path)
         except BaseException:
             conn.close()
             raise
@@ -309,9 +191,11 @@ class Ledger:
     @staticmethod
     def _connect_readonly(path: Path, display: str) -> sqlite3.Connection:
         if not path.exists():
-            return _empty_view(display)
+            if used_before(path):
+                raise lost_records(display)
+            return empty_view(display)
         if not os.access(path, os.R_OK):
-            raise _permission_error(display, "read the state database")
+            raise permission_error(display, "read the state database")
         uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
         # A reader of a WAL database must create or map the "-shm" index next
         # to it, and a non-root user cannot create files in /var/lib/pcipass.
@@ -329,22 +213,25 @@ class Ledger:
                     isolation_level=None,
                 )
             except sqlite3.Error as exc:
-                raise _open_error(display, exc) from exc
+                raise open_error(display, exc) from exc
             try:
-                _configure(conn, display, writable=False)
-                _check_schema_readonly(conn, display)
-            except _ReadonlyNeedsShm:
+                configure(conn, display, writable=False)
+                check_schema_readonly(conn, display)
+            except ReadonlyNeedsShm:
                 conn.close()
                 continue
-            except _EmptyDatabase:
-                # A 0-byte file is an empty database: nothing recorded yet.
+            except EmptyDatabase:
+                # A 0-byte file is an empty database: nothing recorded yet,
+                # unless pcipass recorded something here before.
                 conn.close()
-                return _empty_view(display)
+                if used_before(path):
+                    raise lost_records(display) from None
+                return empty_view(display)
             except BaseException:
                 conn.close()
                 raise
             return conn
-        raise _permission_error(display, "read the state database while another pcipass writes it")
+        raise permission_error(display, "read the state database while another pcipass writes it")
 
     # -- life cycle ----------------------------------------------------------
 
@@ -380,7 +267,7 @@ class Ledger:
                 "this is a bug in pcipass: a command that changes state opened it read-only",
             )
         conn = self._conn
-        with _sqlite_errors(self.display):
+        with sqlite_errors(self.display):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -391,7 +278,7 @@ class Ledger:
             conn.execute("COMMIT")
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with _sqlite_errors(self.display):
+        with sqlite_errors(self.display):
             return list(self._conn.execute(sql, params).fetchall())
 
     # -- hidden devices --------------------------------------------------------
@@ -411,9 +298,9 @@ class Ledger:
         but keeps the first ``original_driver`` and ``since``: by the second
         hide the device's current driver is the stub, not the one to give back.
         """
-        key = _canonical_address(address)
-        _check_choice("stub driver", stub_driver, RECORDED_STUBS)
-        _check_choice("hide mode", how, HIDE_MODES)
+        key = canonical_address(address)
+        check_choice("stub driver", stub_driver, STUB_DRIVERS)
+        check_choice("hide mode", how, HIDE_MODES)
         ident = dict(identity)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in ident.items()):
             raise ValueError("identity must map str to str")
@@ -427,23 +314,60 @@ class Ledger:
                      how = excluded.how,
                      original_driver = COALESCE(hidden.original_driver, excluded.original_driver)
                 """,
-                (key, _to_json("identity", ident), stub_driver, original_driver, how, self.clock()),
+                (key, to_json("identity", ident), stub_driver, original_driver, how, self.clock()),
             )
-            row = conn.execute(_HIDDEN_SELECT + " WHERE address = ?", (key,)).fetchone()
-        return _hidden_from_row(row)
+            row = conn.execute(HIDDEN_SELECT + " WHERE address = ?", (key,)).fetchone()
+        return hidden_from_row(row)
 
     def forget_hidden(self, address: PciAddress | str) -> bool:
         """Drop the record of a hidden device; ``False`` if there was none."""
-        key = _canonical_address(address)
+        key = canonical_address(address)
         with self._write() as conn:
             return conn.execute("DELETE FROM hidden WHERE address = ?", (key,)).rowcount > 0
 
+    def restore_hidden(self, address: PciAddress | str, saved: Mapping[str, Any] | None) -> None:
+        """Put a hidden record back exactly as a journal intent saved it (``None``: absent).
+
+        Used by rollback and recover: unlike :meth:`record_hidden` nothing is
+        merged, the saved record (or its absence) is the truth.
+        """
+        key = canonical_address(address)
+        with self._write() as conn:
+            conn.execute("DELETE FROM hidden WHERE address = ?", (key,))
+            if saved is None:
+                return
+            stub, how = str(saved.get("stub_driver")), str(saved.get("how"))
+            check_choice("stub driver", stub, STUB_DRIVERS)
+            check_choice("hide mode", how, HIDE_MODES)
+            original = saved.get("original_driver")
+            identity = saved.get("identity")
+            conn.execute(
+                """INSERT INTO hidden (address, identity, stub_driver, original_driver, how, since)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (
+                    key,
+                    to_json("identity", identity if isinstance(identity, dict) else {}),
+                    stub,
+                    None if original is None else str(original),
+                    how,
+                    float(saved.get("since") or self.clock()),
+                ),
+            )
+
+    def set_hidden_how(self, address: PciAddress | str, how: str) -> None:
+        """Change how a recorded device is hidden (``unhide --now`` of a ``both``)."""
+        check_choice("hide mode", how, HIDE_MODES)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE hidden SET how = ? WHERE address = ?", (how, canonical_address(address))
+            )
+
     def hidden(self) -> list[HiddenRecord]:
-        return [_hidden_from_row(r) for r in self._read(_HIDDEN_SELECT + " ORDER BY address")]
+        return [hidden_from_row(r) for r in self._read(HIDDEN_SELECT + " ORDER BY address")]
 
     def get_hidden(self, address: PciAddress | str) -> HiddenRecord | None:
-        rows = self._read(_HIDDEN_SELECT + " WHERE address = ?", (_canonical_address(address),))
-        return _hidden_from_row(rows[0]) if rows else None
+        rows = self._read(HIDDEN_SELECT + " WHERE address = ?", (canonical_address(address),))
+        return hidden_from_row(rows[0]) if rows else None
 
     # -- ownership (PP101) -----------------------------------------------------
 
@@ -461,11 +385,11 @@ class Ledger:
         and keeps ``since``.  A device owned by another guest is refused
         (PP101) and nothing changes.
         """
-        key = _canonical_address(address)
+        key = canonical_address(address)
         with self._write() as conn:
-            row = conn.execute(_OWNER_SELECT + " WHERE address = ?", (key,)).fetchone()
+            row = conn.execute(OWNER_SELECT + " WHERE address = ?", (key,)).fetchone()
             if row is not None and row[1] != guest:
-                current = _owner_from_row(row)
+                current = owner_from_row(row)
                 raise RefusedError(
                     key,
                     f"already assigned to guest {current.guest} "
@@ -484,8 +408,8 @@ class Ledger:
                 """,
                 (key, guest, config_kind, config_path, self.clock()),
             )
-            row = conn.execute(_OWNER_SELECT + " WHERE address = ?", (key,)).fetchone()
-        return _owner_from_row(row)
+            row = conn.execute(OWNER_SELECT + " WHERE address = ?", (key,)).fetchone()
+        return owner_from_row(row)
 
     def release(self, address: PciAddress | str, guest: str) -> bool:
         """``guest`` gives ``address`` up.  ``False`` if nobody owned it.
@@ -493,7 +417,7 @@ class Ledger:
         Releasing a device another guest owns is refused (PP101): a detach for
         the wrong guest must not free a device for a second owner.
         """
-        key = _canonical_address(address)
+        key = canonical_address(address)
         with self._write() as conn:
             row = conn.execute("SELECT guest FROM owners WHERE address = ?", (key,)).fetchone()
             if row is None:
@@ -509,11 +433,11 @@ class Ledger:
         return True
 
     def owner(self, address: PciAddress | str) -> OwnerRecord | None:
-        rows = self._read(_OWNER_SELECT + " WHERE address = ?", (_canonical_address(address),))
-        return _owner_from_row(rows[0]) if rows else None
+        rows = self._read(OWNER_SELECT + " WHERE address = ?", (canonical_address(address),))
+        return owner_from_row(rows[0]) if rows else None
 
     def owners(self) -> list[OwnerRecord]:
-        return [_owner_from_row(r) for r in self._read(_OWNER_SELECT + " ORDER BY address")]
+        return [owner_from_row(r) for r in self._read(OWNER_SELECT + " ORDER BY address")]
 
     # -- hotplug events (PP007) ------------------------------------------------
 
@@ -534,8 +458,8 @@ class Ledger:
         An event at time ``t`` counts while ``now - window_seconds < t``.
         Events more than ``prune_age`` seconds old (any device) are deleted.
         """
-        key = _canonical_address(address)
-        _check_choice("hotplug kind", kind, HOTPLUG_KINDS)
+        key = canonical_address(address)
+        check_choice("hotplug kind", kind, HOTPLUG_KINDS)
         with self._write() as conn:
             now = self.clock()
             if prune_age is not None:
@@ -555,6 +479,21 @@ class Ledger:
             )
         return HotplugAdmission(True, times, now)
 
+    def forget_hotplug(self, address: PciAddress | str, guest: str, kind: str, at: float) -> bool:
+        """Take back one event recorded by :meth:`admit_hotplug` (the hotplug
+        it admitted did not happen, so it must not count against PP007)."""
+        key = canonical_address(address)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id FROM hotplug_events WHERE address = ? AND guest = ? AND kind = ? "
+                "AND at = ? ORDER BY id DESC LIMIT 1",
+                (key, guest, kind, at),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM hotplug_events WHERE id = ?", (row[0],))
+        return True
+
     def hotplug_events(
         self, address: PciAddress | str | None = None, *, since: float | None = None
     ) -> list[HotplugEvent]:
@@ -563,7 +502,7 @@ class Ledger:
         params: list[object] = []
         if address is not None:
             sql += " AND address = ?"
-            params.append(_canonical_address(address))
+            params.append(canonical_address(address))
         if since is not None:
             sql += " AND at > ?"
             params.append(since)
@@ -574,7 +513,7 @@ class Ledger:
 
     def begin(self, kind: str, intent: Mapping[str, object]) -> OperationHandle:
         """Write the intent of an operation, before its first step."""
-        text = _to_json("intent", intent)
+        text = to_json("intent", intent)
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO operations (kind, intent, started, pid) VALUES (?, ?, ?, ?)",
@@ -585,10 +524,10 @@ class Ledger:
         return OperationHandle(self, op_id, kind)
 
     def _add_step(self, op_id: int, name: str, undo: Mapping[str, object]) -> int:
-        text = _to_json("undo", undo)
+        text = to_json("undo", undo)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM operations WHERE id = ?", (op_id,)).fetchone() is None:
-                raise _no_operation(op_id)
+                raise no_operation(op_id)
             (seq,) = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM operation_steps WHERE op_id = ?", (op_id,)
             ).fetchone()
@@ -605,7 +544,7 @@ class Ledger:
 
     def open_operations(self) -> list[OpenOperation]:
         """Every operation begun and neither finished nor abandoned, oldest first."""
-        with _sqlite_errors(self.display):
+        with sqlite_errors(self.display):
             # One read transaction, so an operation and its steps are one snapshot.
             self._conn.execute("BEGIN")
             try:
@@ -617,23 +556,23 @@ class Ledger:
                 ).fetchall()
                 edits = self._conn.execute(
                     # constant SQL only; values are always bound parameters
-                    _EDIT_SELECT + " WHERE op_id IN (SELECT id FROM operations) ORDER BY id"  # noqa: S608
+                    EDIT_SELECT + " WHERE op_id IN (SELECT id FROM operations) ORDER BY id"  # noqa: S608
                 ).fetchall()
             finally:
                 if self._conn.in_transaction:
                     self._conn.execute("COMMIT")
         by_op: dict[int, list[JournalStep]] = {}
         for op_id, seq, name, undo, at in steps:
-            by_op.setdefault(op_id, []).append(JournalStep(seq, name, _from_json(undo), at))
+            by_op.setdefault(op_id, []).append(JournalStep(seq, name, from_json(undo), at))
         edits_by_op: dict[int, list[FileEditRecord]] = {}
         for row in edits:
-            record = _edit_from_row(row)
+            record = edit_from_row(row)
             edits_by_op.setdefault(record.op_id or 0, []).append(record)
         return [
             OpenOperation(
                 id=op_id,
                 kind=kind,
-                intent=_from_json(intent),
+                intent=from_json(intent),
                 steps=by_op.get(op_id, []),
                 started=float(started),
                 pid=int(pid),
@@ -645,7 +584,7 @@ class Ledger:
     def abandon(self, op_id: int) -> None:
         """Drop an open operation from the journal (after ``recover`` handled it)."""
         if not self._remove_operation(op_id):
-            raise _no_operation(op_id)
+            raise no_operation(op_id)
 
     # -- file edits and backups --------------------------------------------------
 
@@ -669,16 +608,16 @@ class Ledger:
                    VALUES (?, ?, ?, ?, ?, ?)""",
                 (op_id, display_path, before_sha, after_sha, backup_path, self.clock()),
             )
-            row = conn.execute(_EDIT_SELECT + " WHERE id = ?", (cursor.lastrowid,)).fetchone()
-        return _edit_from_row(row)
+            row = conn.execute(EDIT_SELECT + " WHERE id = ?", (cursor.lastrowid,)).fetchone()
+        return edit_from_row(row)
 
     def file_edits(self, op_id: int | None = None) -> list[FileEditRecord]:
         """Recorded edits, oldest first; only those of ``op_id`` when given."""
         if op_id is None:
-            rows = self._read(_EDIT_SELECT + " ORDER BY id")
+            rows = self._read(EDIT_SELECT + " ORDER BY id")
         else:
-            rows = self._read(_EDIT_SELECT + " WHERE op_id = ? ORDER BY id", (op_id,))
-        return [_edit_from_row(r) for r in rows]
+            rows = self._read(EDIT_SELECT + " WHERE op_id = ? ORDER BY id", (op_id,))
+        return [edit_from_row(r) for r in rows]
 
     def backup_path(self, sha: str) -> Path:
         """Where the backup with this sha256 lives; ``sha`` is validated first."""
@@ -702,7 +641,7 @@ class Ledger:
         try:
             atomic_write(path, data, 0o600)
         except PermissionError as exc:
-            raise _permission_error(self.root.host_path(path), "write a backup") from exc
+            raise permission_error(self.root.host_path(path), "write a backup") from exc
         return sha
 
     def load_backup(self, sha: str) -> bytes:
@@ -712,7 +651,7 @@ class Ledger:
         try:
             data = read_bytes(path)
         except PermissionError as exc:
-            raise _permission_error(display, "read a backup") from exc
+            raise permission_error(display, "read a backup") from exc
         if data is None:
             raise NotFoundError(display, "no such backup", "it may have been deleted by hand")
         if hashlib.sha256(data).hexdigest() != sha:
@@ -747,214 +686,4 @@ class OperationHandle:
     def finish(self) -> None:
         """The operation is complete (or fully rolled back): drop it from the journal."""
         if not self.ledger._remove_operation(self.id):
-            raise _no_operation(self.id)
-
-
-# --- rows --------------------------------------------------------------------
-
-_HIDDEN_SELECT: Final = (
-    "SELECT address, identity, stub_driver, original_driver, how, since FROM hidden"
-)
-_OWNER_SELECT: Final = "SELECT address, guest, config_kind, config_path, since FROM owners"
-_EDIT_SELECT: Final = (
-    "SELECT id, op_id, display_path, before_sha, after_sha, backup_path, at FROM file_edits"
-)
-
-
-def _hidden_from_row(row: tuple[Any, ...]) -> HiddenRecord:
-    address, identity, stub, original, how, since = row
-    ident = {str(k): str(v) for k, v in _from_json(identity).items()}
-    return HiddenRecord(address, ident, stub, original, how, float(since))
-
-
-def _owner_from_row(row: tuple[Any, ...]) -> OwnerRecord:
-    address, guest, kind, path, since = row
-    return OwnerRecord(address, guest, kind, path, float(since))
-
-
-def _edit_from_row(row: tuple[Any, ...]) -> FileEditRecord:
-    edit_id, op_id, display, before, after, backup, at = row
-    return FileEditRecord(edit_id, op_id, display, before, after, backup, float(at))
-
-
-# --- opening and errors ---------------------------------------------------------
-
-
-_SHM_ERRORS: Final = frozenset(
-    {"SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN"}
-)
-
-
-class _ReadonlyNeedsShm(Exception):
-    """A read-only open failed because the WAL index could not be created."""
-
-
-def _configure(conn: sqlite3.Connection, display: str, *, writable: bool) -> None:
-    # Only writers set synchronous: that pragma opens the WAL index, which a
-    # non-root reader cannot create; _check_schema_readonly handles that case.
-    with _sqlite_errors(display):
-        conn.execute("PRAGMA foreign_keys = ON")
-        if writable:
-            conn.execute("PRAGMA synchronous = FULL")
-
-
-def _enable_wal(conn: sqlite3.Connection, display: str) -> None:
-    """Switch a database pcipass has checked to be its own into WAL mode.
-
-    journal_mode is stored in the file, so only the first writer switches it.
-    Switching needs a moment of exclusive access, which another process
-    opening at the same time may hold: retry within the busy timeout.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-    with _sqlite_errors(display):
-        while True:
-            try:
-                (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
-                if str(mode).lower() != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
-
-def _ensure_schema(conn: sqlite3.Connection, display: str) -> None:
-    with _sqlite_errors(display):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _schema_version(conn, display)
-            if version is None:
-                for statement in _SCHEMA_V1:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            else:
-                _refuse_newer(version, display)
-                while version < SCHEMA_VERSION:
-                    for statement in _MIGRATIONS[version]:
-                        conn.execute(statement)
-                    version += 1
-                    conn.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
-                    )
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-
-def _check_schema_readonly(conn: sqlite3.Connection, display: str) -> None:
-    try:
-        version = _schema_version(conn, display)
-    except sqlite3.OperationalError as exc:
-        # SQLITE_READONLY_DIRECTORY / _CANTINIT / CANTOPEN: the WAL index could
-        # not be created or mapped (https://www.sqlite.org/rescode.html).
-        # Python < 3.11 has no sqlite_errorname: there the message tells it.
-        name = getattr(exc, "sqlite_errorname", "")
-        text = str(exc)
-        if name in _SHM_ERRORS or "unable to open" in text or "readonly database" in text:
-            raise _ReadonlyNeedsShm() from exc
-        raise _open_error(display, exc) from exc
-    except sqlite3.DatabaseError as exc:
-        raise _open_error(display, exc) from exc
-    if version is None:
-        raise _EmptyDatabase()
-    _refuse_newer(version, display)
-    if version < SCHEMA_VERSION:
-        raise OperationFailed(
-            display,
-            f"the state database has schema version {version}, older than this pcipass "
-            f"({SCHEMA_VERSION})",
-            "run any command that changes state (as root) to upgrade it",
-        )
-
-
-class _EmptyDatabase(Exception):
-    pass
-
-
-def _schema_version(conn: sqlite3.Connection, display: str) -> int | None:
-    """The stored schema version; ``None`` for an empty database."""
-    tables = {
-        r[0]
-        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        if not str(r[0]).startswith("sqlite_")
-    }
-    if not tables:
-        return None
-    if "meta" not in tables:
-        raise _not_ours(display, "it has no meta table")
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None or not str(row[0]).isdigit():
-        raise _not_ours(display, "its meta table has no valid schema_version")
-    return int(row[0])
-
-
-def _refuse_newer(version: int, display: str) -> None:
-    if version > SCHEMA_VERSION:
-        raise OperationFailed(
-            display,
-            f"the state database has schema version {version}, but this pcipass "
-            f"understands only up to version {SCHEMA_VERSION}",
-            "use the newer pcipass that wrote it; pcipass will not downgrade it",
-        )
-
-
-def _empty_view(display: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    _configure(conn, display, writable=False)
-    _ensure_schema(conn, display)
-    return conn
-
-
-def _not_ours(display: str, why: str) -> OperationFailed:
-    return OperationFailed(
-        display,
-        f"not a pcipass state database ({why})",
-        "move the file aside; pcipass starts a new database on its next change",
-    )
-
-
-def _open_error(display: str, exc: sqlite3.Error) -> OperationFailed:
-    return OperationFailed(
-        display,
-        f"the state database cannot be read: {exc}",
-        "it may be corrupt: move it aside (e.g. to state.db.corrupt) and run "
-        "`pcipass check`; hidden devices and owners will have to be recorded again",
-    )
-
-
-def _permission_error(display: str, action: str) -> OperationFailed:
-    return OperationFailed(
-        display,
-        f"permission denied: cannot {action}",
-        "run pcipass as root",
-    )
-
-
-def _no_operation(op_id: int) -> NotFoundError:
-    return NotFoundError(
-        f"operation {op_id}",
-        "no such open operation in the journal",
-        "run `pcipass status` to list open operations",
-    )
-
-
-def format_time(timestamp: float) -> str:
-    """Local time with its UTC offset, to the second (for messages)."""
-    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def _sqlite_errors(display: str) -> Iterator[None]:
-    """Turn SQLite failures into a pcipass error that names the database."""
-    try:
-        yield
-    except sqlite3.DatabaseError as exc:
-        # DatabaseError covers "file is not a database", "database disk image is
-        # malformed", I/O and "database is locked" after the busy timeout.
-        raise _open_error(display, exc) from exc
+            raise no_operation(self.id)

@@ -88,6 +88,16 @@ class HotplugBudget:
     next_allowed: float | None  # None: an event is allowed now
 
 
+@dataclass(frozen=True)
+class HotplugTicket:
+    """One admitted hotplug event, as recorded in the ledger."""
+
+    address: str
+    guest: str
+    kind: str
+    at: float
+
+
 class HotplugLimiter:
     def __init__(
         self,
@@ -101,10 +111,12 @@ class HotplugLimiter:
         self.budget = budget
         self.window_seconds = float(window_seconds)
 
-    def acquire(self, address: PciAddress | str, guest: str, kind: str) -> None:
+    def acquire(self, address: PciAddress | str, guest: str, kind: str) -> HotplugTicket:
         """Record one hotplug event (``kind`` is attach or detach), or refuse (PP007).
 
         Call it just before the hotplug: an event refused here must not happen.
+        If the hotplug then fails before anything changed, hand the ticket to
+        :meth:`refund`: only hotplugs that happened count against the budget.
         """
         admission = self.ledger.admit_hotplug(
             address,
@@ -115,7 +127,7 @@ class HotplugLimiter:
             prune_age=PRUNE_AGE_SECONDS,
         )
         if admission.admitted:
-            return
+            return HotplugTicket(_key(address), guest, kind, admission.now)
         times = admission.window_times
         raise HotplugLimitRefused(
             _key(address),
@@ -125,6 +137,10 @@ class HotplugLimiter:
             next_allowed=self._next_allowed(times),
             now=admission.now,
         )
+
+    def refund(self, ticket: HotplugTicket) -> None:
+        """The admitted hotplug did not happen: it does not count."""
+        self.ledger.forget_hotplug(ticket.address, ticket.guest, ticket.kind, ticket.at)
 
     def recent(self, address: PciAddress | str) -> list[HotplugEvent]:
         """The events of ``address`` that count against its budget now, oldest first."""

@@ -743,6 +743,10 @@ class FakeRunner:
         self.calls: list[tuple[str, ...]] = []
         self.answers: dict[str, CommandResult] = {}
         self.programs: set[str] = {"modprobe"}
+        # xl, xm and virsh remember what each running guest holds (hotplug truth).
+        from pcipass.testing.faketoolstack import FakeToolstack
+
+        self.toolstack = FakeToolstack()
 
     def run(
         self,
@@ -764,6 +768,9 @@ class FakeRunner:
                 return CommandResult(args, answer.returncode, answer.stdout, answer.stderr)
         if program not in self.programs:
             return CommandResult(args, 127, "", f"{program}: not found\n")
+        handled = self.toolstack.handle(args)
+        if handled is not None:
+            return handled
         return CommandResult(args, 0, "", "")
 
     def which(self, program: str) -> str | None:

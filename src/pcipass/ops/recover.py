@@ -1,0 +1,240 @@
+"""``pcipass recover``: roll back every operation a killed process left open.
+
+Each open journal intent is first validated as data (ops/transaction.py:
+addresses parsed, sysfs actions from the fixed set, file paths normalised and
+among the files pcipass edits); an intent that fails is refused, naming the
+record, and nothing of it is acted on.  Then the same undo as an in-process
+rollback runs: devices are reconciled with the state saved in the intent,
+file edits undone, hidden records and ownership put back, and temporary
+files pcipass left next to edited files removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from pcipass.host.context import Host
+from pcipass.ops.transaction import undo_operation, valid_edit_path
+from pcipass.state.ledger import FileEditRecord, Ledger, OpenOperation
+from pcipass.state.lock import StateLock
+
+# atomic_write's temporary names: ".NAME.XXXXXXXX.pcipass-tmp" in the file's directory.
+TEMP_SUFFIX = ".pcipass-tmp"
+
+
+def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> list[str]:
+    """attach claims ownership last and detach releases it before finishing:
+    a run killed after that step leaves the claim out of step with the
+    configuration file that recover has just restored."""
+    address, guest = intent.get("address"), intent.get("guest")
+    if (
+        kind not in ("attach", "detach")
+        or not isinstance(address, str)
+        or not isinstance(guest, str)
+    ):
+        return []
+    owner = ledger.owner(address)
+    if owner is not None and owner.uncertain:
+        # A live hotplug may have happened: recover asks the toolstack
+        # (ops.live.settle_uncertain) instead of guessing.
+        return []
+    config = str(intent.get("config") or "")
+    recorded_kind = intent.get("config_kind")
+    config_kind = (
+        recorded_kind
+        if isinstance(recorded_kind, str)
+        else "libvirt"
+        if config.endswith(".xml")
+        else ("xl" if config.endswith(".cfg") else "xm")
+    )
+    if intent.get("live") is True and (owner is None or owner.guest == guest):
+        # The running guest may hold the device or not, whatever the file
+        # says now: mark it "maybe in guest" and let the toolstack decide.
+        from pcipass.state.ledger import UNCERTAIN_PREFIX
+
+        ledger.claim(
+            address, guest, config_kind=UNCERTAIN_PREFIX + config_kind, config_path=config or None
+        )
+        return []
+    if kind == "attach" and owner is not None and owner.guest == guest:
+        ledger.release(address, guest)
+        return [f"{address}: ownership by {guest} released (attach rolled back)"]
+    if kind == "detach" and owner is None:
+        ledger.claim(address, guest, config_kind=config_kind, config_path=config or None)
+        return [f"{address}: ownership by {guest} restored (detach rolled back)"]
+    return []
+
+
+# Where pcipass writes files (persist/, guests/, hooks, wrappers, guest modules):
+# swept for temporary files a killed write left, whatever operation wrote them.
+WRITTEN_DIRECTORIES = (
+    "/etc",
+    "/etc/modprobe.d",
+    "/etc/default",
+    "/etc/xen",
+    "/etc/xen/auto",
+    "/etc/libvirt/qemu",
+    "/etc/libvirt/libxl",
+    "/etc/libvirt/hooks",
+    "/etc/libvirt/hooks/qemu.d",
+    "/etc/libvirt/hooks/libxl.d",
+    "/etc/sysconfig/modules",
+    "/etc/modules-load.d",
+    "/etc/initramfs-tools",
+    "/usr/local/sbin",
+    "/var/lib/pcipass",
+)
+
+
+def remove_temp_files(host: Host, displays: Sequence[str]) -> list[str]:
+    """Temporary files a killed atomic write left next to the files it edits.
+
+    Only names pcipass makes (``.NAME.XXXX.pcipass-tmp``, regular files, not
+    links) are removed, and only under the state lock, when no other pcipass
+    that changes state is running.
+    """
+    report = []
+    directories = {os.path.dirname(d) for d in displays if valid_edit_path(d)}
+    directories.update(WRITTEN_DIRECTORIES)
+    inside = os.path.realpath(host.root.path("/"))
+    for display_dir in sorted(directories):
+        directory = host.root.path(display_dir)
+        real = os.path.realpath(directory)
+        if real != inside and not real.startswith(inside.rstrip("/") + "/"):
+            continue  # a directory link leading out of the root: not ours to clean
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in sorted(names):
+            path = directory / name
+            if (
+                name.startswith(".")
+                and name.endswith(TEMP_SUFFIX)
+                and path.is_file()
+                and not path.is_symlink()
+            ):
+                path.unlink()
+                report.append(f"{display_dir}/{name}: removed (left by an interrupted write)")
+    backups = host.root.state_dir / "backups"
+    if backups.is_dir():
+        for name in sorted(os.listdir(backups)):
+            if name.endswith(TEMP_SUFFIX):
+                (backups / name).unlink()
+    return report
+
+
+def _recover_one(host: Host, ledger: Ledger, op: OpenOperation) -> list[str]:
+    edits: list[FileEditRecord] = list(op.file_edits)
+    result = undo_operation(
+        host,
+        ledger,
+        op_id=op.id,
+        intent=op.intent,
+        undos=[dict(s.undo) for s in op.steps],
+        edits=edits,
+    )
+    report = [f"op {op.id} ({op.kind}): {line}" for line in result.undone]
+    report += [f"op {op.id} ({op.kind}): could not undo {line}" for line in result.failures]
+    files = [e.display_path for e in edits]
+    intent_files = op.intent.get("files")
+    if isinstance(intent_files, list):
+        files += [f for f in intent_files if isinstance(f, str)]
+    report += [f"op {op.id} ({op.kind}): {line}" for line in remove_temp_files(host, files)]
+    if result.failures:
+        return report
+    report += _undo_ownership(ledger, op.kind, op.intent)
+    ledger.abandon(op.id)
+    if op.kind.startswith("safe-"):
+        # Live hotplug is not undone behind the guest's back: say where it stands.
+        devices = ", ".join(str(d) for d in op.intent.get("devices", []) or [])
+        guest = op.intent.get("guest")
+        report.append(
+            f"op {op.id} ({op.kind}): interrupted; {devices or 'no devices'} stay "
+            f"reserved for {guest} but may be detached from it: see "
+            f"`xl pci-list {guest}`, then `pcipass attach --live BDF {guest}`"
+        )
+    else:
+        report.append(f"op {op.id} ({op.kind}): rolled back")
+    return report
+
+
+def recover(host: Host) -> list[str]:
+    """Undo every interrupted operation, newest first; stop at the first refused record."""
+    from pcipass import interrupt
+
+    report: list[str] = []
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        for op in sorted(ledger.open_operations(), key=lambda o: o.id, reverse=True):
+            # A signal while one operation is undone waits until it is consistent.
+            with interrupt.deferred():
+                report.extend(_recover_one(host, ledger, op))
+        report.extend(remove_temp_files(host, []))
+        # Owners marked "maybe in guest G" by a live hotplug whose outcome was lost:
+        # ask the toolstack and record the truth (ops/live.py).
+        from pcipass.ops.live import settle_uncertain
+
+        report.extend(settle_uncertain(host, ledger))
+    return report
+
+
+def rebuild_ledger(host: Host) -> list[str]:
+    """``recover --rebuild-ledger``: a new ledger from what the host shows.
+
+    The old database is kept as ``state.db.lost-N``.  Owners come from the
+    guest configurations (every single-function entry: one guest per device,
+    the first file found wins and a conflict is reported); hidden records from
+    the devices bound to a stub now and the ones the modprobe files hide at
+    boot.  The original driver of a device on a stub is not knowable: unhide
+    then lets the kernel choose (drivers_probe), as a reboot would.
+    """
+    from pcipass.errors import RefusedError
+    from pcipass.host.identity import current_identity
+    from pcipass.host.stubs import VFIO_DRIVER, XEN_DRIVER
+    from pcipass.ops.guests import scan_guests
+    from pcipass.ops.inventory import inventory
+    from pcipass.persist.modprobe import collect_modprobe_files, read_persistent_hides
+
+    report: list[str] = []
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock, rebuild=True) as ledger:
+        scan = scan_guests(host)
+        for guest_file in scan.guests:
+            for device in guest_file.config.devices():
+                if device.address is None:
+                    continue
+                try:
+                    ledger.claim(
+                        device.address,
+                        guest_file.guest_name,
+                        config_kind=str(guest_file.kind),
+                        config_path=guest_file.display,
+                    )
+                except RefusedError as error:
+                    report.append(f"{device.address}: {error.problem} ({guest_file.display})")
+                    continue
+                report.append(
+                    f"{device.address}: owned by {guest_file.guest_name} ({guest_file.display})"
+                )
+        report += [f"could not read: {p}" for p in scan.problems]
+        inv = inventory(host)
+        at_boot = read_persistent_hides(collect_modprobe_files(host.root)).hidden()
+        for info in inv.devices:
+            runtime = info.device.driver in (VFIO_DRIVER, XEN_DRIVER)  # what pcipass binds
+            boot = info.address in at_boot
+            if not runtime and not boot:
+                continue
+            how = "both" if runtime and boot else ("now" if runtime else "persist")
+            stub = (
+                info.device.driver if runtime else ("pciback" if host.is_xen_dom0 else "vfio-pci")
+            )
+            ledger.record_hidden(
+                info.address,
+                identity=current_identity(host, info.device),
+                stub_driver=str(stub),
+                original_driver=None if runtime else info.device.driver,
+                how=how,
+            )
+            report.append(f"{info.address}: hidden ({how}) on {stub}")
+    report.append("ledger rebuilt; the old database is kept as state.db.lost-N")
+    return report

@@ -1,0 +1,240 @@
+"""Kill or interrupt a pcipass command at every step, then check the invariant.
+
+Two harnesses, one list of *events* (the instants that matter for crash
+consistency):
+
+* ``lock<``     about to take (or wait for) the state lock
+* ``begin``     the journal intent was committed
+* ``write<``    a sysfs write is about to reach the (fake) kernel
+* ``write>``    the kernel acted on it, the journal does not know yet
+* ``step``      a sysfs step was journalled
+* ``edit``      a file edit was journalled (not yet written)
+* ``rename<``   a temporary file is complete, not yet renamed over its target
+* ``rename>``   renamed, directory not yet synced
+* ``finish<``   everything done, the intent not yet closed
+
+In-process (:class:`KillAt`): the event's hook raises :class:`SimulatedKill`,
+which nothing in pcipass catches (a rollback runs only for ``Exception``,
+``KeyboardInterrupt`` and ``SystemExit``): the code above the hook stops as a
+killed process would, and ``recover`` has to clean up.  Fast; used for every
+event of every command.
+
+In a real process (:func:`run_stopped`): ``python -m pcipass.testing.crash
+--stop-at N -- ARGS`` runs the CLI on a simulated root and stops itself
+(SIGSTOP) at event N; the test then sends SIGKILL (a true kill -9: no
+``finally`` runs, temporary files stay) or SIGINT/SIGTERM followed by SIGCONT
+(the signal is handled at the stopping point).  Reusable for attach,
+guard-install, anything the CLI runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EVENTS = ("lock<", "begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")
+
+
+class SimulatedKill(BaseException):
+    """Stands for kill -9: nothing in pcipass catches it."""
+
+
+@dataclass
+class EventCounter:
+    """Calls ``on_event(index, name)`` at every event; counts them."""
+
+    on_event: Callable[[int, str], None]
+    seen: list[str] = field(default_factory=list)
+
+    def __call__(self, name: str) -> None:
+        self.seen.append(name)
+        self.on_event(len(self.seen), name)
+
+
+@contextlib.contextmanager
+def hooked(counter: EventCounter) -> Iterator[None]:
+    """Install the event hooks process-wide (class attributes, ``os.replace``)."""
+    from pcipass.state import ledger as ledger_module
+    from pcipass.state.lock import StateLock
+    from pcipass.testing.fakehost import FakeKernel
+
+    originals: list[tuple[Any, str, Any]] = []
+
+    def patch(owner: Any, name: str, replacement: Any) -> None:
+        originals.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    kernel_write = FakeKernel.write
+    begin = ledger_module.Ledger.begin
+    step = ledger_module.OperationHandle.step
+    record_edit = ledger_module.OperationHandle.record_file_edit
+    finish = ledger_module.OperationHandle.finish
+    replace = os.replace
+    acquire = StateLock.acquire
+
+    def hooked_acquire(self: StateLock) -> None:
+        counter("lock<")
+        acquire(self)
+
+    def write(self: FakeKernel, path: Path, value: str) -> None:
+        counter("write<")
+        kernel_write(self, path, value)
+        counter("write>")
+
+    def hooked_begin(self: Any, kind: str, intent: Any) -> Any:
+        handle = begin(self, kind, intent)
+        counter("begin")
+        return handle
+
+    def hooked_step(self: Any, name: str, undo: Any) -> int:
+        seq = step(self, name, undo)
+        counter("step")
+        return seq
+
+    def hooked_edit(self: Any, *args: Any) -> Any:
+        record = record_edit(self, *args)
+        counter("edit")
+        return record
+
+    def hooked_finish(self: Any) -> None:
+        counter("finish<")
+        finish(self)
+
+    def hooked_replace(src: Any, dst: Any, **kwargs: Any) -> None:
+        counter("rename<")
+        replace(src, dst, **kwargs)
+        counter("rename>")
+
+    patch(FakeKernel, "write", write)
+    patch(ledger_module.Ledger, "begin", hooked_begin)
+    patch(ledger_module.OperationHandle, "step", hooked_step)
+    patch(ledger_module.OperationHandle, "record_file_edit", hooked_edit)
+    patch(ledger_module.OperationHandle, "finish", hooked_finish)
+    patch(os, "replace", hooked_replace)
+    patch(StateLock, "acquire", hooked_acquire)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(originals):
+            setattr(owner, name, value)
+
+
+class KillAt:
+    """``with KillAt(k): command()`` raises :class:`SimulatedKill` at event ``k``
+    (1-based); ``KillAt(0)`` only counts (``.seen`` after the block)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.counter = EventCounter(self._event)
+        self._stack = contextlib.ExitStack()
+
+    def _event(self, index: int, name: str) -> None:
+        if index == self.index:
+            raise SimulatedKill(f"killed at event {index} ({name})")
+
+    @property
+    def seen(self) -> list[str]:
+        return self.counter.seen
+
+    def __enter__(self) -> KillAt:
+        self._stack.enter_context(hooked(self.counter))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+# --- a real process ------------------------------------------------------------
+
+
+@dataclass
+class StoppedRun:
+    """A CLI run in a child process that stopped itself at an event (or finished)."""
+
+    pid: int
+    out: Path
+    err: Path
+    status: int | None = None  # the raw wait status once it exited
+
+    @property
+    def stopped(self) -> bool:
+        return self.status is None
+
+    def _wait(self) -> None:
+        _, status = os.waitpid(self.pid, os.WUNTRACED)
+        self.status = None if os.WIFSTOPPED(status) else status
+
+    def send(self, signum: int) -> int:
+        """Deliver ``signum`` (then SIGCONT) and wait for the exit; return the exit code.
+
+        A killed child returns ``-signum``.
+        """
+        os.kill(self.pid, signum)
+        if signum != signal.SIGKILL:
+            os.kill(self.pid, signal.SIGCONT)
+        while self.status is None:
+            self._wait()
+        return self.returncode
+
+    @property
+    def returncode(self) -> int:
+        assert self.status is not None
+        if os.WIFSIGNALED(self.status):
+            return -os.WTERMSIG(self.status)
+        return os.WEXITSTATUS(self.status)
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+
+def run_stopped(argv: Sequence[str], stop_at: int, *, workdir: Path) -> StoppedRun:
+    """Run ``pcipass ARGV`` in a child that SIGSTOPs itself at event ``stop_at``.
+
+    Returns once the child is stopped or has exited (``.stopped`` says which).
+    """
+    out = Path(tempfile.mkstemp(dir=workdir, prefix="out.")[1])
+    err = Path(tempfile.mkstemp(dir=workdir, prefix="err.")[1])
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pcipass.testing.crash", "--stop-at", str(stop_at), "--", *argv],
+            stdout=stdout,
+            stderr=stderr,
+        )
+    # The Popen object is dropped: the child is reaped with os.waitpid, which
+    # also reports the stop (WUNTRACED), without any timing.
+    run = StoppedRun(child.pid, out, err)
+    child.returncode = 0  # keep Popen's destructor from waiting on it
+    run._wait()
+    return run
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m pcipass.testing.crash --stop-at N -- ARGS``."""
+    if len(argv) < 3 or argv[0] != "--stop-at" or argv[2] != "--":
+        print("usage: python -m pcipass.testing.crash --stop-at N -- PCIPASS-ARGS", file=sys.stderr)
+        return 2
+    stop_at = int(argv[1])
+
+    def stop(index: int, name: str) -> None:
+        if index == stop_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    from pcipass.cli.main import main
+
+    with hooked(EventCounter(stop)):
+        return main(argv[3:])
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
