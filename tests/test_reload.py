@@ -15,6 +15,7 @@ import pytest
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.cli.main import main
+from pcipass.errors import OperationFailed
 from pcipass.host import binding
 from pcipass.ops.inventory import inventory
 from pcipass.ops.reload import plan_reload
@@ -266,3 +267,111 @@ def test_explain_module_in_use_names_the_uplink_and_the_safe_way(rhel5: Lab) -> 
     assert found.rule == "PP010"
     assert "0000:05:00.0" in found.cause and "default route" in found.cause
     assert "--now" in found.fix and "reboot" in found.fix
+
+
+# --- --reload-driver run (one transaction) ------------------------------------------
+
+RELOAD_SKIP = (
+    "var/lib/pcipass",
+    "proc/modules",
+    "sys/module",
+    "sys/bus/pci/drivers/pciback",
+    "sys/bus/pci/drivers/vfio-pci",
+)
+
+
+def _reload(lab: Lab) -> None:
+    from pcipass.ops.hide import hide
+
+    hide(lab.host, [NIC], Backend.PCIBACK, now=False, persist=True, reload_driver=True)
+
+
+def _no_open_intent(lab: Lab) -> bool:
+    from pcipass.state.ledger import Ledger
+
+    with Ledger.open(lab.host.root, readonly=True) as ledger:
+        return ledger.open_operations() == []
+
+
+def test_reload_driver_refused_on_the_document_host_changes_nothing(
+    rhel5: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(rhel5.base)
+    assert cli(rhel5, "hide", "--persist", "--reload-driver", "09:00.0") == 3
+    err = capsys.readouterr().err
+    assert "[PP001]" in err and "0000:05:00.0" in err and "default route" in err
+    assert snapshot(rhel5.base) == before
+    assert _no_open_intent(rhel5)
+
+
+def test_reload_driver_on_an_idle_sibling_reloads_and_every_function_ends_as_expected(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "hide", "--persist", "--reload-driver", "09:00.0") == 0
+    out = capsys.readouterr().out
+    assert "modprobe -r bnx2" in out
+    assert _drivers(idle, "0000:05:00.0", "0000:09:00.0", "0000:0a:04.0") == [
+        "bnx2",
+        "pciback",
+        "e1000",
+    ]
+    from pcipass.state.ledger import Ledger
+
+    with Ledger.open(idle.host.root, readonly=True) as ledger:
+        record = ledger.get_hidden(NIC)
+        assert record is not None and record.how == "both" and record.original_driver == "bnx2"
+        assert ledger.open_operations() == []
+    capsys.readouterr()
+    cli(idle, "--json", "check", "09:00.0")
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    assert not [f for f in findings if f["rule"] == "PP010"]
+
+
+def test_a_failed_load_mid_reload_rolls_back_everything(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(idle.base, skip=RELOAD_SKIP)
+    idle.kernel.fail_module("bnx2")  # the first load after the unload fails
+    with pytest.raises(OperationFailed) as failed:
+        _reload(idle)
+    assert failed.value.rolled_back and "bnx2" in failed.value.render()
+    assert snapshot(idle.base, skip=RELOAD_SKIP) == before
+    assert _no_open_intent(idle)
+    assert _drivers(idle, "0000:05:00.0", "0000:09:00.0") == ["bnx2", "bnx2"]
+
+
+def test_a_function_that_does_not_come_back_fails_verification_and_rolls_back(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(idle.base, skip=RELOAD_SKIP)
+    idle.kernel.probe_failures.add("0000:05:00.0")  # its probe fails at module load
+    with pytest.raises(OperationFailed) as failed:
+        _reload(idle)
+    assert "0000:05:00.0 is on no driver, expected bnx2" in failed.value.render()
+    assert failed.value.rolled_back
+    assert snapshot(idle.base, skip=RELOAD_SKIP) == before
+    assert _drivers(idle, "0000:05:00.0", "0000:09:00.0") == ["bnx2", "bnx2"]
+    assert _no_open_intent(idle)
+
+
+def test_vfio_reload_hands_both_vfs_to_vfio_pci_by_ids(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The vfio-pci form: ids= and a softdep, read when igbvf (and vfio-pci) load."""
+    assert (
+        cli(kvm, "hide", "--persist", "--reload-driver", "--backend", "vfio", "02:10.0", "02:10.4")
+        == 0
+    )
+    assert "modprobe -r igbvf" in capsys.readouterr().out
+    assert _drivers(kvm, "0000:02:10.0", "0000:02:10.4", "0000:02:00.0") == [
+        "vfio-pci",
+        "vfio-pci",
+        "igb",
+    ]
+
+
+def test_reload_driver_without_persist_alone_is_a_usage_error(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "hide", "--now", "--persist", "--reload-driver", "09:00.0") == 2
+    assert cli(idle, "hide", "--now", "--reload-driver", "09:00.0") == 2

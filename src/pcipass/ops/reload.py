@@ -281,3 +281,14 @@ def run_reload(
     txn.run(steps)
     verify_reload(host, {**plan.expected, **targets})
     return [s.describe for s in steps]
+
+
+def reload_devices(
+    todo: Sequence[PciAddress], targets: Sequence[PciAddress], plan: ReloadPlan | None
+) -> list[PciAddress]:
+    """The devices a transaction saves the state of: the per-device rebinds,
+    plus, for a reload, the targets and every function of the reloaded drivers."""
+    devices = list(todo)
+    if plan is not None and plan.unload:
+        devices += [a for a in [*targets, *plan.expected] if a not in devices]
+    return devices
