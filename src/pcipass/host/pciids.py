@@ -11,8 +11,12 @@ then ``\\t\\tsubvendor subdevice  subsystem_name``; classes follow ``C class``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pcipass.errors import OperationFailed
+from pcipass.host.confined import read_regular
 
 
 @dataclass
@@ -27,11 +31,21 @@ class PciIds:
     def load(cls, candidates: list[Path]) -> PciIds:
         for path in candidates:
             try:
-                data = path.read_bytes()
+                # Non-blocking and checked to be a regular file: a FIFO in a
+                # --root tree cannot hang pcipass.
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             except OSError as error:
                 return cls(None, str(path), f"cannot read {path}: {error.strerror}")
+            try:
+                data = read_regular(fd, str(path), 64 * 1024 * 1024)
+            except OperationFailed as error:
+                return cls(None, str(path), f"cannot read {path}: {error.problem}")
+            except OSError as error:
+                return cls(None, str(path), f"cannot read {path}: {error.strerror}")
+            finally:
+                os.close(fd)
             text = data.decode("utf-8", "replace")
             if "\n" not in text[:4096] and len(text) > 4096:
                 return cls(None, str(path), f"{path} does not look like pci.ids")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pcipass.backend import Backend
 from pcipass.compat import StrEnum
-from pcipass.errors import UsageError
+from pcipass.errors import PcipassError, UsageError
 from pcipass.host.root import HostRoot, safe_name
 from pcipass.host.stubs import (
     STUB_MODULES,
@@ -310,18 +310,20 @@ def _nothing_known(family: str, kernel: str | None, method: PersistMethod | None
     return method is PersistMethod.RHEL5 and family == "unknown" and kernel is None
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(root: HostRoot, path: Path) -> str | None:
+    """A file of the root for detection, resolved inside it; None when unreadable."""
     try:
-        return path.read_bytes().decode("utf-8", "replace")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        data = root.files.read_bytes(root.host_path(path))
+    except PcipassError:
         return None
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def _read_distribution(root: HostRoot, evidence: list[str]) -> tuple[str, str, str]:
     family, version, pretty = "unknown", "", ""
     os_release = None
     for candidate in ("/etc/os-release", "/usr/lib/os-release"):
-        os_release = _read_text(root.path(candidate))
+        os_release = _read_text(root, root.path(candidate))
         if os_release is not None:
             evidence.append(candidate)
             break
@@ -330,7 +332,7 @@ def _read_distribution(root: HostRoot, evidence: list[str]) -> tuple[str, str, s
         family = fields.get("ID", "unknown").lower() or "unknown"
         version = fields.get("VERSION_ID", "")
         pretty = fields.get("PRETTY_NAME", "")
-    redhat = _read_text(root.path("/etc/redhat-release"))
+    redhat = _read_text(root, root.path("/etc/redhat-release"))
     if redhat is not None:
         evidence.append("/etc/redhat-release")
         # RHEL 5 and 6 have no os-release; on later releases both agree.
@@ -379,7 +381,7 @@ def _kernel_release(root: HostRoot, release: str | None, evidence: list[str]) ->
     if release is not None:
         evidence.append("--kernel-release")
         return safe_name("kernel release", release.strip())
-    text = _read_text(root.path("/proc/sys/kernel/osrelease"))
+    text = _read_text(root, root.path("/proc/sys/kernel/osrelease"))
     if text is not None and text.strip():
         evidence.append("/proc/sys/kernel/osrelease")
         return safe_name("kernel release", text.strip())
@@ -407,10 +409,10 @@ def stub_states(
     moddir = root.lib_modules(release)
     if not moddir.is_dir():
         return unknown
-    builtin = _module_names(_read_text(moddir / "modules.builtin"))
+    builtin = _module_names(_read_text(root, moddir / "modules.builtin"))
     if builtin:
         evidence.append(f"/lib/modules/{release}/modules.builtin")
-    dep_text = _read_text(moddir / "modules.dep")
+    dep_text = _read_text(root, moddir / "modules.dep")
     if dep_text is not None:
         evidence.append(f"/lib/modules/{release}/modules.dep")
         modules = _module_names("\n".join(line.split(":", 1)[0] for line in dep_text.splitlines()))

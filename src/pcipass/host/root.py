@@ -8,12 +8,14 @@ values or names checked by :func:`safe_name`.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import UsageError
+from pcipass.host.confined import Confined, host_parts
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
@@ -34,10 +36,27 @@ class HostRoot:
         return cls(Path(prefix).resolve() if str(prefix) != "/" else Path("/"))
 
     def path(self, absolute: str) -> Path:
-        """Map an absolute host path (``/etc/modprobe.conf``) into the root."""
+        """Map an absolute host path (``/etc/modprobe.conf``) into the root.
+
+        A ``..`` that would climb above the root is refused (exit 2).  The
+        result names the file for messages and sysfs; configuration files are
+        opened through :attr:`files`, which resolves links inside the root.
+        """
         if not absolute.startswith("/"):
             raise ValueError(f"not absolute: {absolute}")
-        return self.prefix / absolute.lstrip("/")
+        parts = host_parts(absolute)
+        return self.prefix.joinpath(*parts) if parts else self.prefix
+
+    @property
+    def files(self) -> Confined:
+        """Reads and stats of files under the root that no link can lead out of it."""
+        return Confined(self.prefix)
+
+    def contains(self, path: Path) -> bool:
+        """Is ``path`` (absolute, lexically normalised) under the root?"""
+        text = os.path.normpath(str(path))
+        prefix = str(self.prefix)
+        return prefix in ("/", text) or text.startswith(prefix + "/")
 
     def host_path(self, path: Path | str) -> str:
         """The path as the host would name it (for messages and JSON)."""

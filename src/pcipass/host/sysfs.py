@@ -27,11 +27,22 @@ class KernelWriter(Protocol):
 
 
 class RealKernelWriter:
-    """Writes control files for real.  sysfs wants one write() per value."""
+    """Writes control files for real.  sysfs wants one write() per value.
+
+    Under ``--root DIR`` the "control file" is a file of that tree: it is
+    opened resolved inside the root (pcipass.host.confined), so a link
+    planted there cannot turn the write into one outside it.
+    """
+
+    def __init__(self, root: HostRoot | None = None) -> None:
+        self.root = root
 
     def write(self, path: Path, value: str) -> None:
         data = value.encode()
-        fd = os.open(path, os.O_WRONLY)
+        if self.root is None or self.root.is_real:
+            fd = os.open(path, os.O_WRONLY)
+        else:
+            fd = self.root.files.open_file(self.root.host_path(path), os.O_WRONLY, strict=True)
         try:
             written = os.write(fd, data)
             if written != len(data):
@@ -43,7 +54,7 @@ class RealKernelWriter:
 class Sysfs:
     def __init__(self, root: HostRoot, writer: KernelWriter | None = None) -> None:
         self.root = root
-        self.writer: KernelWriter = writer or RealKernelWriter()
+        self.writer: KernelWriter = writer or RealKernelWriter(root)
 
     # ---- reads -----------------------------------------------------------
     @staticmethod
@@ -51,9 +62,11 @@ class Sysfs:
         """The attribute's text without the trailing newline, or None if unreadable.
 
         Raw os.open/os.read: sysfs attributes are at most a page, and a text
-        file object costs twice as much per read (benchmarks/README.md)."""
+        file object costs twice as much per read (benchmarks/README.md).
+        O_NONBLOCK: a FIFO planted in a --root tree reads as empty instead of
+        hanging pcipass (kernfs and procfs files ignore the flag)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return None
         try:
@@ -67,10 +80,22 @@ class Sysfs:
     @staticmethod
     def read_bytes(path: Path, limit: int = 4096) -> bytes | None:
         try:
-            with open(path, "rb") as handle:
-                return handle.read(limit)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # see read_text
         except OSError:
             return None
+        try:
+            chunks = []
+            while limit > 0:
+                chunk = os.read(fd, limit)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                limit -= len(chunk)
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     @staticmethod
     def size(path: Path) -> int | None:

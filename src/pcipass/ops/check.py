@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.errors import PcipassError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.identity import current_identity, identity_mismatch
@@ -15,6 +16,7 @@ from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import HiddenRecord, Ledger
+from pcipass.state.lock import StateLock
 
 
 @dataclass
@@ -66,6 +68,37 @@ def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Findi
     return found, checked
 
 
+def _leftover_temp_files(host: Host, ledger: Ledger) -> list[Finding]:
+    """Temp files a killed pcipass left: removed when the state lock is free."""
+    from pcipass.ops.files import leftover_temp_files, remove_leftover_temp_files
+
+    if not leftover_temp_files(host, ledger):
+        return []
+    try:
+        with StateLock(host.root, timeout=0):
+            removed = remove_leftover_temp_files(host, ledger)
+    except PcipassError:
+        return [
+            Finding(
+                "PP010",
+                Severity.WARN,
+                path,
+                "leftover temporary file of an interrupted pcipass write",
+                "run pcipass recover as root",
+            )
+            for path in leftover_temp_files(host, ledger)
+        ]
+    return [
+        Finding(
+            "PP010",
+            Severity.INFO,
+            path,
+            "leftover temporary file of an interrupted pcipass write: removed",
+        )
+        for path in removed
+    ]
+
+
 def run_check(
     host: Host, addresses: Sequence[PciAddress], guests: Sequence[str] | None = None
 ) -> CheckReport:
@@ -79,6 +112,7 @@ def run_check(
         hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
         owned = {PciAddress.parse(o.address) for o in ledger.owners()}
         report.findings += _interrupted_operations(ledger)
+        report.findings += _leftover_temp_files(host, ledger)
     finally:
         ledger.close()
     if addresses:

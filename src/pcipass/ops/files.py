@@ -5,32 +5,99 @@ previous content is saved in the ledger's content-addressed backups, the
 edit is recorded against the running operation, then written atomically by
 persist/atomic.py.  :func:`undo_file_edits` restores a file only when it still
 holds what pcipass wrote (someone else's later change is never clobbered).
+:func:`remove_leftover_temp_files` clears the temp files a kill left behind.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from pcipass.errors import OperationFailed, PcipassError, RefusedError, UsageError
+from pcipass.host.confined import host_parts
 from pcipass.host.context import Host
-from pcipass.persist.atomic import FileEdit, apply_edit, digest, read_bytes
+from pcipass.persist.atomic import FileEdit, apply_edit, digest, is_temp_name, sweep_temp_files
 from pcipass.state.ledger import FileEditRecord, Ledger, OperationHandle
 
 
+class FilesNotRestored(OperationFailed):
+    """A write failed and putting back the files written before it failed too."""
+
+
 def apply_edits(ledger: Ledger, op: OperationHandle, edits: Sequence[FileEdit]) -> None:
-    for edit in edits:
-        if not edit.changes_anything:
-            continue
-        backup = ledger.save_backup(edit.before) if edit.before is not None else None
-        op.record_file_edit(edit.display, digest(edit.before), digest(edit.after), backup)
-        apply_edit(edit)
+    """Apply ``edits`` in order; if one fails, put back the ones already written.
+
+    So a handled failure (a full disk, an immutable file, a link out of the
+    root) leaves every file as it was and the caller may close its journal
+    entry; only when that undo fails too (:class:`FilesNotRestored`) is there
+    something left for ``recover``.
+    """
+    done: list[FileEdit] = []
+    try:
+        for edit in edits:
+            if not edit.changes_anything:
+                continue
+            backup = ledger.save_backup(edit.before) if edit.before is not None else None
+            op.record_file_edit(edit.display, digest(edit.before), digest(edit.after), backup)
+            apply_edit(edit)
+            done.append(edit)
+    except BaseException as failure:
+        for edit in reversed(done):
+            undo = FileEdit(edit.path, edit.display, edit.after, edit.before)
+            try:
+                apply_edit(undo, check_before=True)
+            except PcipassError as error:
+                raise FilesNotRestored(
+                    edit.display,
+                    f"could not be put back after a failed write ({error.problem})",
+                    "run pcipass recover",
+                ) from failure
+        raise
+
+
+def apply_file_operation(
+    ledger: Ledger, kind: str, intent: Mapping[str, object], edits: Sequence[FileEdit]
+) -> None:
+    """A journalled operation that only edits files: begin, apply, finish.
+
+    A handled failure closes the entry too (the files were put back), so it
+    is not reported as an interrupted operation afterwards.
+    """
+    op = ledger.begin(kind, intent)
+    try:
+        apply_edits(ledger, op, edits)
+    except FilesNotRestored:
+        raise  # left open: recover puts the files back
+    except PcipassError:
+        op.finish()
+        raise
+    op.finish()
+
+
+def _recorded_path_problem(display: str) -> str | None:
+    """Why a journal record's path cannot be acted on (the journal is data, not orders)."""
+    if not display.startswith("/") or "\0" in display:
+        return "not an absolute path"
+    try:
+        normal = "/" + "/".join(host_parts(display))
+    except UsageError:
+        return "a path that leaves the root"
+    return None if normal == display else "not a normalised path"
 
 
 def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord]) -> list[str]:
     report = []
     for record in sorted(records, key=lambda r: r.id, reverse=True):
+        problem = _recorded_path_problem(record.display_path)
+        if problem is not None:
+            report.append(f"file edit {record.id} {record.display_path!r}: {problem}; left alone")
+            continue
         path = host.root.path(record.display_path)
-        current = read_bytes(path)
+        try:
+            current = host.root.files.read_bytes(record.display_path)
+        except RefusedError as error:
+            report.append(f"{record.display_path}: {error.problem}; left alone")
+            continue
         current_sha = digest(current)
         if current_sha == record.before_sha:
             continue  # the write never happened
@@ -40,10 +107,65 @@ def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord
         before: bytes | None = None
         if record.before_sha != "absent":
             sha = record.backup_path or record.before_sha
-            before = ledger.load_backup(sha.rsplit("/", 1)[-1])
+            try:
+                before = ledger.load_backup(sha.rsplit("/", 1)[-1])
+            except ValueError:
+                report.append(f"{record.display_path}: backup reference invalid; left alone")
+                continue
             if hashlib.sha256(before).hexdigest() != record.before_sha:
                 report.append(f"{record.display_path}: backup damaged; left alone")
                 continue
-        apply_edit(FileEdit(path, record.display_path, current, before), check_before=True)
+        try:
+            apply_edit(FileEdit(path, record.display_path, current, before), check_before=True)
+        except RefusedError as error:  # e.g. it now lies behind a link out of the root
+            report.append(f"{record.display_path}: {error.problem}; left alone")
+            continue
         report.append(f"{record.display_path}: restored")
     return report
+
+
+#: Directories pcipass writes into (host paths); with the parents of every
+#: file the ledger recorded an edit of, where a kill may leave a temp file.
+WRITTEN_DIRS = (
+    "/etc",
+    "/etc/default",
+    "/etc/default/grub.d",
+    "/etc/modprobe.d",
+    "/etc/modules-load.d",
+    "/etc/sysconfig/modules",
+    "/etc/xen",
+    "/etc/xen/auto",
+    "/etc/libvirt/qemu",
+    "/etc/libvirt/libxl",
+    "/etc/libvirt/hooks",
+    "/etc/libvirt/hooks/qemu.d",
+    "/etc/libvirt/hooks/libxl.d",
+    "/usr/local/sbin",
+    "/var/lib/pcipass/backups",
+)
+
+
+def written_directories(ledger: Ledger) -> list[str]:
+    recorded = [r.display_path for r in ledger.file_edits()]
+    parents = {d.rsplit("/", 1)[0] or "/" for d in recorded if _recorded_path_problem(d) is None}
+    return sorted(set(WRITTEN_DIRS) | parents)
+
+
+def remove_leftover_temp_files(host: Host, ledger: Ledger) -> list[str]:
+    """Remove ``.NAME.XXXX.pcipass-tmp`` files a killed pcipass left; their host paths.
+
+    Only under the state lock: a running pcipass's temp file is not a leftover.
+    """
+    return sweep_temp_files(host.root.files, written_directories(ledger))
+
+
+def leftover_temp_files(host: Host, ledger: Ledger) -> list[str]:
+    """The leftover temp files, without removing them (no lock held)."""
+    found = []
+    for directory in written_directories(ledger):
+        found += [
+            f"{directory.rstrip('/')}/{name}"
+            for name in host.root.files.list_dir(directory)
+            if is_temp_name(name)
+        ]
+    return found

@@ -73,16 +73,15 @@ def guest_setup(host: Host, *, dry_run: bool = False) -> GuestSetupResult:
         return result
     edits = [e for e in plan.edits if e.changes_anything]
     if edits:
-        from pcipass.ops.files import apply_edits
+        from pcipass.ops.files import apply_file_operation
         from pcipass.state.ledger import Ledger
         from pcipass.state.lock import StateLock
 
         with StateLock(host.root):
             ledger = Ledger.open(host.root, clock=host.clock)
             try:
-                op = ledger.begin("guest-setup", {"files": [e.display for e in edits]})
-                apply_edits(ledger, op, edits)
-                op.finish()
+                intent = {"files": [e.display for e in edits]}
+                apply_file_operation(ledger, "guest-setup", intent, edits)
             finally:
                 ledger.close()
     if plan.load_argv and plan.running:

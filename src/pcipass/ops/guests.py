@@ -17,6 +17,8 @@ being checked.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from pcipass.errors import ConfigSyntaxError, GuestNotFoundError, PcipassError, 
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestKind
 from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
+from pcipass.host.confined import Confined, root_of
 from pcipass.host.context import Host
 from pcipass.host.root import safe_name
 
@@ -92,16 +95,16 @@ def parse_guest_file(path: Path, display: str, data: bytes) -> GuestConfig:
 
 
 def read_guest_file(path: Path, display: str) -> GuestFile:
-    try:
-        if path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ConfigSyntaxError(display, "larger than 4 MiB; not a guest configuration")
-        data = path.read_bytes()
-    except FileNotFoundError as error:
-        raise UsageError(display, "no such file") from error
-    except IsADirectoryError as error:
-        raise UsageError(display, "is a directory, not a guest configuration") from error
-    except PermissionError as error:
-        raise UsageError(display, "cannot be read (permission denied)") from error
+    # Resolved inside the root, FIFO- and size-safe (pcipass.host.confined).
+    files = Confined(root_of(path, display))
+    info = files.stat(display)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise UsageError(display, "is a directory, not a guest configuration")
+    if info is not None and info.st_size > _MAX_CONFIG_BYTES:
+        raise ConfigSyntaxError(display, "larger than 4 MiB; not a guest configuration")
+    data = files.read_bytes(display, limit=_MAX_CONFIG_BYTES, strict=True)
+    if data is None:
+        raise UsageError(display, "no such file")
     return GuestFile(parse_guest_file(path, display, data), path, display, data)
 
 
@@ -124,7 +127,16 @@ def config_path(host: Host, text: str) -> tuple[Path, str]:
     """
     if not text or "\x00" in text:
         raise UsageError("--config", "empty or invalid file name")
-    path = host.root.path(text) if text.startswith("/") else Path(text).absolute()
+    if text.startswith("/"):
+        path = host.root.path(text)  # a '..' leaving the root is refused there
+    else:
+        path = Path(os.path.normpath(Path(text).absolute()))
+        if not host.root.contains(path):
+            raise UsageError(
+                f"--config {text}",
+                f"is outside the root {host.root.prefix}",
+                "give the file as a host path under the root, e.g. /etc/xen/GUEST",
+            )
     return path, host.root.host_path(path)
 
 
@@ -142,7 +154,7 @@ def find_guest(host: Host, guest: str, config: str | None = None) -> GuestFile:
     looked = candidate_paths(host, guest)
     for display in looked:
         path = host.root.path(display)
-        if path.is_file():
+        if host.root.files.is_file(display) or host.root.files.is_link(display):
             return _check_name(read_guest_file(path, display), guest)
     raise GuestNotFoundError(guest, looked)
 
@@ -158,28 +170,28 @@ def _check_name(found: GuestFile, guest: str) -> GuestFile:
 
 
 def _xen_dir_entries(host: Host) -> list[Path]:
-    directory = host.root.path(XEN_DIR)
-    try:
-        entries = sorted(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
     result = []
-    for entry in entries:
-        name = entry.name
+    for name in host.root.files.list_dir(XEN_DIR):
+        entry = host.root.path(f"{XEN_DIR}/{name}")
         if name.startswith(".") or name in _XEN_NOT_GUESTS:
             continue
         if name.startswith(_XEN_NOT_GUEST_PREFIXES) or name.endswith(_XEN_NOT_GUEST_SUFFIXES):
             continue
-        if entry.is_file():  # scripts/, auto/ (links to guests listed here too)...
+        if host.root.files.is_file(
+            f"{XEN_DIR}/{name}"
+        ):  # scripts/, auto/ (links to guests listed here too)...
             result.append(entry)
     return result
 
 
 def _xml_entries(host: Host, absolute: str) -> list[Path]:
-    try:
-        return sorted(p for p in host.root.path(absolute).glob("*.xml") if p.is_file())
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
+    return [
+        host.root.path(f"{absolute}/{name}")
+        for name in host.root.files.list_dir(absolute)
+        if name.endswith(".xml")
+        and not name.startswith(".")
+        and host.root.files.is_file(f"{absolute}/{name}")
+    ]
 
 
 def scan_guests(host: Host, extra: GuestFile | None = None) -> GuestScan:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from pcipass.errors import UsageError
 from pcipass.host.context import Host
-from pcipass.persist.atomic import FileEdit, plan_edit, read_bytes
+from pcipass.persist.atomic import FileEdit, plan_edit
 
 MARKER = "# pcipass guard hook (rule PP003): installed by `pcipass guard --install`"
 LIBVIRT_HOOKS = ("qemu", "libxl")
@@ -87,11 +87,15 @@ def find_real_tool(host: Host, tool: str) -> str:
     """Where the real xl/xm is: Debian keeps the versioned binary in
     /usr/lib/xen-VERSION/bin (its /usr/sbin/xl is itself a small wrapper)."""
     for candidate in (WRAPPED[tool], f"/usr/lib/xen/bin/{tool}"):
-        if host.root.path(candidate).exists():
+        if host.root.files.exists(candidate):
             return candidate
-    versioned = sorted(host.root.path("/usr/lib").glob(f"xen-*/bin/{tool}"))
+    versioned = [
+        f"/usr/lib/{name}/bin/{tool}"
+        for name in host.root.files.list_dir("/usr/lib")
+        if name.startswith("xen-") and host.root.files.exists(f"/usr/lib/{name}/bin/{tool}")
+    ]
     if versioned:
-        return host.root.host_path(versioned[-1])
+        return versioned[-1]
     return WRAPPED[tool]
 
 
@@ -103,7 +107,7 @@ def plan_install(
     if libvirt:
         for name in LIBVIRT_HOOKS:
             target = f"/etc/libvirt/hooks/{name}"
-            current = read_bytes(host.root.path(target))
+            current = host.root.files.read_bytes(target)
             if current is not None and not _ours(current):
                 target = f"/etc/libvirt/hooks/{name}.d/pcipass"
                 plan.notes.append(
@@ -119,12 +123,12 @@ def plan_install(
             raise UsageError(f"--wrap {tool}", "pcipass wraps xl and xm only")
         real = real_paths.get(tool) or find_real_tool(host, tool)
         target = f"/usr/local/sbin/{tool}"
-        current = read_bytes(host.root.path(target))
+        current = host.root.files.read_bytes(target)
         if current is not None and not _ours(current):
             raise UsageError(
                 target, "exists and is not pcipass's wrapper; not replaced", "move it away first"
             )
-        if not host.root.path(real).exists():
+        if not host.root.files.exists(real):
             plan.notes.append(f"{real} not found: the wrapper will fail until {tool} is there")
         plan.edits.append(
             plan_edit(host.root.path(target), target, wrapper_text(tool, real).encode(), 0o755)
@@ -140,7 +144,7 @@ def plan_uninstall(host: Host) -> HookPlan:
     candidates += [f"/usr/local/sbin/{t}" for t in WRAPPED]
     for target in candidates:
         path = host.root.path(target)
-        if _ours(read_bytes(path)):
+        if _ours(host.root.files.read_bytes(target)):
             plan.edits.append(plan_edit(path, target, None))
     return plan
 
@@ -148,15 +152,15 @@ def plan_uninstall(host: Host) -> HookPlan:
 def apply_plan(host: Host, plan: HookPlan, kind: str) -> None:
     if not plan.edits:
         return
-    from pcipass.ops.files import apply_edits
+    from pcipass.ops.files import apply_file_operation
     from pcipass.state.ledger import Ledger
     from pcipass.state.lock import StateLock
 
     with StateLock(host.root):
         ledger = Ledger.open(host.root, clock=host.clock)
         try:
-            op = ledger.begin(kind, {"files": [e.display for e in plan.edits]})
-            apply_edits(ledger, op, plan.edits)
-            op.finish()
+            apply_file_operation(
+                ledger, kind, {"files": [e.display for e in plan.edits]}, plan.edits
+            )
         finally:
             ledger.close()

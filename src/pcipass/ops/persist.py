@@ -124,7 +124,7 @@ def _plan(
         return method, [_plan_cmdline(host, addresses, backend, platform, inv, add=add)], notes
     display = platform.modprobe_path(method)
     path = host.root.path(display)
-    current = path.read_bytes() if path.is_file() else None
+    current = host.root.files.read_bytes(display)
     if add:
         with Ledger.open(host.root, readonly=True) as ledger:
             devices = _devices(host, inv, addresses, ledger)
@@ -171,7 +171,7 @@ def _plan_cmdline(
 
     display = DEFAULT_GRUB_FILE
     path = host.root.path(display)
-    current = path.read_bytes() if path.is_file() else None
+    current = host.root.files.read_bytes(display)
     ids: list[str] = []
     if backend is Backend.VFIO:
         by = inv.by_address()

@@ -11,16 +11,12 @@ files pcipass left next to edited files removed.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from pcipass.host.context import Host
-from pcipass.ops.transaction import undo_operation, valid_edit_path
+from pcipass.ops.transaction import undo_operation
 from pcipass.state.ledger import FileEditRecord, Ledger, OpenOperation
 from pcipass.state.lock import StateLock
-
-# atomic_write's temporary names: ".NAME.XXXXXXXX.pcipass-tmp" in the file's directory.
-TEMP_SUFFIX = ".pcipass-tmp"
 
 
 def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> list[str]:
@@ -66,65 +62,6 @@ def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> 
     return []
 
 
-# Where pcipass writes files (persist/, guests/, hooks, wrappers, guest modules):
-# swept for temporary files a killed write left, whatever operation wrote them.
-WRITTEN_DIRECTORIES = (
-    "/etc",
-    "/etc/modprobe.d",
-    "/etc/default",
-    "/etc/xen",
-    "/etc/xen/auto",
-    "/etc/libvirt/qemu",
-    "/etc/libvirt/libxl",
-    "/etc/libvirt/hooks",
-    "/etc/libvirt/hooks/qemu.d",
-    "/etc/libvirt/hooks/libxl.d",
-    "/etc/sysconfig/modules",
-    "/etc/modules-load.d",
-    "/etc/initramfs-tools",
-    "/usr/local/sbin",
-    "/var/lib/pcipass",
-)
-
-
-def remove_temp_files(host: Host, displays: Sequence[str]) -> list[str]:
-    """Temporary files a killed atomic write left next to the files it edits.
-
-    Only names pcipass makes (``.NAME.XXXX.pcipass-tmp``, regular files, not
-    links) are removed, and only under the state lock, when no other pcipass
-    that changes state is running.
-    """
-    report = []
-    directories = {os.path.dirname(d) for d in displays if valid_edit_path(d)}
-    directories.update(WRITTEN_DIRECTORIES)
-    inside = os.path.realpath(host.root.path("/"))
-    for display_dir in sorted(directories):
-        directory = host.root.path(display_dir)
-        real = os.path.realpath(directory)
-        if real != inside and not real.startswith(inside.rstrip("/") + "/"):
-            continue  # a directory link leading out of the root: not ours to clean
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in sorted(names):
-            path = directory / name
-            if (
-                name.startswith(".")
-                and name.endswith(TEMP_SUFFIX)
-                and path.is_file()
-                and not path.is_symlink()
-            ):
-                path.unlink()
-                report.append(f"{display_dir}/{name}: removed (left by an interrupted write)")
-    backups = host.root.state_dir / "backups"
-    if backups.is_dir():
-        for name in sorted(os.listdir(backups)):
-            if name.endswith(TEMP_SUFFIX):
-                (backups / name).unlink()
-    return report
-
-
 def _recover_one(host: Host, ledger: Ledger, op: OpenOperation) -> list[str]:
     edits: list[FileEditRecord] = list(op.file_edits)
     result = undo_operation(
@@ -137,11 +74,6 @@ def _recover_one(host: Host, ledger: Ledger, op: OpenOperation) -> list[str]:
     )
     report = [f"op {op.id} ({op.kind}): {line}" for line in result.undone]
     report += [f"op {op.id} ({op.kind}): could not undo {line}" for line in result.failures]
-    files = [e.display_path for e in edits]
-    intent_files = op.intent.get("files")
-    if isinstance(intent_files, list):
-        files += [f for f in intent_files if isinstance(f, str)]
-    report += [f"op {op.id} ({op.kind}): {line}" for line in remove_temp_files(host, files)]
     if result.failures:
         return report
     report += _undo_ownership(ledger, op.kind, op.intent)
@@ -170,7 +102,14 @@ def recover(host: Host) -> list[str]:
             # A signal while one operation is undone waits until it is consistent.
             with interrupt.deferred():
                 report.extend(_recover_one(host, ledger, op))
-        report.extend(remove_temp_files(host, []))
+        # Temporary files a killed write left (.NAME.XXXX.pcipass-tmp), in every
+        # directory pcipass writes and next to every file the ledger recorded.
+        from pcipass.ops.files import remove_leftover_temp_files
+
+        report.extend(
+            f"{path}: removed (left by an interrupted write)"
+            for path in remove_leftover_temp_files(host, ledger)
+        )
         # Owners marked "maybe in guest G" by a live hotplug whose outcome was lost:
         # ask the toolstack and record the truth (ops/live.py).
         from pcipass.ops.live import settle_uncertain

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.address import PciAddress
-from pcipass.errors import OperationFailed, UsageError
+from pcipass.errors import OperationFailed, PcipassError, UsageError
 from pcipass.host.context import Host
 from pcipass.host.device import read_device
 from pcipass.host.rom import CODE_EFI, X64_RUNNABLE, RomContents, parse_rom, read_rom
-from pcipass.persist.atomic import atomic_write
+from pcipass.persist.atomic import write_file
 
 # Where a ROM file must never go: the kernel's own trees.
 FORBIDDEN_TREES = ("/sys", "/proc", "/dev")
@@ -128,12 +128,12 @@ def rom_report(host: Host, address: PciAddress, save: str | None = None) -> RomR
     if device.boot_vga:
         report.notes.append(BOOT_VGA_NOTE)
     if target is not None:
-        try:
-            atomic_write(target, data, 0o644)
-        except OSError as error:  # a parent that is a file, a read-only or full disk
+        try:  # resolved inside the root again by the one writer
+            write_file(host.root.files, host.root.host_path(target), data, 0o644)
+        except PcipassError as error:  # a parent that is a file, a read-only or full disk
             raise OperationFailed(
                 host.root.host_path(target),
-                f"cannot write the ROM: {error.strerror or error}",
+                f"cannot write the ROM: {error.problem}",
                 "choose another --save FILE; nothing was written",
             ) from error
         report.saved = host.root.host_path(target)

@@ -390,4 +390,9 @@ class Transaction:
             and not error.remedy.startswith("nothing")
         ):
             remedy += f"; {error.remedy}"
+        if isinstance(error, RefusedError):
+            # A refusal found half-way (a link out of the root, a rule checked at
+            # the write) stays a refusal (exit 3): everything was put back.
+            error.remedy = remedy
+            return error
         return OperationFailed(subject, problem, remedy, rolled_back=True)

@@ -152,10 +152,8 @@ def parse_kernel_cmdline(text: str, where: str = "/proc/cmdline") -> CmdlineHide
 
 def read_running(root: HostRoot) -> CmdlineHides:
     """What the running kernel was booted with (``/proc/cmdline``)."""
-    try:
-        text = root.path("/proc/cmdline").read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError:
-        text = ""
+    data = root.files.read_bytes("/proc/cmdline")  # FIFO-safe, inside the root
+    text = (data or b"").decode("utf-8", "replace")
     return parse_kernel_cmdline(text.strip(), "/proc/cmdline")
 
 
@@ -191,14 +189,13 @@ def grub_file_order(paths: Iterable[str]) -> list[str]:
 
 def collect_grub_files(root: HostRoot) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
-    main = root.path(DEFAULT_GRUB_FILE)
-    if main.is_file():
-        files[DEFAULT_GRUB_FILE] = main.read_bytes()
-    snippets = root.path(GRUB_D)
-    if snippets.is_dir():
-        for entry in sorted(snippets.iterdir()):
-            if entry.is_file() and entry.name.endswith(".cfg"):
-                files[f"{GRUB_D}/{entry.name}"] = entry.read_bytes()
+    confined = root.files  # links resolved inside the root
+    for path in [DEFAULT_GRUB_FILE] + [
+        f"{GRUB_D}/{name}" for name in confined.list_dir(GRUB_D) if name.endswith(".cfg")
+    ]:
+        data = confined.read_bytes(path) if confined.is_file(path) else None
+        if data is not None:
+            files[path] = data
     return files
 
 

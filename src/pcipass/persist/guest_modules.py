@@ -23,12 +23,13 @@ caller applies them and checks ``/proc/modules`` afterwards with
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 
 from pcipass.compat import StrEnum
 from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.root import HostRoot
-from pcipass.persist.atomic import FileEdit, plan_edit, read_bytes
+from pcipass.persist.atomic import FileEdit, plan_edit
 
 MODULE = "acpiphp"
 RHEL_MODULES_FILE = "/etc/sysconfig/modules/acpiphp.modules"
@@ -93,7 +94,7 @@ class GuestSetupPlan:
 
 def acpiphp_loaded(root: HostRoot) -> bool | None:
     """Is acpiphp in /proc/modules?  None when there is no /proc/modules (an image)."""
-    data = read_bytes(root.path("/proc/modules"))
+    data = root.files.read_bytes("/proc/modules")
     if data is None:
         return None
     return any(line.split(b" ", 1)[0] == MODULE.encode() for line in data.splitlines())
@@ -107,12 +108,12 @@ def acpiphp_builtin(root: HostRoot, release: str | None) -> bool | None:
     if release is None:
         return None
     known = False
-    builtin = read_bytes(root.lib_modules(release) / "modules.builtin")
+    builtin = root.files.read_bytes(root.host_path(root.lib_modules(release) / "modules.builtin"))
     if builtin is not None:
         known = True
         if any(_BUILTIN_PATH.search(line.strip()) for line in builtin.splitlines()):
             return True
-    config = read_bytes(root.path("/boot") / f"config-{release}")
+    config = root.files.read_bytes(root.host_path(root.path("/boot") / f"config-{release}"))
     if config is not None:
         known = True
         for line in config.splitlines():
@@ -126,14 +127,17 @@ def acpiphp_module_present(root: HostRoot, release: str | None) -> bool | None:
     if release is None:
         return None
     moddir = root.lib_modules(release)
-    dep = read_bytes(moddir / "modules.dep")
+    dep = root.files.read_bytes(root.host_path(moddir / "modules.dep"))
     if dep is not None:
         return any(
             _BUILTIN_PATH.search(line.split(b":", 1)[0].strip()) for line in dep.splitlines()
         )
-    if not moddir.is_dir():
+    # The directory as resolved inside the root (an image's absolute links
+    # stay in the image); rglob does not follow links below it.
+    real = root.files.real_dir(root.host_path(moddir))
+    if real is None:
         return None
-    return any(moddir.rglob("acpiphp.ko*"))
+    return any(real.rglob("acpiphp.ko*"))
 
 
 def uses_sysconfig_modules(platform: Platform) -> bool:
@@ -202,7 +206,7 @@ def _boot_edit(root: HostRoot, sysconfig: bool) -> FileEdit:
         path, content, mode = MODULES_LOAD_FILE, MODULES_LOAD_CONTENT, MODULES_LOAD_MODE
         matches = _listed_in_modules_load
     target = root.path(path)
-    before = read_bytes(target)
+    before = root.files.read_bytes(path)
     if before is None or not before.strip():
         after = content
     elif matches(before):
@@ -229,23 +233,26 @@ def _listed_in_modules_load(data: bytes) -> bool:
 def _configured_at_boot(root: HostRoot, sysconfig: bool) -> str | None:
     """An existing file that already loads acpiphp at every boot (and would run)."""
     if sysconfig:
-        directory = root.path("/etc/sysconfig/modules")
-        if directory.is_dir():
-            for entry in sorted(directory.glob("*.modules")):
-                # rc.sysinit runs only the executable ones ([ -x $file ] && $file).
-                data = read_bytes(entry)
-                if data is not None and _loads_in_script(data) and entry.stat().st_mode & 0o111:
-                    return f"/etc/sysconfig/modules/{entry.name}"
+        for name in root.files.list_dir("/etc/sysconfig/modules"):
+            if not name.endswith(".modules"):
+                continue
+            entry = f"/etc/sysconfig/modules/{name}"
+            # rc.sysinit runs only the executable ones ([ -x $file ] && $file).
+            info = root.files.stat(entry)
+            if info is None or not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o111:
+                continue
+            data = root.files.read_bytes(entry)
+            if data is not None and _loads_in_script(data):
+                return entry
         return None
     for load_dir in _MODULES_LOAD_DIRS:
-        base = root.path(load_dir)
-        if not base.is_dir():
-            continue
-        for conf in sorted(base.glob("*.conf")):
-            text = read_bytes(conf)
+        for name in root.files.list_dir(load_dir):
+            if not name.endswith(".conf") or not root.files.is_file(f"{load_dir}/{name}"):
+                continue
+            text = root.files.read_bytes(f"{load_dir}/{name}")
             if text is not None and _listed_in_modules_load(text):
-                return f"{load_dir}/{conf.name}"
-    debian = read_bytes(root.path("/etc/modules"))
+                return f"{load_dir}/{name}"
+    debian = root.files.read_bytes("/etc/modules")
     if debian is not None and _listed_in_modules_load(debian):
         return "/etc/modules"
     return None

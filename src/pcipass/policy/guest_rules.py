@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pcipass.address import PciAddress
+from pcipass.errors import PcipassError
 from pcipass.guests.model import GuestConfig, GuestOs, VirtMode
 from pcipass.host.context import Host
 from pcipass.host.platform import Platform
@@ -352,14 +353,22 @@ def shutdown_save_findings(host: Host, guest: str) -> list[Finding]:
     return _xendomains_findings(host, guest) + _libvirt_guests_findings(host, guest)
 
 
+def _read_text(host: Host, absolute: str) -> str | None:
+    """A file of the root, resolved inside it; None when absent or unreadable."""
+    try:
+        data = host.root.files.read_bytes(absolute)
+    except PcipassError:
+        return None
+    return None if data is None else data.decode("utf-8", "replace")
+
+
 def _libvirt_guests_findings(host: Host, guest: str) -> list[Finding]:
     """libvirt-guests suspends (managed-saves) running guests at host shutdown
     unless ``ON_SHUTDOWN=shutdown``; its default is ``suspend`` (the
     libvirt-guests service's documented default)."""
     for absolute in LIBVIRT_GUESTS_FILES:
-        try:
-            text = host.root.path(absolute).read_text(errors="replace")
-        except OSError:
+        text = _read_text(host, absolute)
+        if text is None:
             continue
         matches = list(_ON_SHUTDOWN.finditer(text))
         value = matches[-1].group("value").strip().strip("'\"").strip() if matches else ""
@@ -384,9 +393,8 @@ def _xendomains_findings(host: Host, guest: str) -> list[Finding]:
     restores it at boot, which is the save/restore the document rules out
     (and ``xl save`` of a guest holding a device does not refuse: it exits 0)."""
     for absolute in XENDOMAINS_FILES:
-        try:
-            text = host.root.path(absolute).read_text(errors="replace")
-        except OSError:
+        text = _read_text(host, absolute)
+        if text is None:
             continue
         matches = list(_XENDOMAINS_SAVE.finditer(text))
         if not matches:

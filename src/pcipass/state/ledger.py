@@ -42,7 +42,7 @@ from typing import Any
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
 from pcipass.host.root import HostRoot
-from pcipass.persist.atomic import atomic_write, read_bytes
+from pcipass.persist.atomic import write_file
 from pcipass.state.records import (
     EDIT_SELECT,
     HIDDEN_SELECT,
@@ -154,8 +154,8 @@ class Ledger:
         A read-only open never creates anything: on a root without a database
         it gives an empty view (an in-memory database with the schema).
         """
-        path = root.state_dir / DB_NAME
-        display = root.host_path(path)
+        display = root.host_path(root.state_dir / DB_NAME)
+        path = _confined_db_path(root, display, create=not readonly)
         if readonly:
             conn = cls._connect_readonly(path, display)
         else:
@@ -635,23 +635,16 @@ class Ledger:
         if self.readonly:
             raise OperationFailed(self.display, "the ledger was opened read-only")
         sha = hashlib.sha256(data).hexdigest()
-        path = self.backup_path(sha)
-        if read_bytes(path) == data:
+        display = self.root.host_path(self.backup_path(sha))
+        if self.root.files.read_bytes(display) == data:
             return sha
-        try:
-            atomic_write(path, data, 0o600)
-        except PermissionError as exc:
-            raise permission_error(self.root.host_path(path), "write a backup") from exc
+        write_file(self.root.files, display, data, 0o600)
         return sha
 
     def load_backup(self, sha: str) -> bytes:
         """The bytes saved under ``sha``, checked against it."""
-        path = self.backup_path(sha)
-        display = self.root.host_path(path)
-        try:
-            data = read_bytes(path)
-        except PermissionError as exc:
-            raise permission_error(display, "read a backup") from exc
+        display = self.root.host_path(self.backup_path(sha))
+        data = self.root.files.read_bytes(display)
         if data is None:
             raise NotFoundError(display, "no such backup", "it may have been deleted by hand")
         if hashlib.sha256(data).hexdigest() != sha:
@@ -659,6 +652,33 @@ class Ledger:
                 display, "backup is corrupt (its content does not match its sha256)"
             )
         return data
+
+
+def _confined_db_path(root: HostRoot, display: str, *, create: bool) -> Path:
+    """The database path with the state directory resolved inside the root.
+
+    SQLite opens by name, so the directory is resolved first with the
+    confined walk (a link out of the root is refused) and SQLite is given
+    where it really is; the database and its companion files must not be
+    links themselves.
+    """
+    state_dir = root.host_path(root.state_dir)
+    try:
+        real = root.files.real_dir(state_dir, create=create)
+    except OperationFailed as exc:
+        if "permission denied" in exc.problem or "not permitted" in exc.problem:
+            raise permission_error(display, "create the state directory") from exc
+        raise
+    if real is None:
+        return root.state_dir / DB_NAME
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        if (real / (DB_NAME + suffix)).is_symlink():
+            raise RefusedError(
+                display + suffix,
+                "is a symbolic link; pcipass opens its state files only as plain files",
+                "remove the link",
+            )
+    return real / DB_NAME
 
 
 class OperationHandle:

@@ -89,9 +89,12 @@ class StateLock:
 
     def _open(self, display: str) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except PermissionError as exc:
+            # Resolved inside the root: a lock file or state directory that is a
+            # link out of it is refused (pcipass.host.confined).
+            return self.root.files.open_file(display, os.O_RDWR | os.O_CREAT, 0o600)
+        except OperationFailed as exc:
+            if "permission denied" not in exc.problem:
+                raise
             raise OperationFailed(
                 display,
                 "permission denied: cannot open the state lock",

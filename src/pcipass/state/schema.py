@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Final
 
 from pcipass.errors import NotFoundError, OperationFailed
-from pcipass.persist.atomic import atomic_write
 
 SCHEMA_VERSION: Final = 1
 DB_NAME: Final = "state.db"
@@ -149,14 +148,24 @@ def used_before(path: Path) -> bool:
 
 
 def mark_used(path: Path) -> None:
+    # ``path`` is already resolved inside the root (ledger._confined_db_path):
+    # the marker is created there, never through a link, and only once.
     marker = path.parent / USED_MARKER
-    if not marker.exists():
-        atomic_write(
-            marker,
+    if marker.exists():
+        return
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return
+    try:
+        os.write(
+            fd,
             b"pcipass keeps its state in state.db; if state.db is ever found empty, "
             b"its records were lost (pcipass recover --rebuild-ledger)\n",
-            0o644,
         )
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def set_aside(path: Path) -> None:
@@ -287,7 +296,7 @@ def _not_ours(display: str, why: str) -> OperationFailed:
 
 def open_error(display: str, exc: sqlite3.Error) -> OperationFailed:
     text = str(exc)
-    if "disk is full" in text or "disk I/O error" in text or "readonly database" in text:
+    if "full" in text or "disk I/O error" in text or "readonly" in text or "read-only" in text:
         # A full or read-only disk is not a damaged ledger: never advise
         # throwing the records (hidden devices, owners) away for it.
         return OperationFailed(
@@ -296,6 +305,10 @@ def open_error(display: str, exc: sqlite3.Error) -> OperationFailed:
             "free space on (or remount read-write) the filesystem of /var/lib/pcipass, "
             "then run the command again; the ledger itself is intact",
         )
+    if "malformed" not in text and "not a database" not in text:
+        # Only a damaged file is worth moving aside; anything else (busy, locked,
+        # an I/O error) leaves the ledger intact.
+        return OperationFailed(display, f"the state database cannot be used: {text}")
     return OperationFailed(
         display,
         f"the state database cannot be read: {exc}",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.host.platform import (
@@ -161,29 +160,19 @@ def kmod_file_order(paths: Iterable[str]) -> tuple[list[str], list[str]]:
 def collect_modprobe_files(root: HostRoot) -> dict[str, bytes]:
     """Every modprobe configuration file of a host, keyed by its host path.
 
-    Under a ``--root`` image an absolute symlink (``/lib -> /usr/lib``) would
-    lead out of the image; such files are read only if they resolve inside it.
+    Links are resolved inside the root as a chroot would (``/lib -> /usr/lib``
+    of an image stays in the image); nothing is read outside it.
     """
     files: dict[str, bytes] = {}
-    inside = root.prefix.resolve()
-
-    def readable(path: Path) -> bool:
-        try:
-            resolved = path.resolve()
-        except OSError:
-            return False
-        return resolved.is_file() and (root.is_real or resolved.is_relative_to(inside))
-
-    conf = root.path(RHEL5_MODPROBE_FILE)
-    if readable(conf):
-        files[RHEL5_MODPROBE_FILE] = conf.read_bytes()
-    for directory in MODPROBE_DIRS:
-        base = root.path(directory)
-        if not base.is_dir():
-            continue
-        for entry in sorted(base.iterdir()):
-            if readable(entry):
-                files[f"{directory}/{entry.name}"] = entry.read_bytes()
+    confined = root.files
+    for path in [RHEL5_MODPROBE_FILE] + [
+        f"{directory}/{name}"
+        for directory in MODPROBE_DIRS
+        for name in confined.list_dir(directory)
+    ]:
+        data = confined.read_bytes(path) if confined.is_file(path) else None
+        if data is not None:
+            files[path] = data
     return files
 
 
