@@ -335,16 +335,31 @@ def test_pp006_kvm_without_iommu_groups_is_refused_and_quiet_with_them(kvm: Lab)
 # --- xl and live hotplug ------------------------------------------------------------
 
 
-def test_xl_attach_sets_passthrough_enabled_and_detach_keeps_it(rhel5: Lab) -> None:
+def test_xl_attach_sets_passthrough_enabled_and_the_last_detach_removes_it(rhel5: Lab) -> None:
     hidden_nic(rhel5)
     rhel5.fake.write_file("/etc/xen/win7.cfg", XL_HVM)
     answer_xl_info(rhel5, "hvm hvm_directio")
     attach(rhel5.host, NIC, "win7")
     text = read(rhel5, "/etc/xen/win7.cfg").decode()
-    assert text == XL_HVM + 'pci = [ "0000:09:00.0" ]\npassthrough = "enabled"\n'
+    assert text == XL_HVM + (
+        'pci = [ "0000:09:00.0" ]\n'
+        'passthrough = "enabled"  # added by pcipass attach; its last detach removes it\n'
+    )
     detach(rhel5.host, NIC, "win7")
-    # passthrough stays: the domain can take a device again after save/restore.
-    assert read(rhel5, "/etc/xen/win7.cfg").decode() == XL_HVM + 'passthrough = "enabled"\n'
+    # pcipass added it, so attach + detach gives the file back byte for byte.
+    assert read(rhel5, "/etc/xen/win7.cfg").decode() == XL_HVM
+
+
+@pytest.mark.parametrize(
+    "own", ['passthrough = "enabled"\n', "passthrough='enabled' # mine, keep it\n"]
+)
+def test_xl_detach_keeps_a_passthrough_the_administrator_wrote(rhel5: Lab, own: str) -> None:
+    hidden_nic(rhel5)
+    rhel5.fake.write_file("/etc/xen/win7.cfg", XL_HVM + own)
+    answer_xl_info(rhel5, "hvm hvm_directio")
+    attach(rhel5.host, NIC, "win7")
+    detach(rhel5.host, NIC, "win7")
+    assert read(rhel5, "/etc/xen/win7.cfg").decode() == XL_HVM + own
 
 
 def test_live_xl_attach_warns_plainly_when_xen_will_refuse(rhel5: Lab) -> None:
@@ -356,9 +371,16 @@ def test_live_xl_attach_warns_plainly_when_xen_will_refuse(rhel5: Lab) -> None:
     assert any(XC_ASSIGN_REFUSAL in n and "passthrough" in n for n in result.notes)
     detach(rhel5.host, NIC, "win7", live=True)
     assert ("xl", "pci-detach", "win7", "0000:09:00.0") in rhel5.runner.calls
-    # Now the file has passthrough="enabled": no warning any more.
+    # The last detach took pcipass's passthrough line away with the device:
+    # the file is as it was, so the next live attach warns again.
+    assert read(rhel5, "/etc/xen/win7.cfg").decode() == XL_HVM
     again = attach(rhel5.host, NIC, "win7", live=True)
-    assert not any(XC_ASSIGN_REFUSAL in n for n in again.notes)
+    assert any(XC_ASSIGN_REFUSAL in n for n in again.notes)
+    # With passthrough written by the administrator: no warning.
+    detach(rhel5.host, NIC, "win7", live=True)
+    rhel5.fake.write_file("/etc/xen/win7.cfg", XL_HVM + 'passthrough = "enabled"\n')
+    third = attach(rhel5.host, NIC, "win7", live=True)
+    assert not any(XC_ASSIGN_REFUSAL in n for n in third.notes)
 
 
 def test_live_xm_uses_xm_pci_attach(rhel5: Lab) -> None:

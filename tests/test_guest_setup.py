@@ -110,3 +110,18 @@ def test_dry_run_shows_the_file_and_writes_nothing(
     assert main(["--root", str(base), "guest-setup", "--dry-run"]) == 0
     assert "+modprobe acpiphp" in capsys.readouterr().out
     assert not (base / "etc/sysconfig").exists()
+
+
+def test_root_image_with_a_proc_tree_is_prepared_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copied guest tree has /proc/modules too; --root never loads a module
+    # (it would go into this machine's kernel), and the image is done.
+    base = rhel5_guest(tmp_path / "copied", running=True)
+    assert main(["--root", str(base), "guest-setup"]) == 0
+    captured = capsys.readouterr()
+    assert "is not the running system: nothing is loaded now" in captured.out
+    assert "--persist" not in captured.out + captured.err
+    script = base / "etc/sysconfig/modules/acpiphp.modules"
+    assert script.read_text() == "modprobe acpiphp\n"
+    assert "acpiphp" not in (base / "proc/modules").read_text()

@@ -97,7 +97,7 @@ def test_dry_run_shows_the_hook_and_writes_nothing(
         (["save", "-c", "rhel5pv", "/tmp/x.save"], True),
         (["migrate", "-s", "fakessh", "rhel5pv", "otherhost"], True),
         (["save", "otherguest", "/tmp/x.save"], False),
-        (["list"], False),
+        (["info"], False),
     ],
 )
 def test_xl_wrapper_guards_save_and_migrate(
@@ -105,7 +105,8 @@ def test_xl_wrapper_guards_save_and_migrate(
 ) -> None:
     record = tmp_path / "called"
     real = tmp_path / "real-xl"
-    real.write_text(f'#!/bin/sh\necho "$@" > {record}\n')
+    # `xl list` is the wrapper's own question (domain ids); not recorded.
+    real.write_text(f'#!/bin/sh\n[ "$1" = list ] && exit 0\necho "$@" > {record}\n')
     real.chmod(0o755)
     wrapper = tmp_path / "xl"
     wrapper.write_text(wrapper_text("xl", str(real)))

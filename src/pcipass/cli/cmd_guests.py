@@ -50,6 +50,14 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="OS",
             help="the guest's OS when its configuration does not say (rhel5.4, rhel6, ...)",
         )
+        parser.add_argument(
+            "--trust-unreadable",
+            metavar="FILE",
+            action="append",
+            default=[],
+            help="an xm file whose pci is computed by code pcipass does not run, which you "
+            "know does not hold this device (PP101 fails closed otherwise); repeatable",
+        )
     if name == "guests":
         parser.add_argument("names", nargs="*", metavar="GUEST", help="only these guests")
         parser.add_argument(
@@ -73,6 +81,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="run as /etc/libvirt/hooks/qemu: arguments GUEST OPERATION SUB-OPERATION "
             "EXTRA, domain XML on stdin",
+        )
+        parser.add_argument(
+            "--wrapped",
+            metavar="TOOL",
+            choices=["xl", "xm"],
+            help="run from the xl/xm wrapper: the arguments are TOOL's whole command line "
+            "(after --), the output of `TOOL list` on stdin",
         )
 
 
@@ -130,6 +145,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             guest_os=guest_os,
             dry_run=args.dry_run,
             live=args.live,
+            trust_unreadable=args.trust_unreadable,
         )
     else:
         result = detach(
@@ -179,12 +195,18 @@ def _plain_qemu(
 
 def _guard(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json
-    from pcipass.ops.guard import OPERATIONS, guard, guard_libvirt_hook
+    from pcipass.ops.guard import OPERATIONS, guard, guard_libvirt_hook, guard_wrapped
 
     if args.libvirt_hook:
         # libvirt reads a restore hook's stdout as a new domain XML: print
         # nothing there; refusals go to stderr through the CLI's error path.
         guard_libvirt_hook(host, list(args.words), sys.stdin.buffer.read())
+        return 0
+    if args.wrapped:
+        # The wrapper runs the real program when this exits 0; print nothing
+        # on stdout, which belongs to the program's own output.
+        listing = "" if sys.stdin.isatty() else sys.stdin.read()
+        guard_wrapped(host, args.wrapped, list(args.words), listing)
         return 0
     if len(args.words) != 2 or args.words[0] not in OPERATIONS:
         raise UsageError(

@@ -168,6 +168,11 @@ class LibvirtDomain:
     def notes(self) -> tuple[str, ...]:
         return tuple(self._notes)
 
+    @property
+    def devices_unknown(self) -> str | None:
+        """A domain XML is data: every device it holds is in <hostdev>."""
+        return None
+
     def devices(self) -> list[AssignedDevice]:
         return [device for device, _ in self._hostdevs]
 

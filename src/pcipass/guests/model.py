@@ -183,7 +183,15 @@ class GuestConfig(Protocol):
         """Things pcipass noticed but tolerated (shown as warnings)."""
         ...
 
-    def devices(self) -> list[AssignedDevice]: ...
+    def devices(self) -> list[AssignedDevice]:
+        """The devices the configuration lists literally."""
+        ...
+
+    @property
+    def devices_unknown(self) -> str | None:
+        """Why the configuration may hold more than :meth:`devices` says (xm
+        code that computes ``pci``), with the line; None when it cannot."""
+        ...
 
     def with_device_added(
         self, address: PciAddress, options: Mapping[str, str] | None = None

@@ -32,7 +32,14 @@ from pcipass.host.context import Host
 from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.ops.files import apply_edits, undo_file_edits
-from pcipass.ops.guests import GuestFile, GuestScan, find_guest, same_guest, scan_guests
+from pcipass.ops.guests import (
+    GuestFile,
+    GuestScan,
+    find_guest,
+    same_guest,
+    scan_guests,
+    unreadable_findings,
+)
 from pcipass.ops.live import owned_hotplug
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.policy import guest_rules
@@ -152,7 +159,7 @@ def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
         # xl.cfg(5) passthrough="enabled": the domain is built able to take a
         # device later, so detach -> save/restore -> attach works (checked on Xen 4.17 in the lab).
         edited = parse_xen_config(after, guest_file.display, GuestKind.XL)
-        after = edited.with_setting("passthrough", "enabled")
+        after = edited.with_passthrough_enabled()  # marked: the last detach removes it
     return after
 
 
@@ -210,6 +217,7 @@ class GuestContext:
         ]
         listed_by += [entry for entry in listed_elsewhere if entry[0] != guest]
         findings = guest_rules.exclusive_findings(address, guest, ledger_owner, listed_by)
+        findings += unreadable_findings(self.scan, address, guest_file)
         pv_dma = guest_rules.pv_dma_finding(address, cfg)
         if pv_dma is not None:
             findings.append(pv_dma)
@@ -319,14 +327,20 @@ def attach(
     guest_os: GuestOs | None = None,
     dry_run: bool = False,
     live: bool = False,
+    trust_unreadable: Sequence[str] = (),
 ) -> AttachResult:
-    """Assign ``address`` to ``guest`` in its configuration (and live)."""
+    """Assign ``address`` to ``guest`` in its configuration (and live).
+
+    ``trust_unreadable`` names xm files whose devices pcipass cannot read
+    that the administrator says do not hold ``address`` (PP101)."""
     guest_file = find_guest(host, guest, config)
     result = AttachResult(
         "attach", str(address), guest, guest_file.display, str(guest_file.kind), dry_run=dry_run
     )
     result.notes += [f"{guest_file.display}: {n}" for n in guest_file.config.notes]
-    scan = scan_guests(host, extra=guest_file if config is not None else None)
+    scan = scan_guests(
+        host, extra=guest_file if config is not None else None, trust_unreadable=trust_unreadable
+    )
     result.notes += [f"not checked for PP101: {p}" for p in scan.problems]
     owner, stub = _ownership(host, address)
     if not _device_exists(host, address) and stub is None:

@@ -22,14 +22,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pcipass.errors import GuestNotFoundError, UsageError
+from pcipass.errors import (
+    ConfigSyntaxError,
+    GuestNotFoundError,
+    PcipassError,
+    UsageError,
+)
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestOs
+from pcipass.guests.names import check_guest_name
+from pcipass.guests.xen_argv import domain_names, identify
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.host.root import safe_name
 from pcipass.ops.attach import GuestContext
-from pcipass.ops.guests import GuestFile, find_guest
+from pcipass.ops.guests import (
+    GuestFile,
+    config_path,
+    find_guest,
+    read_guest_file,
+    scan_guests,
+)
 from pcipass.policy import guest_rules
 from pcipass.policy.guest_rules import save_restore_findings
 from pcipass.policy.verdict import Finding, Severity, refusal_error
@@ -75,7 +87,11 @@ def _owned(host: Host, guest: str) -> list[str]:
 
 
 def _listed(config: GuestConfig) -> list[str]:
-    return [str(d.address) if d.address is not None else d.spec_text for d in config.devices()]
+    listed = [str(d.address) if d.address is not None else d.spec_text for d in config.devices()]
+    if config.devices_unknown is not None:
+        # Fail closed: code pcipass cannot read may give the guest a device.
+        listed.append(f"unknown ({config.display} {config.devices_unknown})")
+    return listed
 
 
 def guard(
@@ -85,6 +101,7 @@ def guard(
     *,
     config: str | None = None,
     domain_xml: bytes | None = None,
+    toolstack: str | None = None,
 ) -> GuardResult:
     """Allow ``operation`` on ``guest`` or raise :class:`RefusedError` (PP003).
 
@@ -95,7 +112,7 @@ def guard(
         raise UsageError(
             f"guard {operation!r}", f"unknown operation; expected one of {', '.join(OPERATIONS)}"
         )
-    safe_name("guest", guest)
+    check_guest_name(guest, toolstack)
     result = GuardResult(guest, operation, allowed=True)
     listed: list[str] = []
     sources: list[str] = []  # where the listed devices were found, for the message
@@ -139,6 +156,9 @@ def guard_libvirt_hook(host: Host, words: list[str], stdin: bytes) -> GuardResul
     OPERATION SUB-OPERATION EXTRA), ``stdin`` the domain XML.
 
     Returns None for operations the guard does not judge (exit 0, silent).
+    The name is taken as libvirt gives it (any name libvirt accepts); a
+    domain XML pcipass cannot read is not a reason to block: the guest's
+    configuration, the ledger and a running QEMU are asked instead.
     """
     if len(words) < 2:
         raise UsageError(
@@ -151,7 +171,15 @@ def guard_libvirt_hook(host: Host, words: list[str], stdin: bytes) -> GuardResul
         return None
     if operation == "migrate" and len(words) > 2 and words[2] != "begin":
         return None
-    return guard(host, guest, operation, domain_xml=stdin if stdin.strip() else None)
+    xml = stdin if stdin.strip() else None
+    if xml is not None:
+        try:
+            parse_domain_xml(xml, STDIN_DISPLAY)
+        except ConfigSyntaxError as error:
+            result = guard(host, guest, operation, toolstack="libvirt")
+            result.notes.append(f"{error.render()}; its configuration was read instead")
+            return result
+    return guard(host, guest, operation, domain_xml=xml, toolstack="libvirt")
 
 
 @dataclass
@@ -196,6 +224,18 @@ def check_guest(
         guest, guest_file.display, str(cfg.kind), str(cfg.virt_mode), str(guest_os or cfg.os)
     )
     result.notes += [f"{guest_file.display}: {n}" for n in cfg.notes]
+    if cfg.devices_unknown is not None:
+        result.findings.append(
+            Finding(
+                "PP101",
+                Severity.WARN,
+                f"guest {guest}",
+                f"devices unknown: {guest_file.display} computes pci ({cfg.devices_unknown}); "
+                "pcipass gives no other guest a device until this file is plain data or is "
+                "trusted (--trust-unreadable)",
+                f"write pci = [ ... ] as a plain list in {guest_file.display}",
+            )
+        )
     ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
     try:
         owners = {o.address: o.guest for o in ledger.owners()}
@@ -260,3 +300,78 @@ def check_guest(
     if guest_file.is_xen and listed:
         result.findings += guest_rules.shutdown_save_findings(host, guest)
     return result
+
+
+def holders(host: Host) -> dict[str, list[str]]:
+    """Every guest that holds a device, by the ledger or its configuration."""
+    held: dict[str, list[str]] = {}
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
+        for owner in ledger.owners():
+            held.setdefault(owner.guest, []).append(owner.address)
+    for found in scan_guests(host).guests:
+        listed = _listed(found.config)
+        if listed:
+            held.setdefault(found.guest_name, []).extend(listed)
+    return {guest: sorted(set(devices)) for guest, devices in sorted(held.items())}
+
+
+def guard_unidentified(host: Host, tool: str, operation: str, reason: str) -> GuardResult:
+    """Fail closed: a command whose guest cannot be told is refused while any
+    guest holds a device (it might be that guest)."""
+    held = holders(host)
+    if held:
+        shown = "; ".join(f"{guest} ({', '.join(devices)})" for guest, devices in held.items())
+        refusal = Finding(
+            "PP003",
+            Severity.REFUSE,
+            f"{tool} {operation}",
+            f"pcipass cannot tell which guest this concerns: {reason}; guests holding "
+            f"passed-through PCI devices: {shown}; a guest using PCI passthrough is not "
+            f"available for save, restore, or migration, so the command is refused",
+            f"name the guest plainly (e.g. {tool} {operation} GUEST ...), or use "
+            f"pcipass {operation}",
+        )
+        raise refusal_error([refusal], refusal.subject)
+    result = GuardResult(f"({tool} {operation})", operation, allowed=True)
+    result.notes.append(f"{reason}; no guest holds a passed-through device")
+    return result
+
+
+def guard_wrapped(host: Host, tool: str, argv: list[str], listing: str) -> GuardResult | None:
+    """The xl/xm wrapper form: ``argv`` is the wrapped program's command line,
+    ``listing`` the output of ``TOOL list`` (to turn a domain id into a name).
+
+    Returns None for commands the guard does not judge.
+    """
+    if tool not in ("xl", "xm"):
+        raise UsageError(f"--wrapped {tool}", "pcipass wraps xl and xm only")
+    call = identify(tool, argv)
+    if call.operation is None:
+        return None
+    if call.unidentified is not None:
+        return guard_unidentified(host, tool, call.operation, call.unidentified)
+    if call.config_file is not None:
+        try:
+            found = read_config_name(host, call.config_file)
+        except PcipassError as error:
+            return guard_unidentified(host, tool, call.operation, error.render())
+        return guard(host, found[0], call.operation, config=found[1], toolstack=tool)
+    assert call.domain is not None
+    name = call.domain
+    if name.isdigit():
+        known = domain_names(listing)
+        if name not in known:
+            reason = f"domain id {name} is not in `{tool} list`"
+            return guard_unidentified(host, tool, call.operation, reason)
+        name = known[name]
+    try:
+        check_guest_name(name, tool)
+    except UsageError as error:
+        return guard_unidentified(host, tool, call.operation, error.render())
+    return guard(host, name, call.operation, toolstack=tool)
+
+
+def read_config_name(host: Host, config: str) -> tuple[str, str]:
+    """(guest name, file) of a configuration named on a command line."""
+    path, display = config_path(host, config)
+    return read_guest_file(path, display).guest_name, config

@@ -9,7 +9,7 @@ this module does it, journalled, and verifies through /proc/modules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pcipass.host.context import Host
 from pcipass.persist.guest_modules import (
@@ -18,6 +18,7 @@ from pcipass.persist.guest_modules import (
     acpiphp_loaded,
     plan_guest_setup,
 )
+from pcipass.runner import OfflineRunner
 
 
 @dataclass
@@ -66,6 +67,20 @@ class GuestSetupResult:
 
 def guest_setup(host: Host, *, dry_run: bool = False) -> GuestSetupResult:
     plan = plan_guest_setup(host.root)
+    if plan.running and isinstance(host.runner, OfflineRunner):
+        # --root IMAGE (a mounted or copied guest tree, /proc included) is
+        # not the system pcipass runs on: modprobe would load acpiphp into
+        # this machine's kernel.  The boot-time file is the whole job there.
+        plan = replace(
+            plan,
+            running=False,
+            load_argv=None,
+            notes=(
+                *plan.notes,
+                f"--root {host.root.prefix} is not the running system: nothing is loaded "
+                "now; acpiphp loads when the guest boots",
+            ),
+        )
     result = GuestSetupResult(plan, dry_run)
     if dry_run or plan.nothing_to_do:
         if plan.running and plan.state is not AcpiphpState.BUILTIN:

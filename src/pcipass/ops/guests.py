@@ -18,7 +18,9 @@ being checked.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +28,11 @@ from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, GuestNotFoundError, PcipassError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestKind
+from pcipass.guests.names import check_guest_name
 from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
 from pcipass.host.confined import Confined, root_of
 from pcipass.host.context import Host
-from pcipass.host.root import safe_name
+from pcipass.policy.verdict import Finding, Severity
 
 XEN_DIR = "/etc/xen"
 LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"
@@ -81,10 +84,56 @@ class GuestScan:
 
     guests: list[GuestFile] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # files that could not be read
+    # Files whose devices are unknown that the administrator vouches for
+    # (--trust-unreadable FILE): only their literal pci counts.
+    trusted: set[Path] = field(default_factory=set)
 
     def listing(self, address: PciAddress) -> list[GuestFile]:
         """The configurations that assign ``address`` (directly or by a wildcard)."""
         return [g for g in self.guests if any(d.covers(address) for d in g.config.devices())]
+
+    def unreadable(self) -> list[GuestFile]:
+        """Configurations that may hold any device: xm code pcipass cannot read
+        could set or change their ``pci`` (and nobody vouched for them)."""
+        return [
+            g
+            for g in self.guests
+            if devices_unknown(g.config) is not None and g.path.resolve() not in self.trusted
+        ]
+
+
+def devices_unknown(config: GuestConfig) -> str | None:
+    """Why ``config``'s devices cannot all be known (None: they can)."""
+    return config.devices_unknown
+
+
+def unreadable_findings(
+    scan: GuestScan, address: PciAddress, guest_file: GuestFile
+) -> list[Finding]:
+    """PP101, failing closed: a guest whose ``pci`` pcipass cannot read might
+    hold ``address``, so another guest is not given it unless the
+    administrator names that file with ``--trust-unreadable FILE``."""
+    findings = []
+    for other in scan.unreadable():
+        if same_guest(other, guest_file):
+            continue
+        findings.append(
+            Finding(
+                "PP101",
+                Severity.REFUSE,
+                str(address),
+                f"guest {other.guest_name} may hold it: {other.display} computes its devices "
+                f"({devices_unknown(other.config)}); a device belongs to one guest at a time",
+                f"make pci a plain list in {other.display}, or, if that guest does not hold "
+                f"{address}, say so: --trust-unreadable {shlex.quote(other.display)}",
+            )
+        )
+    return findings
+
+
+def trusted_paths(host: Host, files: Sequence[str]) -> set[Path]:
+    """``--trust-unreadable FILE`` arguments as resolved paths in the root."""
+    return {config_path(host, text)[0].resolve() for text in files}
 
 
 def parse_guest_file(path: Path, display: str, data: bytes) -> GuestConfig:
@@ -109,8 +158,11 @@ def read_guest_file(path: Path, display: str) -> GuestFile:
 
 
 def candidate_paths(host: Host, guest: str) -> list[str]:
-    """Where the toolstacks keep ``guest``'s configuration (host paths)."""
-    name = safe_name("guest", guest)
+    """Where the toolstacks keep ``guest``'s configuration (host paths).
+
+    The name is the file name as each toolstack spells it; the check refuses
+    ``/``, NUL and ``..``, so it stays one component of its directory."""
+    name = check_guest_name(guest)
     return [
         f"{XEN_DIR}/{name}",
         f"{XEN_DIR}/{name}.cfg",
@@ -147,7 +199,7 @@ def find_guest(host: Host, guest: str, config: str | None = None) -> GuestFile:
     A ``config`` whose ``name`` names another guest is refused: editing it
     would give the device to the wrong guest.
     """
-    safe_name("guest", guest)
+    check_guest_name(guest)
     if config is not None:
         path, display = config_path(host, config)
         return _check_name(read_guest_file(path, display), guest)
@@ -194,10 +246,12 @@ def _xml_entries(host: Host, absolute: str) -> list[Path]:
     ]
 
 
-def scan_guests(host: Host, extra: GuestFile | None = None) -> GuestScan:
+def scan_guests(
+    host: Host, extra: GuestFile | None = None, trust_unreadable: Sequence[str] = ()
+) -> GuestScan:
     """Read every guest configuration on the host (plus ``extra``, a
     ``--config`` file that may live elsewhere)."""
-    scan = GuestScan()
+    scan = GuestScan(trusted=trusted_paths(host, trust_unreadable))
     seen: set[Path] = set()
     paths = (
         _xen_dir_entries(host)

@@ -10,9 +10,12 @@ pcipass puts its guard in the toolstacks' way:
   An existing hook that is not pcipass's is never replaced: pcipass goes in
   ``hooks/qemu.d/pcipass`` instead, which libvirt 6.5+ runs as well.
 * xl/xm (opt-in): a wrapper in ``/usr/local/sbin`` (before /usr/sbin in
-  root's PATH) that asks the guard before ``save`` and ``migrate`` and then
-  runs the real program.  ``restore`` names a file, not a guest: the guard
-  cannot tell what it holds, so it is passed through (documented).
+  root's PATH) that asks the guard before ``save``, ``restore``, ``migrate``
+  (and xl ``remus``, xm ``suspend``/``resume``) and then runs the real
+  program.  pcipass reads the command line with the tool's own grammar; a
+  line it cannot read (an unknown option, a domain id not in ``TOOL list``,
+  ``restore`` of a file without a configuration naming the guest) is refused
+  while any guest holds a device: fail closed, with the reason.
 
 Every file is planned as an edit (diff under --dry-run), journalled and
 written atomically, and ``--uninstall`` removes only files pcipass wrote.
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.errors import UsageError
+from pcipass.guests.xen_argv import GUARDED_WORDS
 from pcipass.host.context import Host
 from pcipass.persist.atomic import FileEdit, plan_edit
 
@@ -46,30 +50,37 @@ def libvirt_hook_text() -> str:
         f"{MARKER}\n"
         "# Refuses migrate/restore of a guest holding a passed-through PCI device; every\n"
         "# other operation passes.  stdout stays empty (libvirt reads it at restore).\n"
-        f'exec {command} guard --libvirt-hook "$@"\n'
+        "# Only migrate and restore are judged: start, stop and the rest never wait\n"
+        "# for (or fail with) pcipass.  '--': a guest name may begin with '-'.\n"
+        'case "$2" in migrate|restore) ;; *) exit 0 ;; esac\n'
+        f'exec {command} guard --libvirt-hook -- "$@"\n'
     )
 
 
 def wrapper_text(tool: str, real: str) -> str:
+    """The /usr/local/sbin wrapper: when a word of the command line could be
+    a guarded subcommand, pcipass reads the whole line with the tool's own
+    grammar (pcipass.guests.xen_argv) and refuses or allows; everything else
+    goes straight to the real program, without starting Python."""
     command = " ".join(shlex.quote(a) for a in _pcipass_argv())
+    words = "|".join(GUARDED_WORDS)
+    real_quoted = shlex.quote(real)
     return (
         "#!/bin/sh\n"
         f"{MARKER}\n"
-        f"# {tool} save/migrate of a guest holding a PCI device is refused (the document's\n"
-        f"# rule; Xen itself accepts the save and the restored guest hangs).\n"
-        'case "$1" in\n'
-        "  save|migrate)\n"
-        '    op="$1"; shift; guest=""\n'
-        "    skip=\n"
-        '    for word in "$@"; do\n'
-        '      if [ -n "$skip" ]; then skip=; continue; fi\n'
-        "      # migrate -s SSHCOMMAND and -C CONFIG take a value (xl(1)).\n"
-        '      case "$word" in -s|-C) skip=1 ;; -*) ;; *) guest="$word"; break ;; esac\n'
-        "    done\n"
-        f'    [ -n "$guest" ] && {{ {command} guard "$op" "$guest" || exit $?; }}\n'
-        '    set -- "$op" "$@" ;;\n'
-        "esac\n"
-        f'exec {shlex.quote(real)} "$@"\n'
+        f"# {tool} save/restore/migrate of a guest holding a PCI device is refused (the\n"
+        "# document's rule; Xen itself accepts the save and the restored guest hangs).\n"
+        f"# A command line pcipass cannot read is refused while any guest holds one.\n"
+        f"# `{tool} list` on stdin lets pcipass turn a domain id into its name.\n"
+        'for word in "$@"; do\n'
+        '  case "$word" in\n'
+        f"    {words})\n"
+        f'      {real_quoted} list 2>/dev/null | {command} guard --wrapped {tool} -- "$@" '
+        "|| exit $?\n"
+        "      break ;;\n"
+        "  esac\n"
+        "done\n"
+        f'exec {real_quoted} "$@"\n'
     )
 
 
