@@ -501,6 +501,30 @@ def persist_hide() -> str:
     return "; ".join(opts)
 
 
+@step("reload-driver-refused", needs=("persist-hide",))
+def reload_driver_refused() -> str:
+    """#18: the document's "reload the driver" would unbind the uplink too (both are e1000).
+
+    With the spare back on e1000 (hidden at boot only), ``--reload-driver`` must refuse with
+    PP001 naming the uplink and its default route, and change nothing; the warning of a plain
+    ``--persist`` names them too.  Then the spare goes back to pciback for the next steps.
+    """
+    pcipass("unhide", SPARE, "--now")
+    expect_driver(SPARE, "e1000", "after unhide --now")
+    warned = pcipass("hide", SPARE, "--persist", "--dry-run")
+    if UPLINK not in warned.text or "default route" not in warned.text:
+        raise StepFailed(f"hide --persist does not warn about reloading e1000: {warned.tail()}")
+    before = snapshot()
+    res = pcipass("hide", SPARE, "--persist", "--reload-driver", expect=3)
+    if "PP001" not in res.text or UPLINK not in res.text:
+        raise StepFailed(f"--reload-driver not refused with PP001 naming {UPLINK}: {res.tail()}")
+    expect_unchanged(before, "refused --reload-driver")
+    expect_driver(UPLINK, "e1000", "(the uplink must not move)")
+    pcipass("hide", SPARE, "--now")
+    expect_driver(SPARE, "pciback", "after hide --now")
+    return res.tail(1)
+
+
 GRUB_DEFAULT = """\
 # /etc/default/grub as Debian installs it (the lab's dom0 has no grub; grub-mkconfig would read it)
 GRUB_DEFAULT=0
@@ -690,6 +714,7 @@ plan(
         "domu-with-device",
         "xl-save-unguarded",
         "persist-hide",
+        "reload-driver-refused",
         "persist-cmdline",
     ],
 )

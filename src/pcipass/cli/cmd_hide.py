@@ -61,6 +61,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--group", action="store_true", help="take the whole IOMMU group of each device"
         )
+        parser.add_argument(
+            "--reload-driver",
+            action="store_true",
+            help="with --persist: apply it now the document's way, reloading the device's "
+            "driver (every function it drives is unbound and probed again); refused when "
+            "another of them is used by the host",
+        )
 
 
 def _addresses(args: argparse.Namespace) -> list[PciAddress]:
@@ -107,6 +114,11 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     if name == "hide":
         if args.group:
             addresses = with_groups(host, addresses)
+        if args.reload_driver and (args.now or not args.persist):
+            raise UsageError(
+                "--reload-driver",
+                "goes with --persist alone (--now already rebinds the devices one by one)",
+            )
         outcome = hide(
             host,
             addresses,
@@ -115,6 +127,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             persist=args.persist,
             platform=args.platform,
             dry_run=args.dry_run,
+            reload_driver=args.reload_driver,
         )
     else:
         outcome = unhide(

@@ -82,7 +82,40 @@ def _not_assignable(host: Host, match: re.Match[str], text: str) -> Explanation:
     )
 
 
+def _module_in_use(host: Host, match: re.Match[str], text: str) -> Explanation:
+    """``modprobe -r`` refused: the reload the document advises (Procedure 15.3
+    step 1) was tried; name what else that reload would take down (#18)."""
+    from pcipass.ops.inventory import inventory
+    from pcipass.policy.reload import SAFE_WAYS, reload_impact
+
+    module = match.group(1)
+    inv = inventory(host)
+    drivers = {
+        d.device.driver
+        for d in inv.devices
+        if d.device.driver is not None
+        and d.device.driver.replace("-", "_") == module.replace("-", "_")
+    }
+    impact = reload_impact(drivers.pop() if drivers else module, [], inv)
+    cause = (
+        f"the kernel refused to unload {module}: something still holds it (an interface "
+        "that is up, a mounted disk, a guest)"
+    )
+    if impact.host_used:
+        cause += "; the host uses " + ", ".join(
+            f"{b.address} ({b.uses_text})" for b in impact.host_used
+        )
+    return Explanation(
+        f"modprobe: FATAL: Module {module} is in use",
+        "PP010",
+        cause,
+        f"do not force the reload: it unbinds every device {module} drives; {SAFE_WAYS} "
+        "(pcipass hide --now BDF)",
+    )
+
+
 _KNOWN: list[tuple[re.Pattern[str], Callable[..., Explanation]]] = [
+    (re.compile(r"Module (\S+) is in use"), _module_in_use),
     (re.compile(r"group (\d+) is not viable"), _group),
     (
         re.compile(r"xc_assign_device failed: Operation not supported"),

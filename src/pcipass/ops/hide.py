@@ -31,6 +31,7 @@ from pcipass.ops.rebind import (
     plan_unhide_now,
     unhide_steps,
 )
+from pcipass.ops.reload import checked_reload, modules_json, reload_devices, run_reload
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -135,8 +136,14 @@ def hide(
     persist: bool,
     platform: str | None = None,
     dry_run: bool = False,
+    reload_driver: bool = False,
 ) -> HideOutcome:
-    """Hide devices now and/or at every boot: all of it, or nothing."""
+    """Hide devices now and/or at every boot: all of it, or nothing.
+
+    ``reload_driver`` (with ``persist`` only): make the boot configuration take
+    effect now by the document's method, reloading the devices' driver, in the
+    same transaction (ops/reload.py; refused when another function of that
+    driver is host-used)."""
     outcome = HideOutcome("hide")
     if dry_run:
         inv = inventory(host)
@@ -146,6 +153,10 @@ def hide(
             outcome.persist = plan_persist(
                 host, addresses, backend, platform, inv, add=True, dry_run=True
             )
+        if reload_driver and outcome.persist is not None:
+            stub = binding.stub_for(host, backend)
+            preview = checked_reload(host, inv, addresses, stub, hiding=True)
+            outcome.persist.notes += [f"would run: {s}" for s in preview.describe()]
         return outcome
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
         inv = inventory(host)  # read under the lock: decisions see the current state
@@ -155,11 +166,15 @@ def hide(
             outcome.persist = plan_persist(
                 host, addresses, backend, platform, inv, add=True, dry_run=False
             )
+        reload = checked_reload(host, inv, addresses, stub, hiding=True) if reload_driver else None
+        reloading = reload is not None and bool(reload.unload)
         outcome.now = plan.result if plan is not None else None
         todo = plan.todo if plan is not None else []
         edits = outcome.persist.edits if outcome.persist is not None else []
-        records_stale = _records_need_update(ledger, addresses, now=now, persist=persist)
-        if not todo and not edits and not records_stale:
+        records_stale = _records_need_update(
+            ledger, addresses, now=now or reloading, persist=persist
+        )
+        if not todo and not edits and not records_stale and not reloading:
             return outcome
         if todo:
             ensure_stub_loaded(host, stub)  # a module load is not undone (modprobe -r is not ours)
@@ -167,9 +182,14 @@ def hide(
             host,
             ledger,
             "hide",
-            sysfs_devices=todo,
+            # A reload touches every function of the reloaded drivers: all are saved.
+            sysfs_devices=reload_devices(todo, addresses, reload),
             record_devices=addresses,
-            extra={"stub": stub.driver, "files": [e.display for e in edits]},
+            extra={
+                "stub": stub.driver,
+                "files": [e.display for e in edits],
+                **({"modules": modules_json(reload)} if reload is not None and reloading else {}),
+            },
         )
         try:
             for address in todo:
@@ -179,8 +199,23 @@ def hide(
                 outcome.now.steps.extend(s.describe for s in steps)
             txn.edit_files(edits)
             originals = dict(plan.originals) if plan is not None else {}
+            if reload is not None and reloading:
+                originals = {a: binding.current_driver(host, a) for a in addresses}
+                ran = run_reload(txn, host, reload, {a: stub.driver for a in addresses})
+                assert outcome.persist is not None
+                outcome.persist.notes = [n for n in outcome.persist.notes if "reload" not in n]
+                outcome.persist.notes += [f"ran: {s}" for s in ran] + [
+                    f"every function of {', '.join(m.driver for m in reload.unload)} is back "
+                    f"where it was; {', '.join(str(a) for a in addresses)} on {stub.driver}"
+                ]
             _record_hidden(
-                host, ledger, addresses, stub.driver, originals, now=now, persist=persist
+                host,
+                ledger,
+                addresses,
+                stub.driver,
+                originals,
+                now=now or reloading,
+                persist=persist,
             )
             txn.commit()
         except ROLLBACK_ON as error:

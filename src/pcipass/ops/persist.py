@@ -281,12 +281,29 @@ def plan_persist(
     )
     if edits:
         result.regenerate = [list(r.argv) for r in platform.regeneration(method)]
-    if method is not PersistMethod.CMDLINE and add and edits:
-        result.notes.append(
-            "takes effect when the driver is reloaded or at the next boot "
-            "(Procedure 15.3 step 1); add --now to rebind at once"
-        )
+    if method is not PersistMethod.CMDLINE:
+        # Before saying "reload the driver": who else that reload takes down (#18).
+        _reload_advice(host, inv, addresses, backend, result, add=add)
     return result
+
+
+def _reload_advice(
+    host: Host,
+    inv: Inventory,
+    addresses: Sequence[PciAddress],
+    backend: Backend,
+    result: PersistResult,
+    *,
+    add: bool,
+) -> None:
+    """The "takes effect when reloaded" note, judged: every other function the
+    reload would take down is named, with what the host uses it for."""
+    from pcipass.host import binding
+    from pcipass.ops.reload import plan_reload
+
+    plan = plan_reload(host, inv, addresses, binding.stub_for(host, backend), hiding=add)
+    result.findings += [f for f in plan.findings(refusing=False) if f.severity is Severity.WARN]
+    result.notes += plan.advice() + plan.notes
 
 
 def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
@@ -316,6 +333,12 @@ def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
     for address in sorted(persistent):
         info = by.get(address)
         if info is not None and not info.hidden:
+            from pcipass.policy.reload import reload_impact, reload_remedy
+
+            remedy = f"pcipass hide --now {address}"
+            if info.device.driver is not None:
+                impact = reload_impact(info.device.driver, [address], inv)
+                remedy = reload_remedy(impact, address)
             result.append(
                 Finding(
                     "PP010",
@@ -323,7 +346,7 @@ def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
                     str(address),
                     f"hidden at boot by the modprobe configuration but bound to "
                     f"{info.device.driver or 'no driver'} now",
-                    f"pcipass hide --now {address} (or reload the driver)",
+                    remedy,
                 )
             )
     persistent_ids = state.hidden_ids() | configured.hides.hidden_ids()

@@ -140,6 +140,10 @@ def validate_operation(
     edits: Sequence[FileEditRecord],
 ) -> None:
     """Refuse, naming the record, anything in a journal pcipass would not have written."""
+    if "modules" in intent:
+        from pcipass.ops.reload import valid_modules
+
+        valid_modules(intent["modules"])
     for undo in undos:
         action = undo.get("op")
         if action not in UNDO_ACTIONS:
@@ -201,6 +205,14 @@ def undo_operation(
 
     validate_operation(op_id, intent, undos, edits)
     report = UndoReport()
+    if "modules" in intent:
+        # --reload-driver (ops/reload.py): a module unloaded and not yet back is
+        # loaded again first, or its devices could not be bound back.
+        from pcipass.ops.reload import ensure_loaded
+
+        loaded = _guard(report, "modules", lambda: ensure_loaded(host, intent["modules"]))
+        if isinstance(loaded, list) and loaded:
+            report.undone.append("loaded " + ", ".join(str(m) for m in loaded) + " again")
     before = intent.get("before")
     if isinstance(before, dict):
         # Reconcile with what is there, not replay: a step done but not yet

@@ -82,7 +82,10 @@ def hidden_findings(
                 subject,
                 f"is recorded hidden on {recorded_stub} but bound to {driver or 'no driver'} now; "
                 "the guest cannot start with it until the host lets it go",
-                f"reload the driver, reboot, or run pcipass hide --now {address}",
+                # Not "reload the driver": that unbinds every function it drives,
+                # the host's own NIC or disk among them (#18; pcipass check says which).
+                f"pcipass hide --now {address} (this device only), or reboot; reloading "
+                f"{driver or 'its driver'} also unbinds every other device it drives",
             )
         ]
     return [

@@ -555,6 +555,9 @@ class FakeKernel:
         self.pciback_slots: set[str] = set(slots.read_text().split()) if slots.exists() else set()
         self.on_write: Callable[[str, str], None] | None = None  # before the kernel acts
         self.on_written: Callable[[str, str], None] | None = None  # after it acted
+        self.module_failures: list[tuple[str, str, int]] = []  # (load|unload, module, errno)
+        self.module_ids: dict[str, set[tuple[int, int]]] = {}  # vfio-pci ids= of this load
+        self.probe_failures: set[str] = set()  # functions whose probe fails at a module load
 
     def fail(
         self, pattern: str, err: int = errno.EIO, *, value: str | None = None, times: int = 1
@@ -652,7 +655,7 @@ class FakeKernel:
             return override == driver.name
         if driver.name == "pciback":
             return name in self.pciback_slots
-        return self._ids(name) in driver.ids
+        return self._ids(name) in driver.ids | self.module_ids.get(driver.name, set())
 
     def _probe(self, name: str) -> None:
         if self.host.bound_driver(name) is not None:
@@ -707,24 +710,28 @@ class FakeKernel:
         if slots.parent.exists():
             slots.write_text("".join(f"{s}\n" for s in sorted(self.pciback_slots)))
 
-    # ---- modules (through the runner) --------------------------------------
-    def load_module(self, module: str, params: Mapping[str, str] | None = None) -> None:
-        spec = KNOWN_DRIVERS.get(module) or KNOWN_DRIVERS.get(module.replace("_", "-"))
-        if spec is None:
-            raise OSError(errno.ENOENT, f"Module {module} not found")
-        if not self.host.driver_dir(spec.name).exists():
-            self.host.add_driver(spec.module)
-        hide = (params or {}).get("hide")
-        if spec.name == "pciback" and hide:
-            from pcipass.address import parse_hide_list
+    # ---- modules (the work is in testing/fakemodprobe.py) ---------------------
+    def fail_module(self, module: str, *, unload: bool = False, err: int = errno.EIO) -> None:
+        """Make the next load (or unload) of ``module`` fail, as a broken module would."""
+        self.module_failures.append(("unload" if unload else "load", module.replace("_", "-"), err))
 
-            for address in parse_hide_list(hide):
-                name = str(address)
-                if name in self.host._paths:
-                    self.pciback_slots.add(name)
-            self._write_slots()
-        for name in list(self.host._paths):
-            self._probe(name)
+    def known_module(self, module: str) -> FakeDriver | None:
+        return KNOWN_DRIVERS.get(module) or KNOWN_DRIVERS.get(module.replace("_", "-"))
+
+    def module_loaded(self, module: str) -> bool:
+        from pcipass.testing import fakemodprobe
+
+        return fakemodprobe.module_loaded(self, module)
+
+    def load_module(self, module: str, params: Mapping[str, str] | None = None) -> None:
+        from pcipass.testing import fakemodprobe
+
+        fakemodprobe.load_module(self, module, params or {})
+
+    def unload_module(self, module: str) -> None:
+        from pcipass.testing import fakemodprobe
+
+        fakemodprobe.unload_module(self, module)
 
 
 class FakeRunner:
@@ -753,14 +760,9 @@ class FakeRunner:
         self.calls.append(args)
         program = os.path.basename(args[0])
         if program == "modprobe":
-            names = [a for a in args[1:] if not a.startswith("-") and "=" not in a]
-            params = dict(a.split("=", 1) for a in args[1:] if "=" in a and not a.startswith("-"))
-            try:
-                for name in names[:1]:
-                    self.kernel.load_module(name, params)
-            except OSError as error:
-                return CommandResult(args, 1, "", f"modprobe: FATAL: {error.strerror}\n")
-            return CommandResult(args, 0, "", "")
+            from pcipass.testing.fakemodprobe import run_modprobe
+
+            return run_modprobe(self.kernel, args)
         for key, answer in self.answers.items():
             if " ".join(args).startswith(key):
                 return CommandResult(args, answer.returncode, answer.stdout, answer.stderr)
