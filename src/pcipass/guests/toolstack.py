@@ -35,7 +35,7 @@ import tempfile
 from typing import Any, Final
 
 from pcipass.address import PciAddress
-from pcipass.errors import AddressError, CommandMissing, OperationFailed, PcipassError
+from pcipass.errors import AddressError, CommandMissing, OperationFailed, PcipassError, UsageError
 from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
 from pcipass.host.context import Host
 
@@ -80,6 +80,23 @@ class Toolstack:
     def reference(self) -> str:
         """How to reach this guest again (kept with a "maybe" owner in the ledger)."""
         return self.guest
+
+
+def command_line_operand(program: str, guest: str) -> str:
+    """``guest`` as an operand of ``program``'s command line, or a usage error.
+
+    xl, xm and virsh read a word starting with ``-`` as an option wherever it
+    stands (``xl pci-attach -x 09:00.0``), and none of them takes ``--`` before
+    a domain name in every version: such a name is refused here, before any
+    program runs, rather than passed where it would be misread.
+    """
+    if guest.startswith("-"):
+        raise UsageError(
+            f"guest {guest!r}",
+            f"a name starting with '-' would be read as an option by {program}",
+            "rename the guest, or change only its configuration (attach without --live)",
+        )
+    return guest
 
 
 # --- xl / xm ---------------------------------------------------------------
@@ -142,7 +159,7 @@ class XenCli(Toolstack):
     """``xl`` or ``xm``: the program is the toolstack's name."""
 
     def __init__(self, host: Host, program: str, guest: str) -> None:
-        super().__init__(guest)
+        super().__init__(command_line_operand(program, guest))
         self.host = host
         self.kind = program
 
@@ -191,7 +208,7 @@ class Virsh(Toolstack):
     kind = "libvirt"
 
     def __init__(self, host: Host, uri: str, guest: str, *, xen: bool) -> None:
-        super().__init__(guest)
+        super().__init__(command_line_operand("virsh", guest))
         self.host = host
         self.uri = uri
         self.driver = "xen" if xen else "vfio"
