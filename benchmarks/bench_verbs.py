@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_list import GNU_TIME, build_tree  # noqa: E402
+from bench_list import build_tree, peak_rss_kib  # noqa: E402
 
 SYSTEM_PCI_IDS = Path("/usr/share/misc/pci.ids")
 PCIPASS = [sys.executable, "-m", "pcipass"]
@@ -85,20 +85,6 @@ def interleaved(
         result.a.append(measure(a, env))
         result.b.append(measure(b, env))
     return result
-
-
-def peak_rss_mib(argv: Sequence[str], env: dict[str, str]) -> float | None:
-    if not os.access(GNU_TIME, os.X_OK):
-        return None
-    with tempfile.NamedTemporaryFile("r", prefix="pcipass-rss-") as out:
-        subprocess.run(
-            [GNU_TIME, "-f", "%M", "-o", out.name, *argv],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        return int(out.read().split()[-1]) / 1024
 
 
 def lspci_argv(lspci: str, tree: Path) -> list[str]:
@@ -156,11 +142,12 @@ def bench_list(base: Path, sizes: list[int], env: dict[str, str], pairs: int) ->
     argv = [*PCIPASS, "--root", str(tree), "list", "--json"]
     pair = interleaved(argv, lspci_argv(lspci, tree), env, pairs)
     lines.append(row(f"`list --json` at {max(sizes)} functions", pair, "lspci -Dnnk"))
-    rss = peak_rss_mib(argv, env)
+    rss_kib, exact = peak_rss_kib(argv, env)  # bench_list: GNU time when it is installed
+    bound = "" if exact else " (upper bound: no GNU time)"
     lines.append(
-        f"| peak memory, `list --json` at {max(sizes)} | {rss:.0f} MiB | | |" if rss else ""
+        f"| peak memory, `list --json` at {max(sizes)} | {rss_kib / 1024:.0f} MiB{bound} | | |"
     )
-    return [line for line in lines if line]
+    return lines
 
 
 def example_verbs(example: Path) -> dict[str, list[str]]:
