@@ -558,3 +558,27 @@ def test_ansible_lint_production_profile(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "Profile 'production' was required, and it passed" in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize(
+    "module", ["pcipass_facts", "pcipass_device", "pcipass_guest_device", "pcipass_guard"]
+)
+def test_every_module_documents_the_shared_options_from_one_fragment(module: str) -> None:
+    """ansible-doc resolves the collection's doc fragment: root, pcipass_command and the
+    requirement are written once (plugins/doc_fragments/pcipass.py) and shown for each module."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-doc"),
+            "--json",
+            f"pcipass.passthrough.{module}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)[f"pcipass.passthrough.{module}"]["doc"]
+    assert {"root", "pcipass_command"} <= set(doc["options"])
+    assert doc["options"]["root"]["default"] == "/"
+    assert any("pcipass on the target" in r for r in doc["requirements"])

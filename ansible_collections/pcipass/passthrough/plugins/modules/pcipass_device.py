@@ -70,23 +70,9 @@ options:
         pcipass names (C(mkinitrd), C(update-initramfs), C(grub2-mkconfig)...).
     type: bool
     default: false
-  root:
-    description:
-      - The root directory pcipass works under (an image, a chroot); C(/) is the running host.
-    type: path
-    default: /
-  pcipass_command:
-    description:
-      - The command starting pcipass, as a list (or a string split like a command line, never
-        run by a shell). Default C(pcipass) on PATH, else
-        C(python3 /usr/local/lib/pcipass/pcipass.pyz) as installed by the role
-        P(pcipass.passthrough.install#role).
-    type: raw
 notes:
   - Needs root on the target (C(become=true)) unless O(root) is a tree the user may write.
   - Runs pcipass's JSON interface (docs/json.md of pcipass), not its library internals.
-requirements:
-  - pcipass on the target (see the role P(pcipass.passthrough.install#role)).
 attributes:
   check_mode:
     support: full
@@ -98,6 +84,8 @@ attributes:
     support: full
     platforms: posix
     description: Linux hosts (Xen dom0 or KVM) and images of them.
+extends_documentation_fragment:
+  - pcipass.passthrough.pcipass
 """
 
 EXAMPLES = r"""

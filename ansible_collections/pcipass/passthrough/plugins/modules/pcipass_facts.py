@@ -24,17 +24,6 @@ options:
       configuration (C(findings) in the facts).
     type: bool
     default: true
-  root:
-    description: The root directory pcipass works under; C(/) is the running host.
-    type: path
-    default: /
-  pcipass_command:
-    description:
-      - The command starting pcipass, as a list (never run by a shell). Default C(pcipass) on
-        PATH, else C(python3 /usr/local/lib/pcipass/pcipass.pyz).
-    type: raw
-requirements:
-  - pcipass on the target (see the role P(pcipass.passthrough.install#role)).
 attributes:
   check_mode:
     support: full
@@ -49,6 +38,8 @@ attributes:
     support: full
     platforms: posix
     description: Linux hosts (Xen dom0 or KVM) and images of them.
+extends_documentation_fragment:
+  - pcipass.passthrough.pcipass
 """
 
 EXAMPLES = r"""

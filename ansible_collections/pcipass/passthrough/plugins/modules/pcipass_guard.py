@@ -42,19 +42,8 @@ options:
     description: The real xl/xm the wrappers run (default found under C(/usr/sbin) or
       C(/usr/lib/xen-*/bin)).
     type: path
-  root:
-    description: The root directory pcipass works under; C(/) is the running host.
-    type: path
-    default: /
-  pcipass_command:
-    description:
-      - The command starting pcipass, as a list (never run by a shell). Default C(pcipass) on
-        PATH, else C(python3 /usr/local/lib/pcipass/pcipass.pyz).
-    type: raw
 notes:
   - libvirtd reads its hooks when it starts; restart it once after the first install.
-requirements:
-  - pcipass on the target (see the role P(pcipass.passthrough.install#role)).
 attributes:
   check_mode:
     support: full
@@ -66,6 +55,8 @@ attributes:
     support: full
     platforms: posix
     description: Linux hosts (Xen dom0 or KVM) and images of them.
+extends_documentation_fragment:
+  - pcipass.passthrough.pcipass
 """
 
 EXAMPLES = r"""

@@ -62,19 +62,8 @@ options:
   guest_os:
     description: The guest's OS when pcipass cannot read it (C(rhel5.4), C(rhel6)); rule PP005.
     type: str
-  root:
-    description: The root directory pcipass works under; C(/) is the running host.
-    type: path
-    default: /
-  pcipass_command:
-    description:
-      - The command starting pcipass, as a list (never run by a shell). Default C(pcipass) on
-        PATH, else C(python3 /usr/local/lib/pcipass/pcipass.pyz).
-    type: raw
 notes:
   - Needs root on the target (C(become=true)) unless O(root) is a tree the user may write.
-requirements:
-  - pcipass on the target (see the role P(pcipass.passthrough.install#role)).
 attributes:
   check_mode:
     support: full
@@ -86,6 +75,8 @@ attributes:
     support: full
     platforms: posix
     description: Linux hosts (Xen dom0 or KVM) and images of them.
+extends_documentation_fragment:
+  - pcipass.passthrough.pcipass
 """
 
 EXAMPLES = r"""
