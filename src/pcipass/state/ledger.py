@@ -43,6 +43,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import write_file
+from pcipass.state.presence import BACKUP_DIR, DB_NAME
 from pcipass.state.records import (
     EDIT_SELECT,
     HIDDEN_SELECT,
@@ -69,9 +70,7 @@ from pcipass.state.records import (
     to_json,
 )
 from pcipass.state.schema import (
-    BACKUP_DIR,
     BUSY_TIMEOUT_SECONDS,
-    DB_NAME,
     SCHEMA_VERSION,
     EmptyDatabase,
     ReadonlyNeedsShm,

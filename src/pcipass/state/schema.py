@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Final
 
 from pcipass.errors import NotFoundError, OperationFailed
+from pcipass.state.presence import BACKUP_DIR
 
 SCHEMA_VERSION: Final = 1
-DB_NAME: Final = "state.db"
-BACKUP_DIR: Final = "backups"
 
 # How long a writer waits for another writer's transaction before SQLite gives
 # up with "database is locked".  Transactions here are a few statements long;
