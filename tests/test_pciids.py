@@ -78,7 +78,7 @@ def test_no_pci_ids_anywhere_shows_numeric_ids(
     _drop_root_ids(rhel5)
     monkeypatch.setattr(pciids, "SYSTEM_PCI_IDS", (tmp_path / "absent.ids",))
     ids = PciIds.for_root(HostRoot.at(rhel5.base))
-    assert ids.text is None and ids.note is None
+    assert ids.data is None and ids.note is None
     assert ids.problem is not None and "no pci.ids found" in ids.problem
     assert ids.vendor(0x14E4) is None
 
@@ -90,7 +90,7 @@ def test_an_unreadable_pci_ids_in_the_root_is_reported_not_replaced(
     target.unlink()
     target.mkdir()  # reading it fails with EISDIR
     ids = PciIds.for_root(HostRoot.at(rhel5.base))
-    assert ids.text is None and ids.note is None
+    assert ids.data is None and ids.note is None
     assert ids.problem is not None and str(target) in ids.problem
 
 
