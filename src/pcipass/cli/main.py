@@ -1,7 +1,7 @@
 """The command line: parse, build one Host, call one operation, render.
 
-Commands are data (:data:`COMMANDS`): name, handler module, whether it
-modifies the host and whether it supports ``--dry-run``.  Errors are turned
+Commands are data (:data:`COMMANDS`): name, handler module, help and
+whether it supports ``--dry-run`` (the option is added from the table).  Errors are turned
 into messages and exit codes in exactly one place (:func:`main`).  Heavy
 modules are imported only by the handler that needs them, so ``pcipass
 --version`` starts fast.
@@ -30,17 +30,15 @@ class Command(NamedTuple):
     name: str
     module: str  # pcipass.cli.<module> defines add_arguments(parser) and run(args, host, out)
     help: str
-    modifies: bool
     dry_run: bool
 
 
 COMMANDS: tuple[Command, ...] = (
-    # name, handler module, help, modifies the host, has --dry-run
+    # name, handler module, help, has --dry-run
     Command(
         "list",
         "cmd_inventory",
         "list host PCI devices (driver, IOMMU group, host use)",
-        False,
         False,
     ),
     Command(
@@ -48,68 +46,59 @@ COMMANDS: tuple[Command, ...] = (
         "cmd_inventory",
         "everything about one device, and whether it can be assigned",
         False,
-        False,
     ),
     Command(
         "check",
         "cmd_hide",
         "check devices against every rule; exit 0 ok, 1 warnings, 3 refusals",
         False,
-        False,
     ),
-    Command("hide", "cmd_hide", "hide devices from the host (--now, --persist)", True, True),
-    Command("unhide", "cmd_hide", "give devices back to the host (--now, --persist)", True, True),
+    Command("hide", "cmd_hide", "hide devices from the host (--now, --persist)", True),
+    Command("unhide", "cmd_hide", "give devices back to the host (--now, --persist)", True),
     Command(
         "status",
         "cmd_hide",
         "what pcipass holds: hidden devices, owners, interrupted operations",
         False,
-        False,
     ),
-    Command("recover", "cmd_hide", "roll back operations interrupted half-way", True, False),
+    Command("recover", "cmd_hide", "roll back operations interrupted half-way", False),
     Command(
         "guest-setup",
         "cmd_setup",
         "inside a KVM guest (or an image with --root): acpiphp now and at every boot (PP008)",
         True,
-        True,
     ),
-    Command("attach", "cmd_guests", "assign a hidden device to a guest (--live too)", True, True),
-    Command("detach", "cmd_guests", "take a device back from a guest (--live too)", True, True),
+    Command("attach", "cmd_guests", "assign a hidden device to a guest (--live too)", True),
+    Command("detach", "cmd_guests", "take a device back from a guest (--live too)", True),
     Command(
         "guard",
         "cmd_guests",
         "refuse save/restore/migrate of a guest holding a device (exit 3; libvirt hook)",
         False,
-        False,
     ),
-    Command("guests", "cmd_guests", "guest configurations, their devices and rules", False, False),
+    Command("guests", "cmd_guests", "guest configurations, their devices and rules", False),
     Command(
         "export",
         "cmd_export",
         "hidden devices as Proxmox, Nova, KubeVirt or libvirt definitions (prints only)",
-        False,
         False,
     ),
     Command(
         "save",
         "cmd_safe",
         "xl guests holding devices: detach live, xl save (PP003's safe path)",
-        True,
         False,
     ),
     Command(
         "restore",
         "cmd_safe",
         "xl restore, then attach the saved guest's devices again",
-        True,
         False,
     ),
     Command(
         "migrate",
         "cmd_safe",
         "detach live, xl migrate; attach the destination's own devices there",
-        True,
         False,
     ),
     Command(
@@ -117,20 +106,17 @@ COMMANDS: tuple[Command, ...] = (
         "cmd_explain",
         "what a toolstack's passthrough error means on this host",
         False,
-        False,
     ),
     Command(
         "rom",
         "cmd_rom",
         "a device's option ROM: images, UEFI or legacy-only (--save FILE)",
         False,
-        False,
     ),
     Command(
         "guard-install",
         "cmd_hooks",
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",
-        True,
         True,
     ),
 )
@@ -168,7 +154,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(subject, message, f"see `{self.prog} --help`")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, the same parser carrying only that
+    command's sub-parser (what a run of that command needs: building all of
+    them and importing every handler module was a tenth of the start-up cost,
+    issue #13).  ``--help``, the man page and the completion script use the
+    whole parser."""
     parser = _Parser(
         prog="pcipass",
         description="Give virtual machines exclusive, safe use of host PCI devices "
@@ -180,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
+        if only is not None and command.name != only:
+            continue
         child = sub.add_parser(command.name, help=command.help, description=command.help)
         _global_options(child, top=False)
         if command.dry_run:
@@ -193,6 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
         adder(command.name, child)
         child.set_defaults(_command=command)
     return parser
+
+
+def command_word(args_list: Sequence[str]) -> str | None:
+    """The command named by ``args_list`` when it can be told without argparse:
+    only the global options (``--root DIR``, ``--root=DIR``, ``--json``) may come
+    before it, and it must be a command's exact name.  None for anything else
+    (help, abbreviations, unknown words, no command): the whole parser then
+    answers, with the same messages as ever."""
+    names = {command.name for command in COMMANDS}
+    index = 0
+    while index < len(args_list):
+        word = args_list[index]
+        if word == "--root":
+            index += 2
+        elif word == "--json" or word.startswith("--root="):
+            index += 1
+        else:
+            return word if word in names else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,7 +250,7 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
         print(f"pcipass {__version__}")
         return int(ExitCode.OK)
     try:
-        parser = build_parser()
+        parser = build_parser(command_word(args_list))
         try:
             args = parser.parse_args(args_list)
         except SystemExit as exit_:  # --help and --version: argparse printed them
