@@ -120,7 +120,9 @@ class PciIds:
         result: tuple[str | None, int, int] = (None, 0, 0)
         data = self.data
         if data is not None:
-            start = data.find(b"\n%04x  " % vendor)
+            start = _bisect_vendor(data, vendor)
+            if start < 0:  # not sorted there, or absent: the plain search decides
+                start = data.find(b"\n%04x  " % vendor)
             if start >= 0:
                 line_end = data.find(b"\n", start + 1)
                 line_end = len(data) if line_end < 0 else line_end
@@ -167,6 +169,33 @@ class PciIds:
 # A line that ends a vendor's block: not empty, not a comment, not indented.
 # A lookahead: the character-class form is ~6x slower in CPython's re.
 _NEXT_TOP_LINE = re.compile(rb"\n(?=[^\t#\n])")
+
+
+# The newline before a vendor line ("8086  Intel Corporation").
+_VENDOR_LINE = re.compile(rb"\n(?=[0-9a-f]{4}  )")
+
+
+def _bisect_vendor(data: bytes, vendor: int) -> int:
+    """Where the vendor's line starts (its preceding newline), by bisection over
+    the file's byte range: pci.ids lists vendors in ascending order, so ~20
+    short searches replace a scan of up to 1.3 MB.  -1 when bisection does not
+    find it (absent, or a file that is not sorted): the caller then searches."""
+    lo, hi = 0, len(data)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = _VENDOR_LINE.search(data, mid)
+        if found is None or found.start() >= hi:
+            hi = mid  # no vendor line in [mid, hi)
+            continue
+        at = found.start()
+        seen = int(data[at + 1 : at + 5], 16)
+        if seen == vendor:
+            return at
+        if seen < vendor:
+            lo = at + 1
+        else:
+            hi = mid
+    return -1
 
 
 def _name_at(data: bytes, line_start: int, skip: int) -> str:
