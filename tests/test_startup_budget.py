@@ -22,9 +22,11 @@ import pcipass
 from pcipass.cli.main import COMMANDS, build_parser, command_word
 from pcipass.testing.example import build_kvm, build_rhel5_xen
 
-# Runs pcipass as ``python -m pcipass`` would, then writes what it loaded to argv[1].
+# Runs pcipass as ``python -m pcipass`` would, then writes what it loaded to argv[1]:
+# the modules that were not loaded before it started, and the pci.ids files opened.
 WRAPPER = """
 import runpy, sys
+already = set(sys.modules)  # the interpreter's own (site, .pth files): not pcipass's doing
 report, opened = sys.argv[1], []
 def audit(event, args):
     if event == "open" and str(args[0]).endswith("pci.ids"):
@@ -35,7 +37,7 @@ try:
     runpy.run_module("pcipass", run_name="__main__", alter_sys=True)
 except SystemExit as stop:
     code = stop.code
-loaded = sorted(sys.modules)
+loaded = sorted(set(sys.modules) - already)
 import json  # after the list is taken: the wrapper's own needs do not count
 with open(report, "w") as out:
     json.dump({"modules": loaded, "pci_ids": opened, "code": code}, out)
