@@ -218,3 +218,33 @@ def test_the_long_module_allowlist_has_no_stale_entry() -> None:
         if m not in MODULES or len(MODULES[m].read_text().splitlines()) <= MAX_LINES
     ]
     assert stale == []
+
+
+def _ledger_closes(tree: ast.AST) -> list[int]:
+    """Lines that call ``<something ledger>.close()`` by hand."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "close"
+        and isinstance(node.func.value, ast.Name)
+        and "ledger" in node.func.value.id
+    ]
+
+
+def test_the_ledger_is_closed_by_with_blocks() -> None:
+    # A ``with Ledger.open(...)`` block closes the ledger on every path, the
+    # interrupt of a signal included; a hand-written try/finally drifts.
+    wrong = sorted(
+        f"{module}:{line}"
+        for module, path in MODULES.items()
+        if _layer(module) not in ("state", "testing")
+        for line in _ledger_closes(ast.parse(path.read_text(), str(path)))
+    )
+    assert wrong == []
+
+
+def test_the_ledger_close_finder_finds_a_close() -> None:
+    tree = ast.parse("ledger = open()\ntry:\n    pass\nfinally:\n    ledger.close()\n")
+    assert _ledger_closes(tree) == [5]

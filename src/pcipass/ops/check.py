@@ -107,14 +107,11 @@ def run_check(
     configuration."""
     inv = inventory(host)
     report = CheckReport()
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
         owned = {PciAddress.parse(o.address) for o in ledger.owners()}
         report.findings += _interrupted_operations(ledger)
         report.findings += _leftover_temp_files(host, ledger)
-    finally:
-        ledger.close()
     if addresses:
         report.checked = [str(a) for a in addresses]
         report.findings += assignability_findings(host, addresses, inv=inv)
