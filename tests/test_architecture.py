@@ -6,6 +6,8 @@ and checks the rules of docs/architecture.md:
 * every import points down the layers of :data:`RANK` (or stays in its layer);
   product code never imports the test kit ``pcipass.testing``;
 * ``pcipass.policy`` imports nothing from ``ops``, ``state`` or ``persist``;
+* ``pcipass.cli`` imports nothing from ``policy``, ``guests``, ``persist`` or
+  ``state``: it asks ``ops``;
 * ``pcipass.host`` imports only base modules, other host modules and the
   simulated kernel below it (``pcipass.simkernel``), which imports only base
   modules;
@@ -135,6 +137,19 @@ def test_policy_imports_nothing_from_ops_state_or_persist() -> None:
         if _layer(module) == "policy"
         for target in targets
         if _layer(target) in ("ops", "state", "persist", "cli")
+    )
+    assert wrong == []
+
+
+def test_the_cli_asks_ops_and_decides_nothing() -> None:
+    # Rules (policy), guest configurations, boot files and the ledger are
+    # reached through ops/; the CLI builds the Host and renders results.
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        if _layer(module) == "cli"
+        for target in targets
+        if _layer(target) in ("policy", "guests", "persist", "state")
     )
     assert wrong == []
 
