@@ -21,12 +21,9 @@ def ledger_claims(host: Host) -> Claims:
         return Claims({}, {})  # an empty ledger's claims, without loading SQLite (issue #13)
     from pcipass.state.ledger import Ledger
 
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         owners = {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
         hidden = {PciAddress.parse(r.address): r.identity for r in ledger.hidden()}
-    finally:
-        ledger.close()
     return Claims(owners, hidden)
 
 
