@@ -172,12 +172,16 @@ def _swapped(display: str) -> RefusedError:
 def verified(state: StateDir, db_fd: int) -> Iterator[Callable[[sqlite3.Connection], None]]:
     """Wrap SQLite's open: the body connects, then calls the check it is given
     with each connection, after the connect and again after setup."""
-    before = set(_open_files())
+    # (descriptor, file) pairs, not numbers: a number closed and reused for
+    # another file by SQLite counts as new.
+    before = set(_open_files().items())
 
     def check(conn: sqlite3.Connection) -> None:
         allowed = _expected(state, db_fd)
         strangers = [
-            fd for fd, ident in _open_files().items() if fd not in before and ident not in allowed
+            fd
+            for fd, ident in _open_files().items()
+            if (fd, ident) not in before and ident not in allowed
         ]
         if strangers:
             conn.close()
