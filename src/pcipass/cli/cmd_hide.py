@@ -51,6 +51,15 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="the state database lost its records: rebuild owners from the guest "
             "configurations and hidden devices from the bindings (the old file is kept)",
         )
+    if name in ("hide", "unhide"):
+        parser.add_argument(
+            "--reload-driver",
+            action="store_true",
+            help="with --persist: apply it now the document's way, reloading the "
+            + ("device's driver" if name == "hide" else "stub (pciback / vfio-pci)")
+            + " (every function it drives is unbound and probed again); refused when "
+            "another of them is used by the host or held by a guest",
+        )
     if name == "hide":
         parser.add_argument(
             "--backend",
@@ -60,13 +69,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             "--group", action="store_true", help="take the whole IOMMU group of each device"
-        )
-        parser.add_argument(
-            "--reload-driver",
-            action="store_true",
-            help="with --persist: apply it now the document's way, reloading the device's "
-            "driver (every function it drives is unbound and probed again); refused when "
-            "another of them is used by the host",
         )
 
 
@@ -111,14 +113,14 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.hide import hide, unhide, with_groups
 
     addresses = _addresses(args)
+    if args.reload_driver and (args.now or not args.persist):
+        raise UsageError(
+            "--reload-driver",
+            "goes with --persist alone (--now already rebinds the devices one by one)",
+        )
     if name == "hide":
         if args.group:
             addresses = with_groups(host, addresses)
-        if args.reload_driver and (args.now or not args.persist):
-            raise UsageError(
-                "--reload-driver",
-                "goes with --persist alone (--now already rebinds the devices one by one)",
-            )
         outcome = hide(
             host,
             addresses,
@@ -137,6 +139,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             persist=args.persist,
             platform=args.platform,
             dry_run=args.dry_run,
+            reload_driver=args.reload_driver,
         )
     lines = outcome.render_lines()
     if args.regenerate and not args.dry_run and outcome.persist is not None:
