@@ -24,6 +24,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="check this guest's configuration (repeatable); without BDF or "
             "--guest, everything: held devices, all guests, persistent files",
         )
+        parser.add_argument(
+            "--next-boot",
+            action="store_true",
+            help="forecast which driver claims each device at the next boot and why "
+            "(modprobe configuration, initramfs, built-in drivers, the kernel command line "
+            "grub will pass); flags host-used devices a stub would take",
+        )
     if name in ("hide", "unhide"):
         parser.add_argument(
             "--now", action="store_true", help="rebind through sysfs now (no reboot)"
@@ -171,6 +178,17 @@ def _check(args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.check import run_check
     from pcipass.policy.verdict import worst_exit
 
+    if args.next_boot:
+        if args.guest:
+            raise UsageError("--next-boot", "forecasts devices, not guests: drop --guest")
+        from pcipass.ops.forecast import next_boot
+
+        forecast = next_boot(host, _addresses(args) if args.addresses else [])
+        if args.json:
+            print_json(forecast.to_json())
+        else:
+            print(forecast.render())
+        return worst_exit(forecast.findings)
     report = run_check(host, _addresses(args) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())
