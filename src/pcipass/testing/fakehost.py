@@ -557,9 +557,7 @@ class FakeKernel:
         self.on_written: Callable[[str, str], None] | None = None  # after it acted
         self.module_failures: list[tuple[str, str, int]] = []  # (load|unload, module, errno)
         self.module_ids: dict[str, set[tuple[int, int]]] = {}  # vfio-pci ids= of this load
-        # Functions whose driver probe fails (missing firmware...): at a module
-        # load and at a drivers_probe write they stay unbound.
-        self.probe_failures: set[str] = set()
+        self.probe_failures: set[str] = set()  # probes that fail (module load, drivers_probe)
 
     def fail(
         self, pattern: str, err: int = errno.EIO, *, value: str | None = None, times: int = 1
