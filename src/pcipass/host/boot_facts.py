@@ -43,6 +43,9 @@ class ModuleConfig:
     blacklist: dict[str, str] = field(default_factory=dict)
     alias: dict[str, Sourced] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    # Every install/softdep line in order (kmod keeps them all, uses the first).
+    install_lines: list[tuple[str, Sourced]] = field(default_factory=list)
+    softdep_lines: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
 
     def resolve(self, name: str) -> str:
         """An ``alias`` name resolved to its module (``pciback`` -> ``xen_pciback``)."""

@@ -19,6 +19,7 @@ import gzip
 import io
 import lzma
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol, cast
@@ -157,7 +158,7 @@ def read_archives(stream: Readable, budget: list[int] | None = None) -> Contents
             contents.formats.append(kind)
             try:
                 inner = read_archives(_decoder(kind, rest), budget)
-            except (OSError, EOFError, lzma.LZMAError) as error:
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as error:
                 raise CannotRead(f"{kind} data is corrupt: {error}") from error
             contents.names += inner.names
             contents.config.update(inner.config)

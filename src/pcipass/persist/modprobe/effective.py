@@ -31,8 +31,10 @@ def read_module_config(files: Mapping[str, bytes], *, label: str = "") -> Module
                     value = text[param.value_start : param.value_end]
                     config.options.append((key, param.key, Sourced(value, where)))
             elif directive.command == "install":
-                config.install.setdefault(key, Sourced(directive.rest.strip(), where))
-            elif directive.command == "softdep" and key not in config.softdep_pre:
+                command = Sourced(directive.rest.strip(), where)
+                config.install.setdefault(key, command)  # kmod uses the first
+                config.install_lines.append((key, command))
+            elif directive.command == "softdep":
                 words = directive.rest.split()
                 pre: list[str] = []
                 kind = (
@@ -43,7 +45,8 @@ def read_module_config(files: Mapping[str, bytes], *, label: str = "") -> Module
                         kind = word
                     elif kind == "pre:":
                         pre.append(module_key(word))
-                config.softdep_pre[key] = (tuple(pre), where)
+                config.softdep_pre.setdefault(key, (tuple(pre), where))  # the first
+                config.softdep_lines.append((key, tuple(pre), where))
             elif directive.command == "blacklist":
                 config.blacklist.setdefault(key, where)
             elif directive.command == "alias":
@@ -55,8 +58,8 @@ def showconfig(config: ModuleConfig) -> list[str]:
     """The configuration lines of ``modprobe -c`` (kmod 30's order: blacklist, install,
     alias, options, softdep), for the modules this configuration names."""
     lines = [f"blacklist {m}" for m in config.blacklist]
-    lines += [f"install {m} {v.value}" for m, v in config.install.items()]
+    lines += [f"install {m} {v.value}" for m, v in config.install_lines]
     lines += [f"alias {name} {target.value}" for name, target in config.alias.items()]
     lines += [f"options {m} {p}={v.value}" for m, p, v in config.options]
-    lines += [f"softdep {m} pre: {' '.join(pre)}" for m, (pre, _) in config.softdep_pre.items()]
+    lines += [f"softdep {m} pre: {' '.join(pre)}" for m, pre, _ in config.softdep_lines]
     return lines
