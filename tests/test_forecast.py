@@ -486,3 +486,66 @@ def test_a_tree_without_a_module_index_says_unknown_not_none(
     gpu = device(doc, GPU)
     assert (gpu["driver"], gpu["stage"], gpu["certain"]) == (None, "unknown", False)
     assert code == 0 and PciAddress.parse(gpu["address"]) == PciAddress.parse(GPU)
+
+
+DEFAULT_GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="{}"\n'
+
+
+def test_without_grub_cfg_the_line_grub_mkconfig_will_write_is_used(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kvm.fake.write_file(
+        "/etc/default/grub", DEFAULT_GRUB.format("vfio-pci.ids=10de:1b80 rd.driver.pre=vfio-pci")
+    )
+    kvm.fake.write_file(
+        f"/boot/initrd.img-{KVM_RELEASE}",
+        initramfs_image(["nvme", "nouveau", "vfio-pci"], {}, KVM_RELEASE),
+    )
+    _, doc = forecast(kvm, capsys, GPU)
+    cmdline = doc["next_boot"]["cmdline"]
+    assert "/etc/default/grub" in cmdline["where"]
+    assert cmdline["text"] == "vfio-pci.ids=10de:1b80 rd.driver.pre=vfio-pci quiet"
+    # rd.driver.pre= loads vfio-pci in the initramfs before udev loads nouveau; the
+    # image has no modprobe files, so ids= comes from the command line alone.
+    gpu = device(doc, GPU)
+    assert (gpu["driver"], gpu["stage"]) == ("vfio-pci", "initramfs")
+    assert "kernel command line" not in " ".join(gpu["evidence"])  # it says where: the file
+    assert "/etc/default/grub" in " ".join(gpu["evidence"])
+
+
+def test_a_grub_cfg_not_regenerated_after_editing_etc_default_grub_is_drift(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kvm.fake.write_file("/boot/grub/grub.cfg", GRUB_CFG.replace("1>0", "0"))
+    kvm.fake.write_file("/etc/default/grub", DEFAULT_GRUB.format("vfio-pci.ids=10de:1b80"))
+    code, doc = forecast(kvm, capsys)
+    (stale,) = rules(doc, "PP111", "vfio-pci.ids=10de:1b80")
+    assert "grub.cfg was not regenerated" in stale["message"] and code == 1
+    assert "update-grub" in stale["remedy"]
+    assert drivers(doc)[GPU] == "nouveau"
+
+
+class _RunningSystem(HostRoot):
+    """A tree standing in for the running system: the distribution's lister may run."""
+
+    @property
+    def is_real(self) -> bool:
+        return True
+
+
+def test_the_distributions_lister_lists_what_python_cannot_decompress(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pcipass.host.initramfs import list_initramfs
+    from pcipass.runner import CommandResult
+
+    path = f"/boot/initrd.img-{KVM_RELEASE}"
+    kvm.fake.write_file(path, b"\x28\xb5\x2f\xfd" + b"\0" * 64)  # zstd
+    kvm.runner.programs.add("lsinitramfs")
+    listed = f"usr/lib/modules/{KVM_RELEASE}/kernel/drivers/gpu/drm/nouveau/nouveau.ko.zst\n"
+    kvm.runner.answers["lsinitramfs"] = CommandResult(("lsinitramfs",), 0, listed + "etc\n", "")
+    listing = list_initramfs(_RunningSystem(kvm.base), kvm.runner, path)
+    assert ("lsinitramfs", path) in kvm.runner.calls
+    assert listing.how == "lsinitramfs" and listing.contents is not None
+    assert module_names(listing.contents.names) == {"nouveau"}
+    assert "zstd" in listing.note and "/etc's are assumed" in listing.note

@@ -172,3 +172,6 @@ class BootFacts:
     # (i2c_i801 -> i801_smbus); other modules are assumed to use their own name.
     driver_names: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Hiding parameters /etc/default/grub sets that the boot entry lacks (grub.cfg
+    # not regenerated): "param=value" and where it is set.
+    stale_cmdline: list[Sourced] = field(default_factory=list)

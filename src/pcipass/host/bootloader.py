@@ -47,6 +47,7 @@ class NextBoot:
     cmdline_where: str
     xen: bool = False
     notes: list[str] = field(default_factory=list)
+    from_loader: bool = True  # False: no boot loader configuration, the running kernel
 
 
 def _words(line: str) -> list[str]:
@@ -213,4 +214,5 @@ def _running(root: HostRoot, running: str | None, notes: list[str]) -> NextBoot:
         "the running kernel (" + "; ".join(notes) + ")",
         "/proc/cmdline (the running kernel's)",
         notes=list(notes),
+        from_loader=False,
     )

@@ -28,6 +28,7 @@ from pcipass.host.initramfs import initramfs_candidates, list_initramfs, module_
 from pcipass.host.kernel_index import read_kernel_modules
 from pcipass.host.stubs import XEN_DRIVER, XEN_MODULE
 from pcipass.ops.inventory import inventory
+from pcipass.persist.cmdline import collect_grub_files, entry_text, read_configured
 from pcipass.persist.modprobe.effective import read_module_config
 from pcipass.persist.modprobe.installed import collect_modprobe_files
 from pcipass.policy.forecast import Forecast, forecast
@@ -183,6 +184,28 @@ def _initramfs(host: Host, boot: NextBoot, release: str | None) -> Initramfs:
     )
 
 
+def _cmdline(host: Host, boot: NextBoot) -> tuple[BootCmdline, list[Sourced]]:
+    """The boot entry's command line, checked against /etc/default/grub: without a
+    grub.cfg, the line grub-mkconfig would write from it is the best forecast; with
+    one, a hiding parameter set there but missing from the entry means grub.cfg
+    was not regenerated."""
+    files = collect_grub_files(host.root)
+    if not files:
+        return BootCmdline(boot.cmdline, boot.cmdline_where), []
+    xen = boot.xen or host.is_xen_dom0
+    configured = read_configured(files, xen=xen)
+    if not boot.from_loader:
+        where = "/etc/default/grub, as grub-mkconfig will write it (no grub.cfg found)"
+        return BootCmdline(entry_text(configured, xen=xen), where), []
+    words = set(boot.cmdline.split())
+    stale = [
+        Sourced(f"{t.param}={t.value}", t.where)
+        for t in configured.hides.tokens
+        if t.effective and f"{t.param}={t.value}" not in words
+    ]
+    return BootCmdline(boot.cmdline, boot.cmdline_where), stale
+
+
 def _asked(host: Host) -> dict[PciAddress, str]:
     """The devices pcipass's ledger says were hidden at boot, and their stub."""
     with Ledger.open(host.root, readonly=True) as ledger:
@@ -232,15 +255,17 @@ def gather(host: Host) -> tuple[NextBoot, BootFacts, list[str]]:
                 overrides.get(dev.address),
             )
         )
+    cmdline, stale = _cmdline(host, boot)
     facts = BootFacts(
         kernel,
-        BootCmdline(boot.cmdline, boot.cmdline_where),
+        cmdline,
         read_module_config(collect_modprobe_files(host.root)),
         initramfs,
         devices,
         load_at_boot=_modules_load(host),
         driver_names=_driver_names(host),
         notes=notes,
+        stale_cmdline=stale,
     )
     return boot, facts, notes
 

@@ -458,6 +458,18 @@ def _findings(
             )
         if stubbed and device.boot_vga:
             findings += _framebuffer(facts, fc)
+    for stale in facts.stale_cmdline:
+        findings.append(
+            Finding(
+                DRIFT_RULE,
+                Severity.WARN,
+                stale.value,
+                f"is set in {stale.where} but not on the command line of the boot entry "
+                f"({facts.cmdline.where}): grub.cfg was not regenerated, the next boot "
+                "will not have it",
+                "regenerate grub.cfg (update-grub, or grub2-mkconfig -o the grub.cfg path)",
+            )
+        )
     for hit in hits:
         others = [a for a in hit.devices if by[a].asked is None]
         if len(hit.devices) > 1 and others:
