@@ -549,3 +549,34 @@ def test_the_distributions_lister_lists_what_python_cannot_decompress(
     assert listing.how == "lsinitramfs" and listing.contents is not None
     assert module_names(listing.contents.names) == {"nouveau"}
     assert "zstd" in listing.note and "/etc's are assumed" in listing.note
+
+
+def test_the_narrowed_alias_search_finds_what_matching_every_pattern_finds() -> None:
+    """modules.alias is searched through a vendor/device index (thousands of patterns):
+    the result, and its order, are those of trying every pattern."""
+    import fnmatch
+
+    from pcipass.host.boot_facts import KernelModules
+
+    aliases = [
+        ("pci:v00008086d0000100Esv*sd*bc*sc*i*", "e1000"),
+        ("pci:v00008086d*sv*sd*bc02sc00i*", "intel_any_nic"),
+        ("pci:v*d*sv*sd*bc06sc04i00", "shpchp"),
+        ("pci:v0000808?d0000100Esv*sd*bc*sc*i*", "odd_vendor_glob"),
+        ("pci:v00008086d0000100*sv*sd*bc*sc*i*", "device_glob"),
+        ("pci:v000010DEd*sv*sd*bc03sc*i*", "nouveau"),
+        ("pci:v00008086d0000100Esv00008086sd00001012bc*sc*i*", "e1000"),
+    ]
+    kernel = KernelModules("r", "w", aliases=aliases, builtin=frozenset({"shpchp"}))
+    for modalias in (
+        "pci:v00008086d0000100Esv00008086sd00001012bc02sc00i00",
+        "pci:v00008086d00001234sv00000000sd00000000bc06sc04i00",
+        "pci:v000010DEd00001B80sv00000000sd00000000bc03sc00i00",
+        "pci:v00001AF4d00001000sv00000000sd00000000bc02sc00i00",
+    ):
+        brute: list[str] = []
+        for pattern, module in aliases:
+            if module not in brute and fnmatch.fnmatchcase(modalias, pattern):
+                brute.append(module)
+        brute.sort(key=lambda m: m != "shpchp")
+        assert kernel.candidates(modalias) == brute, modalias

@@ -109,14 +109,44 @@ class KernelModules:
     builtin_aliases: list[tuple[str, str]] = field(default_factory=list)
     readable: bool = True
     note: str = ""
+    _index: dict[str, list[tuple[int, str, str]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def candidates(self, modalias: str) -> list[str]:
         """Modules whose alias matches, built-in ones first (they probe at kernel start)."""
         found: list[str] = []
-        for pattern, module in [*self.builtin_aliases, *self.aliases]:
+        for pattern, module in self._narrowed(modalias):
             if module not in found and fnmatch.fnmatchcase(modalias, pattern):
                 found.append(module)
         return sorted(found, key=lambda m: m not in self.builtin)
+
+    def _narrowed(self, modalias: str) -> list[tuple[str, str]]:
+        """The aliases that can match, in index order: a distribution's modules.alias
+        has thousands of patterns, nearly all with a literal vendor and device."""
+        if self._index is None:
+            index: dict[str, list[tuple[int, str, str]]] = {}
+            for order, (pattern, module) in enumerate([*self.builtin_aliases, *self.aliases]):
+                index.setdefault(_index_key(pattern), []).append((order, pattern, module))
+            self._index = index
+        keys = (modalias[:22], modalias[:13], "*")  # pci:vVVVVVVVVdDDDDDDDD, pci:vVVVVVVVV
+        hits = [hit for key in keys for hit in self._index.get(key, [])]
+        return [(pattern, module) for _, pattern, module in sorted(hits)]
+
+
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _index_key(pattern: str) -> str:
+    """The literal vendor+device (or vendor) prefix of a ``pci:`` pattern, else "*"."""
+    if not pattern.startswith("pci:v"):
+        return "*"
+    vendor, device = pattern[5:13], pattern[14:22]
+    if len(vendor) != 8 or not set(vendor) <= _HEX:
+        return "*"
+    if pattern[13:14] == "d" and len(device) == 8 and set(device) <= _HEX:
+        return pattern[:22]
+    return pattern[:13]
 
 
 @dataclass
