@@ -176,7 +176,6 @@ def _backend(args: argparse.Namespace, host: Host) -> Backend:
 def _check(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json
     from pcipass.ops.check import run_check
-    from pcipass.policy.verdict import worst_exit
 
     if args.next_boot:
         if args.guest:
@@ -188,10 +187,10 @@ def _check(args: argparse.Namespace, host: Host) -> int:
             print_json(forecast.to_json())
         else:
             print(forecast.render())
-        return worst_exit(forecast.findings)
+        return forecast.exit_code
     report = run_check(host, _addresses(args) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())
     else:
         print(report.render())
-    return worst_exit(report.findings)
+    return report.exit_code

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
-from pcipass.errors import AddressError
+from pcipass.errors import AddressError, ExitCode
 from pcipass.host.boot_facts import (
     BootCmdline,
     BootDevice,
@@ -32,7 +32,7 @@ from pcipass.persist.cmdline import collect_grub_files, entry_text, read_configu
 from pcipass.persist.modprobe.effective import read_module_config
 from pcipass.persist.modprobe.installed import collect_modprobe_files
 from pcipass.policy.forecast import Forecast, forecast
-from pcipass.policy.verdict import Finding
+from pcipass.policy.verdict import Finding, worst_exit
 from pcipass.state.ledger import Ledger
 
 _RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
@@ -51,13 +51,16 @@ class NextBootReport:
     def findings(self) -> list[Finding]:
         return self.result.findings
 
-    def to_json(self) -> dict[str, object]:
-        from pcipass.policy.verdict import worst_exit
+    @property
+    def exit_code(self) -> ExitCode:
+        """``check``'s: 3 with a PP110 refusal, 1 with warnings, else 0."""
+        return worst_exit(self.findings)
 
+    def to_json(self) -> dict[str, object]:
         return {
             "next_boot": self._next_boot_json(),
             "findings": [f.to_json() for f in self.findings],
-            "exit_code": int(worst_exit(self.findings)),
+            "exit_code": int(self.exit_code),
         }
 
     def _next_boot_json(self) -> dict[str, object]:
