@@ -580,3 +580,33 @@ def test_the_narrowed_alias_search_finds_what_matching_every_pattern_finds() -> 
                 brute.append(module)
         brute.sort(key=lambda m: m != "shpchp")
         assert kernel.candidates(modalias) == brute, modalias
+
+
+def test_a_stub_loaded_at_boot_takes_a_device_no_driver_claims(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """systemd-modules-load loads vfio-pci at some point of the boot: a device whose own
+    driver never loads (blacklisted) is still unbound then, and ids= takes it."""
+    kvm.fake.write_file("/etc/modprobe.d/vfio.conf", "options vfio-pci ids=10de:1b80\n")
+    kvm.fake.write_file("/etc/modprobe.d/bl.conf", "blacklist nouveau\n")
+    _, doc = forecast(kvm, capsys, GPU)
+    assert drivers(doc)[GPU] is None
+    kvm.fake.write_file("/etc/modules-load.d/vfio.conf", "# for the GPU\nvfio-pci\n")
+    _, doc = forecast(kvm, capsys, GPU)
+    gpu = device(doc, GPU)
+    assert (gpu["driver"], gpu["stage"]) == ("vfio-pci", "root")
+    assert "no driver binds it first" in gpu["evidence"][-1]
+
+
+def test_grub_default_by_id_and_title() -> None:
+    from pcipass.host.bootloader import parse_grub_cfg, pick
+
+    default, menu = parse_grub_cfg(GRUB_CFG)
+    assert default == "1>0"
+    chosen = pick(default, menu)
+    assert chosen is not None and chosen.kernel == "/vmlinuz-6.1.0-27-amd64"
+    by_id = pick("gnulinux-advanced-x>gnulinux-6.1.0-27", menu)
+    assert by_id is chosen
+    by_title = pick("Debian GNU/Linux", menu)
+    assert by_title is not None and by_title.initrd == "/initrd.img-6.1.0-26-amd64"
+    assert pick("7", menu) is None
