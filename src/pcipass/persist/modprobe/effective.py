@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pcipass.host.boot_facts import ModuleConfig, Sourced
+from pcipass.host.boot_facts import ModuleConfig, Sourced, module_key
 from pcipass.persist.modprobe.installed import kmod_file_order
-from pcipass.persist.modprobe.syntax import Document, module_key
+from pcipass.persist.modprobe.syntax import Document
 
 
 def read_module_config(files: Mapping[str, bytes], *, label: str = "") -> ModuleConfig:
