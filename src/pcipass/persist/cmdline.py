@@ -174,6 +174,12 @@ def read_configured(files: Mapping[str, bytes], *, xen: bool = False) -> Configu
     return ConfiguredCmdline(env, sources, hides, tuple(problems))
 
 
+def entry_text(configured: ConfiguredCmdline, *, xen: bool = False) -> str:
+    """The Linux arguments grub-mkconfig would write into an entry (``xen``: dom0's)."""
+    names = _entry_variables(configured.variables, xen)
+    return " ".join(configured.variables.get(n, "") for n in names).strip()
+
+
 def _entry_variables(env: Mapping[str, str], xen: bool) -> tuple[str, str]:
     if not xen:
         return BASE, BASE_DEFAULT
