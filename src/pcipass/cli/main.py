@@ -126,6 +126,7 @@ COMMANDS: tuple[Command, ...] = (
         False,
         False,
     ),
+    Command("vfs", "cmd_vfs", "an SR-IOV PF's virtual functions: list, create, remove", True, True),
     Command(
         "guard-install",
         "cmd_hooks",

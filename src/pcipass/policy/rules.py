@@ -103,6 +103,12 @@ _RULES = [
         "an address recorded for a device must still name the same device",
     ),
     Rule("PP106", "sriov-pf", "pcipass", "an SR-IOV PF with active VFs takes them down with it"),
+    Rule(
+        "PP121",
+        "sriov-vfs",
+        "pcipass (the kernel's sriov_numvfs rules, drivers/pci/iov.c)",
+        "VFs are created on an SR-IOV PF with a driver, at most sriov_totalvfs of them",
+    ),
 ]
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULES}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.runner import CommandResult
+from pcipass.testing import fakesriov
 from pcipass.testing.config_builder import Cap, ExtCap, build_config
 
 
@@ -324,32 +325,17 @@ class FakeHost:
         driver: str | None = None,
         total: int | None = None,
     ) -> list[str]:
-        """SR-IOV: ``count`` VFs of ``pf`` starting at ``first_vf`` (PCIe SR-IOV 1.1 §3.3.10)."""
-        pf_dir = self.path_of(pf)
-        PciAddress.parse(pf)
-        start = PciAddress.parse(first_vf)
-        vendor = int((pf_dir / "vendor").read_text(), 16)
-        _write(pf_dir / "sriov_totalvfs", f"{total if total is not None else count}\n", 0o444)
-        _write(pf_dir / "sriov_numvfs", f"{count}\n", 0o644)
-        names = []
-        for index in range(count):
-            flat = (start.slot << 3 | start.function) + index * stride
-            vf = PciAddress(start.domain, start.bus, flat >> 3, flat & 7)
-            # VFs sit beside their PF, under the same upstream bridge.
-            parent = pf_dir.parent.name if pf_dir.parent.name.count(":") == 2 else None
-            self.add_device(
-                str(vf),
-                vendor=vendor,
-                device=vf_device,
-                class_code=0x020000,
-                parent=parent,
-                driver=driver,
-            )
-            vf_dir = self.path_of(str(vf))
-            _rel_link(vf_dir / "physfn", pf_dir)
-            _rel_link(pf_dir / f"virtfn{index}", vf_dir)
-            names.append(str(vf))
-        return names
+        """SR-IOV: ``count`` VFs of ``pf`` starting at ``first_vf`` (testing/fakesriov.py)."""
+        return fakesriov.add_vfs(
+            self,
+            pf,
+            count,
+            vf_device=vf_device,
+            first_vf=first_vf,
+            stride=stride,
+            driver=driver,
+            total=total,
+        )
 
     # ---- binding (used by the kit and by FakeKernel) -----------------------
     def _write_uevent(self, address: str, driver: str | None) -> None:
@@ -587,6 +573,8 @@ class FakeKernel:
             self._probe(self._device(text))
         elif len(parts) == 7 and parts[1:5] == ("sys", "bus", "pci", "drivers"):
             self._driver_write(parts[5], parts[6], text)
+        elif fakesriov.handles(path):
+            fakesriov.write(self, path, text)
         elif path.name == "driver_override":
             self._device_dir_of(path)
             (path).write_text((text or "(null)") + "\n")
@@ -650,6 +638,8 @@ class FakeKernel:
 
     def _accepts(self, driver: FakeDriver, name: str) -> bool:
         override = self._override(name)
+        if override is None and not fakesriov.can_probe(self.host, name):
+            return False  # a VF while its PF's sriov_drivers_autoprobe is 0
         if override is not None:
             # pci_match_device(): with driver_override set, only that driver matches.
             return override == driver.name
