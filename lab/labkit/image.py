@@ -32,7 +32,7 @@ XEN_MODULES = (
     "e1000",
     "pci-stub",
 )
-KVM_MODULES = ("vfio-pci", "vfio_iommu_type1", "e1000", "e1000e", "pci-stub", "8139cp")
+KVM_MODULES = ("vfio-pci", "vfio_iommu_type1", "e1000", "e1000e", "pci-stub", "8139cp", "nvme")
 
 # Parts of the Python standard library pcipass never needs; dropped to keep the image small
 # (the initramfs is unpacked into dom0's RAM at every boot).
