@@ -352,7 +352,9 @@ def test_cli_create_list_json_and_hide_vfs(
     assert main(["vfs", str(PF), "4", "--root", str(example), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [v["address"] for v in doc["vfs"]] == NEW_VFS and doc["after"] == 4
-    assert main(["hide", "--now", "--vfs", str(PF), "--backend", "vfio", "--root", str(example)]) == 0
+    assert (
+        main(["hide", "--now", "--vfs", str(PF), "--backend", "vfio", "--root", str(example)]) == 0
+    )
     capsys.readouterr()
     assert main(["vfs", str(PF), "--root", str(example), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -373,3 +375,36 @@ def test_cli_hide_vfs_of_a_pf_without_vfs_is_refused(
 @pytest.mark.parametrize("argv", [["vfs", str(PF), "x"], ["vfs", str(PF), "-1"], ["hide", "--now"]])
 def test_cli_usage_errors(example: Path, argv: list[str]) -> None:
     assert main([*argv, "--root", str(example)]) == 2
+
+
+def test_a_failed_setting_puts_back_the_ones_applied_before_it(kvm: Lab) -> None:
+    from pcipass.runner import CommandResult
+
+    links = [{"vfinfo_list": [{"vf": 0, "address": "02:00:00:00:00:aa", "trust": False}]}]
+    kvm.runner.programs.add("ip")
+    kvm.runner.answers["ip -j link show dev enp2s0f0"] = CommandResult((), 0, json.dumps(links), "")
+    kvm.runner.answers["ip link set dev enp2s0f0 vf 1"] = CommandResult(
+        (), 2, "", "RTNETLINK answers: Operation not permitted\n"
+    )
+    with pytest.raises(OperationFailed) as caught:
+        set_vfs(
+            kvm.host, PF, None, settings={"mac": ["0=02:00:00:00:00:01", "1=02:00:00:00:00:02"]}
+        )
+    sets = [c[5:] for c in kvm.runner.calls if c[:3] == ("ip", "link", "set")]
+    assert sets == [
+        ("vf", "0", "mac", "02:00:00:00:00:01"),
+        ("vf", "1", "mac", "02:00:00:00:00:02"),
+        ("vf", "0", "mac", "02:00:00:00:00:aa"),  # put back
+    ]
+    assert "nothing was changed" in caught.value.render()
+
+
+def test_a_setting_that_cannot_be_put_back_is_named(kvm: Lab) -> None:
+    from pcipass.runner import CommandResult
+
+    kvm.runner.programs.add("ip")  # `ip -j` answers nothing: the old values are unknown
+    kvm.runner.answers["ip link set dev enp2s0f0 vf 1"] = CommandResult((), 2, "", "no\n")
+    with pytest.raises(OperationFailed) as caught:
+        set_vfs(kvm.host, PF, None, settings={"vlan": ["0=5", "1=6"]})
+    text = caught.value.render()
+    assert "still set on enp2s0f0: vf 0 vlan 5" in text and "nothing was changed" not in text

@@ -149,3 +149,17 @@ def read_vf_net(host: Host, netdev: str) -> dict[int, VfNet]:
 def apply_setting(host: Host, netdev: str, setting: VfSetting) -> None:
     argv = ["ip", "link", "set", "dev", valid_netdev(netdev), *setting.ip_args()]
     host.runner.run(argv).check()
+
+
+def restoring(old: VfNet | None, setting: VfSetting) -> VfSetting | None:
+    """The setting that puts back what ``setting`` changed, when ``ip`` told us."""
+    if old is None:
+        return None
+    if setting.key == "mac" and old.mac and old.mac != "00:00:00:00:00:00":
+        return VfSetting(setting.index, "mac", old.mac)
+    if setting.key == "vlan":
+        return VfSetting(setting.index, "vlan", str(old.vlan or 0))
+    flag = old.trust if setting.key == "trust" else old.spoofchk
+    if setting.key in ("trust", "spoofchk") and flag is not None:
+        return VfSetting(setting.index, setting.key, "on" if flag else "off")
+    return None

@@ -24,13 +24,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
-from pcipass.errors import DeviceNotFoundError, RefusedError
+from pcipass.errors import DeviceNotFoundError, OperationFailed, PcipassError, RefusedError
 from pcipass.host import binding, sriov
 from pcipass.host.context import Host
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.host.usage import HostUse, host_uses
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
-from pcipass.ops.vf_net import VfNet, VfSetting, apply_setting, parse_settings, read_vf_net
+from pcipass.ops.vf_net import (
+    VfNet,
+    VfSetting,
+    apply_setting,
+    parse_settings,
+    read_vf_net,
+    restoring,
+)
 from pcipass.persist import udev_vfs
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.state.ledger import Ledger
@@ -488,6 +495,11 @@ def _apply(host: Host, ledger: Ledger, pf: sriov.PfState, plan: _Plan) -> None:
             "files": [e.display for e in edits],
         },
     )
+    # Settings of VFs that outlive this command (the count is unchanged) are put
+    # back by hand on a failure: they live in the PF driver, not in a file or
+    # sysfs attribute the journal can reconcile (a kill -9 leaves them set).
+    old = read_vf_net(host, pf.netdev) if pf.netdev and plan.settings and not plan.steps else {}
+    applied: list[VfSetting] = []
     try:
         for describe, action in plan.steps:
             action()
@@ -495,12 +507,42 @@ def _apply(host: Host, ledger: Ledger, pf: sriov.PfState, plan: _Plan) -> None:
         for setting in plan.settings:
             assert pf.netdev is not None
             apply_setting(host, pf.netdev, setting)
+            applied.append(setting)
         txn.edit_files(edits)
         txn.commit()
     except ROLLBACK_ON as error:
-        raise txn.fail(
+        left = (
+            _restore_settings(host, pf.netdev, old, applied)
+            if pf.netdev and applied and not plan.steps
+            else []
+        )
+        failed = txn.fail(
             error, kept=f"{pf.address} has its {pf.num} VFs again, every file as it was"
-        ) from error
+        )
+        if left and isinstance(failed, PcipassError):
+            # The rollback message must not claim that nothing changed.
+            raise OperationFailed(
+                failed.subject,
+                f"{failed.problem}; still set on {pf.netdev}: {', '.join(left)}",
+                "set them back with ip link",
+            ) from error
+        raise failed from error
+
+
+def _restore_settings(
+    host: Host, netdev: str, old: Mapping[int, VfNet], applied: Sequence[VfSetting]
+) -> list[str]:
+    """Put back settings applied before a failure; what could not be put back."""
+    left: list[str] = []
+    for setting in reversed(applied):
+        back = restoring(old.get(setting.index), setting)
+        try:
+            if back is None:
+                raise OperationFailed(setting.describe(), "previous value unknown", "")
+            apply_setting(host, netdev, back)
+        except (PcipassError, OSError):
+            left.append(setting.describe())
+    return left
 
 
 # --- undoing (rollback and recover) -------------------------------------------------
