@@ -12,6 +12,7 @@ appear and with which device id: PCIe SR-IOV, §9.3.3.9-§9.3.3.11), and the
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pcipass.address import PciAddress
@@ -116,3 +117,30 @@ def set_autoprobe(host: Host, address: PciAddress, on: bool) -> None:
 
 def exists(host: Host, address: PciAddress) -> bool:
     return os.path.lexists(host.root.pci_device(address))
+
+
+# --- undoing (ops/transaction.py: rollback and recover of `pcipass vfs`) ---
+
+
+def reconcile_sriov(host: Host, saved: Mapping[str, object]) -> bool:
+    """Put a PF's VF count and autoprobe back as the intent saved them; True if changed.
+
+    The VFs come back with the PF's autoprobe as it was, so they are probed
+    as they were before the command."""
+    address = PciAddress.parse(str(saved["pf"]))
+    numvfs = saved.get("numvfs")
+    autoprobe = saved.get("autoprobe")
+    state = read_pf(host, address)
+    if state is None or not isinstance(numvfs, int):
+        return False
+    changed = False
+    if isinstance(autoprobe, bool) and state.autoprobe is not None and state.autoprobe != autoprobe:
+        set_autoprobe(host, address, autoprobe)
+        changed = True
+    if state.num != numvfs:
+        if state.num:
+            set_numvfs(host, address, 0)
+        if numvfs:
+            set_numvfs(host, address, numvfs)
+        changed = True
+    return changed

@@ -37,6 +37,7 @@ from typing import Protocol
 from pcipass import interrupt
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, OperationFailed, PcipassError, RefusedError
+from pcipass.host import sriov
 from pcipass.host.context import Host
 from pcipass.ops.rebind import apply_undo, device_state, reconcile
 from pcipass.persist.atomic import FileEdit
@@ -231,10 +232,8 @@ def undo_operation(
     saved_sriov = intent.get("sriov")
     if isinstance(saved_sriov, dict):
         # pcipass vfs: the PF's VF count and autoprobe as they were (ops/vfs.py).
-        from pcipass.ops.vfs import reconcile_sriov
-
         pf = str(saved_sriov.get("pf"))
-        if _guard(report, pf, functools.partial(reconcile_sriov, host, saved_sriov)):
+        if _guard(report, pf, functools.partial(sriov.reconcile_sriov, host, saved_sriov)):
             report.undone.append(f"{pf}: {saved_sriov.get('numvfs')} VFs again, as before")
     before = intent.get("before")
     if isinstance(before, dict):

@@ -120,7 +120,10 @@ class VfNet:
 
 
 def read_vf_net(host: Host, netdev: str) -> dict[int, VfNet]:
-    """VF index -> its settings, from ``ip -j link show dev NETDEV`` (iproute2 4.13+)."""
+    """VF index -> its settings, from ``ip -j link show dev NETDEV`` (iproute2 4.13+);
+    empty without ``ip`` (or under ``--root``, where no program is run)."""
+    if host.runner.which("ip") is None:
+        return {}
     result = host.runner.run(["ip", "-j", "link", "show", "dev", valid_netdev(netdev)])
     if result.returncode != 0:
         return {}

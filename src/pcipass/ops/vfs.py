@@ -543,30 +543,3 @@ def _restore_settings(
         except (PcipassError, OSError):
             left.append(setting.describe())
     return left
-
-
-# --- undoing (rollback and recover) -------------------------------------------------
-
-
-def reconcile_sriov(host: Host, saved: Mapping[str, object]) -> bool:
-    """Put a PF's VF count and autoprobe back as the intent saved them; True if changed.
-
-    The VFs come back with the PF's autoprobe as it was, so they are probed
-    as they were before the command."""
-    address = PciAddress.parse(str(saved["pf"]))
-    numvfs = saved.get("numvfs")
-    autoprobe = saved.get("autoprobe")
-    state = sriov.read_pf(host, address)
-    if state is None or not isinstance(numvfs, int):
-        return False
-    changed = False
-    if isinstance(autoprobe, bool) and state.autoprobe is not None and state.autoprobe != autoprobe:
-        sriov.set_autoprobe(host, address, autoprobe)
-        changed = True
-    if state.num != numvfs:
-        if state.num:
-            sriov.set_numvfs(host, address, 0)
-        if numvfs:
-            sriov.set_numvfs(host, address, numvfs)
-        changed = True
-    return changed

@@ -38,6 +38,13 @@ SRIOV_CONFIGURE = frozenset(
 EXT_CAP_SRIOV = 0x0010
 
 
+def _link(link: Path, target: Path) -> None:
+    """A relative symlink, as sysfs has them (kept here: fakehost imports this module)."""
+    if os.path.lexists(link):
+        link.unlink()
+    os.symlink(os.path.relpath(target, link.parent), link)
+
+
 def _fail(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -170,10 +177,8 @@ def _create(kernel: FakeKernel, pf: str, count: int) -> None:
             reset_method="flr",  # SR-IOV 1.1 §2.2.2: every VF implements FLR
         )
         vf_dir = host.path_of(str(vf))
-        from pcipass.testing.fakehost import _rel_link
-
-        _rel_link(vf_dir / "physfn", pf_dir)
-        _rel_link(pf_dir / f"virtfn{index}", vf_dir)
+        _link(vf_dir / "physfn", pf_dir)
+        _link(pf_dir / f"virtfn{index}", vf_dir)
         created.append(str(vf))
     # pci_bus_add_device -> device_attach, for each VF, once all exist.
     for name in created:
@@ -237,8 +242,6 @@ def add_vfs(
 ) -> list[str]:
     """A PF with ``count`` VFs already enabled (as at boot), from ``first_vf`` on
     (PCIe SR-IOV 1.1 §3.3.10); ``driver`` binds each VF."""
-    from pcipass.testing.fakehost import _rel_link
-
     pf_dir = host.path_of(pf)
     start = PciAddress.parse(first_vf)
     vendor = _read_int(pf_dir / "vendor", 16)
@@ -265,7 +268,7 @@ def add_vfs(
             driver=driver,
         )
         vf_dir = host.path_of(str(vf))
-        _rel_link(vf_dir / "physfn", pf_dir)
-        _rel_link(pf_dir / f"virtfn{index}", vf_dir)
+        _link(vf_dir / "physfn", pf_dir)
+        _link(pf_dir / f"virtfn{index}", vf_dir)
         names.append(str(vf))
     return names
