@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 from registry import plan, step
@@ -91,6 +92,54 @@ def vf_hide_vfio() -> str:
     if not node.exists():
         raise StepFailed(f"{node} missing after the VF went to vfio-pci")
     return f"{vf} on vfio-pci, {node} exists"
+
+
+L2_LOG = "/tmp/l2-sriov-console.log"
+L2_OUT = "/tmp/l2-sriov-qemu.out"
+
+
+def l2_lists(vendor_device: str) -> bool:
+    lists = re.findall(r"@@DOMU pci=\[([^\]]*)\]", read(L2_LOG))
+    return bool(lists) and vendor_device in lists[-1]
+
+
+@step("vf-in-nested-l2", needs=("vf-hide-vfio",), timeout=480)
+def vf_in_nested_l2() -> str:
+    """A nested QEMU given the hidden VF (-device vfio-pci) boots an L2 that lists it: a VF
+    pcipass created, passed through on a real kernel.  Its NVMe secondary controller is offline
+    (no `nvme virt-mgmt` here), so the L2 sees the function, not a usable disk."""
+    vf = vfs_now()[0]
+    vf_id = "0x1b36:0x" + read(SYS / KVM_NVME_PF / "sriov_vf_device").zfill(4)
+    argv = [
+        "qemu-system-x86_64", "-name", "l2sriov", "-accel", "tcg", "-machine", "pc",
+        "-cpu", "qemu64", "-m", "192", "-nodefaults", "-display", "none", "-monitor", "none",
+        "-no-reboot", "-serial", f"file:{L2_LOG}", "-L", "/usr/share/qemu",
+        "-kernel", "/l2/vmlinuz", "-initrd", "/l2/l2.cpio.gz",
+        "-append", "console=ttyS0 quiet loglevel=4 mitigations=off nokaslr tsc=reliable",
+        "-device", f"vfio-pci,host={vf[5:]},rombar=0",
+    ]  # fmt: skip
+    if not Path("/l2/vmlinuz").exists():
+        raise StepFailed("no nested L2 kernel in this image (the nested overlay was not built)")
+    with open(L2_OUT, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        waited = wait_for(
+            f"the L2 to list {vf_id}",
+            lambda: proc.poll() is not None or l2_lists(vf_id),
+            420,
+            poll=2,
+        )
+        if proc.poll() is not None:
+            raise StepFailed(f"nested QEMU exit {proc.returncode}: {read(L2_OUT)[-300:]}")
+        # The guard finds the VF in the running QEMU's command line (PP003).
+        res = pcipass("guard", "save", "l2sriov", expect=None)
+        guarded = f"guard save l2sriov exit {res.rc}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    expect_driver(vf, "vfio-pci", "after the L2 stopped")
+    warn = [ln for ln in read(L2_OUT).splitlines() if "vfio" in ln][:1]
+    return f"L2 lists {vf} as {vf_id} {waited:.0f}s after start; {guarded}; {warn}"
 
 
 @step("vfs-refuse-hidden", needs=("vf-hide-vfio",))
@@ -172,6 +221,7 @@ plan(
         "vfs-refuse-too-many",
         "vfs-create",
         "vf-hide-vfio",
+        "vf-in-nested-l2",
         "vfs-refuse-hidden",
         "vfs-remove",
         "vfs-persist",

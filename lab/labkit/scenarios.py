@@ -308,7 +308,7 @@ def kvm(report: Report, cache: Path, out: Path, smoke: bool) -> None:
     run_boot(report, "kvm2", kvm_argv(prep, both, "kvm-boot2"), out, 240)
 
 
-def sriov_argv(prep: Prepared, initrd: Path, plan: str) -> list[str]:
+def sriov_argv(prep: Prepared, initrd: Path, plan: str, big: bool = False) -> list[str]:
     """The KVM L1 plus QEMU 7.2's NVMe with SR-IOV behind its own root port (own IOMMU group).
 
     QEMU (docs/system/devices/nvme.rst, hw/nvme/ctrl.c): SR-IOV needs the controller linked to an
@@ -316,7 +316,7 @@ def sriov_argv(prep: Prepared, initrd: Path, plan: str) -> list[str]:
     port = topology.KVM_NVME_PORT.split(":")[2]
     vfs = topology.KVM_NVME_VFS
     return [
-        *kvm_argv(prep, initrd, plan),
+        *kvm_argv(prep, initrd, plan, big=big),
         "-device", f"pcie-root-port,id=rp2,bus=pcie.0,addr={port},chassis=2",
         "-device", "nvme-subsys,id=nvmesubsys0,nqn=pcipass-lab",
         "-device", f"nvme,bus=rp2,serial=pcipasslab,subsys=nvmesubsys0,sriov_max_vfs={vfs},"
@@ -333,7 +333,21 @@ def kvm_sriov(report: Report, cache: Path, out: Path) -> None:
     initrd = build(report, prep, "kvm")
     if initrd is None:
         return
-    first = run_boot(report, "sriov1", sriov_argv(prep, initrd, "kvm-sriov"), out, 300)
+    log: list[str] = []
+    nested = timed(
+        report,
+        "build-nested",
+        lambda: image.build_nested_overlay(prep.work, prep.stage, prep.kver, log),
+    )
+    for line in log:
+        report.info(line)
+    full = (
+        initrd
+        if not isinstance(nested, Path)
+        else concat([initrd, nested], prep.work / "l1+nested.cpio.gz")
+    )
+    argv = sriov_argv(prep, full, "kvm-sriov", big=True)
+    first = run_boot(report, "sriov1", argv, out, 720)
     if not first.files:
         report.add("sriov2/boot", False, 0, "no persisted state came back from the first boot")
         return
