@@ -408,3 +408,16 @@ def test_a_setting_that_cannot_be_put_back_is_named(kvm: Lab) -> None:
         set_vfs(kvm.host, PF, None, settings={"vlan": ["0=5", "1=6"]})
     text = caught.value.render()
     assert "still set on enp2s0f0: vf 0 vlan 5" in text and "nothing was changed" not in text
+
+
+def test_check_reports_a_vf_count_that_drifted_from_the_boot_rule(kvm: Lab) -> None:
+    from pcipass.ops.check import run_check
+
+    set_vfs(kvm.host, PF, 4, persist=True)
+    assert not [f for f in run_check(kvm.host, []).findings if f.code == "vf-count"]
+    set_vfs(kvm.host, PF, 1)  # now, not at boot
+    drift = [f for f in run_check(kvm.host, []).findings if f.code == "vf-count"]
+    assert [(f.rule, f.subject, f.path) for f in drift] == [("PP010", str(PF), RULES_FILE)]
+    assert "gives it 4 VFs; it has 1 now" in drift[0].message
+    other = PciAddress.parse("0000:03:00.0")
+    assert not [f for f in run_check(kvm.host, [other]).findings if f.code == "vf-count"]
