@@ -421,3 +421,12 @@ def test_check_reports_a_vf_count_that_drifted_from_the_boot_rule(kvm: Lab) -> N
     assert "gives it 4 VFs; it has 1 now" in drift[0].message
     other = PciAddress.parse("0000:03:00.0")
     assert not [f for f in run_check(kvm.host, [other]).findings if f.code == "vf-count"]
+
+
+def test_a_hostile_interface_name_never_reaches_the_rules_file(kvm: Lab) -> None:
+    net = kvm.fake.path_of(str(PF)) / "net"
+    (net / "enp2s0f0").rename(net / 'x" RUN+="sh')
+    before = snapshot(kvm.base)
+    with pytest.raises(OperationFailed, match="not a network interface name"):
+        set_vfs(kvm.host, PF, 3, persist=True, settings={"vlan": ["0=5"]})
+    assert snapshot(kvm.base) == before and kvm.kernel.writes == []

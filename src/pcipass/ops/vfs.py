@@ -34,6 +34,7 @@ from pcipass.errors import (
 )
 from pcipass.host import binding, sriov
 from pcipass.host.context import Host
+from pcipass.host.root import safe_name
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.host.usage import HostUse, host_uses
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
@@ -44,6 +45,7 @@ from pcipass.ops.vf_net import (
     parse_settings,
     read_vf_net,
     restoring,
+    valid_netdev,
 )
 from pcipass.persist import udev_vfs
 from pcipass.persist.atomic import FileEdit, plan_edit
@@ -376,6 +378,11 @@ def _plan(
                 "bind its own driver first",
                 rule="PP121",
             )
+        # Names read from sysfs go into a rules file udev acts on: checked like input.
+        if pf.driver:
+            safe_name("driver", pf.driver)
+        if pf.netdev is not None and settings:
+            valid_netdev(pf.netdev)
         current = host.root.files.read_bytes(udev_vfs.RULES_FILE)
         text = udev_vfs.updated(
             None if current is None else current.decode("utf-8", "surrogateescape"),
@@ -385,7 +392,7 @@ def _plan(
         edit = plan_edit(
             host.root.path(udev_vfs.RULES_FILE),
             udev_vfs.RULES_FILE,
-            None if text is None else text.encode(),
+            None if text is None else text.encode("utf-8", "surrogateescape"),
         )
         if not edit.changes_anything:
             edit = None
