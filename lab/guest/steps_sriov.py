@@ -123,12 +123,20 @@ def vf_in_nested_l2() -> str:
     with open(L2_OUT, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     try:
-        waited = wait_for(
-            f"the L2 to list {vf_id}",
-            lambda: proc.poll() is not None or l2_lists(vf_id),
-            420,
-            poll=2,
-        )
+        try:
+            waited = wait_for(
+                f"the L2 to list {vf_id}",
+                lambda: proc.poll() is not None or l2_lists(vf_id),
+                420,
+                poll=2,
+            )
+        except StepFailed as timeout:
+            # Say how far the L2 got: a slow boot under a loaded host, or no device in it.
+            seen = re.findall(r"@@DOMU pci=\[([^\]]*)\]", read(L2_LOG))
+            raise StepFailed(
+                f"{timeout}; L2 console {len(read(L2_LOG))} bytes, last PCI list "
+                f"{seen[-1] if seen else 'none yet'}; QEMU said {read(L2_OUT)[-200:]!r}"
+            ) from timeout
         if proc.poll() is not None:
             raise StepFailed(f"nested QEMU exit {proc.returncode}: {read(L2_OUT)[-300:]}")
         # The guard finds the VF in the running QEMU's command line (PP003).
