@@ -147,12 +147,12 @@ def refused(lab: Lab, rule: str, *words: str, count: int | None = 4, **kwargs: o
 
 
 def test_more_than_totalvfs_is_refused(kvm: Lab) -> None:
-    refused(kvm, "PP121", "at most 7 VFs", "not 8", count=8)
+    refused(kvm, "PP125", "at most 7 VFs", "not 8", count=8)
 
 
 def test_a_vf_or_a_plain_device_is_not_a_pf(kvm: Lab) -> None:
-    refused(kvm, "PP121", "virtual function of 0000:02:00.0", pf=PciAddress.parse(OLD_VFS[0]))
-    refused(kvm, "PP121", "not an SR-IOV physical function", pf=PciAddress.parse("0000:03:00.0"))
+    refused(kvm, "PP125", "virtual function of 0000:02:00.0", pf=PciAddress.parse(OLD_VFS[0]))
+    refused(kvm, "PP125", "not an SR-IOV physical function", pf=PciAddress.parse("0000:03:00.0"))
 
 
 def test_removing_a_hidden_vf_is_refused_naming_it(kvm: Lab) -> None:
@@ -186,7 +186,7 @@ def test_a_pf_carrying_the_default_route_may_get_vfs_and_says_so(kvm: Lab) -> No
 
 def test_a_pf_without_driver_is_refused(kvm: Lab) -> None:
     kvm.fake.unbind(str(PF))
-    refused(kvm, "PP121", "no driver bound")
+    refused(kvm, "PP125", "no driver bound")
 
 
 # --- rollback and recover ------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_bad_settings_are_usage_errors_before_anything(
 
 def test_settings_for_a_pf_without_netdev_are_refused(kvm: Lab) -> None:
     shutil.rmtree(kvm.fake.path_of(str(PF)) / "net")
-    refused(kvm, "PP121", "no network interface", count=None, settings={"vlan": ["0=5"]})
+    refused(kvm, "PP125", "no network interface", count=None, settings={"vlan": ["0=5"]})
 
 
 def test_listing_reads_vf_settings_from_ip_json(kvm: Lab) -> None:
@@ -368,7 +368,7 @@ def test_cli_hide_vfs_of_a_pf_without_vfs_is_refused(
     assert main(["vfs", str(PF), "0", "--root", str(example)]) == 0
     before = snapshot(example)
     assert main(["hide", "--now", "--vfs", str(PF), "--root", str(example)]) == 3
-    assert "[PP121]" in capsys.readouterr().err
+    assert "[PP125]" in capsys.readouterr().err
     assert snapshot(example) == before
 
 

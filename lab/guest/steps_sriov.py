@@ -54,8 +54,8 @@ def nvme_pf() -> str:
 @step("vfs-refuse-too-many", needs=("nvme-pf",))
 def vfs_refuse_too_many() -> str:
     res = pcipass("vfs", KVM_NVME_PF, str(KVM_NVME_VFS + 1), expect=3)
-    if "PP121" not in res.text or vfs_now():
-        raise StepFailed(f"not refused with PP121, or VFs appeared: {res.tail()}")
+    if "PP125" not in res.text or vfs_now():
+        raise StepFailed(f"not refused with PP125, or VFs appeared: {res.tail()}")
     return res.tail(1)
 
 

@@ -15,7 +15,7 @@ after a kill puts both back (:func:`reconcile_sriov`).
 Refusals (exit 3, nothing changed): removing VFs a guest holds or that are
 hidden (PP101), or that the host uses (PP001, naming the use); a PF a guest
 holds (PP101); a count above ``sriov_totalvfs``, a function that is not a PF,
-a PF without a driver, settings for a PF without a network interface (PP121).
+a PF without a driver, settings for a PF without a network interface (PP125).
 """
 
 from __future__ import annotations
@@ -163,13 +163,13 @@ def _pf_state(host: Host, address: PciAddress) -> sriov.PfState:
             str(address),
             f"is a virtual function of {parent}; VFs are created and removed on their PF",
             f"pcipass vfs {parent} N",
-            rule="PP121",
+            rule="PP125",
         )
     raise RefusedError(
         str(address),
         "is not an SR-IOV physical function (the kernel shows no sriov_totalvfs)",
         "pcipass show says which functions have SR-IOV",
-        rule="PP121",
+        rule="PP125",
     )
 
 
@@ -207,7 +207,7 @@ def vf_addresses(host: Host, address: PciAddress) -> list[PciAddress]:
             str(address),
             "has no VFs to hide",
             f"create them first: pcipass vfs {address} N",
-            rule="PP121",
+            rule="PP125",
         )
     return list(pf.vfs)
 
@@ -280,14 +280,14 @@ def _check_pf(
             str(pf.address),
             f"can have at most {pf.total} VFs (sriov_totalvfs), not {count}",
             f"ask for 0 to {pf.total}",
-            rule="PP121",
+            rule="PP125",
         )
     if count is not None and count != pf.num and pf.driver is None:
         raise RefusedError(
             str(pf.address),
             "has no driver bound; the kernel creates and removes VFs through the PF's driver",
             "bind its own driver first (pcipass unhide --now if pcipass hid it)",
-            rule="PP121",
+            rule="PP125",
         )
     if count is not None and count != pf.num and pf.driver in STUB_DRIVERS:
         raise RefusedError(
@@ -301,7 +301,7 @@ def _check_pf(
             str(pf.address),
             "has no network interface; --mac, --vlan, --trust and --spoofchk are for network PFs",
             "leave them out",
-            rule="PP121",
+            rule="PP125",
         )
     pf_uses = uses.get(pf.address)
     if pf_uses and count is not None and count != pf.num:
@@ -376,7 +376,7 @@ def _plan(
                 str(pf.address),
                 "has no driver bound; the boot rule is keyed on the PF's driver",
                 "bind its own driver first",
-                rule="PP121",
+                rule="PP125",
             )
         # Names read from sysfs go into a rules file udev acts on: checked like input.
         if pf.driver:

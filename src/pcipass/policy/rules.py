@@ -104,7 +104,7 @@ _RULES = [
     ),
     Rule("PP106", "sriov-pf", "pcipass", "an SR-IOV PF with active VFs takes them down with it"),
     Rule(
-        "PP121",
+        "PP125",
         "sriov-vfs",
         "pcipass (the kernel's sriov_numvfs rules, drivers/pci/iov.c)",
         "VFs are created on an SR-IOV PF with a driver, at most sriov_totalvfs of them",
