@@ -40,6 +40,7 @@ NIC = "0000:09:00.0"  # rhel5: a spare bnx2 NIC
 ROUTE_NIC = "0000:05:00.0"  # rhel5: carries the default route (PP001 refuses)
 SHARED = "0000:0a:04.0"  # rhel5: behind a conventional bridge with 0a:04.1 (warnings)
 VF = "0000:02:10.0"  # kvm: an SR-IOV virtual function
+PF = "0000:02:00.0"  # kvm: its physical function (igb, 2 of 7 VFs)
 MISSING = "0000:42:00.0"
 XL_GUEST = 'name = "domu"\ntype = "pv"\nkernel = "/boot/vmlinuz"\nmemory = 256\n'
 QEMU_ARGV = "/usr/bin/qemu-system-x86_64\0-name\0l2\0-qmp\0unix:/run/l2.qmp,server,nowait\0"
@@ -255,6 +256,18 @@ CASES: tuple[Case, ...] = (
     Case("rom", "not-found", ("rom", MISSING), 4, kind="kvm"),
     Case("rom", "usage", ("rom",), 2, kind="kvm"),
     Case("rom", "usage", ("rom", GPU, "--save", "/sys/x.rom"), 2, "kvm", with_rom(LEGACY_ROM)),
+    Case("vfs", "success", ("vfs", PF), 0, kind="kvm"),
+    Case("vfs", "success", ("vfs", PF, "4", "--dry-run", "--persist"), 0, kind="kvm"),
+    Case("vfs", "success", ("vfs", PF, "4", "--persist"), 0, "kvm", steps()),
+    Case("vfs", "success", ("vfs", PF, "0"), 0, "kvm", steps()),
+    Case("vfs", "refusal", ("vfs", PF, "8"), 3, kind="kvm"),
+    Case("vfs", "refusal", ("vfs", VF, "1"), 3, kind="kvm"),
+    Case("vfs", "refusal", ("vfs", PF, "0"), 3, "kvm", steps(("hide", "--now", "--vfs", PF))),
+    Case("vfs", "usage", ("vfs", PF, "x"), 2, kind="kvm"),
+    Case("vfs", "usage", ("vfs", PF, "--mac", "0=ff:ff:ff:ff:ff:ff"), 2, kind="kvm"),
+    Case("vfs", "usage", ("vfs",), 2, kind="kvm"),
+    Case("vfs", "not-found", ("vfs", MISSING, "1"), 4, kind="kvm"),
+    Case("hide", "success", ("hide", "--now", "--vfs", PF), 0, "kvm", steps()),
     Case("export", "success", ("export", "--format", "libvirt"), 0, setup=HIDDEN),
     Case("export", "success", ("export", "--format", "nova", NIC), 0, setup=HIDDEN),
     Case("export", "refusal", ("export", "--format", "nova", "05:00.0"), 3, shape="export"),

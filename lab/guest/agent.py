@@ -18,6 +18,7 @@ import time
 # The step modules register their steps and plans on import.
 import registry
 import steps_kvm  # noqa: F401
+import steps_sriov  # noqa: F401
 import steps_xen  # noqa: F401
 from steplib import StepFailed, StepTimeout, info, say
 

@@ -12,3 +12,9 @@ KVM_E1000E_PORT = "0000:00:05.0"  # pcie-root-port (a bridge: PP103)
 KVM_E1000E = "0000:01:00.0"  # e1000e behind the root port: own group, reset_method "pm bus"
 KVM_SPARE_E1000 = "0000:00:04.0"  # e1000 on the root bus: own group, no reset method
 KVM_ICH9 = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")  # one IOMMU group, no ACS
+
+# KVM SR-IOV scenario (kvm-sriov): an emulated NVMe with SR-IOV (QEMU 7.2 nvme,sriov_max_vfs=2,
+# linked to an nvme-subsys as SR-IOV requires) behind its own pcie-root-port at 00:06.0.
+KVM_NVME_PORT = "0000:00:06.0"
+KVM_NVME_PF = "0000:02:00.0"  # the PF; QEMU's nvme puts VF n at routing ID PF + 1 + n
+KVM_NVME_VFS = 2

@@ -33,7 +33,7 @@ XEN_MODULES = (
     "e1000e",  # the xen5 boot's uplink: e1000 then drives the spare alone (#18 --reload-driver)
     "pci-stub",
 )
-KVM_MODULES = ("vfio-pci", "vfio_iommu_type1", "e1000", "e1000e", "pci-stub", "8139cp")
+KVM_MODULES = ("vfio-pci", "vfio_iommu_type1", "e1000", "e1000e", "pci-stub", "8139cp", "nvme")
 
 # Parts of the Python standard library pcipass never needs; dropped to keep the image small
 # (the initramfs is unpacked into dom0's RAM at every boot).

@@ -17,6 +17,7 @@ LAB = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(LAB / "guest"))
 import registry  # noqa: E402  (the guest's plans, to name the steps a dead boot never reached)
 import steps_kvm  # noqa: E402, F401  (registers its steps)
+import steps_sriov  # noqa: E402, F401
 import steps_xen  # noqa: E402, F401
 import topology  # noqa: E402  (shared with the guest agent)
 
@@ -315,3 +316,51 @@ def kvm(report: Report, cache: Path, out: Path, smoke: bool) -> None:
     state = image.overlay(prep.work, first.files, "kvm-persisted")
     both = concat([initrd, state], prep.work / "l1+persisted.cpio.gz")
     run_boot(report, "kvm2", kvm_argv(prep, both, "kvm-boot2"), out, 240)
+
+
+def sriov_argv(prep: Prepared, initrd: Path, plan: str, big: bool = False) -> list[str]:
+    """The KVM L1 plus QEMU 7.2's NVMe with SR-IOV behind its own root port (own IOMMU group).
+
+    QEMU (docs/system/devices/nvme.rst, hw/nvme/ctrl.c): SR-IOV needs the controller linked to an
+    nvme-subsys, sriov_vq_flexible >= 2 * sriov_max_vfs, sriov_vi_flexible >= sriov_max_vfs."""
+    port = topology.KVM_NVME_PORT.split(":")[2]
+    vfs = topology.KVM_NVME_VFS
+    return [
+        *kvm_argv(prep, initrd, plan, big=big),
+        "-device", f"pcie-root-port,id=rp2,bus=pcie.0,addr={port},chassis=2",
+        "-device", "nvme-subsys,id=nvmesubsys0,nqn=pcipass-lab",
+        "-device", f"nvme,bus=rp2,serial=pcipasslab,subsys=nvmesubsys0,sriov_max_vfs={vfs},"
+        f"sriov_vq_flexible={2 * vfs},sriov_vi_flexible={vfs}",
+    ]  # fmt: skip
+
+
+def kvm_sriov(report: Report, cache: Path, out: Path) -> None:
+    """Issue 17: VFs created, hidden and removed through pcipass on L1's real kernel; boot 2
+    applies the persistent (udev) form."""
+    prep = prepare(report, cache, out)
+    if prep is None:
+        return
+    initrd = build(report, prep, "kvm")
+    if initrd is None:
+        return
+    log: list[str] = []
+    nested = timed(
+        report,
+        "build-nested",
+        lambda: image.build_nested_overlay(prep.work, prep.stage, prep.kver, log),
+    )
+    for line in log:
+        report.info(line)
+    full = (
+        initrd
+        if not isinstance(nested, Path)
+        else concat([initrd, nested], prep.work / "l1+nested.cpio.gz")
+    )
+    argv = sriov_argv(prep, full, "kvm-sriov", big=True)
+    first = run_boot(report, "sriov1", argv, out, 720)
+    if not first.files:
+        report.add("sriov2/boot", False, 0, "no persisted state came back from the first boot")
+        return
+    state = image.overlay(prep.work, first.files, "sriov-persisted")
+    both = concat([initrd, state], prep.work / "l1+sriov.cpio.gz")
+    run_boot(report, "sriov2", sriov_argv(prep, both, "kvm-sriov-boot2"), out, 240)

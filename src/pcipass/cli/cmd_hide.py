@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name in ("hide", "unhide", "check"):
-        parser.add_argument("addresses", nargs="+" if name != "check" else "*", metavar="BDF")
+        parser.add_argument("addresses", nargs="+" if name == "unhide" else "*", metavar="BDF")
     if name == "check":
         parser.add_argument(
             "--guest",
@@ -77,6 +77,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--group", action="store_true", help="take the whole IOMMU group of each device"
         )
+        parser.add_argument(
+            "--vfs",
+            action="append",
+            default=[],
+            metavar="PF",
+            help="hide every virtual function of the SR-IOV PF (repeatable)",
+        )
 
 
 def _addresses(args: argparse.Namespace) -> list[PciAddress]:
@@ -88,6 +95,21 @@ def _addresses(args: argparse.Namespace) -> list[PciAddress]:
         if address not in seen:
             seen.append(address)
     return seen
+
+
+def _vf_addresses(
+    args: argparse.Namespace, host: Host, given: list[PciAddress]
+) -> list[PciAddress]:
+    """``--vfs PF``: the PF's VFs (ops/vfs.py), after the addresses given."""
+    from pcipass.address import PciAddress
+    from pcipass.ops.vfs import vf_addresses
+
+    extra: list[PciAddress] = []
+    for text in args.vfs:
+        for vf in vf_addresses(host, PciAddress.parse(text)):
+            if vf not in given and vf not in extra:
+                extra.append(vf)
+    return extra
 
 
 def run(name: str, args: argparse.Namespace, host: Host) -> int:
@@ -126,6 +148,9 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             "goes with --persist alone (--now already rebinds the devices one by one)",
         )
     if name == "hide":
+        addresses += _vf_addresses(args, host, addresses)
+        if not addresses:
+            raise UsageError("hide", "name the devices (BDF), or --vfs PF")
         if args.group:
             addresses = with_groups(host, addresses)
         outcome = hide(

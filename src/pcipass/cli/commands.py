@@ -104,6 +104,7 @@ COMMANDS: tuple[Command, ...] = (
         "a device's option ROM: images, UEFI or legacy-only (--save FILE)",
         False,
     ),
+    Command("vfs", "cmd_vfs", "an SR-IOV PF's virtual functions: list, create, remove", True),
     Command(
         "guard-install",
         "cmd_hooks",

@@ -136,6 +136,9 @@ def run_check(
         report.checked += checked
     if not guests:
         report.findings += _persistence_findings(host, inv, addresses)
+        from pcipass.ops.vfs import vf_drift_findings  # the VF boot rule (pcipass vfs --persist)
+
+        report.findings += vf_drift_findings(host, addresses)
     return report
 
 

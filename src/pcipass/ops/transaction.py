@@ -37,6 +37,7 @@ from typing import Protocol
 from pcipass import interrupt
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, OperationFailed, PcipassError, RefusedError
+from pcipass.host import sriov
 from pcipass.host.context import Host
 from pcipass.ops.rebind import apply_undo, device_state, reconcile
 from pcipass.persist.atomic import FileEdit
@@ -49,7 +50,7 @@ ROLLBACK_ON = (Exception, KeyboardInterrupt, SystemExit)
 # The undo actions a journal step may hold, and the sysfs attributes they write
 # (host/binding.py): anything else in a journal was not written by pcipass.
 UNDO_ACTIONS = frozenset(
-    {"override", "remove_slot", "new_slot", "bind", "unbind", "unbind_any", "probe"}
+    {"override", "remove_slot", "new_slot", "bind", "unbind", "unbind_any", "probe", "sriov"}
 )
 
 # The files pcipass edits, as the host names them: a journal naming any other
@@ -65,6 +66,7 @@ EDITABLE_PREFIXES = (
     "/etc/modules",
     "/etc/initramfs-tools/modules",
     "/usr/local/sbin/",
+    "/etc/udev/rules.d/70-pcipass-sriov.rules",  # pcipass vfs --persist (persist/udev_vfs.py)
 )
 
 
@@ -155,6 +157,8 @@ def validate_operation(
                 not isinstance(value, str) or "/" in value or not value or value.startswith(".")
             ):
                 raise _refuse(op_id, f"step {undo!r}", f"{key} is not a driver name")
+    if "sriov" in intent:
+        _valid_sriov(op_id, intent["sriov"])
     before = intent.get("before")
     if before is not None:
         if not isinstance(before, dict):
@@ -172,6 +176,18 @@ def validate_operation(
     for edit in edits:
         if not valid_edit_path(edit.display_path, intent.get("config")):
             raise _refuse(op_id, f"file edit {edit.display_path!r}", "not a file pcipass edits")
+
+
+def _valid_sriov(op_id: int, saved: object) -> None:
+    """``vfs``' saved PF state: an address, a count, an autoprobe flag (or null)."""
+    if not isinstance(saved, dict):
+        raise _refuse(op_id, "intent 'sriov'", "not a record")
+    _valid_address(op_id, saved.get("pf"))
+    count = saved.get("numvfs")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 0xFFFF:
+        raise _refuse(op_id, f"intent 'sriov' numvfs {count!r}", "not a VF count")
+    if saved.get("autoprobe") not in (True, False, None):
+        raise _refuse(op_id, f"intent 'sriov' autoprobe {saved.get('autoprobe')!r}", "not a flag")
 
 
 # --- undoing ----------------------------------------------------------------------
@@ -213,6 +229,12 @@ def undo_operation(
         loaded = _guard(report, "modules", lambda: ensure_loaded(host, intent["modules"]))
         if isinstance(loaded, list) and loaded:
             report.undone.append("loaded " + ", ".join(str(m) for m in loaded) + " again")
+    saved_sriov = intent.get("sriov")
+    if isinstance(saved_sriov, dict):
+        # pcipass vfs: the PF's VF count and autoprobe as they were (ops/vfs.py).
+        pf = str(saved_sriov.get("pf"))
+        if _guard(report, pf, functools.partial(sriov.reconcile_sriov, host, saved_sriov)):
+            report.undone.append(f"{pf}: {saved_sriov.get('numvfs')} VFs again, as before")
     before = intent.get("before")
     if isinstance(before, dict):
         # Reconcile with what is there, not replay: a step done but not yet

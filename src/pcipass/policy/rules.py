@@ -115,6 +115,12 @@ _RULES = [
         "pcipass (check --next-boot)",
         "the next boot must give each device the driver pcipass was asked for",
     ),
+    Rule(
+        "PP125",
+        "sriov-vfs",
+        "pcipass (the kernel's sriov_numvfs rules, drivers/pci/iov.c)",
+        "VFs are created on an SR-IOV PF with a driver, at most sriov_totalvfs of them",
+    ),
 ]
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULES}

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pcipass.address import PciAddress
-from pcipass.simkernel import modprobe
+from pcipass.simkernel import modprobe, sriov
 from pcipass.simkernel.tree import KNOWN_DRIVERS, SimDriver, SimTree
 
 
@@ -36,6 +36,8 @@ class SimKernel:
     * ``reset``: works only if ``reset_method`` lists something.
     * ``rom``: exactly "0\\n" disables reading (empties the file), any other
       write enables it (the file shows the ROM); pci-sysfs.c's pci_write_rom.
+    * ``sriov_numvfs``, ``sriov_drivers_autoprobe``: VFs created and removed
+      as drivers/pci/iov.c does (simkernel/sriov.py).
     Failures on demand: :meth:`fail` makes a matching write raise OSError.
     """
 
@@ -79,6 +81,8 @@ class SimKernel:
             self._probe(self._device(text))
         elif len(parts) == 7 and parts[1:5] == ("sys", "bus", "pci", "drivers"):
             self._driver_write(parts[5], parts[6], text)
+        elif sriov.handles(path):
+            sriov.write(self, path, text)
         elif path.name == "driver_override":
             self._device_dir_of(path)
             (path).write_text((text or "(null)") + "\n")
@@ -142,6 +146,8 @@ class SimKernel:
 
     def _accepts(self, driver: SimDriver, name: str) -> bool:
         override = self._override(name)
+        if override is None and not sriov.can_probe(self.host, name):
+            return False  # a VF while its PF's sriov_drivers_autoprobe is 0
         if override is not None:
             # pci_match_device(): with driver_override set, only that driver matches.
             return override == driver.name

@@ -240,7 +240,7 @@ def build_kvm(base: Path) -> FakeHost:
         parent="0000:00:1c.0",
         reset_method="flr bus",
         caps=[pm(), msi(), msix(10), pcie(PortType.ENDPOINT, flr=True)],
-        ext_caps=[dsn(0xA0369FFFFF1C2B3A), sriov(total=7, num=2, vf_device=0x1520)],
+        ext_caps=[dsn(0xA0369FFFFF1C2B3A), sriov(total=7, num=2, vf_device=0x1520, vf_stride=4)],
         config_size=4096,
     )
     host.add_vfs(

@@ -235,32 +235,19 @@ class FakeHost(SimTree):
         driver: str | None = None,
         total: int | None = None,
     ) -> list[str]:
-        """SR-IOV: ``count`` VFs of ``pf`` starting at ``first_vf`` (PCIe SR-IOV 1.1 §3.3.10)."""
-        pf_dir = self.path_of(pf)
-        PciAddress.parse(pf)
-        start = PciAddress.parse(first_vf)
-        vendor = int((pf_dir / "vendor").read_text(), 16)
-        _write(pf_dir / "sriov_totalvfs", f"{total if total is not None else count}\n", 0o444)
-        _write(pf_dir / "sriov_numvfs", f"{count}\n", 0o644)
-        names = []
-        for index in range(count):
-            flat = (start.slot << 3 | start.function) + index * stride
-            vf = PciAddress(start.domain, start.bus, flat >> 3, flat & 7)
-            # VFs sit beside their PF, under the same upstream bridge.
-            parent = pf_dir.parent.name if pf_dir.parent.name.count(":") == 2 else None
-            self.add_device(
-                str(vf),
-                vendor=vendor,
-                device=vf_device,
-                class_code=0x020000,
-                parent=parent,
-                driver=driver,
-            )
-            vf_dir = self.path_of(str(vf))
-            _rel_link(vf_dir / "physfn", pf_dir)
-            _rel_link(pf_dir / f"virtfn{index}", vf_dir)
-            names.append(str(vf))
-        return names
+        """SR-IOV: ``count`` VFs of ``pf`` starting at ``first_vf`` (testing/fakesriov.py)."""
+        from pcipass.testing import fakesriov
+
+        return fakesriov.add_vfs(
+            self,
+            pf,
+            count,
+            vf_device=vf_device,
+            first_vf=first_vf,
+            stride=stride,
+            driver=driver,
+            total=total,
+        )
 
     def remove_device(self, address: str) -> None:
         """The device vanishes (surprise removal, hot-unplug)."""
