@@ -124,6 +124,34 @@ def undo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord
     return report
 
 
+def redo_file_edits(host: Host, ledger: Ledger, records: Sequence[FileEditRecord]) -> list[str]:
+    """Finish recorded edits (``recover`` rolling an operation forward): a file
+    still as before gets the recorded content, which must be among the
+    backups; one already written is left; one changed by someone else too.
+    Returns what it did and what it could not (lines ending in "left alone")."""
+    report = []
+    for record in sorted(records, key=lambda r: r.id):
+        problem = _recorded_path_problem(record.display_path)
+        if problem is not None:
+            report.append(f"file edit {record.id} {record.display_path!r}: {problem}; left alone")
+            continue
+        try:
+            current = host.root.files.read_bytes(record.display_path)
+            if digest(current) == record.after_sha:
+                continue
+            if digest(current) != record.before_sha:
+                report.append(f"{record.display_path}: changed since pcipass read it; left alone")
+                continue
+            after = None if record.after_sha == "absent" else ledger.load_backup(record.after_sha)
+            path = host.root.path(record.display_path)
+            apply_edit(FileEdit(path, record.display_path, current, after), check_before=True)
+        except (PcipassError, ValueError) as error:
+            report.append(f"{record.display_path}: {error}; left alone")
+            continue
+        report.append(f"{record.display_path}: written as planned")
+    return report
+
+
 #: Directories pcipass writes into (host paths); with the parents of every
 #: file the ledger recorded an edit of, where a kill may leave a temp file.
 WRITTEN_DIRS = (

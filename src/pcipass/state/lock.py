@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from pcipass.errors import OperationFailed, StateLockedError
+from pcipass.errors import OperationFailed, PcipassError, StateLockedError
 from pcipass.host.root import HostRoot
 
 LOCK_NAME: Final = "lock"
@@ -112,3 +112,75 @@ class StateLock:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
+
+
+# --- an operation in progress without the state lock ---------------------------
+
+
+def _operation_lock_display(root: HostRoot, op_id: int) -> str:
+    return root.host_path(root.state_dir / f"op-{int(op_id)}.lock")
+
+
+class OperationInProgress:
+    """Held by a command that keeps a journal intent open while it does not
+    hold the state lock (a live hotplug waiting for xl, xm or the guest).
+
+    ``recover`` takes the state lock and treats every open intent as left by
+    a dead process; an intent whose operation lock is held belongs to a live
+    one and is left alone (:func:`operation_in_progress`).  ``flock`` again:
+    a killed holder releases it, so its intent is then recovered as usual.
+    Taken while the state lock is held, so no ``recover`` sees the intent
+    without it.
+    """
+
+    def __init__(self, root: HostRoot, op_id: int) -> None:
+        self.root = root
+        self.display = _operation_lock_display(root, op_id)
+        self._fd: int | None = None
+
+    def __enter__(self) -> OperationInProgress:
+        fd = self.root.files.open_file(self.display, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        # Removed while still locked: a recover that opens it after this
+        # finds no file (the operation is over), never a stale lock.
+        _unlink(self.root, self.display)
+        os.close(fd)
+
+
+def operation_in_progress(root: HostRoot, op_id: int) -> bool:
+    """True when a live process holds the operation lock of ``op_id``."""
+    display = _operation_lock_display(root, op_id)
+    try:
+        if not root.files.exists(display):
+            return False
+        fd = root.files.open_file(display, os.O_RDWR, 0o600)
+    except PcipassError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+    # Nobody holds it: a killed holder's file; the caller's recover goes on.
+    _unlink(root, display)
+    return False
+
+
+def _unlink(root: HostRoot, display: str) -> None:
+    try:
+        with root.files.locate(display) as (dirfd, name):
+            os.unlink(name, dir_fd=dirfd)
+    except (OSError, PcipassError):
+        pass  # already gone, or not ours to remove: a stale file is harmless
