@@ -223,8 +223,7 @@ def toolstack_for(host: Host, kind: str, path: str, guest: str) -> Toolstack | N
         return XenCli(host, kind, guest)
     if kind == "qemu" and path.startswith("qmp:"):
         shown = path[len("qmp:") :]
-        socket_path = str(host.root.path(shown)) if shown.startswith("/") else shown
-        return Qmp(socket_path, shown, guest, timeout=10.0)
+        return Qmp.at(host.root, shown, guest, timeout=10.0)
     if kind == "libvirt" and "://" in path:
         from pcipass.guests.toolstack import connected_toolstack
 

@@ -238,10 +238,10 @@ def shared_toolstack(
     """Every FakeRunner built inside offers ``programs`` and a toolstack whose
     truth lives in the JSON file ``state`` (read before and saved after each
     command), so it survives the process and is what tests compare with."""
+    from pcipass.simkernel.toolstack import SimToolstack
     from pcipass.testing.fakehost import FakeRunner
-    from pcipass.testing.faketoolstack import FakeToolstack
 
-    class FileToolstack(FakeToolstack):
+    class FileToolstack(SimToolstack):
         def handle(self, args: Sequence[str]) -> Any:
             self.running = read_toolstack(state)
             answer = super().handle(args)
