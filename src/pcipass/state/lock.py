@@ -5,6 +5,15 @@ holds an exclusive ``flock(2)`` on ``state_dir/lock`` for its whole run; a
 second one waits up to ``timeout`` seconds, then fails with
 :class:`~pcipass.errors.StateLockedError`.  Read-only commands do not take it.
 
+While it holds the lock, a command records who it is in ``lock.holder``
+beside it (pid, command line, since when), so one that must wait says once,
+on stderr, what it waits for::
+
+    pcipass: waiting for the state lock held by pid 123 (pcipass attach g1 09:00.0, since 05:12:03)
+
+The record is only a description: the flock decides, and a missing,
+damaged or stale record (its pid gone) gives a plainer message.
+
 ``flock`` rather than a pid file: the kernel drops the lock when the holding
 process exits, however it exits (SIGKILL included), so a crash never leaves a
 stale lock behind (flock(2): "the lock is released ... when all file
@@ -17,8 +26,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -27,6 +39,70 @@ from pcipass.errors import OperationFailed, PcipassError, StateLockedError
 from pcipass.host.root import HostRoot
 
 LOCK_NAME: Final = "lock"
+HOLDER_NAME: Final = "lock.holder"
+_HOLDER_LIMIT: Final = 4096
+
+
+class _Process:
+    """What this process says about itself in the holder record, and how it
+    tells its user that it waits (set once by the CLI; the library never prints)."""
+
+    command = "pcipass"
+    notice: Callable[[str], None] | None = None
+
+
+def describe_process(command: str, notice: Callable[[str], None] | None) -> None:
+    """Set the command line recorded while this process holds the lock, and
+    the function that shows "waiting for the state lock ..." (None: silent)."""
+    printable = "".join(c if c.isprintable() else "?" for c in command)
+    _Process.command = printable[:300]
+    _Process.notice = notice
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    command: str
+    since: float
+
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return f"pid {self.pid} ({self.command}, since {since})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True
+
+
+def read_holder(root: HostRoot) -> LockHolder | None:
+    """The recorded holder of the state lock, or None when there is no
+    usable record (missing, damaged, or its process is gone)."""
+    try:
+        raw = root.files.read_bytes(root.host_path(root.state_dir / HOLDER_NAME), _HOLDER_LIMIT)
+        data = json.loads(raw or b"null")
+    except (PcipassError, OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pid, command, since = data.get("pid"), data.get("command"), data.get("since")
+    if (
+        not isinstance(pid, int)
+        or isinstance(pid, bool)
+        or pid <= 0
+        or not isinstance(command, str)
+        or not isinstance(since, (int, float))
+    ):
+        return None
+    if not _pid_alive(pid):
+        return None
+    printable = "".join(c if c.isprintable() else "?" for c in command)[:300]
+    return LockHolder(pid, printable, float(since))
 
 
 class StateLock:
@@ -60,6 +136,7 @@ class StateLock:
         display = self.root.host_path(self.path)
         fd = self._open(display)
         started = time.monotonic()
+        announced = False
         try:
             while True:
                 try:
@@ -70,6 +147,9 @@ class StateLock:
                         raise OperationFailed(
                             display, f"cannot lock: {exc.strerror}", "is the state directory local?"
                         ) from exc
+                if not announced:
+                    announced = True
+                    self._announce_wait()
                 waited = time.monotonic() - started
                 if waited >= self.timeout:
                     raise StateLockedError(display, waited)
@@ -80,11 +160,48 @@ class StateLock:
             os.close(fd)
             raise
         self._fd = fd
+        self._record_holder()
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
+            # The record goes first, while the lock is still ours.
+            _unlink(self.root, self._holder_display)
             # Closing the only descriptor releases the flock.
+            os.close(fd)
+
+    @property
+    def _holder_display(self) -> str:
+        return self.root.host_path(self.root.state_dir / HOLDER_NAME)
+
+    def _announce_wait(self) -> None:
+        notice = _Process.notice
+        if notice is None:
+            return
+        holder = read_holder(self.root)
+        if holder is None:
+            notice("waiting for the state lock held by another pcipass")
+        else:
+            notice(f"waiting for the state lock held by {holder.describe()}")
+
+    def _record_holder(self) -> None:
+        """Who holds the lock, for the commands that wait (best effort: a
+        record that cannot be written costs only the detail of a message).
+        Written in place through the confined path; the flock is held, so
+        no other pcipass writes it meanwhile."""
+        record = {"pid": os.getpid(), "command": _Process.command, "since": time.time()}
+        data = json.dumps(record).encode()
+        try:
+            fd = self.root.files.open_file(
+                self._holder_display, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+            )
+        except (PcipassError, OSError):
+            return
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass
+        finally:
             os.close(fd)
 
     def _open(self, display: str) -> int:
