@@ -160,13 +160,21 @@ class StateLock:
             os.close(fd)
             raise
         self._fd = fd
-        self._record_holder()
+        try:
+            self._record_holder()
+        except BaseException:
+            # Interrupted before __enter__ returned: no __exit__ would release it.
+            self.release()
+            raise
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
             # The record goes first, while the lock is still ours.
             _unlink(self.root, self._holder_display)
+        finally:
             # Closing the only descriptor releases the flock.
             os.close(fd)
 

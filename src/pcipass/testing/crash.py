@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_UNHOOKED_RENAME = os.rename
 EVENTS = ("lock<", "begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")
 LIVE_EVENTS = ("ledger>", "hotplug<", "hotplug>")
 
@@ -108,7 +109,7 @@ def hooked(counter: EventCounter, *, live: bool = False) -> Iterator[None]:
     step = ledger_module.OperationHandle.step
     record_edit = ledger_module.OperationHandle.record_file_edit
     finish = ledger_module.OperationHandle.finish
-    replace = os.replace
+    replace, rename = os.replace, os.rename
     acquire = StateLock.acquire
 
     def hooked_acquire(self: StateLock) -> None:
@@ -144,12 +145,19 @@ def hooked(counter: EventCounter, *, live: bool = False) -> Iterator[None]:
         replace(src, dst, **kwargs)
         counter("rename>")
 
+    def hooked_rename(src: Any, dst: Any, **kwargs: Any) -> None:
+        # persist/atomic.py renames with rename(2) relative to directory fds.
+        counter("rename<")
+        rename(src, dst, **kwargs)
+        counter("rename>")
+
     patch(FakeKernel, "write", write)
     patch(ledger_module.Ledger, "begin", hooked_begin)
     patch(ledger_module.OperationHandle, "step", hooked_step)
     patch(ledger_module.OperationHandle, "record_file_edit", hooked_edit)
     patch(ledger_module.OperationHandle, "finish", hooked_finish)
     patch(os, "replace", hooked_replace)
+    patch(os, "rename", hooked_rename)
     patch(StateLock, "acquire", hooked_acquire)
     if live:
         _hook_live(counter, patch)
@@ -225,10 +233,10 @@ def read_toolstack(state: Path) -> dict[str, set[str]]:
 
 
 def _save_toolstack(state: Path, running: dict[str, set[str]]) -> None:
-    # os.rename, not os.replace: the harness counts os.replace as an event.
+    # The rename taken before any hook: the harness counts renames as events.
     temp = state.with_name(state.name + ".new")
     temp.write_text(json.dumps({g: sorted(h) for g, h in sorted(running.items()) if h}))
-    os.rename(temp, state)
+    _UNHOOKED_RENAME(temp, state)
 
 
 @contextlib.contextmanager
