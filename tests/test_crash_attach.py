@@ -363,3 +363,72 @@ def test_sigint_and_sigterm_at_every_step_roll_back_or_finish(
                 ready.check(run)
             except AssertionError as error:
                 raise AssertionError(f"{where}: {error}\n{stopped.stderr()}") from None
+
+
+# --- recover itself, killed mid-way and run again ---------------------------------------
+
+RECOVER_CASES = [
+    ("xm-live", "attach"),
+    ("xm-live", "detach"),
+    ("libvirt", "attach"),
+    ("qmp", "detach"),
+]
+
+
+def _interrupted_at(ready: Prepared) -> int:
+    """Where the command is killed first: after the hotplug (recover must roll
+    forward) for a live command, after the file edit was journalled otherwise."""
+    wanted = "hotplug>" if ready.scenario.live else "edit"
+    return ready.events.index(wanted) + 1
+
+
+@pytest.mark.parametrize(("name", "verb"), RECOVER_CASES)
+def test_recover_killed_at_every_event_then_run_again(
+    tmp_path: Path,
+    prepared: Callable[[Path, str, str], Prepared],
+    shared_tmp: Path,
+    name: str,
+    verb: str,
+) -> None:
+    ready = prepared(shared_tmp, name, verb)
+    scenario, first_kill = ready.scenario, _interrupted_at(ready)
+
+    def killed_command(run: Run) -> None:
+        with KillAt(first_kill, live=True), pytest.raises(SimulatedKill):
+            run.cli(scenario.argv(verb, run.base))
+
+    with ready.fresh(tmp_path / "count") as run:
+        killed_command(run)
+        with KillAt(0, live=True) as counting:
+            run.recover()
+        recover_events = counting.seen
+        assert ready.check(run) == ("done" if scenario.live else "before")
+    assert "ledger>" in recover_events
+    for index in range(1, len(recover_events) + 1):
+        with ready.fresh(tmp_path / f"run{index}") as run:
+            killed_command(run)
+            with KillAt(index, live=True), pytest.raises(SimulatedKill):
+                run.recover()
+            run.recover()
+            try:
+                ready.check(run)
+            except AssertionError as error:
+                event = recover_events[index - 1]
+                raise AssertionError(f"recover killed at {index} ({event}): {error}") from None
+    for index, event in distinct(recover_events):
+        with ready.fresh(tmp_path / f"real{index}") as run:
+            killed_command(run)
+            stopped = run_stopped(
+                ["recover", "--root", str(run.base)],
+                index,
+                workdir=run.work,
+                live=True,
+                toolstack=run.toolstack,
+            )
+            assert stopped.stopped, stopped.stderr()
+            assert stopped.send(signal.SIGKILL) == -signal.SIGKILL
+            run.recover()
+            try:
+                ready.check(run)
+            except AssertionError as error:
+                raise AssertionError(f"recover SIGKILLed at {index} ({event}): {error}") from None
