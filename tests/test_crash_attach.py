@@ -432,3 +432,111 @@ def test_recover_killed_at_every_event_then_run_again(
                 ready.check(run)
             except AssertionError as error:
                 raise AssertionError(f"recover SIGKILLed at {index} ({event}): {error}") from None
+
+
+# --- --connect: libvirt's test driver, in this process ----------------------------------
+
+CONNECT_URI = "test:///default"  # keeps its domains while a connection is held (drvtest)
+CONNECT_GUEST = "test"
+
+
+@pytest.fixture
+def libvirt_held() -> Iterator[object]:
+    libvirt = pytest.importorskip("libvirt")
+    conn = libvirt.open(CONNECT_URI)
+    yield conn
+    conn.close()
+
+
+def _connect_truth(conn: object) -> Callable[[], frozenset[str]]:
+    """What libvirt holds: the devices of the persistent definition and of the
+    running domain, both as libvirt reports them."""
+    import libvirt
+
+    from pcipass.guests.libvirt_xml import parse_domain_xml
+
+    def truth() -> frozenset[str]:
+        dom = conn.lookupByName(CONNECT_GUEST)  # type: ignore[attr-defined]
+        facts = set()
+        for flag, where in ((libvirt.VIR_DOMAIN_XML_INACTIVE, "defined"), (0, "live")):
+            domain = parse_domain_xml(str(dom.XMLDesc(flag)).encode(), where)
+            facts |= {f"{where} {d.spec_text}" for d in domain.devices()}
+        return frozenset(facts)
+
+    return truth
+
+
+@pytest.mark.parametrize("verb", ["attach", "detach"])
+def test_connect_killed_at_every_event_and_random_instants_then_recovered(
+    tmp_path: Path, libvirt_held: object, verb: str
+) -> None:
+    """attach/detach --connect (without --live: the test driver cannot hot-plug
+    a PCI device); the definition libvirt holds is part of the invariant."""
+    truth = _connect_truth(libvirt_held)
+    scenario = SCENARIOS["libvirt"]
+    template = scenario.build(tmp_path / "template")
+
+    def argv(action: str, base: Path) -> list[str]:
+        return [
+            action,
+            "--connect",
+            CONNECT_URI,
+            scenario.device,
+            CONNECT_GUEST,
+            "--root",
+            str(base),
+        ]
+
+    def reset(base: Path) -> None:
+        """The domain as the template expects it (attached for a detach run)."""
+        dom = libvirt_held.lookupByName(CONNECT_GUEST)  # type: ignore[attr-defined]
+        copy = tmp_path / "reset"
+        copy_tree(template, copy)
+        main(
+            [
+                "detach",
+                "--connect",
+                CONNECT_URI,
+                scenario.device,
+                CONNECT_GUEST,
+                "--root",
+                str(copy),
+            ]
+        )
+        shutil.rmtree(copy)
+        if verb == "detach":
+            assert main(argv("attach", base)) == 0
+        assert dom is not None
+
+    first = tmp_path / "first"
+    copy_tree(template, first)
+    reset(first)
+    before = capture(first, truth)
+    with KillAt(0, live=True) as counting:
+        assert main(argv(verb, first)) == 0
+    done = capture(first, truth)
+    assert done.differences(before)
+    instants: list[tuple[str, int]] = [("event", i) for i in range(1, len(counting.seen) + 1)]
+    rng = random.Random(f"connect-{verb}")
+    instants += [("line", rng.randrange(100, 8000)) for _ in range(12)]
+    for n, (how, at) in enumerate(instants):
+        base = tmp_path / f"run{n}"
+        copy_tree(template, base)
+        reset(base)
+        if how == "event":
+            with KillAt(at, live=True), pytest.raises(SimulatedKill):
+                main(argv(verb, base))
+        else:
+            sys.settrace(_trace_kill(at))
+            try:
+                main(argv(verb, base))
+            except SimulatedKill:
+                pass
+            finally:
+                sys.settrace(None)
+        assert main(["recover", "--root", str(base)]) == 0
+        try:
+            check_invariant(base, before, done, truth)
+        except AssertionError as error:
+            raise AssertionError(f"killed at {how} {at}: {error}") from None
+        shutil.rmtree(base)

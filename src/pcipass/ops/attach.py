@@ -420,13 +420,13 @@ def _apply(
         )
     except (Exception, KeyboardInterrupt, SystemExit) as error:
         if ids:
-            undone = _settle_after_failure(host, ids[0])
+            undone = settle_after_failure(host, ids[0])
             if isinstance(error, Interrupted):
                 error.undone += undone
         raise
 
 
-def _settle_after_failure(host: Host, op_id: int) -> list[str]:
+def settle_after_failure(host: Host, op_id: int) -> list[str]:
     """The intent ``op_id`` left open by a failure or a signal, settled now."""
     from pcipass.ops.live import settle_uncertain
     from pcipass.ops.recover import recover_operation

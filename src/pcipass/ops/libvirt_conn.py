@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcipass import interrupt
 from pcipass.address import PciAddress
 from pcipass.errors import (
     GuestNotFoundError,
@@ -37,11 +38,12 @@ from pcipass.errors import (
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.toolstack import LibvirtDomainLive, libvirt_module
 from pcipass.host.context import Host
+from pcipass.interrupt import Interrupted
 from pcipass.ops.attach import AttachResult, attach_findings, refusal
 from pcipass.ops.guests import GuestFile
 from pcipass.ops.live import owned_hotplug
 from pcipass.persist.atomic import FileEdit
-from pcipass.state.ledger import Ledger
+from pcipass.state.ledger import Ledger, OpenOperation
 from pcipass.state.lock import StateLock
 
 # libvirt's test driver runs inside this process and talks to no daemon: the
@@ -203,31 +205,157 @@ def _apply(
     result: AttachResult,
     live: bool,
 ) -> None:
-    """Under the state lock: PP101 again, the live step, defineXML, ownership."""
+    """One journalled operation under the state lock: PP101 again, the live
+    step, defineXML, ownership.  A failure or a signal settles the intent as
+    ``recover`` would (:func:`recover_connect_operation`): from what libvirt
+    holds, forward or back."""
+    from pcipass.ops.attach import settle_after_failure
+
     guest, action, uri = result.guest, result.action, plan.toolstack.uri
-    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
-        _recheck_owner(ledger, address, guest, action)
-        if live:
-            result.live = owned_hotplug(
-                ledger, plan.toolstack, address, action, config_kind="libvirt", config_path=uri
-            ).message
-        if plan.after != plan.before:
-            _define(
-                libvirt,
-                conn,
-                plan.after,
-                toolstack=plan.toolstack,
-                ledger=ledger,
-                address=address,
-                action=action,
-                live=live,
-            )
-        if action == "attach":
-            ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
-        else:
-            owner = ledger.owner(address)
-            if owner is not None and owner.guest == guest:
-                ledger.release(address, guest)
+    ids: list[int] = []
+    try:
+        with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+            _recheck_owner(ledger, address, guest, action)
+            intent = {
+                "address": str(address),
+                "guest": guest,
+                "config": uri,
+                "config_kind": "libvirt",
+                "live": live,
+                "connect": True,
+            }
+            with interrupt.deferred():
+                op = ledger.begin(action, intent)
+                ids.append(op.id)
+            try:
+                _live_define_own(
+                    libvirt, conn, ledger, address, plan=plan, result=result, live=live
+                )
+            except PcipassError:
+                # Handled: the live step was undone or its owner recorded (_define).
+                with interrupt.deferred():
+                    op.finish()
+                raise
+            with interrupt.deferred():
+                op.finish()
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
+        if ids and not isinstance(error, PcipassError):  # a signal, or a bug
+            undone = settle_after_failure(host, ids[0])
+            if isinstance(error, Interrupted):
+                error.undone += undone
+        raise
+
+
+def _live_define_own(
+    libvirt: Any,
+    conn: Any,
+    ledger: Ledger,
+    address: PciAddress,
+    *,
+    plan: _Plan,
+    result: AttachResult,
+    live: bool,
+) -> None:
+    """The steps of a --connect operation: live, defineXML, ownership."""
+    guest, action, uri = result.guest, result.action, plan.toolstack.uri
+    if live:
+        result.live = owned_hotplug(
+            ledger, plan.toolstack, address, action, config_kind="libvirt", config_path=uri
+        ).message
+    if plan.after != plan.before:
+        _define(
+            libvirt,
+            conn,
+            plan.after,
+            toolstack=plan.toolstack,
+            ledger=ledger,
+            address=address,
+            action=action,
+            live=live,
+        )
+    if action == "attach":
+        ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
+    else:
+        owner = ledger.owner(address)
+        if owner is not None and owner.guest == guest:
+            ledger.release(address, guest)
+
+
+def recover_connect_operation(host: Host, ledger: Ledger, op: OpenOperation) -> list[str] | None:
+    """For ``recover``: an open ``attach``/``detach --connect`` intent.
+
+    libvirt is asked what it holds (the running domain for ``--live``, the
+    persistent definition otherwise): if the change is there, the operation
+    is finished (the definition made to agree, the owner recorded); if not,
+    it is rolled back (the definition put back, the owner as before).  None
+    when libvirt cannot be reached: the ordinary rollback then applies.
+    """
+    intent = op.intent
+    address, guest, uri = intent.get("address"), intent.get("guest"), intent.get("config")
+    if (
+        intent.get("connect") is not True
+        or op.kind not in ("attach", "detach")
+        or not all(isinstance(v, str) for v in (address, guest, uri))
+    ):
+        return None
+    try:
+        device = PciAddress.parse(str(address))
+        _check_uri(host, str(uri))
+        libvirt, conn = _open(str(uri))
+    except PcipassError:
+        return None
+    try:
+        return _settle_connect(
+            ledger, op, libvirt=libvirt, conn=conn, address=device, guest=str(guest), uri=str(uri)
+        )
+    except (libvirt.libvirtError, PcipassError):
+        return None
+    finally:
+        conn.close()
+
+
+def _settle_connect(
+    ledger: Ledger,
+    op: OpenOperation,
+    *,
+    libvirt: Any,
+    conn: Any,
+    address: PciAddress,
+    guest: str,
+    uri: str,
+) -> list[str]:
+    dom = conn.lookupByName(guest)
+    shown = f"{uri} domain {guest}"
+    persistent = bool(dom.isPersistent())
+    definition = parse_domain_xml(
+        str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0)).encode(), shown
+    )
+    defined = any(d.covers(address) for d in definition.devices())
+    if op.intent.get("live") is True:
+        running = parse_domain_xml(str(dom.XMLDesc(0)).encode(), shown)
+        holds = bool(dom.isActive()) and any(d.covers(address) for d in running.devices())
+    else:
+        holds = defined
+    wanted = op.kind == "attach"
+    finished = holds == wanted
+    # The definition agrees with the outcome: the device listed iff the guest has it.
+    listed = wanted if finished else not wanted
+    if persistent and defined != listed:
+        edited = (
+            definition.with_device_added(address)
+            if listed
+            else definition.with_device_removed(address)
+        )
+        conn.defineXML(edited.decode())
+    owner = ledger.owner(address)
+    if listed:
+        ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
+    elif owner is not None and owner.guest == guest:
+        ledger.release(address, guest)
+    ledger.abandon(op.id)
+    state = "completed" if finished else "rolled back"
+    where = "holds" if listed else "does not hold"
+    return [f"op {op.id} ({op.kind}): {state}: {shown} {where} {address} (asked libvirt)"]
 
 
 def _checked(

@@ -69,7 +69,11 @@ def recover_operation(host: Host, ledger: Ledger, op: OpenOperation) -> list[str
     if operation_in_progress(host.root, op.id):
         # A live hotplug waiting for its toolstack without the state lock.
         return [f"op {op.id} ({op.kind}): in progress (pid {op.pid}); left alone"]
-    finished = finish_live_operation(host, ledger, op)
+    from pcipass.ops.libvirt_conn import recover_connect_operation
+
+    finished = recover_connect_operation(host, ledger, op)
+    if finished is None:
+        finished = finish_live_operation(host, ledger, op)
     if finished is not None:
         return finished
     edits: list[FileEditRecord] = list(op.file_edits)

@@ -16,6 +16,8 @@ consistency):
 With ``live=True`` (attach/detach, whose decisive steps are ledger writes
 and a toolstack call rather than sysfs writes), three more:
 
+* ``ledger<``   a ledger write transaction is about to begin (what was done
+  before it, say a libvirt ``defineXML``, is not recorded yet)
 * ``ledger>``   a ledger write transaction committed (a claim, a release,
   a "maybe in guest" mark, a PP007 event...)
 * ``hotplug<``  the toolstack is about to be told (xl/xm/virsh/QMP/libvirt)
@@ -57,7 +59,7 @@ from typing import Any
 
 _UNHOOKED_RENAME = os.rename
 EVENTS = ("lock<", "begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")
-LIVE_EVENTS = ("ledger>", "hotplug<", "hotplug>")
+LIVE_EVENTS = ("ledger<", "ledger>", "hotplug<", "hotplug>")
 
 
 class SimulatedKill(BaseException):
@@ -175,6 +177,7 @@ def _hook_live(counter: EventCounter, patch: Callable[[Any, str, Any], None]) ->
 
     @contextlib.contextmanager
     def hooked_write(self: Any) -> Iterator[Any]:
+        counter("ledger<")
         with ledger_write(self) as conn:
             yield conn
         counter("ledger>")
