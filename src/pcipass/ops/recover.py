@@ -69,7 +69,7 @@ def recover_operation(host: Host, ledger: Ledger, op: OpenOperation) -> list[str
     if operation_in_progress(host.root, op.id):
         # A live hotplug waiting for its toolstack without the state lock.
         return [f"op {op.id} ({op.kind}): in progress (pid {op.pid}); left alone"]
-    from pcipass.ops.libvirt_conn import recover_connect_operation
+    from pcipass.ops.connect_recover import recover_connect_operation
 
     finished = recover_connect_operation(host, ledger, op)
     if finished is None:
