@@ -27,6 +27,7 @@ import jsonschema
 import pytest
 
 from pcipass.cli.main import COMMANDS, main
+from pcipass.testing.bootfiles import alias_line
 from pcipass.testing.fakehost import FakeHost, snapshot
 from pcipass.testing.harness import Lab
 from pcipass.testing.rom_builder import chain, rom_image
@@ -167,6 +168,9 @@ QEMU_RUNNING = steps(
     ("hide", "--now", "--backend", "vfio", VF), files={"/proc/4242/cmdline": QEMU_ARGV}
 )
 
+# A hand-written modprobe file that gives the host's own NIC to pciback at boot (PP110).
+UPLINK_HIDDEN_AT_BOOT = f"options pciback hide=({ROUTE_NIC})\nsoftdep bnx2 pre: pciback\n"
+
 CASES: tuple[Case, ...] = (
     Case("list", "success", ("list",), 0),
     Case("list", "success", ("list", "--class", "02", "--guests"), 0),
@@ -183,6 +187,23 @@ CASES: tuple[Case, ...] = (
     Case("check", "warnings", ("check",), 1, setup=ATTACHED, shape="check"),
     Case("check", "usage", ("check", "zz"), 2),
     Case("check", "not-found", ("check", MISSING), 4),
+    Case("check", "success", ("check", "--next-boot"), 0, shape="check-next-boot"),
+    Case("check", "success", ("check", "--next-boot", NIC), 0, shape="check-next-boot"),
+    Case(
+        "check",
+        "refusal",
+        ("check", "--next-boot"),
+        3,
+        setup=steps(
+            files={
+                "/etc/modprobe.d/hand.conf": UPLINK_HIDDEN_AT_BOOT,
+                "/lib/modules/2.6.18-164.el5xen/modules.alias": alias_line(0x14E4, 0x1639, "bnx2"),
+            }
+        ),
+        shape="check-next-boot",
+    ),
+    Case("check", "usage", ("check", "--next-boot", "--guest", "g"), 2),
+    Case("check", "not-found", ("check", "--next-boot", MISSING), 4),
     Case("hide", "success", ("hide", "--now", NIC), 0, setup=steps()),
     Case("hide", "success", ("hide", "--now", "--persist", NIC), 0, setup=steps()),
     Case("hide", "success", ("hide", "--now", "--dry-run", NIC), 0),

@@ -375,3 +375,127 @@ def test_reload_driver_without_persist_alone_is_a_usage_error(
 ) -> None:
     assert cli(idle, "hide", "--now", "--persist", "--reload-driver", "09:00.0") == 2
     assert cli(idle, "hide", "--now", "--reload-driver", "09:00.0") == 2
+
+
+# --- unhide --persist --reload-driver (the stub's reload gives the device back) ------
+
+
+def test_unhide_reload_driver_gives_the_nic_back_to_bnx2(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "hide", "--persist", "--reload-driver", "09:00.0") == 0
+    assert _drivers(idle, "0000:09:00.0") == ["pciback"]
+    capsys.readouterr()
+    assert cli(idle, "unhide", "--persist", "--reload-driver", "09:00.0") == 0
+    out = capsys.readouterr().out
+    assert "modprobe -r pciback" in out and "drivers_probe" in out
+    assert _drivers(idle, "0000:05:00.0", "0000:09:00.0", "0000:0a:04.0") == [
+        "bnx2",
+        "bnx2",
+        "e1000",
+    ]
+    assert "0000:09:00.0" not in (idle.base / "etc/modprobe.conf").read_text()
+    from pcipass.state.ledger import Ledger
+
+    with Ledger.open(idle.host.root, readonly=True) as ledger:
+        assert ledger.get_hidden(NIC) is None
+        assert ledger.open_operations() == []
+
+
+def test_unhide_reload_driver_clears_a_stub_override_first(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hidden --now and --persist: the override would make the reloaded stub
+    claim the device again; it is cleared in the same transaction."""
+    assert cli(idle, "hide", "--now", "--persist", "09:00.0") == 0
+    assert idle.fake.bound_driver("0000:09:00.0") == "pciback"
+    capsys.readouterr()
+    assert cli(idle, "unhide", "--persist", "--reload-driver", "09:00.0") == 0
+    assert _drivers(idle, "0000:09:00.0") == ["bnx2"]
+    assert not binding.read_override(idle.host, NIC)
+
+
+def test_unhide_reload_driver_refused_when_the_stub_holds_a_guests_device(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reloading pciback unbinds every device it holds: one a guest holds is PP101."""
+    assert cli(idle, "hide", "--now", "--persist", "09:00.0", "0a:04.1") == 0
+    from pcipass.state.ledger import Ledger
+
+    with Ledger.open(idle.host.root) as ledger:
+        ledger.claim("0000:0a:04.1", "rhel5pv", config_kind="xm", config_path="/etc/xen/rhel5pv")
+    capsys.readouterr()
+    before = snapshot(idle.base)
+    assert cli(idle, "unhide", "--persist", "--reload-driver", "09:00.0") == 3
+    err = capsys.readouterr().err
+    assert "[PP101]" in err and "0000:0a:04.1" in err and "rhel5pv" in err
+    assert snapshot(idle.base) == before
+    assert _no_open_intent(idle)
+
+
+def test_unhide_reload_driver_refused_on_a_host_used_stub_function(
+    rhel5: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A function on the stub that the host uses (PP001 data) stops the reload."""
+    assert cli(rhel5, "hide", "--now", "--persist", "09:00.0") == 0
+    capsys.readouterr()
+    # pcipass will not hide the uplink (PP001): put it on pciback by hand, a mistake.
+    rhel5.fake.unbind("0000:05:00.0")
+    rhel5.fake.bind("0000:05:00.0", "pciback")
+    before = snapshot(rhel5.base)
+    assert cli(rhel5, "unhide", "--persist", "--reload-driver", "09:00.0") == 3
+    err = capsys.readouterr().err
+    assert "[PP001]" in err and "0000:05:00.0" in err and "default route" in err
+    assert snapshot(rhel5.base) == before
+
+
+def test_a_failed_stub_load_in_unhide_rolls_back_everything(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "hide", "--persist", "--reload-driver", "09:00.0") == 0
+    before = snapshot(idle.base, skip=RELOAD_SKIP)
+    idle.kernel.fail_module("pciback")  # the load after the unload fails
+    from pcipass.ops.hide import unhide
+
+    with pytest.raises(OperationFailed) as failed:
+        unhide(idle.host, [NIC], now=False, persist=True, reload_driver=True)
+    assert failed.value.rolled_back and "pciback" in failed.value.render()
+    assert snapshot(idle.base, skip=RELOAD_SKIP) == before
+    assert _drivers(idle, "0000:09:00.0", "0000:05:00.0") == ["pciback", "bnx2"]
+    assert _no_open_intent(idle)
+
+
+def test_a_device_that_does_not_go_back_fails_verification_and_stays_hidden(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "hide", "--persist", "--reload-driver", "09:00.0") == 0
+    before = snapshot(idle.base, skip=RELOAD_SKIP)
+    idle.kernel.probe_failures.add("0000:09:00.0")  # bnx2's probe of it fails
+    from pcipass.ops.hide import unhide
+
+    with pytest.raises(OperationFailed) as failed:
+        unhide(idle.host, [NIC], now=False, persist=True, reload_driver=True)
+    assert "0000:09:00.0 is on no driver, expected bnx2" in failed.value.render()
+    idle.kernel.probe_failures.clear()
+    assert snapshot(idle.base, skip=RELOAD_SKIP) == before
+    assert _drivers(idle, "0000:09:00.0") == ["pciback"]
+    assert _no_open_intent(idle)
+
+
+def test_unhide_reload_driver_dry_run_says_what_it_would_run(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "hide", "--persist", "--reload-driver", "09:00.0") == 0
+    capsys.readouterr()
+    before = snapshot(idle.base)
+    assert cli(idle, "unhide", "--persist", "--reload-driver", "--dry-run", "09:00.0") == 0
+    out = capsys.readouterr().out
+    assert "would run: modprobe -r pciback" in out
+    assert snapshot(idle.base) == before
+
+
+def test_unhide_reload_driver_with_now_is_a_usage_error(
+    idle: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(idle, "unhide", "--now", "--persist", "--reload-driver", "09:00.0") == 2
+    assert cli(idle, "unhide", "--reload-driver", "09:00.0") == 2

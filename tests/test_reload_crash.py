@@ -1,4 +1,5 @@
-"""Kill ``hide --persist --reload-driver`` at every event, module loads included, then recover.
+"""Kill ``hide``/``unhide --persist --reload-driver`` at every event, module loads included,
+then recover.
 
 The invariant (pcipass.testing.invariants): exactly as before or fully done,
 no open intent, no temporary file.  Besides the transaction's events
@@ -42,8 +43,16 @@ def simulated(base: Path) -> Host:
     return Host.open(str(base), runner=FakeRunner(kernel), writer=kernel)
 
 
-def argv(base: Path) -> list[str]:
-    return ["hide", "--persist", "--reload-driver", "0000:09:00.0", "--root", str(base)]
+def argv(base: Path, verb: str = "hide") -> list[str]:
+    return [verb, "--persist", "--reload-driver", "0000:09:00.0", "--root", str(base)]
+
+
+def hidden_host(base: Path) -> Path:
+    """The idle host after ``hide --persist --reload-driver``: 09:00.0 on pciback by hide=."""
+    idle_host(base)
+    assert main(argv(base)) == 0
+    assert FakeHost.load(base).bound_driver("0000:09:00.0") == "pciback"
+    return base
 
 
 @contextlib.contextmanager
@@ -76,13 +85,16 @@ class KillWithModules(KillAt):
         return self
 
 
-def test_reload_killed_at_every_event_then_recovered(tmp_path: Path) -> None:
-    template = idle_host(tmp_path / "template")
+@pytest.mark.parametrize("verb", ["hide", "unhide"])
+def test_reload_killed_at_every_event_then_recovered(tmp_path: Path, verb: str) -> None:
+    """unhide: the stub's reload (modprobe -r pciback, modprobe pciback, drivers_probe)
+    gives 09:00.0 back to bnx2; a kill anywhere leaves it on pciback or on bnx2."""
+    template = (idle_host if verb == "hide" else hidden_host)(tmp_path / "template")
     before = capture(template)
     copy = tmp_path / "done"
     shutil.copytree(template, copy, symlinks=True)
     with KillWithModules(0) as counting:
-        assert main(argv(copy)) == 0
+        assert main(argv(copy, verb)) == 0
     events = counting.seen
     done = capture(copy)
     assert done.differences(before)
@@ -93,7 +105,7 @@ def test_reload_killed_at_every_event_then_recovered(tmp_path: Path) -> None:
         base = work / "host"
         shutil.copytree(template, base, symlinks=True)
         with KillWithModules(index), pytest.raises(SimulatedKill):
-            main(argv(base))
+            main(argv(base, verb))
         recover(simulated(base))
         outcomes.add(check_invariant(base, before, done))
         assert recover(simulated(base)) == []  # idempotent
@@ -103,3 +115,5 @@ def test_reload_killed_at_every_event_then_recovered(tmp_path: Path) -> None:
         )
         shutil.rmtree(work)
     assert "before" in outcomes
+    final = FakeHost.load(copy).bound_driver("0000:09:00.0")
+    assert final == ("pciback" if verb == "hide" else "bnx2")

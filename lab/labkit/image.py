@@ -30,6 +30,7 @@ XEN_MODULES = (
     "xenfs",
     "xen-pciback",
     "e1000",
+    "e1000e",  # the xen5 boot's uplink: e1000 then drives the spare alone (#18 --reload-driver)
     "pci-stub",
 )
 KVM_MODULES = ("vfio-pci", "vfio_iommu_type1", "e1000", "e1000e", "pci-stub", "8139cp")

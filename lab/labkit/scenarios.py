@@ -127,19 +127,26 @@ def build(report: Report, prep: Prepared, kind: str) -> Path | None:
 
 
 def xen_argv(
-    prep: Prepared, initrd: Path, plan: str, extra: str = "", iommu: bool = True
+    prep: Prepared,
+    initrd: Path,
+    plan: str,
+    extra: str = "",
+    iommu: bool = True,
+    uplink_model: str = "e1000",
 ) -> list[str]:
+    """``uplink_model``: the uplink's NIC; e1000e (xen5) leaves e1000 to the spare alone."""
     dom0 = f"{prep.stage}/boot/vmlinuz-{prep.kver} console=hvc0 rdinit=/init quiet lab={plan}"
     if extra:
         dom0 += " " + extra
     nics: list[str] = []
+    models = (uplink_model, "e1000")
     for i, bdf in enumerate((topology.XEN_UPLINK, topology.XEN_SPARE), start=1):
         slot = bdf.split(":")[2]  # "03.0"
         nics += [
             "-netdev",
             f"user,id=n{i},restrict=on",
             "-device",
-            f"e1000,netdev=n{i},addr={slot},romfile=",
+            f"{models[i - 1]},netdev=n{i},addr={slot},romfile=",
         ]
     # Lab notes: q35 + an emulated intel-iommu are mandatory (no passthrough without an IOMMU);
     # -cpu max crashes the PV dom0, qemu64,+svm works.
@@ -213,6 +220,9 @@ def xen(report: Report, cache: Path, out: Path, smoke: bool, plan: str = "xen-sm
         run_boot(report, "xen2", xen_argv(prep, both, "xen-boot2"), out, 300)
     # PP006 on a machine without an IOMMU (-machine pc): pcipass must refuse what Xen refuses.
     run_boot(report, "xen4", xen_argv(prep, initrd, "xen-noiommu", iommu=False), out, 240)
+    # #18: the uplink on e1000e, so reloading e1000 touches the spare alone: --reload-driver works.
+    argv = xen_argv(prep, initrd, "xen-reload", uplink_model="e1000e")
+    run_boot(report, "xen5", argv, out, 300)
     grub = bundles.get("cmdline", {}).get("/etc/default/grub")
     if grub is None:
         report.add("xen3/boot", False, 0, "no /etc/default/grub came back from the first boot")

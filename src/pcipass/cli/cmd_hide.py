@@ -24,6 +24,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="check this guest's configuration (repeatable); without BDF or "
             "--guest, everything: held devices, all guests, persistent files",
         )
+        parser.add_argument(
+            "--next-boot",
+            action="store_true",
+            help="forecast which driver claims each device at the next boot and why "
+            "(modprobe configuration, initramfs, built-in drivers, the kernel command line "
+            "grub will pass); flags host-used devices a stub would take",
+        )
     if name in ("hide", "unhide"):
         parser.add_argument(
             "--now", action="store_true", help="rebind through sysfs now (no reboot)"
@@ -51,6 +58,15 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="the state database lost its records: rebuild owners from the guest "
             "configurations and hidden devices from the bindings (the old file is kept)",
         )
+    if name in ("hide", "unhide"):
+        parser.add_argument(
+            "--reload-driver",
+            action="store_true",
+            help="with --persist: apply it now the document's way, reloading the "
+            + ("device's driver" if name == "hide" else "stub (pciback / vfio-pci)")
+            + " (every function it drives is unbound and probed again); refused when "
+            "another of them is used by the host or held by a guest",
+        )
     if name == "hide":
         parser.add_argument(
             "--backend",
@@ -60,13 +76,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             "--group", action="store_true", help="take the whole IOMMU group of each device"
-        )
-        parser.add_argument(
-            "--reload-driver",
-            action="store_true",
-            help="with --persist: apply it now the document's way, reloading the device's "
-            "driver (every function it drives is unbound and probed again); refused when "
-            "another of them is used by the host",
         )
 
 
@@ -111,14 +120,14 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.hide import hide, unhide, with_groups
 
     addresses = _addresses(args)
+    if args.reload_driver and (args.now or not args.persist):
+        raise UsageError(
+            "--reload-driver",
+            "goes with --persist alone (--now already rebinds the devices one by one)",
+        )
     if name == "hide":
         if args.group:
             addresses = with_groups(host, addresses)
-        if args.reload_driver and (args.now or not args.persist):
-            raise UsageError(
-                "--reload-driver",
-                "goes with --persist alone (--now already rebinds the devices one by one)",
-            )
         outcome = hide(
             host,
             addresses,
@@ -137,6 +146,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             persist=args.persist,
             platform=args.platform,
             dry_run=args.dry_run,
+            reload_driver=args.reload_driver,
         )
     lines = outcome.render_lines()
     if args.regenerate and not args.dry_run and outcome.persist is not None:
@@ -167,6 +177,17 @@ def _check(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json
     from pcipass.ops.check import run_check
 
+    if args.next_boot:
+        if args.guest:
+            raise UsageError("--next-boot", "forecasts devices, not guests: drop --guest")
+        from pcipass.ops.forecast import next_boot
+
+        forecast = next_boot(host, _addresses(args) if args.addresses else [])
+        if args.json:
+            print_json(forecast.to_json())
+        else:
+            print(forecast.render())
+        return forecast.exit_code
     report = run_check(host, _addresses(args) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())

@@ -31,7 +31,14 @@ from pcipass.ops.rebind import (
     plan_unhide_now,
     unhide_steps,
 )
-from pcipass.ops.reload import checked_reload, modules_json, reload_devices, run_reload
+from pcipass.ops.reload import (
+    checked_reload,
+    modules_json,
+    plan_give_back,
+    reload_devices,
+    run_give_back,
+    run_reload,
+)
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -251,8 +258,14 @@ def unhide(
     persist: bool,
     platform: str | None = None,
     dry_run: bool = False,
+    reload_driver: bool = False,
 ) -> HideOutcome:
-    """Give devices back now and/or at boot: all of it, or nothing."""
+    """Give devices back now and/or at boot: all of it, or nothing.
+
+    ``reload_driver`` (with ``persist`` only): the stub's module is reloaded
+    with its new configuration, which no longer names the devices, and their
+    host driver probes them (ops/reload.py; refused with PP001/PP101 when
+    another function on the stub is host-used or held by a guest)."""
     outcome = HideOutcome("unhide")
     if dry_run:
         with Ledger.open(host.root, readonly=True) as view:
@@ -260,39 +273,51 @@ def unhide(
                 outcome.now = plan_unhide_now(host, view, addresses, dry_run=True).result
             if persist:
                 backend = unhide_backend(host, view, addresses)
+                inv = inventory(host)
                 outcome.persist = plan_persist(
-                    host, addresses, backend, platform, inventory(host), add=False, dry_run=True
+                    host, addresses, backend, platform, inv, add=False, dry_run=True
                 )
+                if reload_driver:
+                    stub = binding.stub_for(host, backend)
+                    preview = checked_reload(host, inv, addresses, stub, hiding=False)
+                    outcome.persist.notes += [f"would run: {s}" for s in preview.describe()]
         return outcome
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
         # Ownership and hidden records are read here, under the lock: an attach
         # that held the lock until a moment ago is seen (PP101).
         plan = plan_unhide_now(host, ledger, addresses, dry_run=False) if now else None
+        reload = None
         if persist:
             if plan is None:
                 plan_unhide_now(host, ledger, addresses, dry_run=True)  # PP101 for --persist too
+            backend = unhide_backend(host, ledger, addresses)
+            inv = inventory(host)
             outcome.persist = plan_persist(
-                host,
-                addresses,
-                unhide_backend(host, ledger, addresses),
-                platform,
-                inventory(host),
-                add=False,
-                dry_run=False,
+                host, addresses, backend, platform, inv, add=False, dry_run=False
             )
+            if reload_driver:
+                reload = checked_reload(
+                    host, inv, addresses, binding.stub_for(host, backend), hiding=False
+                )
+        reloading = reload is not None and bool(reload.unload)
         outcome.now = plan.result if plan is not None else None
         todo = plan.todo if plan is not None else []
         edits = outcome.persist.edits if outcome.persist is not None else []
-        forget = _records_to_forget(ledger, addresses, now=now, persist=persist)
-        if not todo and not edits and not forget:
+        # A reload gives the devices back at runtime too: both records go.
+        forget = _records_to_forget(ledger, addresses, now=now or reloading, persist=persist)
+        if not todo and not edits and not forget and not reloading:
             return outcome
         txn = Transaction.begin(
             host,
             ledger,
             "unhide",
-            sysfs_devices=[a for a, _ in todo],
+            # A reload touches every function of the stub: all are saved.
+            sysfs_devices=reload_devices([a for a, _ in todo], addresses, reload),
             record_devices=addresses,
-            extra={"files": [e.display for e in edits]},
+            extra={
+                "files": [e.display for e in edits],
+                **({"modules": modules_json(reload)} if reload is not None and reloading else {}),
+            },
         )
         try:
             for address, original in todo:
@@ -301,6 +326,20 @@ def unhide(
                 assert outcome.now is not None
                 outcome.now.steps.extend(s.describe for s in steps)
             txn.edit_files(edits)
+            if reload is not None and reloading:
+                assert outcome.persist is not None
+                originals = {a: _original(ledger, a) for a in addresses}
+                give = plan_give_back(host, addresses, binding.stub_for(host, backend), originals)
+                ran = run_give_back(txn, host, reload, give)
+                outcome.persist.notes = [n for n in outcome.persist.notes if "reload" not in n]
+                outcome.persist.notes += [f"ran: {s}" for s in ran] + [
+                    f"every other function of {', '.join(m.driver for m in reload.unload)} is "
+                    "back where it was; "
+                    + ", ".join(
+                        f"{a} on {binding.current_driver(host, a) or 'no driver'}"
+                        for a in addresses
+                    )
+                ]
             for address, how in forget.items():
                 if how is None:
                     ledger.forget_hidden(address)
@@ -317,6 +356,11 @@ def unhide(
                     )
                 )
     return outcome
+
+
+def _original(ledger: Ledger, address: PciAddress) -> str | None:
+    record = ledger.get_hidden(address)
+    return record.original_driver if record is not None else None
 
 
 def _records_to_forget(

@@ -292,3 +292,95 @@ def reload_devices(
     if plan is not None and plan.unload:
         devices += [a for a in [*targets, *plan.expected] if a not in devices]
     return devices
+
+
+# --- giving back (``unhide --persist --reload-driver``) -------------------------------
+
+
+@dataclass(frozen=True)
+class GiveBack:
+    """What reloading the stub must do for the devices ``unhide`` gives back."""
+
+    # Devices on the stub now: probed after the stub comes back without them.
+    probe: list[PciAddress]
+    # Where each must end: its host driver from the ledger (None: any driver
+    # but a stub, the kernel's choice, as at boot).
+    expected: dict[PciAddress, str | None]
+    # ``driver_override`` writes and module loads that run before the reload.
+    before: list[ModuleStep]
+
+
+def _clear_override(host: Host, address: PciAddress) -> None:
+    binding.set_override(host, address, None)
+
+
+def plan_give_back(
+    host: Host,
+    targets: Sequence[PciAddress],
+    stub: StubDriver,
+    originals: Mapping[PciAddress, str | None],
+) -> GiveBack:
+    """The stub drops a device only if nothing else pins it there: a
+    ``driver_override`` naming the stub (``hide --now``) would make the
+    reloaded stub claim it again, so it is cleared first (journalled: undo
+    writes the stub back).  The host driver must be loaded for the probe to
+    find it (a boot-time hide may have left it unloaded)."""
+    give = GiveBack([], {}, [])
+    for address in targets:
+        if binding.current_driver(host, address) != stub.driver:
+            continue
+        give.probe.append(address)
+        original = originals.get(address)
+        give.expected[address] = original
+        if binding.has_override(host, address) and binding.read_override(host, address):
+            give.before.append(
+                ModuleStep(
+                    f"echo '' > /sys/bus/pci/devices/{address}/driver_override",
+                    functools.partial(_clear_override, host, address),
+                    {
+                        "op": "override",
+                        "address": str(address),
+                        "value": binding.read_override(host, address),
+                    },
+                )
+            )
+        if (
+            original is not None
+            and _MODULE_NAME.match(original)
+            and not binding.driver_loaded(host, original)
+        ):
+            give.before.append(
+                ModuleStep(
+                    f"modprobe {original}",
+                    functools.partial(_modprobe, host, ["modprobe", original]),
+                )
+            )
+    return give
+
+
+def verify_given_back(host: Host, expected: Mapping[PciAddress, str | None]) -> None:
+    """A device whose host driver the ledger does not know must at least have
+    left the stub (the kernel chose its driver, as a boot would)."""
+    wrong = []
+    for address, original in sorted(expected.items()):
+        now = binding.current_driver(host, address)
+        if original is None and now in STUB_DRIVERS:
+            wrong.append(f"{address} is still on {now}")
+        elif original is not None and now != original:
+            wrong.append(f"{address} is on {now or 'no driver'}, expected {original}")
+    if wrong:
+        raise OperationFailed(
+            "--reload-driver",
+            "after the reload " + "; ".join(wrong),
+            "use --now (per-device rebind through sysfs) or reboot",
+        )
+
+
+def run_give_back(txn: StepRunner, host: Host, plan: ReloadPlan, give: GiveBack) -> list[str]:
+    """Clear the overrides, reload the stub with its new configuration (it no
+    longer names the devices), probe them so their host driver takes them,
+    verify every function: the stub's others stay, the devices are back."""
+    txn.run(give.before)
+    ran = run_reload(txn, host, plan, {}, probe=give.probe)
+    verify_given_back(host, give.expected)
+    return [s.describe for s in give.before] + ran

@@ -103,6 +103,18 @@ _RULES = [
         "an address recorded for a device must still name the same device",
     ),
     Rule("PP106", "sriov-pf", "pcipass", "an SR-IOV PF with active VFs takes them down with it"),
+    Rule(
+        "PP110",
+        "next-boot-host-device",
+        "pcipass (check --next-boot)",
+        "a stub must not take a device the host uses at the next boot",
+    ),
+    Rule(
+        "PP111",
+        "next-boot-drift",
+        "pcipass (check --next-boot)",
+        "the next boot must give each device the driver pcipass was asked for",
+    ),
 ]
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULES}

@@ -49,7 +49,7 @@ class SimKernel:
         self.on_written: Callable[[str, str], None] | None = None  # after it acted
         self.module_failures: list[tuple[str, str, int]] = []  # (load|unload, module, errno)
         self.module_ids: dict[str, set[tuple[int, int]]] = {}  # vfio-pci ids= of this load
-        self.probe_failures: set[str] = set()  # functions whose probe fails at a module load
+        self.probe_failures: set[str] = set()  # probes that fail (module load, drivers_probe)
 
     def fail(
         self, pattern: str, err: int = errno.EIO, *, value: str | None = None, times: int = 1
@@ -150,7 +150,7 @@ class SimKernel:
         return self._ids(name) in driver.ids | self.module_ids.get(driver.name, set())
 
     def _probe(self, name: str) -> None:
-        if self.host.bound_driver(name) is not None:
+        if self.host.bound_driver(name) is not None or name in self.probe_failures:
             return
         for driver in self._loaded().values():
             if self._accepts(driver, name):
