@@ -104,6 +104,7 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
                 parser.print_help(sys.stderr)
             raise UsageError("", "no command given", "see `pcipass --help`")
         interrupt.install()  # SIGINT/SIGTERM roll back like errors (pcipass/interrupt.py)
+        _describe_for_the_lock(args_list)
         host = _open_host(args.root)
         module = importlib.import_module(f"pcipass.cli.{command.module}")
         runner: Callable[[str, argparse.Namespace, Host], int] = module.run
@@ -123,6 +124,19 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
         )
     except OSError as error:
         return report_error(HostOSError(error), as_json=as_json)
+
+
+def _describe_for_the_lock(args_list: list[str]) -> None:
+    """Who this command is, for others that wait for the state lock, and how
+    it says that it waits itself (once, on stderr: --json keeps stdout)."""
+    import shlex
+
+    from pcipass.ops.lock_holder import introduce
+
+    def notice(message: str) -> None:
+        print(f"pcipass: {message}", file=sys.stderr, flush=True)
+
+    introduce(shlex.join(["pcipass", *args_list]), notice)
 
 
 def _open_host(root: str) -> Host:

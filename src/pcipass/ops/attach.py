@@ -12,9 +12,11 @@ undoes the configuration edit and the claim, so the request is all or nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pcipass import interrupt
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import (
@@ -31,6 +33,7 @@ from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
+from pcipass.interrupt import Interrupted
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import (
     GuestFile,
@@ -40,12 +43,12 @@ from pcipass.ops.guests import (
     scan_guests,
     unreadable_findings,
 )
-from pcipass.ops.live import owned_hotplug
-from pcipass.persist.atomic import FileEdit, plan_edit
+from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug
+from pcipass.persist.atomic import FileEdit, apply_edit, digest, plan_edit
 from pcipass.policy import guest_rules
 from pcipass.policy.verdict import Finding, Severity, refusal_error
 from pcipass.state.ledger import Ledger, OperationHandle
-from pcipass.state.lock import StateLock
+from pcipass.state.lock import OperationInProgress, StateLock
 
 __all__ = ["XC_ASSIGN_REFUSAL", "AttachResult", "attach", "detach"]
 
@@ -403,80 +406,149 @@ def _apply(
     live: bool,
     result: AttachResult,
 ) -> None:
-    """Under the state lock: ownership check, live step, journalled edit, ownership."""
+    """One journalled operation: the configuration edit, ownership and (with
+    ``live``) the hotplug, all or nothing.
+
+    A failure or a signal at any step settles the journal intent exactly as
+    ``recover`` would after a kill (:func:`pcipass.ops.recover.recover_operation`):
+    forward when the hotplug happened, back otherwise; the intent is closed.
+    """
+    ids: list[int] = []
+    try:
+        _apply_journalled(
+            host, guest_file, address, edit, guest=guest, live=live, result=result, ids=ids
+        )
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
+        if ids:
+            undone = settle_after_failure(host, ids[0])
+            if isinstance(error, Interrupted):
+                error.undone += undone
+        raise
+
+
+def settle_after_failure(host: Host, op_id: int) -> list[str]:
+    """The intent ``op_id`` left open by a failure or a signal, settled now."""
+    from pcipass.ops.live import settle_uncertain
+    from pcipass.ops.recover import recover_operation
+
+    deferred = interrupt.deferred()  # a second signal waits until the intent is settled
+    with deferred, StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        op = next((o for o in ledger.open_operations() if o.id == op_id), None)
+        if op is None:
+            return []
+        report = recover_operation(host, ledger, op)
+        address = op.intent.get("address")
+        others = {o.address for o in ledger.owners() if o.address != address}
+        return report + settle_uncertain(host, ledger, skip=others)
+
+
+def _intent(
+    guest_file: GuestFile, address: PciAddress, guest: str, live: bool
+) -> dict[str, object]:
+    return {
+        "address": str(address),
+        "guest": guest,
+        "config": guest_file.display,
+        "config_kind": str(guest_file.kind),
+        "live": live,
+    }
+
+
+def _apply_journalled(
+    host: Host,
+    guest_file: GuestFile,
+    address: PciAddress,
+    edit: FileEdit,
+    *,
+    guest: str,
+    live: bool,
+    result: AttachResult,
+    ids: list[int],
+) -> None:
+    """attach: the file, then the running guest; detach: the running guest,
+    then the file (its edit journalled before, written once the guest let
+    go).  The toolstack runs without the state lock: ``xl pci-detach`` waits
+    for the guest, and other commands need not wait with it; the intent is
+    marked alive meanwhile (:class:`OperationInProgress`) and the device
+    owned "maybe" (:mod:`pcipass.ops.live`)."""
     action = result.action
     kind, display = str(guest_file.kind), guest_file.display
-    toolstack = guest_toolstack(host, guest_file, guest)
-    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
-        _check_owner_locked(ledger, address, guest)
-        if action == "detach" and live:
-            # Out of the running guest first: if the toolstack refuses,
-            # the configuration still says what is true.
-            result.live = owned_hotplug(
+    with contextlib.ExitStack() as running:
+        with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+            _check_owner_locked(ledger, address, guest)
+            with interrupt.deferred():  # a signal now finds the intent known to _apply
+                op = ledger.begin(action, _intent(guest_file, address, guest, live))
+                ids.append(op.id)
+            if edit.changes_anything and edit.after is not None:
+                # Kept so that recover can finish the edit (roll forward).
+                ledger.save_backup(edit.after)
+            if action == "attach" or not live:
+                apply_edits(ledger, op, [edit])
+                _define_if_libvirt(host, guest_file, edit, result)
+            if not live:
+                if action == "attach":
+                    ledger.claim(address, guest, config_kind=kind, config_path=display)
+                else:
+                    ledger.release(address, guest)
+                op.finish()
+                return
+            if edit.changes_anything:  # detach: planned now, written once the guest let go
+                backup = ledger.save_backup(edit.before) if edit.before is not None else None
+                op.record_file_edit(display, digest(edit.before), digest(edit.after), backup)
+            toolstack = guest_toolstack(host, guest_file, guest)
+            pending = begin_hotplug(
                 ledger, toolstack, address, action, config_kind=kind, config_path=display
-            ).message
-        op = ledger.begin(
-            action,
-            {
-                "address": str(address),
-                "guest": guest,
-                "config": display,
-                "config_kind": kind,
-                "live": live,
-            },
-        )
-        apply_edits(ledger, op, [edit])
-        if guest_file.kind is GuestKind.LIBVIRT and edit.changes_anything:
-            result.notes += _libvirt_define(host, guest_file)
-        if action == "attach":
-            if live:
-                result.live = _hotplug_into(
-                    ledger,
-                    op,
-                    host,
-                    toolstack=toolstack,
-                    address=address,
-                    kind=kind,
-                    display=display,
-                )
-            # Claimed last, after every step that can fail: a refused
-            # hotplug leaves no owner behind.
-            ledger.claim(address, guest, config_kind=kind, config_path=display)
-        else:
-            ledger.release(address, guest)
-        op.finish()
+            )
+            running.enter_context(OperationInProgress(host.root, op.id))
+        failure = run_hotplug(pending)
+        with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+            op = OperationHandle(ledger, op.id, op.kind)  # the same intent, this connection
+            try:
+                result.live = finish_hotplug(ledger, pending, failure).message
+            except PcipassError as error:
+                _hotplug_failed(host, ledger, op, error, address=address, action=action)
+            if action == "attach":
+                ledger.claim(address, guest, config_kind=kind, config_path=display)
+            else:
+                if edit.changes_anything:
+                    apply_edit(edit)
+                    _define_if_libvirt(host, guest_file, edit, result)
+                ledger.release(address, guest)
+            op.finish()
 
 
-def _hotplug_into(
+def _define_if_libvirt(
+    host: Host, guest_file: GuestFile, edit: FileEdit, result: AttachResult
+) -> None:
+    if guest_file.kind is GuestKind.LIBVIRT and edit.changes_anything:
+        result.notes += _libvirt_define(host, guest_file)
+
+
+def _hotplug_failed(
+    host: Host,
     ledger: Ledger,
     op: OperationHandle,
-    host: Host,
+    error: PcipassError,
     *,
-    toolstack: Toolstack,
     address: PciAddress,
-    kind: str,
-    display: str,
-) -> str:
-    """The live half of attach.  Refused: the file edit is undone.  Unknown
-    and unsettled: the edit stays with the "maybe" owner (the device may be
-    in the guest, and the file then says so)."""
-    try:
-        return owned_hotplug(
-            ledger, toolstack, address, "attach", config_kind=kind, config_path=display
-        ).message
-    except PcipassError as error:
-        owner = ledger.owner(address)
-        if owner is not None and owner.uncertain:
-            op.finish()
-            raise
-        undo_file_edits(host, ledger, ledger.file_edits(op.id))
+    action: str,
+) -> None:
+    """The live half failed.  Refused, or settled as not done: an attach's
+    file edit is undone (a detach's was not written yet).  Unknown and
+    unsettled: an attach's edit stays with the "maybe" owner (the device may
+    be in the guest, and the file then says so).  The intent is closed."""
+    owner = ledger.owner(address)
+    if (owner is not None and owner.uncertain) or action == "detach":
         op.finish()
-        if isinstance(error, RefusedError):
-            raise
-        remedy = "; ".join(
-            part for part in (error.remedy, "the configuration change was rolled back") if part
-        )
-        raise OperationFailed(error.subject, error.problem, remedy) from error
+        raise error
+    undo_file_edits(host, ledger, ledger.file_edits(op.id))
+    op.finish()
+    if isinstance(error, RefusedError):
+        raise error
+    remedy = "; ".join(
+        part for part in (error.remedy, "the configuration change was rolled back") if part
+    )
+    raise OperationFailed(error.subject, error.problem, remedy) from error
 
 
 def _libvirt_define(host: Host, guest_file: GuestFile) -> list[str]:

@@ -26,50 +26,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcipass import interrupt
 from pcipass.address import PciAddress
 from pcipass.errors import (
     GuestNotFoundError,
     OperationFailed,
     PcipassError,
     RefusedError,
-    UsageError,
 )
 from pcipass.guests.libvirt_xml import parse_domain_xml
-from pcipass.guests.toolstack import LibvirtDomainLive, libvirt_module
+from pcipass.guests.toolstack import LibvirtDomainLive
 from pcipass.host.context import Host
+from pcipass.interrupt import Interrupted
 from pcipass.ops.attach import AttachResult, attach_findings, refusal
+from pcipass.ops.connect_recover import check_uri as _check_uri
+from pcipass.ops.connect_recover import open_connection as _open
 from pcipass.ops.guests import GuestFile
 from pcipass.ops.live import owned_hotplug
 from pcipass.persist.atomic import FileEdit
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
-
-# libvirt's test driver runs inside this process and talks to no daemon: the
-# one kind of connection that is safe while pcipass works on another root.
-_IN_PROCESS_SCHEME = "test:"
-
-
-def _check_uri(host: Host, uri: str) -> None:
-    if str(host.root.prefix) != "/" and not uri.startswith(_IN_PROCESS_SCHEME):
-        raise UsageError(
-            f"--connect {uri}",
-            f"pcipass works on the root {host.root.prefix}, but this connection reaches the "
-            "libvirt of the machine pcipass runs on",
-            "leave out --root, or edit the image's domain files without --connect",
-        )
-
-
-def _open(uri: str) -> tuple[Any, Any]:
-    libvirt = libvirt_module()
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as error:
-        raise OperationFailed(
-            uri,
-            f"cannot connect: {error.get_error_message()}",
-            "is libvirtd running, and may this user use it?",
-        ) from error
-    return libvirt, conn
 
 
 def _lookup(libvirt: Any, conn: Any, uri: str, guest: str) -> Any:
@@ -203,31 +179,80 @@ def _apply(
     result: AttachResult,
     live: bool,
 ) -> None:
-    """Under the state lock: PP101 again, the live step, defineXML, ownership."""
+    """One journalled operation under the state lock: PP101 again, the live
+    step, defineXML, ownership.  A failure or a signal settles the intent as
+    ``recover`` would (:func:`recover_connect_operation`): from what libvirt
+    holds, forward or back."""
+    from pcipass.ops.attach import settle_after_failure
+
     guest, action, uri = result.guest, result.action, plan.toolstack.uri
-    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
-        _recheck_owner(ledger, address, guest, action)
-        if live:
-            result.live = owned_hotplug(
-                ledger, plan.toolstack, address, action, config_kind="libvirt", config_path=uri
-            ).message
-        if plan.after != plan.before:
-            _define(
-                libvirt,
-                conn,
-                plan.after,
-                toolstack=plan.toolstack,
-                ledger=ledger,
-                address=address,
-                action=action,
-                live=live,
-            )
-        if action == "attach":
-            ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
-        else:
-            owner = ledger.owner(address)
-            if owner is not None and owner.guest == guest:
-                ledger.release(address, guest)
+    ids: list[int] = []
+    try:
+        with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+            _recheck_owner(ledger, address, guest, action)
+            intent = {
+                "address": str(address),
+                "guest": guest,
+                "config": uri,
+                "config_kind": "libvirt",
+                "live": live,
+                "connect": True,
+            }
+            with interrupt.deferred():
+                op = ledger.begin(action, intent)
+                ids.append(op.id)
+            try:
+                _live_define_own(
+                    libvirt, conn, ledger, address, plan=plan, result=result, live=live
+                )
+            except PcipassError:
+                # Handled: the live step was undone or its owner recorded (_define).
+                with interrupt.deferred():
+                    op.finish()
+                raise
+            with interrupt.deferred():
+                op.finish()
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
+        if ids and not isinstance(error, PcipassError):  # a signal, or a bug
+            undone = settle_after_failure(host, ids[0])
+            if isinstance(error, Interrupted):
+                error.undone += undone
+        raise
+
+
+def _live_define_own(
+    libvirt: Any,
+    conn: Any,
+    ledger: Ledger,
+    address: PciAddress,
+    *,
+    plan: _Plan,
+    result: AttachResult,
+    live: bool,
+) -> None:
+    """The steps of a --connect operation: live, defineXML, ownership."""
+    guest, action, uri = result.guest, result.action, plan.toolstack.uri
+    if live:
+        result.live = owned_hotplug(
+            ledger, plan.toolstack, address, action, config_kind="libvirt", config_path=uri
+        ).message
+    if plan.after != plan.before:
+        _define(
+            libvirt,
+            conn,
+            plan.after,
+            toolstack=plan.toolstack,
+            ledger=ledger,
+            address=address,
+            action=action,
+            live=live,
+        )
+    if action == "attach":
+        ledger.claim(address, guest, config_kind="libvirt", config_path=uri)
+    else:
+        owner = ledger.owner(address)
+        if owner is not None and owner.guest == guest:
+            ledger.release(address, guest)
 
 
 def _checked(

@@ -25,13 +25,14 @@ ACPI) need not hold the state lock: :func:`begin_hotplug` and
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, PcipassError
 from pcipass.guests.toolstack import HotplugRefused, HotplugUnknown, Toolstack
 from pcipass.host.context import Host
-from pcipass.state.ledger import UNCERTAIN_PREFIX, Ledger, OwnerRecord
+from pcipass.state.ledger import UNCERTAIN_PREFIX, Ledger, OpenOperation, OwnerRecord
 from pcipass.state.limiter import HotplugLimiter, HotplugTicket
 
 
@@ -172,6 +173,29 @@ def finish_hotplug(
     ) from failure
 
 
+def settle_interrupted(host: Host, pending: PendingHotplug) -> list[str]:
+    """A signal came while the toolstack was being told: the hotplug may or
+    may not have happened.  Ask the toolstack under the state lock and record
+    the truth (or leave the "maybe" owner when it cannot tell), so the signal
+    ends the command with the ledger right; the report says what was found."""
+    from pcipass import interrupt
+    from pcipass.state.lock import StateLock
+
+    if pending.done is not None:
+        return []
+    unknown = HotplugUnknown(
+        f"guest {pending.toolstack.guest}", "interrupted while the toolstack was told"
+    )
+    deferred = interrupt.deferred()  # the settling is not cut short by a second signal
+    with deferred, StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        try:
+            outcome = finish_hotplug(ledger, pending, unknown)
+        except PcipassError as error:
+            return [f"{pending.address}: {error.remedy or error.problem}"]
+    guest = pending.toolstack.guest
+    return [f"{pending.address}: {outcome.message} (guest {guest}) before the signal; recorded"]
+
+
 def owned_hotplug(
     ledger: Ledger,
     toolstack: Toolstack,
@@ -190,33 +214,89 @@ def owned_hotplug(
     return finish_hotplug(ledger, pending, run_hotplug(pending))
 
 
-def toolstack_for_owner(host: Host, owner: OwnerRecord) -> Toolstack | None:
-    """The toolstack to ask about an uncertain owner (None: no way to ask)."""
+def toolstack_for(host: Host, kind: str, path: str, guest: str) -> Toolstack | None:
+    """The toolstack to ask about ``guest`` recorded with ``kind`` and ``path``
+    (a ledger owner, a journal intent); None: no way to ask."""
     from pcipass.guests.toolstack import Qmp, Virsh, XenCli
 
-    kind = owner.config_kind[len(UNCERTAIN_PREFIX) :]
-    path = owner.config_path or ""
     if kind in ("xl", "xm"):
-        return XenCli(host, kind, owner.guest)
+        return XenCli(host, kind, guest)
     if kind == "qemu" and path.startswith("qmp:"):
         shown = path[len("qmp:") :]
-        return Qmp.at(host.root, shown, owner.guest, timeout=10.0)
+        return Qmp.at(host.root, shown, guest, timeout=10.0)
     if kind == "libvirt" and "://" in path:
         from pcipass.guests.toolstack import connected_toolstack
 
-        return connected_toolstack(path, owner.guest)
+        return connected_toolstack(path, guest)
     if kind == "libvirt":
         uri = "xen:///system" if "/libxl/" in path else "qemu:///system"
-        return Virsh(host, uri, owner.guest, xen="/libxl/" in path)
+        return Virsh(host, uri, guest, xen="/libxl/" in path)
     return None
 
 
-def settle_uncertain(host: Host, ledger: Ledger) -> list[str]:
+def toolstack_for_owner(host: Host, owner: OwnerRecord) -> Toolstack | None:
+    """The toolstack to ask about an uncertain owner (None: no way to ask)."""
+    kind = owner.config_kind[len(UNCERTAIN_PREFIX) :]
+    return toolstack_for(host, kind, owner.config_path or "", owner.guest)
+
+
+def _ask(host: Host, kind: str, path: str, guest: str, address: PciAddress) -> bool | None:
+    try:
+        toolstack = toolstack_for(host, kind, path, guest)
+        return None if toolstack is None else toolstack.holds(address)
+    except OperationFailed:
+        return None
+
+
+def finish_live_operation(host: Host, ledger: Ledger, op: OpenOperation) -> list[str] | None:
+    """For ``recover`` (and the error path of attach/detach): an open
+    ``attach``/``detach --live`` intent whose hotplug *happened* is rolled
+    forward, not back: the running guest holds (attach) or no longer holds
+    (detach) the device, so the configuration edit recorded with the intent
+    is written (its content is among the backups), the owner recorded, the
+    intent closed.  Rolling the file back instead would leave a device in a
+    guest whose configuration does not list it (or the reverse).
+
+    None when this is not such an intent, or the hotplug did not happen or
+    nobody can tell: then the ordinary rollback applies (the file as before,
+    the owner "maybe" until the toolstack answers).
+    """
+    from pcipass.ops.files import redo_file_edits
+
+    intent = op.intent
+    address, guest = intent.get("address"), intent.get("guest")
+    kind, path = intent.get("config_kind"), intent.get("config")
+    if (
+        op.kind not in ("attach", "detach")
+        or intent.get("live") is not True
+        or not all(isinstance(v, str) for v in (address, guest, kind, path))
+    ):
+        return None
+    try:
+        device = PciAddress.parse(str(address))
+    except PcipassError:
+        return None
+    wanted = op.kind == "attach"
+    if _ask(host, str(kind), str(path), str(guest), device) is not wanted:
+        return None
+    report = redo_file_edits(host, ledger, op.file_edits)
+    if any(line.endswith("left alone") for line in report):
+        return None  # cannot finish the file: roll back instead
+    _settle(ledger, device, str(guest), wanted, config_kind=str(kind), config_path=str(path))
+    ledger.abandon(op.id)
+    where = "holds" if wanted else "no longer holds"
+    return [f"op {op.id} ({op.kind}): {line}" for line in report] + [
+        f"op {op.id} ({op.kind}): completed: guest {guest} {where} {device} (asked {kind})"
+    ]
+
+
+def settle_uncertain(host: Host, ledger: Ledger, *, skip: Collection[str] = ()) -> list[str]:
     """For ``recover``: ask the toolstack about every "maybe in guest G"
-    device and record the truth; report each one."""
+    device and record the truth; report each one.  ``skip``: addresses whose
+    hotplug is still running (its command settles them)."""
     report: list[str] = []
     for owner in ledger.owners():
-        if not owner.uncertain:
+        if not owner.uncertain or owner.address in skip:
             continue
         kind = owner.config_kind[len(UNCERTAIN_PREFIX) :]
         try:

@@ -19,7 +19,8 @@ from pcipass.errors import AddressError, OperationFailed, RefusedError
 from pcipass.guests.toolstack import Qmp
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug
+from pcipass.interrupt import Interrupted
+from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug, settle_interrupted
 from pcipass.policy.verdict import Finding
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
@@ -174,7 +175,13 @@ def qemu_live(
     # guest ejects the device): without the state lock, so other pcipass
     # commands do not wait behind it.  The ledger already blocks the device:
     # for attach it is "maybe in guest G", for detach it stays owned.
-    failure = run_hotplug(pending)
+    try:
+        failure = run_hotplug(pending)
+    except KeyboardInterrupt as interrupted:  # Ctrl-C, or SIGTERM (interrupt.Interrupted)
+        found = settle_interrupted(host, pending)
+        if isinstance(interrupted, Interrupted):
+            interrupted.undone += found
+        raise
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
         outcome = finish_hotplug(ledger, pending, failure)
     result.outcome = outcome.message

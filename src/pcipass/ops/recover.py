@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pcipass.host.context import Host
 from pcipass.ops.transaction import undo_operation
 from pcipass.state.ledger import FileEditRecord, Ledger, OpenOperation
-from pcipass.state.lock import StateLock
+from pcipass.state.lock import StateLock, operation_in_progress
 
 
 def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> list[str]:
@@ -62,7 +62,20 @@ def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> 
     return []
 
 
-def _recover_one(host: Host, ledger: Ledger, op: OpenOperation) -> list[str]:
+def recover_operation(host: Host, ledger: Ledger, op: OpenOperation) -> list[str]:
+    """Settle one open intent (see the module docstring); its report."""
+    from pcipass.ops.live import finish_live_operation
+
+    if operation_in_progress(host.root, op.id):
+        # A live hotplug waiting for its toolstack without the state lock.
+        return [f"op {op.id} ({op.kind}): in progress (pid {op.pid}); left alone"]
+    from pcipass.ops.connect_recover import recover_connect_operation
+
+    finished = recover_connect_operation(host, ledger, op)
+    if finished is None:
+        finished = finish_live_operation(host, ledger, op)
+    if finished is not None:
+        return finished
     edits: list[FileEditRecord] = list(op.file_edits)
     result = undo_operation(
         host,
@@ -98,10 +111,13 @@ def recover(host: Host) -> list[str]:
 
     report: list[str] = []
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        busy = set()
         for op in sorted(ledger.open_operations(), key=lambda o: o.id, reverse=True):
+            if operation_in_progress(host.root, op.id):
+                busy.add(str(op.intent.get("address")))
             # A signal while one operation is undone waits until it is consistent.
             with interrupt.deferred():
-                report.extend(_recover_one(host, ledger, op))
+                report.extend(recover_operation(host, ledger, op))
         # Temporary files a killed write left (.NAME.XXXX.pcipass-tmp), in every
         # directory pcipass writes and next to every file the ledger recorded.
         from pcipass.ops.files import remove_leftover_temp_files
@@ -114,7 +130,7 @@ def recover(host: Host) -> list[str]:
         # ask the toolstack and record the truth (ops/live.py).
         from pcipass.ops.live import settle_uncertain
 
-        report.extend(settle_uncertain(host, ledger))
+        report.extend(settle_uncertain(host, ledger, skip=busy))
     return report
 
 

@@ -253,7 +253,8 @@ def undo_operation(
             )
             report.undone.append(f"undid {undo.get('op')} {undo.get('address')}")
     if edits:
-        lines = _guard(report, "files", lambda: undo_file_edits(host, ledger, edits))
+        modes = intent.get("modes")  # removed files' permission bits (ops/files.py)
+        lines = _guard(report, "files", lambda: undo_file_edits(host, ledger, edits, modes))
         if isinstance(lines, list):
             report.undone.extend(str(line) for line in lines)
     hidden_before = intent.get("hidden_before")

@@ -5,6 +5,15 @@ holds an exclusive ``flock(2)`` on ``state_dir/lock`` for its whole run; a
 second one waits up to ``timeout`` seconds, then fails with
 :class:`~pcipass.errors.StateLockedError`.  Read-only commands do not take it.
 
+While it holds the lock, a command records who it is in ``lock.holder``
+beside it (pid, command line, since when), so one that must wait says once,
+on stderr, what it waits for::
+
+    pcipass: waiting for the state lock held by pid 123 (pcipass attach g1 09:00.0, since 05:12:03)
+
+The record is only a description: the flock decides, and a missing,
+damaged or stale record (its pid gone) gives a plainer message.
+
 ``flock`` rather than a pid file: the kernel drops the lock when the holding
 process exits, however it exits (SIGKILL included), so a crash never leaves a
 stale lock behind (flock(2): "the lock is released ... when all file
@@ -17,16 +26,83 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from pcipass.errors import OperationFailed, StateLockedError
+from pcipass.errors import OperationFailed, PcipassError, StateLockedError
 from pcipass.host.root import HostRoot
 
 LOCK_NAME: Final = "lock"
+HOLDER_NAME: Final = "lock.holder"
+_HOLDER_LIMIT: Final = 4096
+
+
+class _Process:
+    """What this process says about itself in the holder record, and how it
+    tells its user that it waits (set once by the CLI; the library never prints)."""
+
+    command = "pcipass"
+    notice: Callable[[str], None] | None = None
+
+
+def describe_process(command: str, notice: Callable[[str], None] | None) -> None:
+    """Set the command line recorded while this process holds the lock, and
+    the function that shows "waiting for the state lock ..." (None: silent)."""
+    printable = "".join(c if c.isprintable() else "?" for c in command)
+    _Process.command = printable[:300]
+    _Process.notice = notice
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    command: str
+    since: float
+
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return f"pid {self.pid} ({self.command}, since {since})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True
+
+
+def read_holder(root: HostRoot) -> LockHolder | None:
+    """The recorded holder of the state lock, or None when there is no
+    usable record (missing, damaged, or its process is gone)."""
+    try:
+        raw = root.files.read_bytes(root.host_path(root.state_dir / HOLDER_NAME), _HOLDER_LIMIT)
+        data = json.loads(raw or b"null")
+    except (PcipassError, OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pid, command, since = data.get("pid"), data.get("command"), data.get("since")
+    if (
+        not isinstance(pid, int)
+        or isinstance(pid, bool)
+        or pid <= 0
+        or not isinstance(command, str)
+        or not isinstance(since, (int, float))
+    ):
+        return None
+    if not _pid_alive(pid):
+        return None
+    printable = "".join(c if c.isprintable() else "?" for c in command)[:300]
+    return LockHolder(pid, printable, float(since))
 
 
 class StateLock:
@@ -60,6 +136,7 @@ class StateLock:
         display = self.root.host_path(self.path)
         fd = self._open(display)
         started = time.monotonic()
+        announced = False
         try:
             while True:
                 try:
@@ -70,6 +147,9 @@ class StateLock:
                         raise OperationFailed(
                             display, f"cannot lock: {exc.strerror}", "is the state directory local?"
                         ) from exc
+                if not announced:
+                    announced = True
+                    self._announce_wait()
                 waited = time.monotonic() - started
                 if waited >= self.timeout:
                     raise StateLockedError(display, waited)
@@ -80,11 +160,56 @@ class StateLock:
             os.close(fd)
             raise
         self._fd = fd
+        try:
+            self._record_holder()
+        except BaseException:
+            # Interrupted before __enter__ returned: no __exit__ would release it.
+            self.release()
+            raise
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
+            # The record goes first, while the lock is still ours.
+            _unlink(self.root, self._holder_display)
+        finally:
             # Closing the only descriptor releases the flock.
+            os.close(fd)
+
+    @property
+    def _holder_display(self) -> str:
+        return self.root.host_path(self.root.state_dir / HOLDER_NAME)
+
+    def _announce_wait(self) -> None:
+        notice = _Process.notice
+        if notice is None:
+            return
+        holder = read_holder(self.root)
+        if holder is None:
+            notice("waiting for the state lock held by another pcipass")
+        else:
+            notice(f"waiting for the state lock held by {holder.describe()}")
+
+    def _record_holder(self) -> None:
+        """Who holds the lock, for the commands that wait (best effort: a
+        record that cannot be written costs only the detail of a message).
+        Written in place through the confined path; the flock is held, so
+        no other pcipass writes it meanwhile."""
+        record = {"pid": os.getpid(), "command": _Process.command, "since": time.time()}
+        data = json.dumps(record).encode()
+        try:
+            fd = self.root.files.open_file(
+                self._holder_display, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+            )
+        except (PcipassError, OSError):
+            return
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass
+        finally:
             os.close(fd)
 
     def _open(self, display: str) -> int:
@@ -112,3 +237,75 @@ class StateLock:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
+
+
+# --- an operation in progress without the state lock ---------------------------
+
+
+def _operation_lock_display(root: HostRoot, op_id: int) -> str:
+    return root.host_path(root.state_dir / f"op-{int(op_id)}.lock")
+
+
+class OperationInProgress:
+    """Held by a command that keeps a journal intent open while it does not
+    hold the state lock (a live hotplug waiting for xl, xm or the guest).
+
+    ``recover`` takes the state lock and treats every open intent as left by
+    a dead process; an intent whose operation lock is held belongs to a live
+    one and is left alone (:func:`operation_in_progress`).  ``flock`` again:
+    a killed holder releases it, so its intent is then recovered as usual.
+    Taken while the state lock is held, so no ``recover`` sees the intent
+    without it.
+    """
+
+    def __init__(self, root: HostRoot, op_id: int) -> None:
+        self.root = root
+        self.display = _operation_lock_display(root, op_id)
+        self._fd: int | None = None
+
+    def __enter__(self) -> OperationInProgress:
+        fd = self.root.files.open_file(self.display, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        # Removed while still locked: a recover that opens it after this
+        # finds no file (the operation is over), never a stale lock.
+        _unlink(self.root, self.display)
+        os.close(fd)
+
+
+def operation_in_progress(root: HostRoot, op_id: int) -> bool:
+    """True when a live process holds the operation lock of ``op_id``."""
+    display = _operation_lock_display(root, op_id)
+    try:
+        if not root.files.exists(display):
+            return False
+        fd = root.files.open_file(display, os.O_RDWR, 0o600)
+    except PcipassError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+    # Nobody holds it: a killed holder's file; the caller's recover goes on.
+    _unlink(root, display)
+    return False
+
+
+def _unlink(root: HostRoot, display: str) -> None:
+    try:
+        with root.files.locate(display) as (dirfd, name):
+            os.unlink(name, dir_fd=dirfd)
+    except (OSError, PcipassError):
+        pass  # already gone, or not ours to remove: a stale file is harmless

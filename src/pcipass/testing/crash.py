@@ -13,6 +13,16 @@ consistency):
 * ``rename>``   renamed, directory not yet synced
 * ``finish<``   everything done, the intent not yet closed
 
+With ``live=True`` (attach/detach, whose decisive steps are ledger writes
+and a toolstack call rather than sysfs writes), three more:
+
+* ``ledger<``   a ledger write transaction is about to begin (what was done
+  before it, say a libvirt ``defineXML``, is not recorded yet)
+* ``ledger>``   a ledger write transaction committed (a claim, a release,
+  a "maybe in guest" mark, a PP007 event...)
+* ``hotplug<``  the toolstack is about to be told (xl/xm/virsh/QMP/libvirt)
+* ``hotplug>``  the toolstack returned (or raised), the ledger does not know yet
+
 In-process (:class:`KillAt`): the event's hook raises :class:`SimulatedKill`,
 which nothing in pcipass catches (a rollback runs only for ``Exception``,
 ``KeyboardInterrupt`` and ``SystemExit``): the code above the hook stops as a
@@ -25,11 +35,18 @@ In a real process (:func:`run_stopped`): ``python -m pcipass.testing.crash
 ``finally`` runs, temporary files stay) or SIGINT/SIGTERM followed by SIGCONT
 (the signal is handled at the stopping point).  Reusable for attach,
 guard-install, anything the CLI runs.
+
+A fake toolstack's truth must outlive the process that hot-plugged: with
+:func:`shared_toolstack`, every fake runner built meanwhile (by the CLI, in
+this process or a child run with ``--toolstack FILE``) offers xl, xm and
+virsh and keeps what each running guest holds in one JSON file, outside the
+root, that the test reads back as the truth.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -40,7 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_UNHOOKED_RENAME = os.rename
 EVENTS = ("lock<", "begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")
+LIVE_EVENTS = ("ledger<", "ledger>", "hotplug<", "hotplug>")
 
 
 class SimulatedKill(BaseException):
@@ -59,9 +78,24 @@ class EventCounter:
         self.on_event(len(self.seen), name)
 
 
+def _toolstack_classes() -> list[type]:
+    """Every toolstack class that defines its own ``hotplug``."""
+    from pcipass.guests.toolstack import Toolstack
+
+    found: list[type] = []
+    pending: list[type] = [Toolstack]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls is not Toolstack and "hotplug" in vars(cls):
+            found.append(cls)
+    return found
+
+
 @contextlib.contextmanager
-def hooked(counter: EventCounter) -> Iterator[None]:
-    """Install the event hooks process-wide (class attributes, ``os.replace``)."""
+def hooked(counter: EventCounter, *, live: bool = False) -> Iterator[None]:
+    """Install the event hooks process-wide (class attributes, ``os.replace``);
+    ``live`` adds :data:`LIVE_EVENTS`."""
     from pcipass.state import ledger as ledger_module
     from pcipass.state.lock import StateLock
     from pcipass.testing.fakehost import FakeKernel
@@ -77,7 +111,7 @@ def hooked(counter: EventCounter) -> Iterator[None]:
     step = ledger_module.OperationHandle.step
     record_edit = ledger_module.OperationHandle.record_file_edit
     finish = ledger_module.OperationHandle.finish
-    replace = os.replace
+    replace, rename = os.replace, os.rename
     acquire = StateLock.acquire
 
     def hooked_acquire(self: StateLock) -> None:
@@ -113,13 +147,22 @@ def hooked(counter: EventCounter) -> Iterator[None]:
         replace(src, dst, **kwargs)
         counter("rename>")
 
+    def hooked_rename(src: Any, dst: Any, **kwargs: Any) -> None:
+        # persist/atomic.py renames with rename(2) relative to directory fds.
+        counter("rename<")
+        rename(src, dst, **kwargs)
+        counter("rename>")
+
     patch(FakeKernel, "write", write)
     patch(ledger_module.Ledger, "begin", hooked_begin)
     patch(ledger_module.OperationHandle, "step", hooked_step)
     patch(ledger_module.OperationHandle, "record_file_edit", hooked_edit)
     patch(ledger_module.OperationHandle, "finish", hooked_finish)
     patch(os, "replace", hooked_replace)
+    patch(os, "rename", hooked_rename)
     patch(StateLock, "acquire", hooked_acquire)
+    if live:
+        _hook_live(counter, patch)
     try:
         yield
     finally:
@@ -127,12 +170,41 @@ def hooked(counter: EventCounter) -> Iterator[None]:
             setattr(owner, name, value)
 
 
+def _hook_live(counter: EventCounter, patch: Callable[[Any, str, Any], None]) -> None:
+    from pcipass.state.ledger import Ledger
+
+    ledger_write = Ledger._write
+
+    @contextlib.contextmanager
+    def hooked_write(self: Any) -> Iterator[Any]:
+        counter("ledger<")
+        with ledger_write(self) as conn:
+            yield conn
+        counter("ledger>")
+
+    patch(Ledger, "_write", hooked_write)
+    for cls in _toolstack_classes():
+        patch(cls, "hotplug", _hooked_hotplug(counter, vars(cls)["hotplug"]))
+
+
+def _hooked_hotplug(counter: EventCounter, original: Any) -> Any:
+    def hotplug(self: Any, address: Any, action: str) -> None:
+        counter("hotplug<")
+        try:
+            original(self, address, action)
+        finally:
+            counter("hotplug>")
+
+    return hotplug
+
+
 class KillAt:
     """``with KillAt(k): command()`` raises :class:`SimulatedKill` at event ``k``
     (1-based); ``KillAt(0)`` only counts (``.seen`` after the block)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, *, live: bool = False) -> None:
         self.index = index
+        self.live = live
         self.counter = EventCounter(self._event)
         self._stack = contextlib.ExitStack()
 
@@ -145,11 +217,60 @@ class KillAt:
         return self.counter.seen
 
     def __enter__(self) -> KillAt:
-        self._stack.enter_context(hooked(self.counter))
+        self._stack.enter_context(hooked(self.counter, live=self.live))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+
+
+# --- a fake toolstack shared by every process of a test ---------------------------
+
+
+def read_toolstack(state: Path) -> dict[str, set[str]]:
+    """What each running guest holds, as the shared fake toolstack says."""
+    if not state.exists():
+        return {}
+    raw = json.loads(state.read_text())
+    return {guest: set(held) for guest, held in raw.items()}
+
+
+def _save_toolstack(state: Path, running: dict[str, set[str]]) -> None:
+    # The rename taken before any hook: the harness counts renames as events.
+    temp = state.with_name(state.name + ".new")
+    temp.write_text(json.dumps({g: sorted(h) for g, h in sorted(running.items()) if h}))
+    _UNHOOKED_RENAME(temp, state)
+
+
+@contextlib.contextmanager
+def shared_toolstack(
+    state: Path, programs: Sequence[str] = ("xl", "xm", "virsh")
+) -> Iterator[None]:
+    """Every FakeRunner built inside offers ``programs`` and a toolstack whose
+    truth lives in the JSON file ``state`` (read before and saved after each
+    command), so it survives the process and is what tests compare with."""
+    from pcipass.simkernel.toolstack import SimToolstack
+    from pcipass.testing.fakehost import FakeRunner
+
+    class FileToolstack(SimToolstack):
+        def handle(self, args: Sequence[str]) -> Any:
+            self.running = read_toolstack(state)
+            answer = super().handle(args)
+            _save_toolstack(state, self.running)
+            return answer
+
+    init = FakeRunner.__init__
+
+    def patched_init(self: FakeRunner, kernel: Any) -> None:
+        init(self, kernel)
+        self.programs.update(programs)
+        self.toolstack = FileToolstack()
+
+    FakeRunner.__init__ = patched_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FakeRunner.__init__ = init  # type: ignore[method-assign]
 
 
 # --- a real process ------------------------------------------------------------
@@ -198,16 +319,28 @@ class StoppedRun:
         return self.out.read_text()
 
 
-def run_stopped(argv: Sequence[str], stop_at: int, *, workdir: Path) -> StoppedRun:
-    """Run ``pcipass ARGV`` in a child that SIGSTOPs itself at event ``stop_at``.
+def run_stopped(
+    argv: Sequence[str],
+    stop_at: int,
+    *,
+    workdir: Path,
+    live: bool = False,
+    toolstack: Path | None = None,
+) -> StoppedRun:
+    """Run ``pcipass ARGV`` in a child that SIGSTOPs itself at event ``stop_at``
+    (counting :data:`LIVE_EVENTS` too with ``live``; with ``toolstack``, under
+    :func:`shared_toolstack` of that file).
 
     Returns once the child is stopped or has exited (``.stopped`` says which).
     """
     out = Path(tempfile.mkstemp(dir=workdir, prefix="out.")[1])
     err = Path(tempfile.mkstemp(dir=workdir, prefix="err.")[1])
+    options = ["--stop-at", str(stop_at)]
+    options += ["--live"] if live else []
+    options += ["--toolstack", str(toolstack)] if toolstack is not None else []
     with out.open("wb") as stdout, err.open("wb") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "pcipass.testing.crash", "--stop-at", str(stop_at), "--", *argv],
+            [sys.executable, "-m", "pcipass.testing.crash", *options, "--", *argv],
             stdout=stdout,
             stderr=stderr,
         )
@@ -220,11 +353,25 @@ def run_stopped(argv: Sequence[str], stop_at: int, *, workdir: Path) -> StoppedR
 
 
 def _child_main(argv: list[str]) -> int:
-    """``python -m pcipass.testing.crash --stop-at N -- ARGS``."""
-    if len(argv) < 3 or argv[0] != "--stop-at" or argv[2] != "--":
-        print("usage: python -m pcipass.testing.crash --stop-at N -- PCIPASS-ARGS", file=sys.stderr)
+    """``python -m pcipass.testing.crash --stop-at N [--live] [--toolstack FILE] -- ARGS``."""
+    usage = "usage: python -m pcipass.testing.crash --stop-at N [--live] [--toolstack FILE] -- ARGS"
+    if "--" not in argv:
+        print(usage, file=sys.stderr)
         return 2
-    stop_at = int(argv[1])
+    split = argv.index("--")
+    options, args = argv[:split], argv[split + 1 :]
+    stop_at, live, toolstack = 0, False, None
+    while options:
+        option = options.pop(0)
+        if option == "--stop-at" and options:
+            stop_at = int(options.pop(0))
+        elif option == "--toolstack" and options:
+            toolstack = Path(options.pop(0))
+        elif option == "--live":
+            live = True
+        else:
+            print(usage, file=sys.stderr)
+            return 2
 
     def stop(index: int, name: str) -> None:
         if index == stop_at:
@@ -232,8 +379,11 @@ def _child_main(argv: list[str]) -> int:
 
     from pcipass.cli.main import main
 
-    with hooked(EventCounter(stop)):
-        return main(argv[3:])
+    with contextlib.ExitStack() as stack:
+        if toolstack is not None:
+            stack.enter_context(shared_toolstack(toolstack))
+        stack.enter_context(hooked(EventCounter(stop), live=live))
+        return main(args)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,23 @@ then recovered — the host is either *exactly as before* or *fully done*:
   load creates and nothing unloads),
 * the ledger's hidden records and owners,
 
-agree with one of the two reference states captured with :func:`capture`; and
-the journal holds no open intent and no ``*.pcipass-tmp`` file is left
-anywhere.  Used by the crash loop (testing/crash.py) and by tests of live
-attach and guard-install, which capture their own before/done references.
+* every guest configuration file (byte for byte: they are files under the
+  root like any other),
+* and for live attach/detach the toolstack's truth, handed in as ``live``: a
+  callable returning facts such as ``"win7 holds 0000:09:00.0"`` (from the
+  fake toolstack, QEMU's device list, libvirt's live and persistent XML),
+
+agree with one of the two reference states captured with :func:`capture`
+(*together*: a file as before with the device in the running guest is
+neither); no owner is left "maybe in guest G"; the journal holds no open
+intent and no ``*.pcipass-tmp`` file is left anywhere.  Used by the crash
+loops (testing/crash.py) of hide/unhide, attach/detach and guard-install.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +44,17 @@ NOT_COMPARED = (
 )
 TEMP_SUFFIX = ".pcipass-tmp"
 
+#: The toolstack's truth: facts like "GUEST holds BDF" (see the module docstring).
+LiveTruth = Callable[[], "frozenset[str]"]
+
 
 @dataclass(frozen=True)
 class HostState:
     files: dict[str, object]
     slots: frozenset[str]
     hidden: tuple[tuple[str, str, str | None, str], ...]
-    owners: tuple[tuple[str, str], ...]
+    owners: tuple[tuple[str, str, bool], ...]  # (address, guest, "maybe in guest")
+    live: frozenset[str] = frozenset()
 
     def differences(self, other: HostState) -> list[str]:
         diff = sorted(
@@ -56,10 +68,12 @@ class HostState:
             diff.append(f"ledger hidden {self.hidden} != {other.hidden}")
         if self.owners != other.owners:
             diff.append(f"ledger owners {self.owners} != {other.owners}")
+        if self.live != other.live:
+            diff.append(f"toolstack {sorted(self.live)} != {sorted(other.live)}")
         return diff
 
 
-def capture(base: Path) -> HostState:
+def capture(base: Path, live: LiveTruth | None = None) -> HostState:
     """The comparable state of the tree at ``base`` (see the module docstring)."""
     slots_file = base / "sys/bus/pci/drivers/pciback/slots"
     slots = frozenset(slots_file.read_text().split()) if slots_file.is_file() else frozenset()
@@ -67,8 +81,9 @@ def capture(base: Path) -> HostState:
         hidden = tuple(
             (r.address, r.stub_driver, r.original_driver, r.how) for r in ledger.hidden()
         )
-        owners = tuple((r.address, r.guest) for r in ledger.owners())
-    return HostState(snapshot(base, skip=NOT_COMPARED), slots, hidden, owners)
+        owners = tuple((r.address, r.guest, r.uncertain) for r in ledger.owners())
+    truth = live() if live is not None else frozenset()
+    return HostState(snapshot(base, skip=NOT_COMPARED), slots, hidden, owners, truth)
 
 
 def temp_files(base: Path) -> list[str]:
@@ -88,7 +103,9 @@ def open_intents(base: Path) -> list[str]:
         return [f"op {op.id} ({op.kind})" for op in ledger.open_operations()]
 
 
-def check_invariant(base: Path, before: HostState, done: HostState) -> str:
+def check_invariant(
+    base: Path, before: HostState, done: HostState, live: LiveTruth | None = None
+) -> str:
     """Assert the invariant; return ``"before"`` or ``"done"`` (which one holds)."""
     problems = []
     leftovers = temp_files(base)
@@ -97,7 +114,10 @@ def check_invariant(base: Path, before: HostState, done: HostState) -> str:
     intents = open_intents(base)
     if intents:
         problems.append(f"journal intents still open: {intents}")
-    now = capture(base)
+    now = capture(base, live)
+    maybe = [f"{address} maybe in {guest}" for address, guest, uncertain in now.owners if uncertain]
+    if maybe:
+        problems.append(f"owners left unsettled: {maybe}")
     as_before, as_done = now.differences(before), now.differences(done)
     if as_before and as_done:
         problems.append(
