@@ -66,8 +66,12 @@ _known("e1000e", "e1000e", [(0x8086, 0x10D3)])
 _known("igb", "igb", [(0x8086, 0x1521)])
 _known("igbvf", "igbvf", [(0x8086, 0x1520)])
 _known("ahci", "ahci", [(0x8086, 0x2922), (0x8086, 0x1C02)])
-_known("snd_hda_intel", "snd-hda-intel", [(0x8086, 0x293E), (0x10DE, 0x0FB9)])
-_known("nouveau", "nouveau", [(0x10DE, 0x1B80)])
+_HDA = [(0x8086, 0x293E), (0x10DE, 0x0FB9), (0x10DE, 0x10F9), (0x1002, 0xAAF0)]
+_known("snd_hda_intel", "snd-hda-intel", _HDA)
+_known("xhci_hcd", "xhci-pci", [(0x10DE, 0x1ADA)])
+_known("nvidia-gpu", "i2c-nvidia-gpu", [(0x10DE, 0x1ADB)])
+_known("nouveau", "nouveau", [(0x10DE, 0x1B80), (0x10DE, 0x1F08)])
+_known("amdgpu", "amdgpu", [(0x1002, 0x67DF)])
 _known("nvme", "nvme", [(0x144D, 0xA808)])
 _known("pcieport", "pcieport", [])
 _known("lpc_ich", "lpc_ich", [(0x8086, 0x2918)])
@@ -596,14 +600,10 @@ class FakeKernel:
             path.write_bytes(
                 (self.host.base / FakeHost.ROM_STORE / name).read_bytes() if enable else b""
             )
-        elif path.name == "reset":
-            methods = (
-                (path.parent / "reset_method").read_text().split()
-                if (path.parent / "reset_method").exists()
-                else []
-            )
-            if not methods:
-                raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        elif path.name in ("reset", "reset_method") or parts[2:4] == ("bus", "platform"):
+            from pcipass.testing import fakeconsole  # GPU parts: console holders, resets
+
+            fakeconsole.kernel_write(self.host.base, path, parts, text)
         elif not path.exists():
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         else:
