@@ -92,7 +92,8 @@ def test_partial_iommu_group_is_refused_and_names_the_others(kvm: Lab) -> None:
         hide_now(kvm.host, [A("0000:01:00.0")], Backend.VFIO)
     assert caught.value.rule == "PP102"
     assert "IOMMU group" in caught.value.problem and "0000:01:00.1" in caught.value.problem
-    assert "pcipass hide 0000:01:00.0 0000:01:00.1" in caught.value.remedy
+    # The other member is a function of the same card: the remedy says --all-functions.
+    assert "pcipass hide --all-functions 0000:01:00.0" in caught.value.remedy
     assert snapshot(kvm.base) == before
     hide_now(kvm.host, [A("0000:01:00.0"), A("0000:01:00.1")], Backend.VFIO)
     assert drivers(kvm, "0000:01:00.0", "0000:01:00.1") == ["vfio-pci", "vfio-pci"]

@@ -41,6 +41,23 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             "--hide", action="store_true", help="hide the device from the host first (hide --now)"
         )
         parser.add_argument(
+            "--all-functions",
+            action="store_true",
+            help="every function of the device's slot (a GPU with its HDMI audio and USB-C "
+            "functions), in one edit; not with --live",
+        )
+        parser.add_argument(
+            "--rom",
+            metavar="FILE",
+            help="the option ROM the guest sees for BDF (libvirt <rom file=>); it must parse "
+            "and be for this device (PP121)",
+        )
+        parser.add_argument(
+            "--rom-bar",
+            choices=["on", "off"],
+            help="show the device's ROM BAR to the guest or not (libvirt <rom bar=>)",
+        )
+        parser.add_argument(
             "--accept-pv-dma-risk",
             action="store_true",
             help="assign to a paravirtualized guest although it can reach dom0's DMA space (PP004)",
@@ -107,6 +124,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             "--config names a file, --connect a libvirt connection: give one of them",
             "libvirt holds the definition of a --connect domain",
         )
+    _refuse_unsupported(name, args)
     if args.connect:
         from pcipass.ops.libvirt_conn import connect_attach
 
@@ -146,6 +164,9 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             dry_run=args.dry_run,
             live=args.live,
             trust_unreadable=args.trust_unreadable,
+            all_functions=args.all_functions,
+            rom=args.rom,
+            rom_bar=args.rom_bar,
         )
     else:
         result = detach(
@@ -158,6 +179,29 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     return 0
 
 
+def _refuse_unsupported(name: str, args: argparse.Namespace) -> None:
+    """attach --all-functions/--rom edit a configuration file; say so for the rest."""
+    if name != "attach":
+        return
+    wanted = [
+        option
+        for option, value in (
+            ("--all-functions", args.all_functions),
+            ("--rom", args.rom),
+            ("--rom-bar", args.rom_bar),
+        )
+        if value
+    ]
+    if not wanted:
+        return
+    if args.connect:
+        raise UsageError(
+            f"attach {' '.join(wanted)}",
+            "works on a configuration file, not yet through --connect",
+            "give the domain's XML file with --config, or edit it with virsh edit",
+        )
+
+
 def _plain_qemu(
     host: Host, name: str, address: PciAddress, guest: str, args: argparse.Namespace
 ) -> int | None:
@@ -168,6 +212,13 @@ def _plain_qemu(
     qemu = plain_qemu(host, guest)
     if qemu is None:
         return None
+    if name == "attach" and (args.all_functions or args.rom or args.rom_bar):
+        raise UsageError(
+            f"attach {guest}",
+            "a QEMU without a configuration file takes --all-functions, --rom and --rom-bar "
+            "only on its command line",
+            f"start it with -device vfio-pci,host={address},romfile=FILE (rombar=0) per function",
+        )
     if args.dry_run:
         verb = (
             "device_add vfio-pci"

@@ -62,6 +62,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             "--group", action="store_true", help="take the whole IOMMU group of each device"
         )
         parser.add_argument(
+            "--all-functions",
+            action="store_true",
+            help="take every function of each device's slot (a GPU with its HDMI audio and "
+            "USB-C functions), all or nothing",
+        )
+        parser.add_argument(
             "--reload-driver",
             action="store_true",
             help="with --persist: apply it now the document's way, reloading the device's "
@@ -108,10 +114,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         raise UsageError(
             name, "say --now (rebind through sysfs), --persist (at every boot), or both"
         )
-    from pcipass.ops.hide import hide, unhide, with_groups
+    from pcipass.ops.hide import hide, unhide, with_functions, with_groups
 
     addresses = _addresses(args)
     if name == "hide":
+        if args.all_functions:
+            addresses = with_functions(host, addresses)
         if args.group:
             addresses = with_groups(host, addresses)
         if args.reload_driver and (args.now or not args.persist):

@@ -19,6 +19,7 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.device import slot_functions
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.ops.inventory import inventory
 from pcipass.ops.persist import PersistResult, plan_persist, unhide_backend
@@ -91,6 +92,18 @@ def with_groups(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]
         for member in info.group_members:
             if member not in result and not by[member].device.is_bridge:
                 result.append(member)
+    return result
+
+
+def with_functions(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]:
+    """``hide --all-functions``: add every other function of each device's slot
+    (a GPU's HDMI audio, USB and UCSI functions); bridges never."""
+    by = inventory(host).by_address()
+    result = list(addresses)
+    for address in addresses:
+        for function in slot_functions(host.sysfs, address):
+            if function not in result and function in by and not by[function].device.is_bridge:
+                result.append(function)
     return result
 
 

@@ -109,6 +109,18 @@ def _group_findings(
         return []
     names = ", ".join(str(o) for o in others)
     everything = " ".join(str(a) for a in sorted(wanted | set(others)))
+    remedy = f"take the whole group: pcipass hide {everything}"
+    functions = [o for o in others if o.slot_key == info.address.slot_key]
+    if functions:
+        # The other functions of the same card (a GPU's HDMI audio, USB-C
+        # controller): they share the card's requester ID space and go with it.
+        remedy = (
+            f"{', '.join(str(f) for f in functions)} "
+            f"{'is another function' if len(functions) == 1 else 'are other functions'} of "
+            f"this device: add --all-functions (pcipass hide --all-functions {info.address})"
+        )
+        if len(functions) < len(others):
+            remedy += f"; the rest of the group too: pcipass hide --group {info.address}"
     return [
         Finding(
             "PP102",
@@ -116,7 +128,7 @@ def _group_findings(
             str(info.address),
             f"IOMMU group {info.device.iommu_group} also holds {names}; every device of a "
             "group must leave the host together",
-            f"take the whole group: pcipass hide {everything}",
+            remedy,
         )
     ]
 

@@ -62,7 +62,9 @@ def _function(
     caps: list[Cap | ExtCap],
     bars: list[int],
     subsystem: tuple[int, int],
-    reset_method: str = "bus",
+    # PM reset only: the kernel offers no bus reset to a function with siblings on its bus
+    # (drivers/pci/pci.c pci_parent_bus_reset), and these have PM with No_Soft_Reset clear.
+    reset_method: str = "pm",
     boot_vga: bool | None = None,
     rom: bytes | None = None,
 ) -> None:
