@@ -62,6 +62,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             "--group", action="store_true", help="take the whole IOMMU group of each device"
         )
         parser.add_argument(
+            "--release-console",
+            action="store_true",
+            help="with --now, on the boot GPU: unbind fbcon and the firmware framebuffer "
+            "(efifb/simpledrm/vesafb) first; bound again if the hide fails (PP120)",
+        )
+        parser.add_argument(
             "--all-functions",
             action="store_true",
             help="take every function of each device's slot (a GPU with its HDMI audio and "
@@ -122,6 +128,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             addresses = with_functions(host, addresses)
         if args.group:
             addresses = with_groups(host, addresses)
+        if args.release_console and not args.now:
+            raise UsageError(
+                "--release-console",
+                "goes with --now (the console is released when the device moves)",
+                "add --now",
+            )
         if args.reload_driver and (args.now or not args.persist):
             raise UsageError(
                 "--reload-driver",
@@ -136,6 +148,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             platform=args.platform,
             dry_run=args.dry_run,
             reload_driver=args.reload_driver,
+            release_console=args.release_console,
         )
     else:
         outcome = unhide(

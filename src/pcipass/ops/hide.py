@@ -21,6 +21,7 @@ from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.device import slot_functions
 from pcipass.host.stubs import STUB_DRIVERS
+from pcipass.ops.console import plan_release
 from pcipass.ops.inventory import inventory
 from pcipass.ops.persist import PersistResult, plan_persist, unhide_backend
 from pcipass.ops.rebind import (
@@ -150,8 +151,12 @@ def hide(
     platform: str | None = None,
     dry_run: bool = False,
     reload_driver: bool = False,
+    release_console: bool = False,
 ) -> HideOutcome:
     """Hide devices now and/or at every boot: all of it, or nothing.
+
+    ``release_console`` (with ``now``): a boot GPU's framebuffer driver and
+    fbcon are released first, in the same transaction (ops/console.py, PP120).
 
     ``reload_driver`` (with ``persist`` only): make the boot configuration take
     effect now by the document's method, reloading the devices' driver, in the
@@ -161,7 +166,12 @@ def hide(
     if dry_run:
         inv = inventory(host)
         if now:
-            outcome.now = plan_hide_now(host, addresses, backend, inv, dry_run=True).result
+            outcome.now = plan_hide_now(
+                host, addresses, backend, inv, dry_run=True, release_console=release_console
+            ).result
+            if release_console:
+                steps = plan_release(host, addresses).steps(host)
+                outcome.now.steps[:0] = [s.describe for s in steps]
         if persist:
             outcome.persist = plan_persist(
                 host, addresses, backend, platform, inv, add=True, dry_run=True
@@ -173,7 +183,13 @@ def hide(
         return outcome
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
         inv = inventory(host)  # read under the lock: decisions see the current state
-        plan = plan_hide_now(host, addresses, backend, inv, dry_run=False) if now else None
+        plan = (
+            plan_hide_now(
+                host, addresses, backend, inv, dry_run=False, release_console=release_console
+            )
+            if now
+            else None
+        )
         stub = binding.stub_for(host, backend)
         if persist:
             outcome.persist = plan_persist(
@@ -183,6 +199,7 @@ def hide(
         reloading = reload is not None and bool(reload.unload)
         outcome.now = plan.result if plan is not None else None
         todo = plan.todo if plan is not None else []
+        console = plan_release(host, todo) if release_console else None
         edits = outcome.persist.edits if outcome.persist is not None else []
         records_stale = _records_need_update(
             ledger, addresses, now=now or reloading, persist=persist
@@ -202,9 +219,15 @@ def hide(
                 "stub": stub.driver,
                 "files": [e.display for e in edits],
                 **({"modules": modules_json(reload)} if reload is not None and reloading else {}),
+                **({"console": console.to_json()} if console else {}),
             },
         )
         try:
+            if console:
+                steps = console.steps(host)
+                txn.run(steps)
+                assert outcome.now is not None
+                outcome.now.steps.extend(s.describe for s in steps)
             for address in todo:
                 steps = hide_steps(host, address, stub)
                 txn.run(steps)

@@ -144,6 +144,10 @@ def validate_operation(
         from pcipass.ops.reload import valid_modules
 
         valid_modules(intent["modules"])
+    if "console" in intent:
+        from pcipass.ops.console import validate_console
+
+        validate_console(op_id, intent["console"])
     for undo in undos:
         action = undo.get("op")
         if action not in UNDO_ACTIONS:
@@ -230,6 +234,15 @@ def undo_operation(
                 report, str(undo.get("address")), functools.partial(apply_undo, host, dict(undo))
             )
             report.undone.append(f"undid {undo.get('op')} {undo.get('address')}")
+    console = intent.get("console")
+    if isinstance(console, dict):
+        # hide --release-console (ops/console.py): once the GPU is back on its
+        # driver, its framebuffer and fbcon are bound again.
+        from pcipass.ops.console import restore_console
+
+        given = _guard(report, "console", functools.partial(restore_console, host, console))
+        if isinstance(given, list):
+            report.undone.extend(str(line) for line in given)
     if edits:
         lines = _guard(report, "files", lambda: undo_file_edits(host, ledger, edits))
         if isinstance(lines, list):

@@ -150,10 +150,23 @@ def platform_write(base: Path, driver: str, attr: str, text: str) -> None:
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
 
+def handles(parts: tuple[str, ...]) -> bool:
+    """Is a write to this host path (split) one for :func:`kernel_write`?"""
+    return parts[-1] in ("reset", "reset_method") or parts[2:4] in (
+        ("bus", "platform"),
+        ("class", "vtconsole"),
+    )
+
+
 def kernel_write(base: Path, path: Path, parts: tuple[str, ...], text: str) -> None:
     """The fake kernel's writes this module handles (see the module docstring)."""
     if parts[1:5] == ("sys", "bus", "platform", "drivers") and len(parts) == 7:
         platform_write(base, parts[5], parts[6], text)
+    elif parts[2:4] == ("class", "vtconsole") and path.name == "bind":
+        # vt.c store_bind: "1" binds, "0" unbinds; the attribute reads "%i\n".
+        if text not in ("0", "1") or not path.exists():
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        path.write_text(text + "\n")
     elif path.name == "reset":
         reset_write(base, path.parent)
     elif path.name == "reset_method":

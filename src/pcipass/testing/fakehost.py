@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.runner import CommandResult
+from pcipass.testing import fakeconsole
 from pcipass.testing.config_builder import Cap, ExtCap, build_config
 
 
@@ -600,9 +601,7 @@ class FakeKernel:
             path.write_bytes(
                 (self.host.base / FakeHost.ROM_STORE / name).read_bytes() if enable else b""
             )
-        elif path.name in ("reset", "reset_method") or parts[2:4] == ("bus", "platform"):
-            from pcipass.testing import fakeconsole  # GPU parts: console holders, resets
-
+        elif fakeconsole.handles(parts):  # GPU parts: console holders, resets
             fakeconsole.kernel_write(self.host.base, path, parts, text)
         elif not path.exists():
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
