@@ -62,6 +62,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             "--group", action="store_true", help="take the whole IOMMU group of each device"
         )
         parser.add_argument(
+            "--reset-method",
+            metavar="M",
+            help="with --now: the kernel's reset methods for each device, in order "
+            "(e.g. device_specific, 'pm bus', default); checked against what the kernel "
+            "lists (PP122) and put back if the hide fails",
+        )
+        parser.add_argument(
             "--release-console",
             action="store_true",
             help="with --now, on the boot GPU: unbind fbcon and the firmware framebuffer "
@@ -128,6 +135,10 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             addresses = with_functions(host, addresses)
         if args.group:
             addresses = with_groups(host, addresses)
+        if args.reset_method is not None and not args.now:
+            raise UsageError(
+                "--reset-method", "goes with --now (it is set when the device moves)", "add --now"
+            )
         if args.release_console and not args.now:
             raise UsageError(
                 "--release-console",
@@ -149,6 +160,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             dry_run=args.dry_run,
             reload_driver=args.reload_driver,
             release_console=args.release_console,
+            reset_method=None if args.reset_method is None else _reset_methods(args.reset_method),
         )
     else:
         outcome = unhide(
@@ -174,6 +186,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     else:
         print("\n".join(lines))
     return 0
+
+
+def _reset_methods(text: str) -> list[str]:
+    from pcipass.ops.reset_method import parse_methods
+
+    return parse_methods(text)
 
 
 def _backend(args: argparse.Namespace, host: Host) -> Backend:

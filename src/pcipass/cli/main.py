@@ -127,6 +127,13 @@ COMMANDS: tuple[Command, ...] = (
         False,
     ),
     Command(
+        "reset-test",
+        "cmd_reset",
+        "reset a hidden device once and check it answers as before",
+        True,
+        False,
+    ),
+    Command(
         "guard-install",
         "cmd_hooks",
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",

@@ -34,7 +34,9 @@ from pcipass.ops.rebind import (
     unhide_steps,
 )
 from pcipass.ops.reload import checked_reload, modules_json, reload_devices, run_reload
+from pcipass.ops.reset_method import plan_reset_methods
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
+from pcipass.policy.verdict import raise_refusals
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 
@@ -152,11 +154,14 @@ def hide(
     dry_run: bool = False,
     reload_driver: bool = False,
     release_console: bool = False,
+    reset_method: Sequence[str] | None = None,
 ) -> HideOutcome:
     """Hide devices now and/or at every boot: all of it, or nothing.
 
     ``release_console`` (with ``now``): a boot GPU's framebuffer driver and
     fbcon are released first, in the same transaction (ops/console.py, PP120).
+    ``reset_method`` (with ``now``): the kernel's reset methods to use for
+    every device, checked and rolled back with the rest (ops/reset_method.py).
 
     ``reload_driver`` (with ``persist`` only): make the boot configuration take
     effect now by the document's method, reloading the devices' driver, in the
@@ -172,6 +177,10 @@ def hide(
             if release_console:
                 steps = plan_release(host, addresses).steps(host)
                 outcome.now.steps[:0] = [s.describe for s in steps]
+            if reset_method:
+                resets = plan_reset_methods(host, addresses, list(reset_method))
+                raise_refusals(resets.findings, ", ".join(str(a) for a in addresses))
+                outcome.now.steps += [s.describe for s in resets.steps(host)]
         if persist:
             outcome.persist = plan_persist(
                 host, addresses, backend, platform, inv, add=True, dry_run=True
@@ -200,11 +209,14 @@ def hide(
         outcome.now = plan.result if plan is not None else None
         todo = plan.todo if plan is not None else []
         console = plan_release(host, todo) if release_console else None
+        resets = plan_reset_methods(host, addresses, list(reset_method or []))
+        if reset_method:
+            raise_refusals(resets.findings, ", ".join(str(a) for a in addresses))
         edits = outcome.persist.edits if outcome.persist is not None else []
         records_stale = _records_need_update(
             ledger, addresses, now=now or reloading, persist=persist
         )
-        if not todo and not edits and not records_stale and not reloading:
+        if not todo and not edits and not records_stale and not reloading and not resets.previous:
             return outcome
         if todo:
             ensure_stub_loaded(host, stub)  # a module load is not undone (modprobe -r is not ours)
@@ -220,6 +232,7 @@ def hide(
                 "files": [e.display for e in edits],
                 **({"modules": modules_json(reload)} if reload is not None and reloading else {}),
                 **({"console": console.to_json()} if console else {}),
+                **({"reset_methods": resets.to_json()} if resets.previous else {}),
             },
         )
         try:
@@ -228,6 +241,11 @@ def hide(
                 txn.run(steps)
                 assert outcome.now is not None
                 outcome.now.steps.extend(s.describe for s in steps)
+            if resets.previous:
+                steps = resets.steps(host)
+                txn.run(steps)
+                if outcome.now is not None:
+                    outcome.now.steps.extend(s.describe for s in steps)
             for address in todo:
                 steps = hide_steps(host, address, stub)
                 txn.run(steps)
