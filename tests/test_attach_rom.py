@@ -6,20 +6,30 @@ host, its TU106 hidden on vfio-pci; the guest win11 boots UEFI (OVMF)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pcipass.address import PciAddress
+from pcipass.backend import Backend
 from pcipass.cli.main import main
+from pcipass.errors import RefusedError
 from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
+from pcipass.ops.attach_rom import check_rom
+from pcipass.ops.hide import hide_now
+from pcipass.ops.qemu_guest import find_qemu, qemu_live
 from pcipass.testing.fakehost import snapshot
+from pcipass.testing.fakeqmp import FakeQmp
 from pcipass.testing.gpu_host import AMD, NVIDIA, POLARIS, TU106, build_gpu, gpu_rom
+from pcipass.testing.harness import Lab
 from pcipass.testing.rom_builder import rom_image
 from pcipass.testing.tools import require_tool
 
 WIN11 = "etc/libvirt/qemu/win11.xml"
+VF = PciAddress.parse("0000:02:10.0")  # kvm example host: an igbvf 8086:1520
 
 
 @pytest.fixture
@@ -158,3 +168,52 @@ def test_the_rom_element_validates_against_libvirts_schema(base: Path, tmp_path:
 def test_a_quote_in_the_rom_path_is_escaped() -> None:
     element = hostdev_xml(PciAddress.parse("01:00.0"), rom=("/usr/share/kvm/it's&<.rom", "on"))
     assert "<rom bar='on' file='/usr/share/kvm/it&apos;s&amp;&lt;.rom'/>" in element
+
+
+# --- a plain QEMU through QMP: vfio-pci's romfile and rombar -----------------------------
+
+
+@pytest.fixture
+def qmp(kvm: Lab) -> Iterator[FakeQmp]:
+    run_dir = kvm.base / "run"
+    run_dir.mkdir(exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fake = FakeQmp(Path(f"/proc/self/fd/{fd}/l2.qmp"))
+    finally:
+        os.close(fd)
+    argv = ["/usr/bin/qemu-system-x86_64", "-name", "l2", "-qmp", "unix:/run/l2.qmp,server,nowait"]
+    kvm.fake.write_file("/proc/4242/cmdline", "\0".join(argv) + "\0")
+    hide_now(kvm.host, [VF], Backend.VFIO)
+    yield fake
+    fake.close()
+
+
+def test_qmp_device_add_carries_romfile_and_rombar(kvm: Lab, qmp: FakeQmp) -> None:
+    kvm.fake.write_file("/usr/share/kvm/vf.rom", rom_image(0x8086, 0x1520, code_type=3))
+    qemu = find_qemu(kvm.host, "l2")
+    assert qemu is not None
+    choice = check_rom(kvm.host, VF, "/usr/share/kvm/vf.rom", "on", uefi_guest=False)
+    result = qemu_live(kvm.host, qemu, VF, "attach", timeout=0.5, rom=choice)
+    assert result.outcome == "hot-plugged"
+    added = [c["arguments"] for c in qmp.commands if c.get("execute") == "device_add"]
+    assert added == [
+        {
+            "driver": "vfio-pci",
+            "host": str(VF),
+            "id": added[0]["id"],
+            "romfile": "/usr/share/kvm/vf.rom",
+            "rombar": 1,
+        }
+    ]
+
+
+def test_qmp_with_a_rom_for_another_device_sends_nothing(kvm: Lab, qmp: FakeQmp) -> None:
+    kvm.fake.write_file("/usr/share/kvm/gpu.rom", gpu_rom(NVIDIA, TU106))
+    qemu = find_qemu(kvm.host, "l2")
+    assert qemu is not None
+    choice = check_rom(kvm.host, VF, "/usr/share/kvm/gpu.rom", None, uefi_guest=False)
+    with pytest.raises(RefusedError) as refused:
+        qemu_live(kvm.host, qemu, VF, "attach", timeout=0.5, rom=choice)
+    assert refused.value.rule == "PP121" and "10de:1f08" in refused.value.problem
+    assert [c for c in qmp.commands if c.get("execute") == "device_add"] == []

@@ -212,19 +212,30 @@ def _plain_qemu(
     qemu = plain_qemu(host, guest)
     if qemu is None:
         return None
-    if name == "attach" and (args.all_functions or args.rom or args.rom_bar):
-        raise UsageError(
-            f"attach {guest}",
-            "a QEMU without a configuration file takes --all-functions, --rom and --rom-bar "
-            "only on its command line",
-            f"start it with -device vfio-pci,host={address},romfile=FILE (rombar=0) per function",
-        )
+    rom = None
+    if name == "attach":
+        if args.all_functions:
+            raise UsageError(
+                f"attach --all-functions {guest}",
+                "a running QEMU without a configuration file gets one device per hotplug",
+                "attach each function with --live, or start it with one -device per function",
+            )
+        if args.rom or args.rom_bar:
+            from pcipass.ops.attach_rom import check_rom
+
+            # QEMU's command line does not say which firmware it boots: no OVMF check.
+            rom = check_rom(host, address, args.rom, args.rom_bar, uefi_guest=False)
     if args.dry_run:
         verb = (
             "device_add vfio-pci"
             if name == "attach"
             else "device_del (and wait for DEVICE_DELETED)"
         )
+        if rom is not None:
+            from pcipass.policy.verdict import raise_refusals
+
+            raise_refusals(rom.findings, str(address))
+            verb += "".join(f" {key}={value}" for key, value in rom.qemu_properties().items())
         if args.json:  # output contract: --json prints one JSON object, dry runs too
             from pcipass.cli.render import print_json
 
@@ -249,7 +260,7 @@ def _plain_qemu(
 
     if name == "detach":
         progress(f"waiting for guest {guest} to eject {address} (ACPI, up to 30 s)")
-    result = qemu_live(host, qemu, address, name)
+    result = qemu_live(host, qemu, address, name, rom=rom)
     if args.json:
         from pcipass.cli.render import print_json
 

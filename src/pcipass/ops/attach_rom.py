@@ -40,6 +40,15 @@ class RomChoice:
     bar: str | None  # "on" / "off" / None (libvirt's default: on)
     findings: list[Finding] = field(default_factory=list)
 
+    def qemu_properties(self) -> dict[str, object]:
+        """vfio-pci's ``romfile`` and ``rombar`` (QEMU hw/vfio/pci.c properties)."""
+        result: dict[str, object] = {}
+        if self.file is not None:
+            result["romfile"] = self.file
+        if self.bar is not None:
+            result["rombar"] = 1 if self.bar == "on" else 0
+        return result
+
     def options(self) -> dict[str, str]:
         """The libvirt hostdev options (guests/libvirt_xml.py ROM_OPTIONS)."""
         result = {}
