@@ -70,7 +70,7 @@ def test_kvm_hide_uses_driver_override_and_never_new_id(kvm: Lab) -> None:
         ("0000:05:00.0", "PP001", "the host uses it: carries the default route (eth0)"),
         ("0000:00:1f.2", "PP001", "mounted filesystem / (ext4 on /dev/sda1)"),
         ("0000:00:1e.0", "PP103", "is a PCI bridge; bridges are never assignable"),
-        ("0000:00:02.0", "PP001", "boot VGA console"),
+        ("0000:00:02.0", "PP120", "is the boot GPU and holds the host's console: /dev/fb0"),
     ],
 )
 def test_refusals_name_the_reason_and_change_nothing(

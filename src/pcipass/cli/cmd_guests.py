@@ -148,11 +148,9 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         if qemu_result is not None:
             return qemu_result
     if name == "attach":
-        guest_os = None
-        if args.guest_os:
-            from pcipass.guests.guest_os import parse_os_text
+        from pcipass.ops.guest_checks import guest_os_option
 
-            guest_os = parse_os_text(args.guest_os)
+        guest_os = guest_os_option(args.guest_os)
         result = attach(
             host,
             address,
@@ -232,9 +230,9 @@ def _plain_qemu(
             else "device_del (and wait for DEVICE_DELETED)"
         )
         if rom is not None:
-            from pcipass.policy.verdict import raise_refusals
+            from pcipass.ops.attach_rom import refuse_unfit
 
-            raise_refusals(rom.findings, str(address))
+            refuse_unfit(rom, str(address))
             verb += "".join(f" {key}={value}" for key, value in rom.qemu_properties().items())
         if args.json:  # output contract: --json prints one JSON object, dry runs too
             from pcipass.cli.render import print_json
@@ -301,16 +299,10 @@ def _guard(args: argparse.Namespace, host: Host) -> int:
 
 def _guests(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
-    from pcipass.ops.attach import GuestContext
-    from pcipass.ops.guard import check_guest
+    from pcipass.ops.guest_checks import check_guests, guest_os_option
     from pcipass.ops.guests import GuestFile, find_guest, name_problem, scan_guests
-    from pcipass.policy.verdict import worst_exit
 
-    guest_os = None
-    if args.guest_os:
-        from pcipass.guests.guest_os import parse_os_text
-
-        guest_os = parse_os_text(args.guest_os)
+    guest_os = guest_os_option(args.guest_os)
     scan = scan_guests(host)
     chosen: list[GuestFile]
     if args.config is not None or args.names:
@@ -353,9 +345,8 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
                 if why is not None:
                     warn(f"guest {guest!r}: {why}")
         return 0
-    context = GuestContext.gather(host, scan)
-    checks = [check_guest(host, g, guest_os=guest_os, context=context) for g in chosen]
-    findings = [f for c in checks for f in c.findings]
+    checked = check_guests(host, scan, chosen, guest_os=guest_os)
+    checks = checked.checks
     if args.json:
         verdicts = []
         for check in checks:
@@ -380,4 +371,4 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
                 print("  no findings")
         for problem in scan.problems:
             warn(f"could not read: {problem}")
-    return worst_exit(findings)
+    return checked.exit_code

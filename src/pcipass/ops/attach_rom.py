@@ -26,7 +26,7 @@ from pcipass.errors import PcipassError, UsageError
 from pcipass.host.context import Host
 from pcipass.host.device import read_device
 from pcipass.host.rom import CODE_EFI, X64_RUNNABLE, parse_rom
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, raise_refusals
 
 ROM_LIMIT = 16 * 1024 * 1024  # no PCI ROM BAR is larger (host/rom.py reads no more either)
 READABLE_BY_QEMU = ("/usr/share/", "/var/lib/")
@@ -139,3 +139,8 @@ def check_rom(
             )
         )
     return choice
+
+
+def refuse_unfit(choice: RomChoice, subject: str) -> None:
+    """Raise the PP121 refusal when the checked ROM must not go to the guest."""
+    raise_refusals(choice.findings, subject)

@@ -14,22 +14,16 @@ Linux shows for the console of a boot GPU:
 * a process holding ``/dev/dri/cardN`` open (a display manager), as
   ``/proc/PID/fd/N`` links and ``/proc/PID/comm``.
 
-The kernel side (called by :class:`~pcipass.testing.fakehost.FakeKernel`):
-``/sys/bus/platform/drivers/X/unbind`` and ``bind`` move the device's
-``driver`` link as drivers/base/bus.c does; a PCI ``reset`` either leaves the
-device as it was (a good reset) or, for a device marked with
-:func:`make_reset_break`, makes its configuration space read all ones, as a
-function that did not come back from reset answers (PCI 3.0 §6.1: a read of a
-function that does not respond returns 0xFFFF in the Vendor ID).
+The kernel side (platform driver bind/unbind, vtconsole bind, good and bad
+resets, ``reset_method``) is the simulated kernel's: :mod:`pcipass.simkernel.console`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
-from pcipass.address import PciAddress
+from pcipass.simkernel.console import bind_platform, mark_reset_break
 
 # drivers/firmware/sysfb.c: the platform device names, and the drivers that bind them.
 FIRMWARE_FRAMEBUFFERS = {
@@ -37,8 +31,6 @@ FIRMWARE_FRAMEBUFFERS = {
     "simpledrm": ("simple-framebuffer.0", "simple-framebuffer", "simpledrmdrmfb"),
     "vesafb": ("vesa-framebuffer.0", "vesa-framebuffer", "VESA VGA"),
 }
-
-BAD_RESET_STORE = ".fake-bad-reset"
 
 
 def _link(link: Path, target: Path) -> None:
@@ -65,7 +57,7 @@ def add_firmware_framebuffer(base: Path, kind: str = "simpledrm", *, fb: str = "
     _write(dev_dir / "uevent", f"DRIVER={driver}\nMODALIAS=platform:{device.split('.')[0]}\n")
     _link(sys / "bus" / "platform" / "devices" / device, dev_dir)
     _link(dev_dir / "subsystem", sys / "bus" / "platform")
-    _bind_platform(base, device, driver)
+    bind_platform(base, device, driver)
     parent = dev_dir
     if kind == "simpledrm":
         parent = dev_dir / "drm" / "card0"
@@ -113,94 +105,4 @@ def add_drm_card(base: Path, card: str, device_dir: Path) -> None:
 
 def make_reset_break(base: Path, address: str) -> None:
     """From its next ``reset`` on, the function answers every config read with 0xFF."""
-    name = str(PciAddress.parse(address))
-    _write(base / BAD_RESET_STORE / name, "1\n")
-
-
-# ---- the kernel side ----------------------------------------------------------------
-
-
-def _bind_platform(base: Path, device: str, driver: str) -> None:
-    sys = base / "sys"
-    dev_dir = sys / "devices" / "platform" / device
-    drv_dir = sys / "bus" / "platform" / "drivers" / driver
-    _link(dev_dir / "driver", drv_dir)
-    _link(drv_dir / device, dev_dir)
-
-
-def platform_write(base: Path, driver: str, attr: str, text: str) -> None:
-    """``/sys/bus/platform/drivers/DRIVER/{bind,unbind}`` (drivers/base/bus.c)."""
-    sys = base / "sys"
-    drv_dir = sys / "bus" / "platform" / "drivers" / driver
-    dev_dir = sys / "devices" / "platform" / text
-    if not drv_dir.is_dir() or "/" in text or not text or not dev_dir.is_dir():
-        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-    current = dev_dir / "driver"
-    bound = os.path.basename(os.readlink(current)) if os.path.islink(current) else None
-    if attr == "unbind":
-        if bound != driver:
-            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-        current.unlink()
-        (drv_dir / text).unlink()
-    elif attr == "bind":
-        if bound is not None:
-            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-        _bind_platform(base, text, driver)
-    else:
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-
-
-def handles(parts: tuple[str, ...]) -> bool:
-    """Is a write to this host path (split) one for :func:`kernel_write`?"""
-    return parts[-1] in ("reset", "reset_method") or parts[2:4] in (
-        ("bus", "platform"),
-        ("class", "vtconsole"),
-    )
-
-
-def kernel_write(base: Path, path: Path, parts: tuple[str, ...], text: str) -> None:
-    """The fake kernel's writes this module handles (see the module docstring)."""
-    if parts[1:5] == ("sys", "bus", "platform", "drivers") and len(parts) == 7:
-        platform_write(base, parts[5], parts[6], text)
-    elif parts[2:4] == ("class", "vtconsole") and path.name == "bind":
-        # vt.c store_bind: "1" binds, "0" unbinds; the attribute reads "%i\n".
-        if text not in ("0", "1") or not path.exists():
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        path.write_text(text + "\n")
-    elif path.name == "reset":
-        reset_write(base, path.parent)
-    elif path.name == "reset_method":
-        reset_method_write(base, path, text)
-    else:
-        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-
-
-SUPPORTED_RESETS = ".fake-reset-methods"
-
-
-def reset_method_write(base: Path, path: Path, text: str) -> None:
-    """drivers/pci/pci.c reset_method_store: "default" enables every supported
-    method; otherwise each named method must be supported (EINVAL), and the
-    list becomes what the kernel tries, in that order."""
-    store = base / SUPPORTED_RESETS / path.parent.name
-    if not store.exists():
-        _write(store, path.read_text())
-    supported = store.read_text().split()
-    if text == "default":
-        path.write_text(" ".join(supported) + "\n")
-        return
-    wanted = text.split()
-    if not wanted or any(method not in supported for method in wanted):
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-    path.write_text(" ".join(wanted) + "\n")
-
-
-def reset_write(base: Path, device_dir: Path) -> None:
-    """``reset``: ENOTTY without a reset method; a device marked bad stops answering."""
-    methods_file = device_dir / "reset_method"
-    methods = methods_file.read_text().split() if methods_file.exists() else []
-    if not methods:
-        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
-    if (base / BAD_RESET_STORE / device_dir.name).exists():
-        config = device_dir / "config"
-        config.write_bytes(b"\xff" * len(config.read_bytes()))
+    mark_reset_break(base, address)
