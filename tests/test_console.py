@@ -73,6 +73,9 @@ def test_release_console_moves_the_gpu_and_warns_without_another_console(
     assert console_released(base)
     fake = FakeHost.load(base)
     assert [fake.bound_driver(a) for a in BOOT] == ["vfio-pci", "vfio-pci"]
+    # Hidden and released: nothing holds it and nothing more is lost, no PP120 left.
+    assert run(base, "show", "0000:02:00.0") == 0
+    assert "PP120" not in capsys.readouterr().out
 
 
 def test_a_serial_console_means_no_warning(

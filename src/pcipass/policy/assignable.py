@@ -61,7 +61,11 @@ def assignability_findings(
         findings += _bridge_findings(info)
         findings += _host_use_findings(info)
         if info.device.boot_vga:
-            findings += console_findings(console_holders(host, address), release=release_console)
+            findings += console_findings(
+                console_holders(host, address),
+                release=release_console,
+                hidden=info.device.driver in STUB_DRIVERS,
+            )
         if info.device.iommu_group is not None:
             findings += _group_findings(info, by_address, wanted)
         elif not any_groups:
