@@ -14,7 +14,8 @@ Measures (issue "Speed where users feel it"):
 * ``check`` on 1024 functions with 200 and 800 xl guest configurations / with none;
 * ``list --guests`` on the largest host with 200 guests / without.
 
-Usage: ``PYTHONPATH=src python3 benchmarks/bench_verbs.py [--sizes 16,64] [--pairs 7]``
+Usage: ``PYTHONPATH=src python3 benchmarks/bench_verbs.py [--sizes 16,64] [--pairs 7]
+[--baseline DIR]`` (DIR: another checkout, e.g. ``git worktree add /tmp/old main``).
 """
 
 from __future__ import annotations
@@ -75,15 +76,22 @@ class Pair:
 
 
 def interleaved(
-    a: Sequence[str], b: Sequence[str], env: dict[str, str], pairs: int, warmup: int = 1
+    a: Sequence[str],
+    b: Sequence[str],
+    env: dict[str, str],
+    pairs: int,
+    warmup: int = 1,
+    env_b: dict[str, str] | None = None,
 ) -> Pair:
+    """A B A B ...; ``env_b`` (default ``env``) is B's environment."""
+    other = env if env_b is None else env_b
     for _ in range(warmup):
         measure(a, env)
-        measure(b, env)
+        measure(b, other)
     result = Pair([], [])
     for _ in range(pairs):
         result.a.append(measure(a, env))
-        result.b.append(measure(b, env))
+        result.b.append(measure(b, other))
     return result
 
 
@@ -122,16 +130,21 @@ def add_guests(tree: Path, count: int) -> None:
         )
 
 
-def row(label: str, pair: Pair, peer: str, what: str = "wall_s") -> str:
-    mine, theirs = pair.median("a", what) * 1000, pair.median("b", what) * 1000
-    return f"| {label} | {mine:.1f} ms | {peer} {theirs:.1f} ms | **{pair.ratio(what):.2f}** |"
+def row(label: str, pair: Pair, peer: str) -> str:
+    """Wall-clock medians and ratio, then the CPU ratio (user + sys): on a shared,
+    loaded machine the CPU ratio moves far less than the wall-clock one."""
+    mine, theirs = pair.median("a") * 1000, pair.median("b") * 1000
+    return (
+        f"| {label} | {mine:.1f} ms | {peer} {theirs:.1f} ms | **{pair.ratio():.2f}** |"
+        f" {pair.ratio('cpu_s'):.2f} |"
+    )
 
 
 def bench_list(base: Path, sizes: list[int], env: dict[str, str], pairs: int) -> list[str]:
     lspci = shutil.which("lspci")
     if lspci is None:
         return ["(lspci not found: install pciutils)"]
-    lines = ["| measure | pcipass | peer | ratio |", "|---|---|---|---|"]
+    lines = ["| measure | pcipass | peer | ratio | CPU ratio |", "|---|---|---|---|---|"]
     for size in sizes:
         tree = host_tree(base, size)
         pair = interleaved(
@@ -145,7 +158,7 @@ def bench_list(base: Path, sizes: list[int], env: dict[str, str], pairs: int) ->
     rss_kib, exact = peak_rss_kib(argv, env)  # bench_list: GNU time when it is installed
     bound = "" if exact else " (upper bound: no GNU time)"
     lines.append(
-        f"| peak memory, `list --json` at {max(sizes)} | {rss_kib / 1024:.0f} MiB{bound} | | |"
+        f"| peak memory, `list --json` at {max(sizes)} | {rss_kib / 1024:.0f} MiB{bound} | | | |"
     )
     return lines
 
@@ -183,8 +196,36 @@ def bench_verbs(base: Path, env: dict[str, str], pairs: int) -> list[str]:
     return lines
 
 
+def bench_baseline(
+    base: Path, sizes: list[int], env: dict[str, str], baseline: Path, pairs: int
+) -> list[str]:
+    """Every verb, and ``list`` on the fake hosts, interleaved with the same command run
+    by another checkout (``--baseline DIR``: its ``src``): the before/after of a change,
+    measured in one run so that the machine's drift cancels out."""
+    from pcipass.testing.example import build_rhel5_xen
+
+    example = base / "example"
+    if not example.exists():
+        build_rhel5_xen(example)
+    other = {**env, "PYTHONPATH": str(baseline / "src")}
+    lines = [
+        f"| command | this checkout CPU | {baseline} CPU | CPU ratio |",
+        "|---|---|---|---|",
+    ]
+    commands = {f"`{label}`": argv for label, argv in example_verbs(example).items()}
+    for size in sizes:
+        commands[f"`list` at {size} functions"] = ["--root", str(host_tree(base, size)), "list"]
+    for label, argv in commands.items():
+        pair = interleaved([*PCIPASS, *argv], [*PCIPASS, *argv], env, pairs, env_b=other)
+        lines.append(
+            f"| {label} | {pair.median('a', 'cpu_s') * 1000:.0f} ms |"
+            f" {pair.median('b', 'cpu_s') * 1000:.0f} ms | **{pair.ratio('cpu_s'):.2f}** |"
+        )
+    return lines
+
+
 def bench_guests(base: Path, sizes: list[int], env: dict[str, str], pairs: int) -> list[str]:
-    lines = ["| measure | with guests | without | ratio |", "|---|---|---|---|"]
+    lines = ["| measure | with guests | without | ratio | CPU ratio |", "|---|---|---|---|---|"]
     middle = 1024 if 1024 in sizes else max(sizes)
     tree = host_tree(base, middle)
     bare = base / f"host-{middle}-bare"
@@ -220,7 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=7, help="interleaved pairs per figure")
     parser.add_argument("--trees", type=Path, help="keep/reuse the fake host trees here")
     parser.add_argument(
-        "--only", choices=["list", "verbs", "guests"], action="append", help="some parts only"
+        "--only",
+        choices=["list", "verbs", "guests", "baseline"],
+        action="append",
+        help="some parts only",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run every verb interleaved with the checkout DIR (its src/) and print the"
+        " CPU ratios: before/after a change in one run",
     )
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -237,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(["", *bench_verbs(base, env, args.pairs)]))
         if "guests" in parts:
             print("\n".join(["", *bench_guests(base, sizes, env, args.pairs)]))
+        if args.baseline is not None and (args.only is None or "baseline" in parts):
+            lines = bench_baseline(base, sizes, env, args.baseline.resolve(), args.pairs)
+            print("\n".join(["", *lines]))
     return 0
 
 

@@ -78,7 +78,7 @@ def test_no_pci_ids_anywhere_shows_numeric_ids(
     _drop_root_ids(rhel5)
     monkeypatch.setattr(pciids, "SYSTEM_PCI_IDS", (tmp_path / "absent.ids",))
     ids = PciIds.for_root(HostRoot.at(rhel5.base))
-    assert ids.text is None and ids.note is None
+    assert ids.data is None and ids.note is None
     assert ids.problem is not None and "no pci.ids found" in ids.problem
     assert ids.vendor(0x14E4) is None
 
@@ -90,7 +90,7 @@ def test_an_unreadable_pci_ids_in_the_root_is_reported_not_replaced(
     target.unlink()
     target.mkdir()  # reading it fails with EISDIR
     ids = PciIds.for_root(HostRoot.at(rhel5.base))
-    assert ids.text is None and ids.note is None
+    assert ids.data is None and ids.note is None
     assert ids.problem is not None and str(target) in ids.problem
 
 
@@ -98,3 +98,70 @@ def test_the_real_root_never_falls_back(system_ids: Path) -> None:
     # On "/" the candidates are the system's own files: nothing to fall back to.
     ids = PciIds.for_root(HostRoot.at("/"), system=[system_ids])
     assert ids.note is None
+
+
+# --- the lookup gives the names a plain full parse gives ------------------------------
+
+
+def reference_names(text: str) -> tuple[dict[int, str], dict[tuple[int, int], str]]:
+    """Every line read in order, as the format says: a vendor line, its device lines
+    (one tab) up to the next line that is neither indented, a comment nor empty."""
+    vendors: dict[int, str] = {}
+    devices: dict[tuple[int, int], str] = {}
+    current: int | None = None
+    for line in text.splitlines():
+        if not line or line.startswith("#") or line.startswith("\t\t"):
+            continue
+        if line.startswith("\t"):
+            if current is not None:
+                devices.setdefault((current, int(line[1:5], 16)), line[5:].strip())
+            continue
+        current = None
+        if len(line) > 6 and line[4:6] == "  " and all(c in "0123456789abcdef" for c in line[:4]):
+            current = int(line[:4], 16)
+            vendors.setdefault(current, line[6:].strip())
+    return vendors, devices
+
+
+def check_against_reference(path: Path, sample: int) -> None:
+    import random
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    vendors, devices = reference_names(text)
+    ids = PciIds.load([path])
+    for vendor, name in vendors.items():
+        assert ids.vendor(vendor) == name, hex(vendor)
+    keys = sorted(devices)
+    for key in random.Random(13).sample(keys, min(sample, len(keys))):
+        assert ids.device(*key) == devices[key], key
+    # Ids that are not there: a vendor, and a device of a known vendor.
+    absent = next(v for v in range(0x10000) if v not in vendors)
+    assert ids.vendor(absent) is None and ids.device(absent, 1) is None
+    some = next(iter(vendors))
+    missing = next(d for d in range(0x10000) if (some, d) not in devices)
+    assert ids.device(some, missing) is None
+
+
+@pytest.mark.skipif(not Path("/usr/share/misc/pci.ids").is_file(), reason="no pci.ids")
+def test_the_systems_full_pci_ids_gives_the_reference_names() -> None:
+    check_against_reference(Path("/usr/share/misc/pci.ids"), sample=3000)
+
+
+def test_an_unsorted_file_gives_the_reference_names(tmp_path: Path) -> None:
+    # Vendors and devices out of order (the test kit's subsets are): the bisection
+    # misses, the plain search must still find every one.
+    from pcipass.testing.example import PCI_IDS
+
+    head, _, classes = PCI_IDS.partition("C 00")
+    blocks = head.split("\n")[1:]
+    vendor_blocks: list[list[str]] = []
+    for line in blocks:
+        if line and not line.startswith("\t"):
+            vendor_blocks.append([line])
+        elif line:
+            vendor_blocks[-1].append(line)
+    shuffled = [[b[0], *reversed(b[1:])] for b in reversed(vendor_blocks)]
+    text = "# unsorted\n" + "\n".join("\n".join(b) for b in shuffled) + "\n\nC 00" + classes
+    path = tmp_path / "pci.ids"
+    path.write_text(text)
+    check_against_reference(path, sample=10_000)

@@ -7,8 +7,6 @@ element of ``argv``, never through a shell.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,6 +51,10 @@ class SubprocessRunner:
         env: Mapping[str, str] | None = None,
         timeout: float = 120.0,
     ) -> CommandResult:
+        # Imported here, not at the top: most commands run no program, and
+        # subprocess is a good part of the start-up cost (issue #13).
+        import subprocess
+
         args = [str(a) for a in argv]
         if not args:
             raise ValueError("empty argv")
@@ -73,6 +75,8 @@ class SubprocessRunner:
         return CommandResult(tuple(args), completed.returncode, completed.stdout, completed.stderr)
 
     def which(self, program: str) -> str | None:
+        import shutil  # with bz2/lzma: only when a program is looked for
+
         return shutil.which(program)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -11,6 +10,8 @@ from typing import TextIO
 def print_json(data: object, out: TextIO | None = None) -> None:
     """Indented for a terminal; compact (json's C encoder, ~10x faster and
     far less memory on big hosts) when read by a program."""
+    import json  # only when JSON is printed (issue #13: start-up cost)
+
     stream = out or sys.stdout
     indent = 2 if stream.isatty() else None
     stream.write(json.dumps(data, indent=indent) + "\n")

@@ -19,7 +19,10 @@ import errno
 import io
 import os
 import sys
-from typing import TextIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (issue #13: start-up)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class GuardedStdout(io.TextIOBase):

@@ -31,16 +31,18 @@ from __future__ import annotations
 
 import codecs
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from pcipass.address import PciAddress
 from pcipass.compat import zip_equal
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
 from pcipass.guests.guest_os import os_from_kernel_path, os_from_libosinfo_id
 from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 
@@ -431,6 +433,8 @@ def parse_domain_xml(data: bytes, display: str) -> LibvirtDomain:
         raise ConfigSyntaxError(
             display, "not UTF-8 text", body[: error.start].count(b"\n") + 1
         ) from error
+    import xml.etree.ElementTree as ET  # imported where used: start-up cost (issue #13)
+
     try:
         # Safe without defusedxml: DTDs and entities were refused above, and
         # expat never fetches external resources.

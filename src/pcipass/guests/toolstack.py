@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -230,6 +229,8 @@ class Virsh(Toolstack):
         return ["virsh", "-c", self.uri, verb, self.guest, "FILE", "--live"]
 
     def hotplug(self, address: PciAddress, action: str) -> None:
+        import tempfile  # imported where used: start-up cost (issue #13)
+
         argv = self.describe(address, action)
         with tempfile.TemporaryDirectory(prefix="pcipass-") as directory:
             # virsh reads the device from a file (virsh(1) attach-device); the

@@ -12,11 +12,15 @@ from pcipass.ops.inventory import inventory
 from pcipass.policy import assignable
 from pcipass.policy.assignable import Claims
 from pcipass.policy.verdict import Finding
-from pcipass.state.ledger import Ledger
+from pcipass.state.presence import ledger_may_exist
 
 
 def ledger_claims(host: Host) -> Claims:
     """Owners and hidden identities from the ledger, read-only."""
+    if not ledger_may_exist(host.root):
+        return Claims({}, {})  # an empty ledger's claims, without loading SQLite (issue #13)
+    from pcipass.state.ledger import Ledger
+
     with Ledger.open(host.root, readonly=True) as ledger:
         owners = {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
         hidden = {PciAddress.parse(r.address): r.identity for r in ledger.hidden()}

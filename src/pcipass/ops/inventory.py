@@ -12,13 +12,16 @@ from pcipass.host import inventory as host_inventory
 from pcipass.host.context import Host
 from pcipass.host.device import class_filter_value
 from pcipass.host.inventory import DeviceInfo, Inventory
-from pcipass.ops.guests import scan_guests
-from pcipass.state.ledger import Ledger
+from pcipass.state.presence import ledger_may_exist
 
 
 def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
     """Owners from the ledger, read-only; an absent ledger means no owners.
     A ledger that cannot be read costs only the owner column."""
+    if not ledger_may_exist(host.root):
+        return {}  # the same as an empty view, without loading SQLite (issue #13)
+    from pcipass.state.ledger import Ledger
+
     try:
         ledger = Ledger.open(host.root, readonly=True)
     except PcipassError as error:
@@ -90,6 +93,8 @@ def filter_devices(
 
 def guest_listing(host: Host, inv: Inventory) -> dict[str, list[str]]:
     """Address -> guests whose configuration lists it (problems go to inv)."""
+    from pcipass.ops.guests import scan_guests  # the guest parsers: only for --guests
+
     scan = scan_guests(host)
     inv.problems.extend(scan.problems)
     listed: dict[str, list[str]] = {}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
-from pcipass.state.ledger import Ledger, format_time
-from pcipass.state.limiter import HotplugBudget, HotplugLimiter
+from pcipass.state.presence import ledger_may_exist
+
+if TYPE_CHECKING:
+    from pcipass.state.limiter import HotplugBudget
 
 
 @dataclass
@@ -55,6 +58,11 @@ class StatusReport:
 
 def status(host: Host) -> StatusReport:
     report = StatusReport()
+    if not ledger_may_exist(host.root):
+        return report  # what an empty ledger reports, without loading SQLite (issue #13)
+    from pcipass.state.ledger import Ledger, format_time
+    from pcipass.state.limiter import HotplugLimiter
+
     with Ledger.open(host.root, readonly=True) as ledger:
         for record in ledger.hidden():
             address = PciAddress.parse(record.address)
@@ -110,5 +118,7 @@ def _budget_line(budget: HotplugBudget) -> str:
         f"in the last {span} (PP007)"
     )
     if budget.next_allowed is not None:
+        from pcipass.state.ledger import format_time
+
         line += f"; the next one is allowed at {format_time(budget.next_allowed)}"
     return line

@@ -25,11 +25,8 @@ not mean to change stays byte for byte.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import errno
-import hashlib
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -79,6 +76,8 @@ class FileEdit:
         new = (self.after or b"").decode("utf-8", "surrogateescape").splitlines(keepends=True)
         old_name = self.display if self.before is not None else "/dev/null"
         new_name = self.display if self.after is not None else "/dev/null"
+        import difflib  # imported where used: start-up cost (issue #13)
+
         lines = list(difflib.unified_diff(old, new, old_name, new_name))
         text = "".join(
             line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
@@ -90,6 +89,8 @@ class FileEdit:
 
 
 def digest(data: bytes | None) -> str:
+    import hashlib  # imported where used: start-up cost (issue #13)
+
     return "absent" if data is None else hashlib.sha256(data).hexdigest()
 
 
@@ -155,6 +156,8 @@ def is_temp_name(name: str) -> bool:
 
 def _temp_name(name: str) -> str:
     # The random part makes O_EXCL creation safe when two writers race.
+    import secrets  # imported where used: start-up cost (issue #13)
+
     return f".{name[:200]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 

@@ -1,0 +1,103 @@
+"""The argument parser, built from the command table (:mod:`pcipass.cli.commands`).
+
+A run builds only its command's sub-parser (:func:`command_word`); ``--help``,
+the man page (packaging/build_manpage.py) and the completion script
+(packaging/build_completion.py) get the whole parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from pcipass import __version__
+from pcipass.cli.commands import COMMANDS
+from pcipass.errors import UsageError
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before or after the command: the sub-parser copy must not
+    # overwrite a value given before the command, hence SUPPRESS there.
+    # PCIPASS_ROOT lets hooks and wrappers (which get no --root) act on a tree.
+    default_root = os.environ.get("PCIPASS_ROOT", "/") if top else argparse.SUPPRESS
+    default_json = False if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        default=default_root,
+        help="treat DIR as the host's / (a fake tree, an image); default /",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default_json,
+        help="print machine-readable JSON (schema: docs/json.md)",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing and exiting,
+    so a usage error reaches the one error path of :func:`main` (and, with
+    ``--json``, prints a JSON object like every other outcome)."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse's wording ("invalid choice", "unrecognized arguments") is
+        # kept: scripts (the lab agent) read it.
+        subject = self.prog.partition(" ")[2]  # "pcipass hide" -> "hide"
+        raise UsageError(subject, message, f"see `{self.prog} --help`")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, the same parser carrying only that
+    command's sub-parser (what a run of that command needs: building all of
+    them and importing every handler module was a tenth of the start-up cost,
+    issue #13).  ``--help``, the man page and the completion script use the
+    whole parser."""
+    parser = _Parser(
+        prog="pcipass",
+        description="Give virtual machines exclusive, safe use of host PCI devices "
+        "(Xen pciback, KVM vfio-pci).",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 refused by a rule, 4 not found, "
+        "130 interrupted (143 terminated).",
+    )
+    parser.add_argument("--version", action="version", version=f"pcipass {__version__}")
+    _global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        if only is not None and command.name != only:
+            continue
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        _global_options(child, top=False)
+        if command.dry_run:
+            child.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="show what would be done (diffs, sysfs writes); change nothing",
+            )
+        module = importlib.import_module(f"pcipass.cli.{command.module}")
+        adder: Callable[[str, argparse.ArgumentParser], None] = module.add_arguments
+        adder(command.name, child)
+        child.set_defaults(_command=command)
+    return parser
+
+
+def command_word(args_list: Sequence[str]) -> str | None:
+    """The command named by ``args_list`` when it can be told without argparse:
+    only the global options (``--root DIR``, ``--root=DIR``, ``--json``) may come
+    before it, and it must be a command's exact name.  None for anything else
+    (help, abbreviations, unknown words, no command): the whole parser then
+    answers, with the same messages as ever."""
+    names = {command.name for command in COMMANDS}
+    index = 0
+    while index < len(args_list):
+        word = args_list[index]
+        if word == "--root":
+            index += 2
+        elif word == "--json" or word.startswith("--root="):
+            index += 1
+        else:
+            return word if word in names else None
+    return None
