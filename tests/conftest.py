@@ -32,6 +32,14 @@ def kvm(tmp_path: Path) -> Lab:
 
 
 @pytest.fixture
+def gpu(tmp_path: Path) -> Lab:
+    """The example host with two GPUs (pcipass.testing.gpu_host)."""
+    from pcipass.testing.gpu_host import build_gpu
+
+    return make_lab(build_gpu(tmp_path / "gpu"))
+
+
+@pytest.fixture
 def root(tmp_path: Path) -> HostRoot:
     """An empty host root (for the state layer's tests)."""
     return HostRoot.at(tmp_path)

@@ -165,6 +165,21 @@ def with_rom(*images: bytes) -> Setup:
 LEGACY_ROM = rom_image(0x10DE, 0x1B80, blocks=2)
 EFI_ROM = rom_image(0x10DE, 0x1B80, code_type=3, blocks=2)
 BAD_ROM = rom_image(0x8086, 0x1234, blocks=2)  # no image for this device
+# The gpu example host (pcipass.testing.gpu_host): a four-function TU106 and the boot GPU.
+TU106, BOOT_GPU = "0000:01:00.0", "0000:02:00.0"
+TU106_HIDDEN = steps(("hide", "--now", "--all-functions", TU106))
+TU106_ROM = steps(
+    ("hide", "--now", "--all-functions", TU106), ("rom", TU106, "--save", "/usr/share/kvm/g.rom")
+)
+
+
+def broken_reset(root: Path) -> None:
+    TU106_HIDDEN(root)
+    from pcipass.testing.fakeconsole import make_reset_break
+
+    make_reset_break(root, TU106)
+
+
 QEMU_RUNNING = steps(
     ("hide", "--now", "--backend", "vfio", VF), files={"/proc/4242/cmdline": QEMU_ARGV}
 )
@@ -268,6 +283,32 @@ CASES: tuple[Case, ...] = (
     Case("vfs", "usage", ("vfs",), 2, kind="kvm"),
     Case("vfs", "not-found", ("vfs", MISSING, "1"), 4, kind="kvm"),
     Case("hide", "success", ("hide", "--now", "--vfs", PF), 0, "kvm", steps()),
+    Case("hide", "success", ("hide", "--now", "--all-functions", TU106), 0, "gpu", steps()),
+    Case("hide", "refusal", ("hide", "--now", "--all-functions", BOOT_GPU), 3, kind="gpu"),
+    Case(
+        "hide",
+        "success",
+        ("hide", "--now", "--all-functions", "--release-console", BOOT_GPU),
+        0,
+        "gpu",
+        steps(),
+    ),
+    Case("hide", "usage", ("hide", "--persist", "--release-console", BOOT_GPU), 2, kind="gpu"),
+    Case("hide", "refusal", ("hide", "--now", "--reset-method", "bus", TU106), 3, kind="gpu"),
+    Case(
+        "attach",
+        "success",
+        ("attach", "--all-functions", "--rom", "/usr/share/kvm/g.rom", TU106, "win11"),
+        0,
+        "gpu",
+        TU106_ROM,
+    ),
+    Case("attach", "refusal", ("attach", "--rom", "/nonexistent.rom", TU106, "win11"), 3, "gpu"),
+    Case("reset-test", "success", ("reset-test", TU106), 0, "gpu", TU106_HIDDEN),
+    Case("reset-test", "failed", ("reset-test", TU106), 1, "gpu", broken_reset, "reset-test"),
+    Case("reset-test", "refusal", ("reset-test", TU106), 3, kind="gpu"),
+    Case("reset-test", "usage", ("reset-test",), 2, kind="gpu"),
+    Case("reset-test", "not-found", ("reset-test", MISSING), 4, kind="gpu"),
     Case("export", "success", ("export", "--format", "libvirt"), 0, setup=HIDDEN),
     Case("export", "success", ("export", "--format", "nova", NIC), 0, setup=HIDDEN),
     Case("export", "refusal", ("export", "--format", "nova", "05:00.0"), 3, shape="export"),
@@ -293,7 +334,7 @@ CASES: tuple[Case, ...] = (
 def shared_hosts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One host of each kind for the cases that change nothing."""
     base = tmp_path_factory.mktemp("shared")
-    return {kind: build_example(base / kind, kind) for kind in ("rhel5-xen", "kvm")}
+    return {kind: build_example(base / kind, kind) for kind in ("rhel5-xen", "kvm", "gpu")}
 
 
 def host_for(case: Case, shared: dict[str, Path], tmp_path: Path) -> Path:

@@ -13,6 +13,7 @@ import pytest
 from pcipass.cli.main import main
 from pcipass.testing.example import PCI_IDS, build_kvm, build_rhel5_xen
 from pcipass.testing.fakehost import FakeHost
+from pcipass.testing.gpu_host import build_gpu
 from pcipass.testing.tools import find_tool
 
 pytestmark = pytest.mark.needs_tool("lspci")
@@ -87,7 +88,7 @@ def random_tree(base: Path, seed: int) -> FakeHost:
     return host
 
 
-@pytest.mark.parametrize("kind", ["rhel5", "kvm", "random1", "random2"])
+@pytest.mark.parametrize("kind", ["rhel5", "kvm", "gpu", "random1", "random2"])
 def test_list_agrees_with_lspci(
     tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -96,6 +97,8 @@ def test_list_agrees_with_lspci(
         build_rhel5_xen(base)
     elif kind == "kvm":
         build_kvm(base)
+    elif kind == "gpu":
+        build_gpu(base)
     else:
         random_tree(base, int(kind[-1]))
     theirs = lspci_records(base)

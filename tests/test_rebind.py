@@ -70,7 +70,7 @@ def test_kvm_hide_uses_driver_override_and_never_new_id(kvm: Lab) -> None:
         ("0000:05:00.0", "PP001", "the host uses it: carries the default route (eth0)"),
         ("0000:00:1f.2", "PP001", "mounted filesystem / (ext4 on /dev/sda1)"),
         ("0000:00:1e.0", "PP103", "is a PCI bridge; bridges are never assignable"),
-        ("0000:00:02.0", "PP001", "boot VGA console"),
+        ("0000:00:02.0", "PP120", "is the boot GPU and holds the host's console: /dev/fb0"),
     ],
 )
 def test_refusals_name_the_reason_and_change_nothing(
@@ -92,7 +92,8 @@ def test_partial_iommu_group_is_refused_and_names_the_others(kvm: Lab) -> None:
         hide_now(kvm.host, [A("0000:01:00.0")], Backend.VFIO)
     assert caught.value.rule == "PP102"
     assert "IOMMU group" in caught.value.problem and "0000:01:00.1" in caught.value.problem
-    assert "pcipass hide 0000:01:00.0 0000:01:00.1" in caught.value.remedy
+    # The other member is a function of the same card: the remedy says --all-functions.
+    assert "pcipass hide --all-functions 0000:01:00.0" in caught.value.remedy
     assert snapshot(kvm.base) == before
     hide_now(kvm.host, [A("0000:01:00.0"), A("0000:01:00.1")], Backend.VFIO)
     assert drivers(kvm, "0000:01:00.0", "0000:01:00.1") == ["vfio-pci", "vfio-pci"]

@@ -41,6 +41,23 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             "--hide", action="store_true", help="hide the device from the host first (hide --now)"
         )
         parser.add_argument(
+            "--all-functions",
+            action="store_true",
+            help="every function of the device's slot (a GPU with its HDMI audio and USB-C "
+            "functions), in one edit; not with --live",
+        )
+        parser.add_argument(
+            "--rom",
+            metavar="FILE",
+            help="the option ROM the guest sees for BDF (libvirt <rom file=>); it must parse "
+            "and be for this device (PP121)",
+        )
+        parser.add_argument(
+            "--rom-bar",
+            choices=["on", "off"],
+            help="show the device's ROM BAR to the guest or not (libvirt <rom bar=>)",
+        )
+        parser.add_argument(
             "--accept-pv-dma-risk",
             action="store_true",
             help="assign to a paravirtualized guest although it can reach dom0's DMA space (PP004)",
@@ -107,6 +124,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             "--config names a file, --connect a libvirt connection: give one of them",
             "libvirt holds the definition of a --connect domain",
         )
+    _refuse_unsupported(name, args)
     if args.connect:
         from pcipass.ops.libvirt_conn import connect_attach
 
@@ -144,6 +162,9 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             dry_run=args.dry_run,
             live=args.live,
             trust_unreadable=args.trust_unreadable,
+            all_functions=args.all_functions,
+            rom=args.rom,
+            rom_bar=args.rom_bar,
         )
     else:
         result = detach(
@@ -156,6 +177,29 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     return 0
 
 
+def _refuse_unsupported(name: str, args: argparse.Namespace) -> None:
+    """attach --all-functions/--rom edit a configuration file; say so for the rest."""
+    if name != "attach":
+        return
+    wanted = [
+        option
+        for option, value in (
+            ("--all-functions", args.all_functions),
+            ("--rom", args.rom),
+            ("--rom-bar", args.rom_bar),
+        )
+        if value
+    ]
+    if not wanted:
+        return
+    if args.connect:
+        raise UsageError(
+            f"attach {' '.join(wanted)}",
+            "works on a configuration file, not yet through --connect",
+            "give the domain's XML file with --config, or edit it with virsh edit",
+        )
+
+
 def _plain_qemu(
     host: Host, name: str, address: PciAddress, guest: str, args: argparse.Namespace
 ) -> int | None:
@@ -166,12 +210,30 @@ def _plain_qemu(
     qemu = plain_qemu(host, guest)
     if qemu is None:
         return None
+    rom = None
+    if name == "attach":
+        if args.all_functions:
+            raise UsageError(
+                f"attach --all-functions {guest}",
+                "a running QEMU without a configuration file gets one device per hotplug",
+                "attach each function with --live, or start it with one -device per function",
+            )
+        if args.rom or args.rom_bar:
+            from pcipass.ops.attach_rom import check_rom
+
+            # QEMU's command line does not say which firmware it boots: no OVMF check.
+            rom = check_rom(host, address, args.rom, args.rom_bar, uefi_guest=False)
     if args.dry_run:
         verb = (
             "device_add vfio-pci"
             if name == "attach"
             else "device_del (and wait for DEVICE_DELETED)"
         )
+        if rom is not None:
+            from pcipass.ops.attach_rom import refuse_unfit
+
+            refuse_unfit(rom, str(address))
+            verb += "".join(f" {key}={value}" for key, value in rom.qemu_properties().items())
         if args.json:  # output contract: --json prints one JSON object, dry runs too
             from pcipass.cli.render import print_json
 
@@ -196,7 +258,7 @@ def _plain_qemu(
 
     if name == "detach":
         progress(f"waiting for guest {guest} to eject {address} (ACPI, up to 30 s)")
-    result = qemu_live(host, qemu, address, name)
+    result = qemu_live(host, qemu, address, name, rom=rom)
     if args.json:
         from pcipass.cli.render import print_json
 

@@ -84,6 +84,25 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="PF",
             help="hide every virtual function of the SR-IOV PF (repeatable)",
         )
+        parser.add_argument(
+            "--reset-method",
+            metavar="M",
+            help="with --now: the kernel's reset methods for each device, in order "
+            "(e.g. device_specific, 'pm bus', default); checked against what the kernel "
+            "lists (PP122) and put back if the hide fails",
+        )
+        parser.add_argument(
+            "--release-console",
+            action="store_true",
+            help="with --now, on the boot GPU: unbind fbcon and the firmware framebuffer "
+            "(efifb/simpledrm/vesafb) first; bound again if the hide fails (PP120)",
+        )
+        parser.add_argument(
+            "--all-functions",
+            action="store_true",
+            help="take every function of each device's slot (a GPU with its HDMI audio and "
+            "USB-C functions), all or nothing",
+        )
 
 
 def _addresses(args: argparse.Namespace) -> list[PciAddress]:
@@ -139,7 +158,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         raise UsageError(
             name, "say --now (rebind through sysfs), --persist (at every boot), or both"
         )
-    from pcipass.ops.hide import hide, unhide, with_groups
+    from pcipass.ops.hide import hide, unhide, with_functions, with_groups
 
     addresses = _addresses(args)
     if args.reload_driver and (args.now or not args.persist):
@@ -151,8 +170,20 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         addresses += _vf_addresses(args, host, addresses)
         if not addresses:
             raise UsageError("hide", "name the devices (BDF), or --vfs PF")
+        if args.all_functions:
+            addresses = with_functions(host, addresses)
         if args.group:
             addresses = with_groups(host, addresses)
+        if args.reset_method is not None and not args.now:
+            raise UsageError(
+                "--reset-method", "goes with --now (it is set when the device moves)", "add --now"
+            )
+        if args.release_console and not args.now:
+            raise UsageError(
+                "--release-console",
+                "goes with --now (the console is released when the device moves)",
+                "add --now",
+            )
         outcome = hide(
             host,
             addresses,
@@ -162,6 +193,8 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             platform=args.platform,
             dry_run=args.dry_run,
             reload_driver=args.reload_driver,
+            release_console=args.release_console,
+            reset_method=None if args.reset_method is None else _reset_methods(args.reset_method),
         )
     else:
         outcome = unhide(
@@ -188,6 +221,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
     else:
         print("\n".join(lines))
     return 0
+
+
+def _reset_methods(text: str) -> list[str]:
+    from pcipass.ops.reset_method import parse_methods
+
+    return parse_methods(text)
 
 
 def _backend(args: argparse.Namespace, host: Host) -> Backend:

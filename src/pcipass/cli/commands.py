@@ -106,6 +106,12 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("vfs", "cmd_vfs", "an SR-IOV PF's virtual functions: list, create, remove", True),
     Command(
+        "reset-test",
+        "cmd_reset",
+        "reset a hidden device once and check it answers as before",
+        False,
+    ),
+    Command(
         "guard-install",
         "cmd_hooks",
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",

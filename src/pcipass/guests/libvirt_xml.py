@@ -33,7 +33,7 @@ import codecs
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from pcipass.address import PciAddress
 from pcipass.compat import zip_equal
@@ -123,6 +123,19 @@ class LibvirtDomain:
             raise ConfigSyntaxError(display, "<devices> is in another XML namespace")
         self._hostdevs = self._read_hostdevs()
 
+    @property
+    def uefi_firmware(self) -> bool:
+        """The guest boots UEFI (OVMF): ``<os firmware='efi'>`` or a ``<loader>``
+        naming OVMF/AAVMF (formatdomain "BIOS bootloader")."""
+        os_element = self._root.find("os")
+        if os_element is None:
+            return False
+        if os_element.get("firmware") == "efi":
+            return True
+        loader = os_element.find("loader")
+        text = (loader.text or "") if loader is not None else ""
+        return "OVMF" in text.upper() or "AAVMF" in text.upper() or "edk2" in text
+
     # -- the GuestConfig view ---------------------------------------------
 
     @property
@@ -192,6 +205,7 @@ class LibvirtDomain:
         already there with those options.
         """
         driver, managed = self._options(options or {})
+        rom = _rom_option(options or {})
         for device, span in self._hostdevs:
             if not device.covers(address):
                 continue
@@ -208,9 +222,9 @@ class LibvirtDomain:
         style = self._style()
         devices = self._devices_span
         if devices is None:
-            return self._insert_devices(address, driver, managed, style)
+            return self._insert_devices(address, driver, managed, style, rom)
         if devices.empty:
-            inner = hostdev_xml(address, driver, managed, quote=style.quote)
+            inner = hostdev_xml(address, driver, managed, quote=style.quote, rom=rom)
             return (
                 self.data[: devices.start]
                 + f"<devices>{inner}</devices>".encode()
@@ -219,11 +233,13 @@ class LibvirtDomain:
         close = devices.close_start
         line_start = _line_start(self.data, close)
         if self.data[line_start:close].strip(b" \t"):
-            inner = hostdev_xml(address, driver, managed, quote=style.quote)
+            inner = hostdev_xml(address, driver, managed, quote=style.quote, rom=rom)
             return self.data[:close] + inner.encode() + self.data[close:]
         indent = self._child_indent(devices)
         unit = _unit(indent, self.data[line_start:close])
-        block = _hostdev_lines(address, driver, managed, indent=indent, unit=unit, style=style)
+        block = _hostdev_lines(
+            address, driver, managed, indent=indent, unit=unit, style=style, rom=rom
+        )
         return self.data[:line_start] + block + self.data[line_start:]
 
     def with_device_removed(self, address: PciAddress) -> bytes:
@@ -321,10 +337,11 @@ class LibvirtDomain:
             ) from error
 
     def _options(self, options: Mapping[str, str]) -> tuple[str, bool]:
-        unknown = set(options) - {"driver", "managed"}
+        unknown = set(options) - {"driver", "managed", *ROM_OPTIONS}
         if unknown:
             raise UsageError(
-                f"hostdev options {sorted(unknown)}", "libvirt hostdevs take driver and managed"
+                f"hostdev options {sorted(unknown)}",
+                "libvirt hostdevs take driver, managed, rom_file and rom_bar",
             )
         driver = options.get("driver") or ("xen" if self.hypervisor == "xen" else "vfio")
         if driver not in DRIVERS:
@@ -364,7 +381,7 @@ class LibvirtDomain:
         return not rest.strip()
 
     def _insert_devices(
-        self, address: PciAddress, driver: str, managed: bool, style: _Style
+        self, address: PciAddress, driver: str, managed: bool, style: _Style, rom: RomSetting
     ) -> bytes:
         root = self._layout
         if root.empty:
@@ -372,7 +389,7 @@ class LibvirtDomain:
         close = root.close_start
         line_start = _line_start(self.data, close)
         if self.data[line_start:close].strip(b" \t"):
-            inner = hostdev_xml(address, driver, managed, quote=style.quote)
+            inner = hostdev_xml(address, driver, managed, quote=style.quote, rom=rom)
             return self.data[:close] + f"<devices>{inner}</devices>".encode() + self.data[close:]
         indent = self._child_indent(root)
         unit = _unit(indent, self.data[line_start:close])
@@ -380,7 +397,9 @@ class LibvirtDomain:
             indent
             + b"<devices>"
             + style.newline
-            + _hostdev_lines(address, driver, managed, indent=indent + unit, unit=unit, style=style)
+            + _hostdev_lines(
+                address, driver, managed, indent=indent + unit, unit=unit, style=style, rom=rom
+            )
             + indent
             + b"</devices>"
             + style.newline
@@ -432,7 +451,12 @@ def parse_domain_xml(data: bytes, display: str) -> LibvirtDomain:
 
 
 def hostdev_xml(
-    address: PciAddress, driver: str | None = "vfio", managed: bool = False, *, quote: str = "'"
+    address: PciAddress,
+    driver: str | None = "vfio",
+    managed: bool = False,
+    *,
+    quote: str = "'",
+    rom: RomSetting = None,
 ) -> str:
     """One ``<hostdev>`` element on a single line, for ``virsh attach-device``
     or ``virDomainAttachDeviceFlags`` (live attach)."""
@@ -445,9 +469,38 @@ def hostdev_xml(
         "<source>",
         _address_element(address, q),
         "</source>",
+        _rom_element(rom, q),
         "</hostdev>",
     ]
     return "".join(parts)
+
+
+# attach --rom FILE / --rom-bar off (formatdomain "PCI devices": <rom bar='on|off'
+# file='...'/> inside <hostdev>: the guest sees FILE as the device's ROM BAR
+# content, or no ROM BAR at all with bar='off').
+ROM_OPTIONS = ("rom_file", "rom_bar")
+RomSetting = Optional[tuple[Optional[str], Optional[str]]]  # (file, bar); None: no <rom>
+
+
+def _rom_option(options: Mapping[str, str]) -> RomSetting:
+    file, bar = options.get("rom_file"), options.get("rom_bar")
+    if bar is not None and bar not in ("on", "off"):
+        raise UsageError(f"rom bar {bar!r}", "must be on or off")
+    if file is not None and (not file.startswith("/") or "\x00" in file):
+        raise UsageError(f"rom file {file!r}", "must be an absolute path")
+    return None if file is None and bar is None else (file, bar)
+
+
+def _rom_element(rom: RomSetting, q: str) -> str:
+    if rom is None:
+        return ""
+    file, bar = rom
+    attributes = f" bar={q}{bar}{q}" if bar is not None else ""
+    if file is not None:
+        escaped = file.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        escaped = escaped.replace(q, "&apos;" if q == "'" else "&quot;")
+        attributes += f" file={q}{escaped}{q}"
+    return f"<rom{attributes}/>"
 
 
 # --------------------------------------------------------------------------
@@ -467,7 +520,14 @@ def _address_element(address: PciAddress, q: str) -> str:
 
 
 def _hostdev_lines(
-    address: PciAddress, driver: str, managed: bool, *, indent: bytes, unit: bytes, style: _Style
+    address: PciAddress,
+    driver: str,
+    managed: bool,
+    *,
+    indent: bytes,
+    unit: bytes,
+    style: _Style,
+    rom: RomSetting = None,
 ) -> bytes:
     q = style.quote
     lines = [
@@ -476,6 +536,7 @@ def _hostdev_lines(
         (1, "<source>"),
         (2, _address_element(address, q)),
         (1, "</source>"),
+        *([(1, _rom_element(rom, q))] if rom is not None else []),
         (0, "</hostdev>"),
     ]
     return b"".join(indent + unit * depth + text.encode() + style.newline for depth, text in lines)

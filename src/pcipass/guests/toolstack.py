@@ -356,6 +356,8 @@ class Qmp(Toolstack):
         self.timeout = timeout
         self.opener = opener
         self.device_id: str | None = None
+        # attach --rom/--rom-bar: vfio-pci's romfile (a path QEMU opens) and rombar (0/1).
+        self.rom_properties: dict[str, object] = {}
 
     @classmethod
     def at(cls, root: HostRoot, shown_path: str, guest: str, *, timeout: float) -> Qmp:
@@ -382,7 +384,8 @@ class Qmp(Toolstack):
 
     def describe(self, address: PciAddress, action: str) -> list[str]:
         if action == "attach":
-            return [f"QMP device_add vfio-pci host={address} ({self.shown_path})"]
+            extra = "".join(f",{key}={value}" for key, value in self.rom_properties.items())
+            return [f"QMP device_add vfio-pci host={address}{extra} ({self.shown_path})"]
         return [f"QMP device_del host={address}, then wait for DEVICE_DELETED ({self.shown_path})"]
 
     def reference(self) -> str:
@@ -427,7 +430,13 @@ class Qmp(Toolstack):
                     ident = qmp_device_id(address)
                     sent = True
                     client.execute(
-                        "device_add", {"driver": "vfio-pci", "host": str(address), "id": ident}
+                        "device_add",
+                        {
+                            "driver": "vfio-pci",
+                            "host": str(address),
+                            "id": ident,
+                            **self.rom_properties,
+                        },
                     )
                     self.device_id = ident
                     return

@@ -460,6 +460,29 @@ class Confined:
     def exists(self, absolute: str) -> bool:
         return self.stat(absolute) is not None
 
+    def read_links(self, absolute: str) -> dict[str, str]:
+        """name -> target text of every symbolic link in the directory ``absolute``
+        (links not followed; the directory itself resolved inside the root), {}
+        when it cannot be listed.  For ``/proc/PID/fd``, whose links name each
+        open file as the host sees it; another user's process is simply skipped."""
+        found: dict[str, str] = {}
+        try:
+            with self.locate(absolute) as (dirfd, name):
+                fd = os.open(
+                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd
+                )
+                try:
+                    for entry in sorted(os.listdir(fd)):
+                        try:
+                            found[entry] = os.readlink(entry, dir_fd=fd)
+                        except OSError:
+                            continue  # not a link, or gone meanwhile
+                finally:
+                    os.close(fd)
+        except (OSError, PcipassError):
+            return {}
+        return found
+
     def list_dir(self, absolute: str) -> list[str]:
         """Sorted names in the directory ``absolute``; [] when it does not exist."""
         try:

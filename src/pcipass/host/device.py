@@ -289,3 +289,11 @@ def iommu_group_members(sysfs: Sysfs, group: int) -> list[PciAddress]:
 
 def class_filter_value(name: str) -> int | None:
     return CLASS_NAMES.get(name.lower())
+
+
+def slot_functions(sysfs: Sysfs, address: PciAddress) -> list[PciAddress]:
+    """Every function present in ``address``'s slot (same domain, bus and device
+    number: the functions of one multi-function device, PCI 3.0 §6.2.1 Header
+    Type bit 7), ``address`` first, then by function number."""
+    same = [a for a in list_addresses(sysfs) if a.slot_key == address.slot_key]
+    return [address, *(a for a in same if a != address)] if address in same else same

@@ -33,9 +33,15 @@ def assignability_findings(
     *,
     inv: Inventory | None = None,
     for_guest: str | None = None,
+    release_console: bool = False,
 ) -> list[Finding]:
     """Findings for taking ``addresses`` (together) away from the host."""
     inv = inv or inventory(host)
     return assignable.assignability_findings(
-        host, addresses, inv=inv, claims=ledger_claims(host), for_guest=for_guest
+        host,
+        addresses,
+        inv=inv,
+        claims=ledger_claims(host),
+        for_guest=for_guest,
+        release_console=release_console,
     )

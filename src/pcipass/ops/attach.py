@@ -13,7 +13,7 @@ undoes the configuration edit and the claim, so the request is all or nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pcipass import interrupt
@@ -26,14 +26,17 @@ from pcipass.errors import (
     RefusedError,
     UsageError,
 )
-from pcipass.guests.model import GuestKind, GuestOs
+from pcipass.guests.libvirt_xml import LibvirtDomain, parse_domain_xml
+from pcipass.guests.model import GuestConfig, GuestKind, GuestOs
 from pcipass.guests.toolstack import XC_ASSIGN_REFUSAL, Toolstack, Virsh, XenCli
 from pcipass.guests.xen_cfg import XenConfig, parse_xen_config
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.device import slot_functions
 from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.interrupt import Interrupted
+from pcipass.ops.attach_rom import RomChoice, check_rom
 from pcipass.ops.files import apply_edits, undo_file_edits
 from pcipass.ops.guests import (
     GuestFile,
@@ -72,6 +75,13 @@ class AttachResult:
     # What the live step found or did: "hot-plugged", "unplugged",
     # "already attached", "not attached" ("" without --live).
     live: str = ""
+    # attach --all-functions: every function given (``address`` first); [] for one.
+    functions: list[str] = field(default_factory=list)
+    rom: dict[str, str] | None = None  # attach --rom/--rom-bar: the <rom> it set
+
+    @property
+    def shown(self) -> str:
+        return ", ".join(self.functions) if self.functions else self.address
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -88,6 +98,8 @@ class AttachResult:
             "hide": self.hide,
             "dry_run": self.dry_run,
             "live": self.live,
+            "functions": self.functions,
+            "rom": self.rom,
         }
 
     def render_lines(self) -> list[str]:
@@ -102,10 +114,10 @@ class AttachResult:
             return lines
         to = "to" if self.action == "attach" else "from"
         if self.changed:
-            lines.append(f"{self.config}: {self.action}ed {self.address} {to} guest {self.guest}")
+            lines.append(f"{self.config}: {self.action}ed {self.shown} {to} guest {self.guest}")
         else:
             verb = "already lists" if self.action == "attach" else "does not list"
-            lines.append(f"{self.config}: {verb} {self.address}; unchanged")
+            lines.append(f"{self.config}: {verb} {self.shown}; unchanged")
         if self.live in ("hot-plugged", "unplugged"):
             for argv in self.commands:
                 lines.append(f"ran: {' '.join(argv)}")
@@ -146,7 +158,12 @@ def refusal(address: PciAddress, blocking: list[Finding], findings: list[Finding
     return refusal_error(blocking, str(address), listed=findings)
 
 
-def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
+def _attach_edit(
+    guest_file: GuestFile,
+    addresses: Sequence[PciAddress],
+    options: Mapping[PciAddress, Mapping[str, str]] | None = None,
+) -> bytes:
+    """The file with every one of ``addresses`` added (``options`` per device: attach --rom)."""
     config = guest_file.config
     if isinstance(config, XenConfig) and config.passthrough == "disabled":
         # xl.cfg(5): with passthrough "disabled" the domain gets no IOMMU
@@ -157,13 +174,24 @@ def _attach_edit(guest_file: GuestFile, address: PciAddress) -> bytes:
             'sets passthrough = "disabled": Xen cannot give this guest a PCI device',
             'change it to passthrough = "enabled" (or remove it), then attach again',
         )
-    after = config.with_device_added(address)
+    after = guest_file.data
+    edited = config
+    for address in addresses:
+        after = edited.with_device_added(address, (options or {}).get(address) or None)
+        edited = _reparse(edited, after, guest_file.display)
     if isinstance(config, XenConfig) and config.kind is GuestKind.XL and config.passthrough is None:
         # xl.cfg(5) passthrough="enabled": the domain is built able to take a
         # device later, so detach -> save/restore -> attach works (checked on Xen 4.17 in the lab).
         edited = parse_xen_config(after, guest_file.display, GuestKind.XL)
         after = edited.with_passthrough_enabled()  # marked: the last detach removes it
     return after
+
+
+def _reparse(config: GuestConfig, after: bytes, display: str) -> GuestConfig:
+    """The edited bytes parsed again, so the next function is added to them."""
+    if isinstance(config, XenConfig):
+        return parse_xen_config(after, display, config.kind)
+    return parse_domain_xml(after, display)
 
 
 def _plan(guest_file: GuestFile, after: bytes) -> FileEdit:
@@ -331,57 +359,113 @@ def attach(
     dry_run: bool = False,
     live: bool = False,
     trust_unreadable: Sequence[str] = (),
+    all_functions: bool = False,
+    rom: str | None = None,
+    rom_bar: str | None = None,
 ) -> AttachResult:
     """Assign ``address`` to ``guest`` in its configuration (and live).
 
     ``trust_unreadable`` names xm files whose devices pcipass cannot read
-    that the administrator says do not hold ``address`` (PP101)."""
+    that the administrator says do not hold ``address`` (PP101).
+    ``all_functions``: every function of the device's slot goes, in one file
+    edit and one journal operation (a GPU and its HDMI audio / USB-C
+    functions).  ``rom``/``rom_bar``: the ROM the guest sees (ops/attach_rom.py)."""
     guest_file = find_guest(host, guest, config)
     result = AttachResult(
         "attach", str(address), guest, guest_file.display, str(guest_file.kind), dry_run=dry_run
     )
+    addresses = _functions_of(host, address, live) if all_functions else [address]
+    if len(addresses) > 1:
+        result.functions = [str(a) for a in addresses]
+    choice = _rom_choice(host, guest_file, address, rom, rom_bar)
     result.notes += [f"{guest_file.display}: {n}" for n in guest_file.config.notes]
     scan = scan_guests(
         host, extra=guest_file if config is not None else None, trust_unreadable=trust_unreadable
     )
     result.notes += [f"not checked for PP101: {p}" for p in scan.problems]
-    owner, stub = _ownership(host, address)
-    if not _device_exists(host, address) and stub is None:
-        raise DeviceNotFoundError(str(address), str(host.root.prefix))
     xen = guest_file.is_xen
-    needs_hide = hide and _needs_hide(host, address, xen, stub)
-    findings, blocking = attach_findings(
-        host,
-        guest_file,
-        guest,
-        address,
-        owner=owner,
-        stub=stub,
-        context=GuestContext.gather(host, scan),
-        guest_os=guest_os,
-        accept_pv_dma_risk=accept_pv_dma_risk,
-        skip_hidden=needs_hide,
-    )
+    context = GuestContext.gather(host, scan)
+    findings: list[Finding] = []
+    blocking: list[Finding] = []
+    to_hide: list[PciAddress] = []
+    for function in addresses:
+        owner, stub = _ownership(host, function)
+        if not _device_exists(host, function) and stub is None:
+            raise DeviceNotFoundError(str(function), str(host.root.prefix))
+        needs_hide = hide and _needs_hide(host, function, xen, stub)
+        if needs_hide:
+            to_hide.append(function)
+        found, refusing = attach_findings(
+            host,
+            guest_file,
+            guest,
+            function,
+            owner=owner,
+            stub=stub,
+            context=context,
+            guest_os=guest_os,
+            accept_pv_dma_risk=accept_pv_dma_risk,
+            skip_hidden=needs_hide,
+        )
+        findings += found
+        blocking += refusing
+    if choice is not None:
+        findings += choice.findings
+        blocking += [f for f in choice.findings if f.severity is Severity.REFUSE]
+        result.rom = choice.options()
     if blocking:
         raise refusal(address, blocking, findings)
     result.findings = findings
-    edit = _plan(guest_file, _attach_edit(guest_file, address))
+    options = {address: choice.options()} if choice is not None else None
+    edit = _plan(guest_file, _attach_edit(guest_file, addresses, options))
     result.changed = edit.changes_anything
     result.diff = edit.diff()
     if live:
         result.commands.append(live_command(host, guest_file, guest, address, "attach"))
         _live_advice(result, guest_file, guest)
-    if needs_hide:
+    if to_hide:
         from pcipass.ops.hide import hide_now
 
         backend = Backend.PCIBACK if xen else Backend.VFIO
-        hidden_result = hide_now(host, [address], backend, dry_run=dry_run)
+        hidden_result = hide_now(host, to_hide, backend, dry_run=dry_run)
         result.hide = hidden_result.to_json()
         result.findings += hidden_result.findings
     if dry_run:
         return result
-    _apply(host, guest_file, address, edit, guest=guest, live=live, result=result)
+    _apply(host, guest_file, addresses, edit, guest=guest, live=live, result=result)
     return result
+
+
+def _functions_of(host: Host, address: PciAddress, live: bool) -> list[PciAddress]:
+    """attach --all-functions: the slot's functions, ``address`` first."""
+    addresses = slot_functions(host.sysfs, address) or [address]
+    if live and len(addresses) > 1:
+        # One hotplug per function, each its own toolstack call: a refusal of
+        # the second would leave the first in the guest, not all-or-nothing.
+        raise UsageError(
+            "--all-functions --live",
+            f"{len(addresses)} functions cannot be hot-plugged as one step",
+            "attach them to the configuration (without --live) and restart the guest",
+        )
+    return addresses
+
+
+def _rom_choice(
+    host: Host, guest_file: GuestFile, address: PciAddress, rom: str | None, bar: str | None
+) -> RomChoice | None:
+    """attach --rom/--rom-bar: checked (PP121), for a libvirt domain only."""
+    if rom is None and bar is None:
+        return None
+    config = guest_file.config
+    if not isinstance(config, LibvirtDomain):
+        # xl.cfg(5) PCI_SPEC_STRING and xm's pci entries have no ROM key: Xen's
+        # device model reads the device's own ROM.
+        raise UsageError(
+            f"{guest_file.display}",
+            "xl and xm have no per-device ROM setting; --rom and --rom-bar need a libvirt domain",
+            "give the guest its ROM through a libvirt domain, or rely on the device's own",
+        )
+    return check_rom(host, address, rom, bar, uefi_guest=config.uefi_firmware)
 
 
 def _check_owner_locked(ledger: Ledger, address: PciAddress, guest: str) -> None:
@@ -399,7 +483,7 @@ def _check_owner_locked(ledger: Ledger, address: PciAddress, guest: str) -> None
 def _apply(
     host: Host,
     guest_file: GuestFile,
-    address: PciAddress,
+    addresses: Sequence[PciAddress],
     edit: FileEdit,
     *,
     guest: str,
@@ -416,7 +500,7 @@ def _apply(
     ids: list[int] = []
     try:
         _apply_journalled(
-            host, guest_file, address, edit, guest=guest, live=live, result=result, ids=ids
+            host, guest_file, addresses, edit, guest=guest, live=live, result=result, ids=ids
         )
     except (Exception, KeyboardInterrupt, SystemExit) as error:
         if ids:
@@ -443,21 +527,23 @@ def settle_after_failure(host: Host, op_id: int) -> list[str]:
 
 
 def _intent(
-    guest_file: GuestFile, address: PciAddress, guest: str, live: bool
+    guest_file: GuestFile, addresses: Sequence[PciAddress], guest: str, live: bool
 ) -> dict[str, object]:
     return {
-        "address": str(address),
+        "address": str(addresses[0]),
         "guest": guest,
         "config": guest_file.display,
         "config_kind": str(guest_file.kind),
         "live": live,
+        # attach --all-functions: every function is claimed by this one operation
+        **({"functions": [str(a) for a in addresses]} if len(addresses) > 1 else {}),
     }
 
 
 def _apply_journalled(
     host: Host,
     guest_file: GuestFile,
-    address: PciAddress,
+    addresses: Sequence[PciAddress],
     edit: FileEdit,
     *,
     guest: str,
@@ -470,14 +556,19 @@ def _apply_journalled(
     go).  The toolstack runs without the state lock: ``xl pci-detach`` waits
     for the guest, and other commands need not wait with it; the intent is
     marked alive meanwhile (:class:`OperationInProgress`) and the device
-    owned "maybe" (:mod:`pcipass.ops.live`)."""
+    owned "maybe" (:mod:`pcipass.ops.live`).
+
+    ``addresses``: one device, or (attach --all-functions, never with ``live``)
+    every function of a slot, claimed together in one journal operation."""
+    address = addresses[0]
     action = result.action
     kind, display = str(guest_file.kind), guest_file.display
     with contextlib.ExitStack() as running:
         with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
-            _check_owner_locked(ledger, address, guest)
+            for function in addresses:
+                _check_owner_locked(ledger, function, guest)
             with interrupt.deferred():  # a signal now finds the intent known to _apply
-                op = ledger.begin(action, _intent(guest_file, address, guest, live))
+                op = ledger.begin(action, _intent(guest_file, addresses, guest, live))
                 ids.append(op.id)
             if edit.changes_anything and edit.after is not None:
                 # Kept so that recover can finish the edit (roll forward).
@@ -487,7 +578,8 @@ def _apply_journalled(
                 _define_if_libvirt(host, guest_file, edit, result)
             if not live:
                 if action == "attach":
-                    ledger.claim(address, guest, config_kind=kind, config_path=display)
+                    for function in addresses:
+                        ledger.claim(function, guest, config_kind=kind, config_path=display)
                 else:
                     ledger.release(address, guest)
                 op.finish()
@@ -616,5 +708,5 @@ def detach(
         return result
     if dry_run:
         return result
-    _apply(host, guest_file, address, edit, guest=guest, live=live, result=result)
+    _apply(host, guest_file, [address], edit, guest=guest, live=live, result=result)
     return result

@@ -19,7 +19,9 @@ from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.host.device import slot_functions
 from pcipass.host.stubs import STUB_DRIVERS
+from pcipass.ops.console import plan_release
 from pcipass.ops.inventory import inventory
 from pcipass.ops.persist import PersistResult, plan_persist, unhide_backend
 from pcipass.ops.rebind import (
@@ -39,7 +41,9 @@ from pcipass.ops.reload import (
     run_give_back,
     run_reload,
 )
+from pcipass.ops.reset_method import plan_reset_methods
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
+from pcipass.policy.verdict import raise_refusals
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 
@@ -101,6 +105,18 @@ def with_groups(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]
     return result
 
 
+def with_functions(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]:
+    """``hide --all-functions``: add every other function of each device's slot
+    (a GPU's HDMI audio, USB and UCSI functions); bridges never."""
+    by = inventory(host).by_address()
+    result = list(addresses)
+    for address in addresses:
+        for function in slot_functions(host.sysfs, address):
+            if function not in result and function in by and not by[function].device.is_bridge:
+                result.append(function)
+    return result
+
+
 def _record_hidden(
     host: Host,
     ledger: Ledger,
@@ -144,8 +160,15 @@ def hide(
     platform: str | None = None,
     dry_run: bool = False,
     reload_driver: bool = False,
+    release_console: bool = False,
+    reset_method: Sequence[str] | None = None,
 ) -> HideOutcome:
     """Hide devices now and/or at every boot: all of it, or nothing.
+
+    ``release_console`` (with ``now``): a boot GPU's framebuffer driver and
+    fbcon are released first, in the same transaction (ops/console.py, PP120).
+    ``reset_method`` (with ``now``): the kernel's reset methods to use for
+    every device, checked and rolled back with the rest (ops/reset_method.py).
 
     ``reload_driver`` (with ``persist`` only): make the boot configuration take
     effect now by the document's method, reloading the devices' driver, in the
@@ -155,7 +178,16 @@ def hide(
     if dry_run:
         inv = inventory(host)
         if now:
-            outcome.now = plan_hide_now(host, addresses, backend, inv, dry_run=True).result
+            outcome.now = plan_hide_now(
+                host, addresses, backend, inv, dry_run=True, release_console=release_console
+            ).result
+            if release_console:
+                steps = plan_release(host, addresses).steps(host)
+                outcome.now.steps[:0] = [s.describe for s in steps]
+            if reset_method:
+                resets = plan_reset_methods(host, addresses, list(reset_method))
+                raise_refusals(resets.findings, ", ".join(str(a) for a in addresses))
+                outcome.now.steps += [s.describe for s in resets.steps(host)]
         if persist:
             outcome.persist = plan_persist(
                 host, addresses, backend, platform, inv, add=True, dry_run=True
@@ -167,7 +199,13 @@ def hide(
         return outcome
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
         inv = inventory(host)  # read under the lock: decisions see the current state
-        plan = plan_hide_now(host, addresses, backend, inv, dry_run=False) if now else None
+        plan = (
+            plan_hide_now(
+                host, addresses, backend, inv, dry_run=False, release_console=release_console
+            )
+            if now
+            else None
+        )
         stub = binding.stub_for(host, backend)
         if persist:
             outcome.persist = plan_persist(
@@ -177,11 +215,15 @@ def hide(
         reloading = reload is not None and bool(reload.unload)
         outcome.now = plan.result if plan is not None else None
         todo = plan.todo if plan is not None else []
+        console = plan_release(host, todo) if release_console else None
+        resets = plan_reset_methods(host, addresses, list(reset_method or []))
+        if reset_method:
+            raise_refusals(resets.findings, ", ".join(str(a) for a in addresses))
         edits = outcome.persist.edits if outcome.persist is not None else []
         records_stale = _records_need_update(
             ledger, addresses, now=now or reloading, persist=persist
         )
-        if not todo and not edits and not records_stale and not reloading:
+        if not todo and not edits and not records_stale and not reloading and not resets.previous:
             return outcome
         if todo:
             ensure_stub_loaded(host, stub)  # a module load is not undone (modprobe -r is not ours)
@@ -196,9 +238,21 @@ def hide(
                 "stub": stub.driver,
                 "files": [e.display for e in edits],
                 **({"modules": modules_json(reload)} if reload is not None and reloading else {}),
+                **({"console": console.to_json()} if console else {}),
+                **({"reset_methods": resets.to_json()} if resets.previous else {}),
             },
         )
         try:
+            if console:
+                steps = console.steps(host)
+                txn.run(steps)
+                assert outcome.now is not None
+                outcome.now.steps.extend(s.describe for s in steps)
+            if resets.previous:
+                steps = resets.steps(host)
+                txn.run(steps)
+                if outcome.now is not None:
+                    outcome.now.steps.extend(s.describe for s in steps)
             for address in todo:
                 steps = hide_steps(host, address, stub)
                 txn.run(steps)

@@ -20,8 +20,9 @@ from pcipass.guests.toolstack import Qmp
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.interrupt import Interrupted
+from pcipass.ops.attach_rom import RomChoice
 from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug, settle_interrupted
-from pcipass.policy.verdict import Finding
+from pcipass.policy.verdict import Finding, raise_refusals
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 
@@ -156,11 +157,24 @@ def qemu_toolstack(host: Host, qemu: QemuGuest, *, timeout: float = 30.0) -> Qmp
 
 
 def qemu_live(
-    host: Host, qemu: QemuGuest, address: PciAddress, action: str, *, timeout: float = 30.0
+    host: Host,
+    qemu: QemuGuest,
+    address: PciAddress,
+    action: str,
+    *,
+    timeout: float = 30.0,
+    rom: RomChoice | None = None,
 ) -> QemuLiveResult:
-    """Hot-plug (``attach``) or unplug (``detach``) ``address`` through QMP."""
+    """Hot-plug (``attach``) or unplug (``detach``) ``address`` through QMP.
+
+    ``rom`` (attach --rom/--rom-bar, checked by ops/attach_rom.py): vfio-pci's
+    ``romfile``/``rombar`` properties of the device_add."""
     toolstack = qemu_toolstack(host, qemu, timeout=timeout)
     result = QemuLiveResult(action, str(address), qemu.name, toolstack.shown_path, None)
+    if rom is not None:
+        raise_refusals(rom.findings, str(address))
+        toolstack.rom_properties = rom.qemu_properties()
+        result.notes += [f.render() for f in rom.findings]
     with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
         _check_locked(host, ledger, qemu, address, action)
         pending = begin_hotplug(

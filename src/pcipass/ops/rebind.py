@@ -304,12 +304,18 @@ class HideNowPlan:
 
 
 def plan_hide_now(
-    host: Host, addresses: Sequence[PciAddress], backend: Backend, inv: Inventory, *, dry_run: bool
+    host: Host,
+    addresses: Sequence[PciAddress],
+    backend: Backend,
+    inv: Inventory,
+    *,
+    dry_run: bool,
+    release_console: bool = False,
 ) -> HideNowPlan:
     """Check every rule, then list the devices that still need to move to the stub."""
     from pcipass.ops.assignability import assignability_findings
 
-    findings = assignability_findings(host, addresses, inv=inv)
+    findings = assignability_findings(host, addresses, inv=inv, release_console=release_console)
     raise_refusals(findings, ", ".join(str(a) for a in addresses))
     stub = binding.stub_for(host, backend)
     result = RebindResult(

@@ -22,7 +22,16 @@ from pcipass.state.lock import StateLock, operation_in_progress
 def _undo_ownership(ledger: Ledger, kind: str, intent: Mapping[str, object]) -> list[str]:
     """attach claims ownership last and detach releases it before finishing:
     a run killed after that step leaves the claim out of step with the
-    configuration file that recover has just restored."""
+    configuration file that recover has just restored.  ``attach
+    --all-functions`` claimed each of its ``functions``."""
+    functions = intent.get("functions")
+    if kind == "attach" and isinstance(functions, list) and len(functions) > 1:
+        lines: list[str] = []
+        single = {key: value for key, value in intent.items() if key != "functions"}
+        for function in functions:
+            if isinstance(function, str):
+                lines += _undo_ownership(ledger, kind, {**single, "address": function})
+        return lines
     address, guest = intent.get("address"), intent.get("guest")
     if (
         kind not in ("attach", "detach")

@@ -146,6 +146,14 @@ def validate_operation(
         from pcipass.ops.reload import valid_modules
 
         valid_modules(intent["modules"])
+    if "console" in intent:
+        from pcipass.ops.console import validate_console
+
+        validate_console(op_id, intent["console"])
+    if "reset_methods" in intent:
+        from pcipass.ops.reset_method import validate_reset_methods
+
+        validate_reset_methods(op_id, intent["reset_methods"])
     for undo in undos:
         action = undo.get("op")
         if action not in UNDO_ACTIONS:
@@ -252,6 +260,25 @@ def undo_operation(
                 report, str(undo.get("address")), functools.partial(apply_undo, host, dict(undo))
             )
             report.undone.append(f"undid {undo.get('op')} {undo.get('address')}")
+    methods = intent.get("reset_methods")
+    if isinstance(methods, dict):
+        # hide --reset-method (ops/reset_method.py): the kernel's list as it was.
+        from pcipass.ops.reset_method import restore_reset_methods
+
+        put = _guard(
+            report, "reset_method", functools.partial(restore_reset_methods, host, methods)
+        )
+        if isinstance(put, list):
+            report.undone.extend(str(line) for line in put)
+    console = intent.get("console")
+    if isinstance(console, dict):
+        # hide --release-console (ops/console.py): once the GPU is back on its
+        # driver, its framebuffer and fbcon are bound again.
+        from pcipass.ops.console import restore_console
+
+        given = _guard(report, "console", functools.partial(restore_console, host, console))
+        if isinstance(given, list):
+            report.undone.extend(str(line) for line in given)
     if edits:
         modes = intent.get("modes")  # removed files' permission bits (ops/files.py)
         lines = _guard(report, "files", lambda: undo_file_edits(host, ledger, edits, modes))

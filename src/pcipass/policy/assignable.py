@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import DeviceNotFoundError
+from pcipass.host.console import console_holders
 from pcipass.host.context import Host
 from pcipass.host.identity import current_identity, identity_mismatch
 from pcipass.host.inventory import DeviceInfo, Inventory
@@ -23,6 +24,7 @@ from pcipass.host.reset import reset_verdict
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.host.topology import read_config
 from pcipass.host.usage import HostUse
+from pcipass.policy.console import console_findings
 from pcipass.policy.verdict import Finding, Severity
 
 
@@ -42,8 +44,12 @@ def assignability_findings(
     inv: Inventory,
     claims: Claims,
     for_guest: str | None = None,
+    release_console: bool = False,
 ) -> list[Finding]:
-    """Findings for taking ``addresses`` (together) away from the host."""
+    """Findings for taking ``addresses`` (together) away from the host.
+
+    ``release_console``: the caller will release the boot GPU's console
+    holders first (``hide --release-console``, PP120)."""
     by_address = inv.by_address()
     wanted = set(addresses)
     any_groups = any(d.device.iommu_group is not None for d in inv.devices)
@@ -54,6 +60,12 @@ def assignability_findings(
             raise DeviceNotFoundError(str(address), str(host.root.prefix))
         findings += _bridge_findings(info)
         findings += _host_use_findings(info)
+        if info.device.boot_vga:
+            findings += console_findings(
+                console_holders(host, address),
+                release=release_console,
+                hidden=info.device.driver in STUB_DRIVERS,
+            )
         if info.device.iommu_group is not None:
             findings += _group_findings(info, by_address, wanted)
         elif not any_groups:
@@ -85,7 +97,8 @@ def _bridge_findings(info: DeviceInfo) -> list[Finding]:
 
 
 def _host_use_findings(info: DeviceInfo) -> list[Finding]:
-    """PP001: the document's rule (never hide what the host uses), with the use named."""
+    """PP001: the document's rule (never hide what the host uses), with the use named.
+    The boot GPU's console is PP120's (policy/console.py): it can be released."""
     return [
         Finding(
             "PP001",
@@ -95,6 +108,7 @@ def _host_use_findings(info: DeviceInfo) -> list[Finding]:
             _use_remedy(use),
         )
         for use in info.uses
+        if not (use.kind == "console" and info.device.boot_vga)
     ]
 
 
@@ -109,6 +123,18 @@ def _group_findings(
         return []
     names = ", ".join(str(o) for o in others)
     everything = " ".join(str(a) for a in sorted(wanted | set(others)))
+    remedy = f"take the whole group: pcipass hide {everything}"
+    functions = [o for o in others if o.slot_key == info.address.slot_key]
+    if functions:
+        # The other functions of the same card (a GPU's HDMI audio, USB-C
+        # controller): they share the card's requester ID space and go with it.
+        remedy = (
+            f"{', '.join(str(f) for f in functions)} "
+            f"{'is another function' if len(functions) == 1 else 'are other functions'} of "
+            f"this device: add --all-functions (pcipass hide --all-functions {info.address})"
+        )
+        if len(functions) < len(others):
+            remedy += f"; the rest of the group too: pcipass hide --group {info.address}"
     return [
         Finding(
             "PP102",
@@ -116,7 +142,7 @@ def _group_findings(
             str(info.address),
             f"IOMMU group {info.device.iommu_group} also holds {names}; every device of a "
             "group must leave the host together",
-            f"take the whole group: pcipass hide {everything}",
+            remedy,
         )
     ]
 

@@ -116,6 +116,26 @@ _RULES = [
         "the next boot must give each device the driver pcipass was asked for",
     ),
     Rule(
+        "PP120",
+        "boot-console",
+        "pcipass (vgaarb boot device, efifb/simpledrm, fbcon)",
+        "the boot GPU leaves the host only once nothing holds its console, and never silently "
+        "leaves the host without one",
+    ),
+    Rule(
+        "PP121",
+        "option-rom",
+        "pcipass (PCI Firmware 3.0 §5.1; libvirt <rom file=>)",
+        "a ROM given to a guest must parse and be for the device; QEMU must be able to read it",
+    ),
+    Rule(
+        "PP122",
+        "reset-method",
+        "pcipass (Linux reset_method, drivers/pci/pci.c)",
+        "a reset method must be one the kernel supports for the device; a reset test must "
+        "find the device answering as before",
+    ),
+    Rule(
         "PP125",
         "sriov-vfs",
         "pcipass (the kernel's sriov_numvfs rules, drivers/pci/iov.c)",

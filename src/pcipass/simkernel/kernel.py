@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pcipass.address import PciAddress
-from pcipass.simkernel import modprobe, sriov
+from pcipass.simkernel import console, modprobe, sriov
 from pcipass.simkernel.tree import KNOWN_DRIVERS, SimDriver, SimTree
 
 
@@ -33,7 +33,8 @@ class SimKernel:
     * ``drivers/X/new_id``: adds an id and binds matching unbound devices now,
       as the kernel does (a trap: the host's own identical device is taken too).
     * ``pciback new_slot/remove_slot``: edits pciback's slot list.
-    * ``reset``: works only if ``reset_method`` lists something.
+    * ``reset``, ``reset_method``, platform framebuffer drivers, vtconsoles: see
+      :mod:`pcipass.simkernel.console`.
     * ``rom``: exactly "0\\n" disables reading (empties the file), any other
       write enables it (the file shows the ROM); pci-sysfs.c's pci_write_rom.
     * ``sriov_numvfs``, ``sriov_drivers_autoprobe``: VFs created and removed
@@ -92,14 +93,8 @@ class SimKernel:
             path.write_bytes(
                 (self.host.base / SimTree.ROM_STORE / name).read_bytes() if enable else b""
             )
-        elif path.name == "reset":
-            methods = (
-                (path.parent / "reset_method").read_text().split()
-                if (path.parent / "reset_method").exists()
-                else []
-            )
-            if not methods:
-                raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        elif console.handles(parts):  # GPU parts: console holders, resets (simkernel/console.py)
+            console.kernel_write(self.host.base, path, parts, text)
         elif not path.exists():
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         else:

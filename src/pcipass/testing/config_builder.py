@@ -186,6 +186,30 @@ def sriov(
     return ExtCap(cs.EXT_CAP_ID_SRIOV, body)
 
 
+def rebar(
+    bar: int = 0,
+    *,
+    sizes_mib: Sequence[int] = (256, 512, 1024, 2048, 4096, 8192),
+    current_mib: int = 256,
+) -> ExtCap:
+    """Resizable BAR extended capability (id 0x15, PCIe 4.0 §7.8.6) for one BAR:
+    the capability register's bit N+4 says a size of 2^N MiB is supported, the
+    control register holds the BAR index, the count of resizable BARs (1) and
+    the current size as N."""
+    bits = 0
+    for size in sizes_mib:
+        if size < 1 or size & (size - 1) or size.bit_length() - 1 > 19:
+            raise ValueError(f"a resizable BAR size is a power of two from 1 MiB, not {size}")
+        bits |= 1 << (size.bit_length() - 1 + 4)
+    if current_mib not in sizes_mib:
+        raise ValueError(f"current size {current_mib} MiB is not among the supported sizes")
+    control = (bar & 7) | (1 << 5) | ((current_mib.bit_length() - 1) << 8)
+    return ExtCap(EXT_CAP_ID_REBAR, struct.pack("<II", bits, control))
+
+
+EXT_CAP_ID_REBAR = 0x0015
+
+
 # --- the builder -------------------------------------------------------------------------------
 
 

@@ -6,6 +6,9 @@ device at 0000:0a:04.1 (the two addresses of Procedure 15.3), a SATA root
 disk, the NIC carrying the default route, and a VGA console.  Xen's dom0
 sees no IOMMU groups (the hypervisor owns the IOMMU).
 
+``--kind gpu`` builds a KVM host with two GPUs (pcipass.testing.gpu_host): a
+four-function NVIDIA card to pass through and the boot GPU holding the console.
+
 ``--kind kvm`` builds a current KVM host (Debian 12) with IOMMU groups, ACS,
 an SR-IOV NIC, a GPU with its audio function, an NVMe root disk and the
 ICH9 functions that share one group.
@@ -20,50 +23,9 @@ from pathlib import Path
 from pcipass.host.pci_regs import PortType
 from pcipass.testing.config_builder import acs, dsn, msi, msix, pcie, pm, sriov
 from pcipass.testing.fakehost import FakeHost
+from pcipass.testing.pci_ids import PCI_IDS
 
-PCI_IDS = """\
-# pci.ids subset written by pcipass's example host (ids from the public PCI ID repository)
-102b  Matrox Electronics Systems Ltd.
-\t0522  MGA G200e [Pilot] ServerEngines (SEP1)
-10de  NVIDIA Corporation
-\t0fb9  GP107GL High Definition Audio Controller
-\t1b80  GP104 [GeForce GTX 1080]
-144d  Samsung Electronics Co Ltd
-\ta808  NVMe SSD Controller SM981/PM981/PM983
-14e4  Broadcom Inc. and subsidiaries
-\t1639  NetXtreme II BCM5709 Gigabit Ethernet
-8086  Intel Corporation
-\t1010  82546EB Gigabit Ethernet Controller (Copper)
-\t10d3  82574L Gigabit Network Connection
-\t1520  I350 Ethernet Controller Virtual Function
-\t1521  I350 Gigabit Network Connection
-\t244e  82801 PCI Bridge
-\t2918  82801IB (ICH9) LPC Interface Controller
-\t2922  82801IR/IO/IH (ICH9R/DO/DH) 6 port SATA Controller [AHCI mode]
-\t2930  82801I (ICH9 Family) SMBus Controller
-\t29c0  82G33/G31/P35/P31 Express DRAM Controller
-\t3406  5520 I/O Hub to ESI Port
-\t3408  5520/5500/X58 I/O Hub PCI Express Root Port 1
-\t340a  5520/5500/X58 I/O Hub PCI Express Root Port 3
-\t3a22  82801JI (ICH10 Family) SATA AHCI Controller
-\t1c10  6 Series/C200 Series Chipset Family PCI Express Root Port 1
-C 00  Unclassified device
-C 01  Mass storage controller
-\t06  SATA controller
-\t08  Non-Volatile memory controller
-C 02  Network controller
-\t00  Ethernet controller
-C 03  Display controller
-\t00  VGA compatible controller
-C 04  Multimedia controller
-\t03  Audio device
-C 06  Bridge
-\t00  Host bridge
-\t01  ISA bridge
-\t04  PCI bridge
-C 0c  Serial bus controller
-\t05  SMBus
-"""
+__all__ = ["PCI_IDS", "build_kvm", "build_rhel5_xen", "main"]
 
 
 def build_rhel5_xen(base: Path) -> FakeHost:
@@ -325,13 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Build an example host tree to try pcipass with --root, without hardware.",
     )
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--kind", choices=["rhel5-xen", "kvm"], default="rhel5-xen")
+    parser.add_argument("--kind", choices=["rhel5-xen", "kvm", "gpu"], default="rhel5-xen")
     args = parser.parse_args(argv)
     directory: Path = args.directory
     if directory.exists() and any(directory.iterdir()):
         print(f"{directory}: exists and is not empty; choose a new directory", file=sys.stderr)
         return 2
-    host = (build_kvm if args.kind == "kvm" else build_rhel5_xen)(directory)
+    from pcipass.testing.gpu_host import build_gpu
+
+    builders = {"kvm": build_kvm, "gpu": build_gpu, "rhel5-xen": build_rhel5_xen}
+    host = builders[args.kind](directory)
     host.mark_simulated()
     print(directory)
     return 0

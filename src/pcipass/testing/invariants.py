@@ -41,6 +41,7 @@ NOT_COMPARED = (
     "sys/module",
     "sys/bus/pci/drivers/pciback",
     "sys/bus/pci/drivers/vfio-pci",
+    ".fake-reset-methods",  # the simulated kernel's own memory of each device's supported resets
 )
 TEMP_SUFFIX = ".pcipass-tmp"
 
