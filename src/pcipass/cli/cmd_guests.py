@@ -240,7 +240,7 @@ def _guard(args: argparse.Namespace, host: Host) -> int:
 def _guests(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
     from pcipass.ops.attach import GuestContext
-    from pcipass.ops.guard import check_guest
+    from pcipass.ops.guard import HeldDevices, check_guest
     from pcipass.ops.guests import GuestFile, find_guest, name_problem, scan_guests
     from pcipass.policy.verdict import worst_exit
 
@@ -292,7 +292,8 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
                     warn(f"guest {guest!r}: {why}")
         return 0
     context = GuestContext.gather(host, scan)
-    checks = [check_guest(host, g, guest_os=guest_os, context=context) for g in chosen]
+    held = HeldDevices.read(host) if chosen else None  # the ledger once, not once per guest
+    checks = [check_guest(host, g, guest_os=guest_os, context=context, held=held) for g in chosen]
     findings = [f for c in checks for f in c.findings]
     if args.json:
         verdicts = []

@@ -209,11 +209,9 @@ class GuestContext:
         files (the other domains of a libvirt connection)."""
         cfg = guest_file.config
         listed_by = [
-            (other.guest_name, other.display, d.spec_text)
-            for other in self.scan.listing(address)
+            (other.guest_name, other.display, entry.spec_text)
+            for other, entry in self.scan.claims(address)
             if not same_guest(other, guest_file)
-            for d in other.config.devices()
-            if d.covers(address)
         ]
         listed_by += [entry for entry in listed_elsewhere if entry[0] != guest]
         findings = guest_rules.exclusive_findings(address, guest, ledger_owner, listed_by)

@@ -16,9 +16,14 @@ from pcipass.ops.guests import scan_guests
 from pcipass.state.ledger import Ledger
 
 
-def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
+def read_owners(
+    host: Host, problems: list[str], ledger: Ledger | None = None
+) -> dict[PciAddress, str]:
     """Owners from the ledger, read-only; an absent ledger means no owners.
-    A ledger that cannot be read costs only the owner column."""
+    A ledger that cannot be read costs only the owner column.  ``ledger``:
+    one the command has open already (read from it, not opened again)."""
+    if ledger is not None:
+        return {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
     try:
         ledger = Ledger.open(host.root, readonly=True)
     except PcipassError as error:
@@ -30,9 +35,9 @@ def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
         ledger.close()
 
 
-def inventory(host: Host, *, with_owners: bool = True) -> Inventory:
+def inventory(host: Host, *, with_owners: bool = True, ledger: Ledger | None = None) -> Inventory:
     problems: list[str] = []
-    owners = read_owners(host, problems) if with_owners else {}
+    owners = read_owners(host, problems, ledger) if with_owners else {}
     inv = host_inventory.inventory(host, owners)
     inv.problems.extend(problems)
     return inv
