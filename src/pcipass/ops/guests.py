@@ -310,9 +310,14 @@ def scan_guests(
         seen.add(resolved)
         display = host.root.host_path(path)
         try:
-            scan.guests.append(read_guest_file(path, display))
+            found = read_guest_file(path, display)
         except PcipassError as error:
             scan.problems.append(error.render())
+            continue
+        # Seed GuestFile.resolved (a cached_property keeps its value in the
+        # instance dict) with the path just resolved: not resolved again per check.
+        vars(found)["resolved"] = resolved
+        scan.guests.append(found)
     return scan
 
 
