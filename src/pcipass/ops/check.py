@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
-from pcipass.errors import PcipassError
+from pcipass.errors import ExitCode, PcipassError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.identity import current_identity, identity_mismatch
@@ -15,7 +15,7 @@ from pcipass.host.inventory import DeviceInfo, Inventory
 from pcipass.host.reset_quirks import quirk_notes
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, worst_exit
 from pcipass.state.ledger import HiddenRecord, Ledger
 from pcipass.state.lock import StateLock
 
@@ -28,13 +28,16 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, object]:
-        from pcipass.policy.verdict import worst_exit
+    @property
+    def exit_code(self) -> ExitCode:
+        """3 when anything is refused, 1 on warnings, else 0 (docs/cli.md)."""
+        return worst_exit(self.findings)
 
+    def to_json(self) -> dict[str, object]:
         return {
             "checked": self.checked,
             "findings": [f.to_json() for f in self.findings],
-            "exit_code": worst_exit(self.findings),
+            "exit_code": self.exit_code,
         }
 
     def render(self) -> str:

@@ -79,11 +79,8 @@ class GuardResult:
 
 
 def _owned(host: Host, guest: str) -> list[str]:
-    ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
-    try:
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
         return [o.address for o in ledger.owners() if o.guest == guest]
-    finally:
-        ledger.close()
 
 
 def _listed(config: GuestConfig) -> list[str]:
