@@ -161,3 +161,26 @@ def test_same_findings_as_a_full_scan(kvm: Lab, monkeypatch: pytest.MonkeyPatch)
         ],
     )
     assert indexed == run(kvm, "check", "--json")
+
+
+@pytest.mark.parametrize("argv", [("check",), ("guests", "--check")])
+def test_service_settings_read_once_per_command(
+    kvm: Lab, monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+) -> None:
+    """PP003's xendomains and libvirt-guests files are read once per command,
+    not once per Xen guest (the old check read them 4 times per guest)."""
+    from pcipass.policy import guest_rules
+
+    held_farm(kvm, 40)
+    kvm.fake.write_file("/etc/sysconfig/xendomains", 'XENDOMAINS_SAVE="/var/lib/xen/save"\n')
+    reads: list[str] = []
+    reader = guest_rules._read_text
+
+    def counted(host: object, absolute: str) -> str | None:
+        reads.append(absolute)
+        return reader(host, absolute)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(guest_rules, "_read_text", counted)
+    status, out = run(kvm, *argv)
+    assert status == 3 and "XENDOMAINS_SAVE=/var/lib/xen/save" in out
+    assert sorted(reads) == sorted(set(reads)) and len(reads) <= 4

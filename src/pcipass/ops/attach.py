@@ -184,6 +184,7 @@ class GuestContext:
     scan: GuestScan
     platform: Platform
     iommu: guest_rules.IommuState
+    settings: guest_rules.SettingsFiles  # xendomains, libvirt-guests: read once
 
     @classmethod
     def gather(cls, host: Host, scan: GuestScan | None = None) -> GuestContext:
@@ -191,6 +192,7 @@ class GuestContext:
             scan if scan is not None else scan_guests(host),
             detect_platform(host.root),
             guest_rules.probe_iommu(host),
+            guest_rules.SettingsFiles(host),
         )
 
     def device_findings(
@@ -252,7 +254,7 @@ def attach_findings(
         guest_file, guest, address, owner, guest_os, listed_elsewhere=listed_elsewhere
     )
     if xen:
-        findings += guest_rules.shutdown_save_findings(host, guest)
+        findings += guest_rules.shutdown_save_findings(host, guest, context.settings)
     blocking = [f for f in findings if f.severity is Severity.REFUSE]
     pv_dma = next((f for f in findings if f.rule == "PP004"), None)
     if pv_dma is not None and not accept_pv_dma_risk:

@@ -316,7 +316,7 @@ def check_guest(
                 )
             )
     if guest_file.is_xen and listed:
-        result.findings += guest_rules.shutdown_save_findings(host, guest)
+        result.findings += guest_rules.shutdown_save_findings(host, guest, context.settings)
     return result
 
 
