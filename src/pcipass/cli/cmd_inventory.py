@@ -58,7 +58,7 @@ def _desc(info: DeviceInfo) -> str:
 
 
 def _list(args: argparse.Namespace, host: Host) -> int:
-    from pcipass.cli.render import print_json, table, warn
+    from pcipass.cli.render import JsonStream, print_json, table, warn
     from pcipass.host.inventory import SCHEMA_VERSION
     from pcipass.ops.inventory import filter_devices, guest_listing, inventory
 
@@ -68,10 +68,15 @@ def _list(args: argparse.Namespace, host: Host) -> int:
     )
     listed = guest_listing(host, inv) if args.guests else None
     if args.json:
-        devices = [d.to_json() for d in items]
-        if listed is not None:
-            for data in devices:
+
+        def device_json(info: DeviceInfo) -> dict[str, object]:
+            data = info.to_json()
+            if listed is not None:
                 data["guests"] = listed.get(str(data["address"]), [])
+            return data
+
+        # Streamed: one device's dict at a time, never the whole list (memory at 8192).
+        devices = JsonStream(device_json(d) for d in items)
         print_json({"schema_version": SCHEMA_VERSION, "devices": devices, "problems": inv.problems})
         return 0
     if args.tree:

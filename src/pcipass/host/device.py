@@ -8,7 +8,6 @@ must show every other device when one is odd, and `show` says what is missing.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field
 
@@ -112,15 +111,26 @@ def _hex_pair(text: str | None) -> tuple[int | None, int | None]:
         return None, None
 
 
-@functools.lru_cache(maxsize=4096)
-def _address_or_none(name: str | None) -> PciAddress | None:
-    """Parse a sysfs name that may be an address (cached: parents repeat)."""
+def _address_or_none(
+    name: str | None, seen: dict[str, PciAddress | None] | None = None
+) -> PciAddress | None:
+    """Parse a sysfs name that may be an address.  ``seen``: the names parsed
+    so far in one pass over the bus, where parents and physical functions
+    repeat (about 500 distinct parents for 8192 functions): one parse and one
+    shared PciAddress per name, however many functions there are.  (A
+    process-wide cache of 4096 names missed every time above 4096 functions:
+    the bus listing's own names pushed the parents out.)"""
     if not name:
         return None
+    if seen is not None and name in seen:
+        return seen[name]
     try:
-        return PciAddress.parse(name)
+        address: PciAddress | None = PciAddress.parse(name)
     except AddressError:
-        return None
+        address = None
+    if seen is not None:
+        seen[name] = address
+    return address
 
 
 def read_device(sysfs: Sysfs, address: PciAddress) -> PciDevice:
@@ -134,7 +144,9 @@ def read_device(sysfs: Sysfs, address: PciAddress) -> PciDevice:
     return _read_at(sysfs, address, real)
 
 
-def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
+def _read_at(
+    sysfs: Sysfs, address: PciAddress, real: str, seen: dict[str, PciAddress | None] | None = None
+) -> PciDevice:
     root = sysfs.root
     unreadable: list[str] = []
     # Plain string paths: this runs for every function and pathlib joins cost
@@ -166,10 +178,10 @@ def _read_at(sysfs: Sysfs, address: PciAddress, real: str) -> PciDevice:
     numa = sysfs.read_int(base + "numa_node")
     if numa is not None and numa < 0:
         numa = None
-    parent = _address_or_none(os.path.basename(os.path.dirname(real)))
+    parent = _address_or_none(os.path.basename(os.path.dirname(real)), seen)
     totalvfs = sysfs.read_int(base + "sriov_totalvfs")
     numvfs = sysfs.read_int(base + "sriov_numvfs") if totalvfs is not None else None
-    physfn = _address_or_none(sysfs.link_name(base + "physfn"))
+    physfn = _address_or_none(sysfs.link_name(base + "physfn"), seen)
     virtfns = _virtfns(sysfs, real) if totalvfs else []
     boot_vga = sysfs.read_text(base + "boot_vga") == "1"
     reset_text = sysfs.read_text(base + "reset_method")
@@ -238,12 +250,13 @@ def read_all(sysfs: Sysfs) -> tuple[list[PciDevice], list[str]]:
     problems: list[str] = []
     slots = physical_slots(sysfs)
     devices_dir = str(sysfs.root.pci_devices)
+    seen: dict[str, PciAddress | None] = {}  # parent and physfn names of this pass
     for address in list_addresses(sysfs):
         # The bus link is one relative hop to the device directory; following
         # it by hand avoids a full resolve() per device (benchmarks/README.md).
         link = f"{devices_dir}/{address}"
         real = sysfs.follow_link(link, check=False)
-        dev = None if real is None else _read_at(sysfs, address, real)
+        dev = None if real is None else _read_at(sysfs, address, real, seen)
         if dev is None or (dev.unreadable and not os.path.isdir(str(real))):
             # Checked only when something was unreadable: saves a stat per device.
             problems.append(f"{address}: vanished while being read (dangling link?)")

@@ -215,6 +215,7 @@ class GuestContext:
     scan: GuestScan
     platform: Platform
     iommu: guest_rules.IommuState
+    settings: guest_rules.SettingsFiles  # xendomains, libvirt-guests: read once
 
     @classmethod
     def gather(cls, host: Host, scan: GuestScan | None = None) -> GuestContext:
@@ -222,6 +223,7 @@ class GuestContext:
             scan if scan is not None else scan_guests(host),
             detect_platform(host.root),
             guest_rules.probe_iommu(host),
+            guest_rules.SettingsFiles(host),
         )
 
     def device_findings(
@@ -240,11 +242,9 @@ class GuestContext:
         files (the other domains of a libvirt connection)."""
         cfg = guest_file.config
         listed_by = [
-            (other.guest_name, other.display, d.spec_text)
-            for other in self.scan.listing(address)
+            (other.guest_name, other.display, entry.spec_text)
+            for other, entry in self.scan.claims(address)
             if not same_guest(other, guest_file)
-            for d in other.config.devices()
-            if d.covers(address)
         ]
         listed_by += [entry for entry in listed_elsewhere if entry[0] != guest]
         findings = guest_rules.exclusive_findings(address, guest, ledger_owner, listed_by)
@@ -285,7 +285,7 @@ def attach_findings(
         guest_file, guest, address, owner, guest_os, listed_elsewhere=listed_elsewhere
     )
     if xen:
-        findings += guest_rules.shutdown_save_findings(host, guest)
+        findings += guest_rules.shutdown_save_findings(host, guest, context.settings)
     blocking = [f for f in findings if f.severity is Severity.REFUSE]
     pv_dma = next((f for f in findings if f.rule == "PP004"), None)
     if pv_dma is not None and not accept_pv_dma_risk:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
 from pcipass.errors import ExitCode, PcipassError
@@ -17,6 +18,9 @@ from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity, worst_exit
 from pcipass.state.ledger import HiddenRecord, Ledger
 from pcipass.state.lock import StateLock
+
+if TYPE_CHECKING:
+    from pcipass.ops.guard import HeldDevices
 
 
 @dataclass
@@ -42,9 +46,13 @@ class CheckReport:
         return "\n".join(f.render() for f in self.findings)
 
 
-def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Finding], list[str]]:
+def guest_findings(
+    host: Host, guests: Sequence[str] | None, held: HeldDevices
+) -> tuple[list[Finding], list[str]]:
     """Every guest rule (PP002-PP006, PP101, config vs ledger) for the named
-    guests, or for every configuration found on the host."""
+    guests, or for every configuration found on the host.  The configurations
+    are read once and indexed by device (GuestScan.listing), and ``held`` is
+    the ledger as read once for the whole command."""
     from pcipass.ops.attach import GuestContext
     from pcipass.ops.guard import check_guest
     from pcipass.ops.guests import find_guest, scan_guests
@@ -55,7 +63,7 @@ def guest_findings(host: Host, guests: Sequence[str] | None) -> tuple[list[Findi
     found: list[Finding] = []
     checked: list[str] = []
     for guest_file in files:
-        result = check_guest(host, guest_file, context=context)
+        result = check_guest(host, guest_file, context=context, held=held)
         checked.append(f"guest {result.guest}")
         found.extend(result.findings)
     for problem in scan.problems:
@@ -108,11 +116,16 @@ def run_check(
     """Every rule: the named devices (or everything pcipass holds), the named
     guests (or every guest when no device is named) and the persistent
     configuration."""
-    inv = inventory(host)
+    from pcipass.ops.guard import HeldDevices
+
     report = CheckReport()
+    # One ledger open for the whole command: the owners column of the
+    # inventory, the held devices, the journal and the guests all read it here.
     with Ledger.open(host.root, readonly=True) as ledger:
+        inv = inventory(host, ledger=ledger)
         hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
-        owned = {PciAddress.parse(o.address) for o in ledger.owners()}
+        held = HeldDevices.from_ledger(ledger)
+        owned = {PciAddress.parse(address) for address in held.owners}
         report.findings += _interrupted_operations(ledger)
         report.findings += _leftover_temp_files(host, ledger)
     if addresses:
@@ -131,7 +144,7 @@ def run_check(
         for n in quirk_notes(host, report.checked)
     ]
     if guests or not addresses:
-        found, checked = guest_findings(host, guests)
+        found, checked = guest_findings(host, guests, held)
         report.findings += found
         report.checked += checked
     if not guests:

@@ -205,15 +205,40 @@ class GuestCheck:
         }
 
 
+@dataclass(frozen=True)
+class HeldDevices:
+    """What the ledger says guests own and the host has hidden, read once for
+    a command that checks many guests (one ledger open, not one per guest)."""
+
+    owners: dict[str, str]  # address -> guest
+    hidden: dict[str, str]  # address -> stub driver
+    owned_by: dict[str, list[str]]  # guest -> its addresses, sorted
+
+    @classmethod
+    def from_ledger(cls, ledger: Ledger) -> HeldDevices:
+        owners = {o.address: o.guest for o in ledger.owners()}
+        owned_by: dict[str, list[str]] = {}
+        for key, owner in sorted(owners.items()):
+            owned_by.setdefault(owner, []).append(key)
+        return cls(owners, {h.address: h.stub_driver for h in ledger.hidden()}, owned_by)
+
+    @classmethod
+    def read(cls, host: Host) -> HeldDevices:
+        with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
+            return cls.from_ledger(ledger)
+
+
 def check_guest(
     host: Host,
     guest_file: GuestFile,
     *,
     guest_os: GuestOs | None = None,
     context: GuestContext | None = None,
+    held: HeldDevices | None = None,
 ) -> GuestCheck:
     """Check a configured guest as ``attach`` would check each of its devices,
-    plus drift between its configuration and the ledger."""
+    plus drift between its configuration and the ledger (``held``: the
+    ledger as already read by the caller)."""
     cfg = guest_file.config
     guest = guest_file.guest_name
     context = context or GuestContext.gather(host)
@@ -233,9 +258,8 @@ def check_guest(
                 f"write pci = [ ... ] as a plain list in {guest_file.display}",
             )
         )
-    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
-        owners = {o.address: o.guest for o in ledger.owners()}
-        hidden = {h.address: h.stub_driver for h in ledger.hidden()}
+    held = held if held is not None else HeldDevices.read(host)
+    owners, hidden = held.owners, held.hidden
     listed: set[str] = set()
     for device in cfg.devices():
         result.devices.append(device.spec_text)
@@ -278,8 +302,8 @@ def check_guest(
                     f"pcipass attach {key} {guest} records it; the file stays as it is",
                 )
             )
-    for key, owner in sorted(owners.items()):
-        if owner == guest and key not in listed:
+    for key in held.owned_by.get(guest, ()):
+        if key not in listed:
             result.findings.append(
                 Finding(
                     "PP101",
@@ -292,7 +316,7 @@ def check_guest(
                 )
             )
     if guest_file.is_xen and listed:
-        result.findings += guest_rules.shutdown_save_findings(host, guest)
+        result.findings += guest_rules.shutdown_save_findings(host, guest, context.settings)
     return result
 
 

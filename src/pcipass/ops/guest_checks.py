@@ -16,7 +16,7 @@ from pcipass.errors import ExitCode
 from pcipass.guests.guest_os import parse_os_text
 from pcipass.guests.model import GuestOs
 from pcipass.ops.attach import GuestContext
-from pcipass.ops.guard import GuestCheck, check_guest
+from pcipass.ops.guard import GuestCheck, HeldDevices, check_guest
 from pcipass.policy.verdict import worst_exit
 
 if TYPE_CHECKING:
@@ -44,4 +44,7 @@ def check_guests(
 ) -> GuestChecks:
     """Check each chosen guest as ``attach`` would check each of its devices."""
     context = GuestContext.gather(host, scan)
-    return GuestChecks([check_guest(host, g, guest_os=guest_os, context=context) for g in chosen])
+    held = HeldDevices.read(host) if chosen else None  # the ledger once, not once per guest
+    return GuestChecks(
+        [check_guest(host, g, guest_os=guest_os, context=context, held=held) for g in chosen]
+    )

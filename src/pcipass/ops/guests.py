@@ -22,12 +22,14 @@ import shlex
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, GuestNotFoundError, PcipassError, UsageError
+from pcipass.guests.index import ClaimIndex
 from pcipass.guests.libvirt_xml import parse_domain_xml
-from pcipass.guests.model import GuestConfig, GuestKind
+from pcipass.guests.model import AssignedDevice, GuestConfig, GuestKind
 from pcipass.guests.names import check_guest_name
 from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
 from pcipass.host.confined import Confined, root_of
@@ -73,6 +75,12 @@ class GuestFile:
             return None
         return "xen:///system" if self.config.hypervisor == "xen" else "qemu:///system"
 
+    @cached_property
+    def resolved(self) -> Path:
+        """The file with every link resolved, asked once (two names for one
+        file are one guest)."""
+        return self.path.resolve()
+
     @property
     def is_xen(self) -> bool:
         return self.kind in (GuestKind.XM, GuestKind.XL) or self.config.hypervisor == "xen"
@@ -88,18 +96,36 @@ class GuestScan:
     # (--trust-unreadable FILE): only their literal pci counts.
     trusted: set[Path] = field(default_factory=set)
 
+    # Built on first use, from the guests as they are then (one pass over
+    # their devices): answers listing() per device without scanning every
+    # guest (pcipass.guests.index).  Rebuilt when guests are added or removed
+    # or the list is replaced; scan_guests fills it and nothing edits a
+    # GuestFile or reorders the list in place afterwards.
+    _claims: ClaimIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _claims_of: tuple[int, int] = field(default=(0, -1), init=False, repr=False, compare=False)
+    _unknown: list[GuestFile] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _index(self) -> ClaimIndex:
+        key = (id(self.guests), len(self.guests))
+        if self._claims is None or self._claims_of != key:
+            self._claims = ClaimIndex([g.config for g in self.guests])
+            self._claims_of = key
+            self._unknown = [g for g in self.guests if devices_unknown(g.config) is not None]
+        return self._claims
+
     def listing(self, address: PciAddress) -> list[GuestFile]:
         """The configurations that assign ``address`` (directly or by a wildcard)."""
-        return [g for g in self.guests if any(d.covers(address) for d in g.config.devices())]
+        return [self.guests[position] for position in self._index().positions(address)]
+
+    def claims(self, address: PciAddress) -> list[tuple[GuestFile, AssignedDevice]]:
+        """Each entry that assigns ``address``, with its configuration, in scan order."""
+        return [(self.guests[at], entry) for at, _, entry in self._index().claims(address)]
 
     def unreadable(self) -> list[GuestFile]:
         """Configurations that may hold any device: xm code pcipass cannot read
         could set or change their ``pci`` (and nobody vouched for them)."""
-        return [
-            g
-            for g in self.guests
-            if devices_unknown(g.config) is not None and g.path.resolve() not in self.trusted
-        ]
+        self._index()
+        return [g for g in self._unknown or () if g.resolved not in self.trusted]
 
 
 def devices_unknown(config: GuestConfig) -> str | None:
@@ -284,14 +310,19 @@ def scan_guests(
         seen.add(resolved)
         display = host.root.host_path(path)
         try:
-            scan.guests.append(read_guest_file(path, display))
+            found = read_guest_file(path, display)
         except PcipassError as error:
             scan.problems.append(error.render())
+            continue
+        # Seed GuestFile.resolved (a cached_property keeps its value in the
+        # instance dict) with the path just resolved: not resolved again per check.
+        vars(found)["resolved"] = resolved
+        scan.guests.append(found)
     return scan
 
 
 def same_guest(a: GuestFile, b: GuestFile) -> bool:
-    return a.path.resolve() == b.path.resolve() or a.guest_name == b.guest_name
+    return a.resolved == b.resolved or a.guest_name == b.guest_name
 
 
 def _stem(path: Path) -> str:

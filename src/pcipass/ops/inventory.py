@@ -14,10 +14,19 @@ from pcipass.host.device import class_filter_value
 from pcipass.host.inventory import DeviceInfo, Inventory
 from pcipass.state.presence import ledger_may_exist
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipass.state.ledger import Ledger
 
-def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
+
+def read_owners(
+    host: Host, problems: list[str], ledger: Ledger | None = None
+) -> dict[PciAddress, str]:
     """Owners from the ledger, read-only; an absent ledger means no owners.
-    A ledger that cannot be read costs only the owner column."""
+    A ledger that cannot be read costs only the owner column.  ``ledger``:
+    one the command has open already (read from it, not opened again)."""
+    if ledger is not None:
+        return {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
     if not ledger_may_exist(host.root):
         return {}  # the same as an empty view, without loading SQLite (issue #13)
     from pcipass.state.ledger import Ledger
@@ -31,9 +40,9 @@ def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
         return {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
 
 
-def inventory(host: Host, *, with_owners: bool = True) -> Inventory:
+def inventory(host: Host, *, with_owners: bool = True, ledger: Ledger | None = None) -> Inventory:
     problems: list[str] = []
-    owners = read_owners(host, problems) if with_owners else {}
+    owners = read_owners(host, problems, ledger) if with_owners else {}
     inv = host_inventory.inventory(host, owners)
     inv.problems.extend(problems)
     return inv
