@@ -167,6 +167,17 @@ QEMU_RUNNING = steps(
     ("hide", "--now", "--backend", "vfio", VF), files={"/proc/4242/cmdline": QEMU_ARGV}
 )
 
+PINNED = steps(("pin", NIC, "guestnic"))
+
+
+def pinned_then_swapped(root: Path) -> None:
+    """The pinned NIC replaced by another model at the same address (PP111)."""
+    PINNED(root)
+    write(root, f"/sys/bus/pci/devices/{NIC}/device", "0x10d3\n")
+
+
+PINNED_THEN_SWAPPED = pinned_then_swapped
+
 CASES: tuple[Case, ...] = (
     Case("list", "success", ("list",), 0),
     Case("list", "success", ("list", "--class", "02", "--guests"), 0),
@@ -252,6 +263,16 @@ CASES: tuple[Case, ...] = (
     Case("migrate", "not-found", ("migrate", "nosuch", "h2"), 4),
     Case("migrate", "usage", ("migrate", "rhel5pv"), 2),
     Case("migrate", "failed", ("migrate", "domu", "h2"), 1, setup=XL_ATTACHED),
+    Case("pin", "success", ("pin", NIC, "guestnic"), 0, setup=steps()),
+    Case("pin", "success", ("pin", "--list"), 0, setup=PINNED),
+    Case("pin", "usage", ("pin", NIC), 2),
+    Case("pin", "usage", ("pin", NIC, "no/slash"), 2),
+    Case("pin", "not-found", ("pin", MISSING, "gone"), 4),
+    Case("unpin", "success", ("unpin", "guestnic"), 0, setup=PINNED),
+    Case("unpin", "not-found", ("unpin", "nosuch"), 4),
+    Case("unpin", "usage", ("unpin",), 2),
+    Case("show", "success", ("show", "@guestnic"), 0, setup=PINNED),
+    Case("show", "refusal", ("show", "@guestnic"), 3, setup=PINNED_THEN_SWAPPED),
 )
 
 

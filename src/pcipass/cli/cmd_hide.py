@@ -70,15 +70,10 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _addresses(args: argparse.Namespace) -> list[PciAddress]:
-    from pcipass.address import PciAddress
+def _addresses(args: argparse.Namespace, host: Host) -> list[PciAddress]:
+    from pcipass.cli.addresses import device_addresses
 
-    seen: list[PciAddress] = []
-    for text in args.addresses:
-        address = PciAddress.parse(text)
-        if address not in seen:
-            seen.append(address)
-    return seen
+    return device_addresses(host, args.addresses)
 
 
 def run(name: str, args: argparse.Namespace, host: Host) -> int:
@@ -110,7 +105,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         )
     from pcipass.ops.hide import hide, unhide, with_groups
 
-    addresses = _addresses(args)
+    addresses = _addresses(args, host)
     if name == "hide":
         if args.group:
             addresses = with_groups(host, addresses)
@@ -168,7 +163,7 @@ def _check(args: argparse.Namespace, host: Host) -> int:
     from pcipass.ops.check import run_check
     from pcipass.policy.verdict import worst_exit
 
-    report = run_check(host, _addresses(args) if args.addresses else [], args.guest)
+    report = run_check(host, _addresses(args, host) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())
     else:

@@ -133,6 +133,8 @@ COMMANDS: tuple[Command, ...] = (
         True,
         True,
     ),
+    Command("pin", "cmd_pins", "name a device by its identity (pin --list)", True, False),
+    Command("unpin", "cmd_pins", "forget a pinned name", True, False),
 )
 
 

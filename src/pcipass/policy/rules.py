@@ -103,6 +103,24 @@ _RULES = [
         "an address recorded for a device must still name the same device",
     ),
     Rule("PP106", "sriov-pf", "pcipass", "an SR-IOV PF with active VFs takes them down with it"),
+    Rule(
+        "PP111",
+        "pin-identity",
+        "pcipass (devices by identity: policy/pin_match.py)",
+        "a pinned name must match exactly one device: no guess between equals",
+    ),
+    Rule(
+        "PP112",
+        "desired-drift",
+        "pcipass (desired state, /etc/pcipass/pcipass.toml)",
+        "the ledger, the host and the desired state agree",
+    ),
+    Rule(
+        "PP113",
+        "pin-and-bdf",
+        "pcipass (BDF drift)",
+        "a device hidden by identity should not also be hidden by address",
+    ),
 ]
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULES}
