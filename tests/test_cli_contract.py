@@ -177,6 +177,13 @@ def pinned_then_swapped(root: Path) -> None:
 
 
 PINNED_THEN_SWAPPED = pinned_then_swapped
+DESIRED = steps(
+    ("pin", NIC, "guestnic"),
+    files={"/etc/pcipass/pcipass.toml": '[device.guestnic]\nbackend = "pciback"\n'},
+)
+DESIRED_SWAPPED = steps(
+    files={"/etc/pcipass/pcipass.toml": '[device.x.match]\nvendor = "14e4"\ndevice = "1639"\n'}
+)
 
 CASES: tuple[Case, ...] = (
     Case("list", "success", ("list",), 0),
@@ -273,6 +280,17 @@ CASES: tuple[Case, ...] = (
     Case("unpin", "usage", ("unpin",), 2),
     Case("show", "success", ("show", "@guestnic"), 0, setup=PINNED),
     Case("show", "refusal", ("show", "@guestnic"), 3, setup=PINNED_THEN_SWAPPED),
+    Case("plan", "success", ("plan",), 0, setup=DESIRED),
+    Case("plan", "drift", ("plan", "--detailed-exitcode"), 2, setup=DESIRED, shape="plan"),
+    Case("plan", "refusal", ("plan",), 3, setup=DESIRED_SWAPPED, shape="plan"),
+    Case("plan", "not-found", ("plan",), 4),
+    Case("plan", "usage", ("plan", "--file", "relative.toml"), 2),
+    Case("apply", "success", ("apply",), 0, setup=DESIRED),
+    Case("apply", "success", ("apply", "--dry-run"), 0, setup=DESIRED),
+    Case("apply", "success", ("apply", "--boot"), 0, setup=DESIRED),
+    Case("apply", "success", ("apply", "--boot"), 0),
+    Case("apply", "refusal", ("apply",), 3, setup=DESIRED_SWAPPED),
+    Case("apply", "usage", ("apply", "--bogus"), 2),
 )
 
 

@@ -135,6 +135,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("pin", "cmd_pins", "name a device by its identity (pin --list)", True, False),
     Command("unpin", "cmd_pins", "forget a pinned name", True, False),
+    Command("plan", "cmd_desired", "what apply would change to reach pcipass.toml", False, False),
+    Command("apply", "cmd_desired", "converge on /etc/pcipass/pcipass.toml (--boot)", True, True),
 )
 
 

@@ -136,6 +136,10 @@ def run_check(
         report.checked += checked
     if not guests:
         report.findings += _persistence_findings(host, inv, addresses)
+    if not guests and not addresses:
+        from pcipass.ops.desired_check import desired_findings
+
+        report.findings += desired_findings(host)  # PP111-PP113: pcipass.toml vs the host
     return report
 
 

@@ -124,9 +124,19 @@ def pins(host: Host) -> list[PinRecord]:
 
 def resolution(host: Host, record: PinRecord, devices: list[PciDevice] | None = None) -> Resolution:
     """Where ``record``'s device is now (or the refusal saying why it cannot be told)."""
+    return find_identity(host, record.name, record.fingerprint, record.twins, devices)
+
+
+def find_identity(
+    host: Host,
+    name: str,
+    wanted: Mapping[str, str],
+    twins: int = 1,
+    devices: list[PciDevice] | None = None,
+) -> Resolution:
+    """The device matching ``wanted`` (a fingerprint, or an identity written by hand)."""
     if devices is None:
         devices, _ = read_all(host.sysfs)
-    wanted = record.fingerprint
     seen: list[tuple[str, dict[str, str]]] = []
     for device in devices:
         same_id = (
@@ -138,7 +148,7 @@ def resolution(host: Host, record: PinRecord, devices: list[PciDevice] | None = 
         # Cheap filter first: only the same model or the pinned place is fingerprinted.
         if same_id or physical_path(device.sysfs_path) == wanted.get("path"):
             seen.append((str(device.address), fingerprint(host, device)))
-    return resolve(record.name, wanted, seen, twins_when_pinned=record.twins)
+    return resolve(name, wanted, seen, twins_when_pinned=twins)
 
 
 def resolve_pin(host: Host, name: str) -> PciAddress:

@@ -3,7 +3,8 @@
 The scoring (docs/cli.md "Pinned names"):
 
 * the model must be the same: vendor, device, subsystem vendor/device and
-  class all equal, or the device is not a candidate at all;
+  class all equal (those an identity written by hand gives), or the device is
+  not a candidate at all;
 * a serial number (DSN or VPD ``SN``) known on both sides decides: equal is
   the strongest evidence there is (score 100), different means another card
   of the same model, never a candidate;
@@ -90,8 +91,8 @@ def _differ(key: str, pinned: str, now: str) -> str:
 def score(pin: Mapping[str, str], current: Mapping[str, str], address: str) -> Candidate:
     """How well the device at ``address`` (fingerprint ``current``) matches ``pin``."""
     candidate = Candidate(address, 0)
-    for key in MODEL_KEYS:
-        if pin.get(key) != current.get(key):
+    for key in MODEL_KEYS:  # an identity written by hand may leave some out
+        if key in pin and pin[key] != current.get(key):
             candidate.eligible = False
             candidate.differs.append(_differ(key, pin.get(key, "?"), current.get(key, "?")))
     serial_pin, serial_now = pin.get("serial"), current.get("serial")
@@ -116,7 +117,7 @@ def score(pin: Mapping[str, str], current: Mapping[str, str], address: str) -> C
         candidate.differs.append(_differ("slot", pin["slot"], current.get("slot", "none")))
     if pin.get("revision") == current.get("revision"):
         candidate.score += REVISION_SCORE
-    else:
+    elif "revision" in pin:
         candidate.differs.append(
             _differ("revision", pin.get("revision", "?"), current.get("revision", "?"))
         )
