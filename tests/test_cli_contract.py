@@ -181,6 +181,7 @@ DESIRED = steps(
     ("pin", NIC, "guestnic"),
     files={"/etc/pcipass/pcipass.toml": '[device.guestnic]\nbackend = "pciback"\n'},
 )
+FOREIGN_UNIT = steps(files={"/etc/systemd/system/pcipass-boot.service": "[Service]\n"})
 DESIRED_SWAPPED = steps(
     files={"/etc/pcipass/pcipass.toml": '[device.x.match]\nvendor = "14e4"\ndevice = "1639"\n'}
 )
@@ -291,6 +292,13 @@ CASES: tuple[Case, ...] = (
     Case("apply", "success", ("apply", "--boot"), 0),
     Case("apply", "refusal", ("apply",), 3, setup=DESIRED_SWAPPED),
     Case("apply", "usage", ("apply", "--bogus"), 2),
+    Case("boot-install", "success", ("boot-install", "--dry-run"), 0),
+    Case("boot-install", "success", ("boot-install",), 0, setup=steps()),
+    Case("boot-install", "usage", ("boot-install",), 2, setup=FOREIGN_UNIT),
+    Case("boot-install", "usage", ("boot-install", "extra"), 2),
+    Case("boot-uninstall", "success", ("boot-uninstall",), 0, setup=steps(("boot-install",))),
+    Case("boot-uninstall", "success", ("boot-uninstall", "--dry-run"), 0),
+    Case("boot-uninstall", "usage", ("boot-uninstall", "--all"), 2),
 )
 
 

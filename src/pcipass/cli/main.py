@@ -137,6 +137,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("unpin", "cmd_pins", "forget a pinned name", True, False),
     Command("plan", "cmd_desired", "what apply would change to reach pcipass.toml", False, False),
     Command("apply", "cmd_desired", "converge on /etc/pcipass/pcipass.toml (--boot)", True, True),
+    Command("boot-install", "cmd_boot", "run `apply --boot` at every boot (systemd)", True, True),
+    Command("boot-uninstall", "cmd_boot", "remove the boot unit boot-install wrote", True, True),
 )
 
 

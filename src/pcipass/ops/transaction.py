@@ -65,6 +65,8 @@ EDITABLE_PREFIXES = (
     "/etc/modules",
     "/etc/initramfs-tools/modules",
     "/usr/local/sbin/",
+    "/etc/systemd/system/pcipass-boot.service",  # boot-install (ops/boot_unit.py)
+    "/etc/systemd/system/multi-user.target.d/pcipass-boot.conf",
 )
 
 
