@@ -173,7 +173,9 @@ PINNED = steps(("pin", NIC, "guestnic"))
 def pinned_then_swapped(root: Path) -> None:
     """The pinned NIC replaced by another model at the same address (PP111)."""
     PINNED(root)
-    write(root, f"/sys/bus/pci/devices/{NIC}/device", "0x10d3\n")
+    fake = FakeHost.load(root)
+    fake.remove_device(NIC)
+    fake.add_device(NIC, vendor=0x8086, device=0x10D3, class_code=0x020000, parent="0000:00:03.0")
 
 
 PINNED_THEN_SWAPPED = pinned_then_swapped
