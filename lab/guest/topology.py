@@ -12,3 +12,8 @@ KVM_E1000E_PORT = "0000:00:05.0"  # pcie-root-port (a bridge: PP103)
 KVM_E1000E = "0000:01:00.0"  # e1000e behind the root port: own group, reset_method "pm bus"
 KVM_SPARE_E1000 = "0000:00:04.0"  # e1000 on the root bus: own group, no reset method
 KVM_ICH9 = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")  # one IOMMU group, no ACS
+# Boot kvm3 ("the card moved"): a second root port, the e1000e behind it, and a virtio NIC in
+# the e1000e's old place, so the e1000e's pinned address names another card.
+KVM_MOVED_PORT = "0000:00:06.0"  # pcie-root-port, chassis 2
+KVM_E1000E_MAC = "52:54:00:10:d3:01"  # fixed: QEMU derives the e1000e's DSN from its MAC
+KVM_MOVED_E1000E = "0000:02:00.0"  # the e1000e behind it (bus 2: 00:05.0 took bus 1)
