@@ -130,11 +130,9 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         if qemu_result is not None:
             return qemu_result
     if name == "attach":
-        guest_os = None
-        if args.guest_os:
-            from pcipass.guests.guest_os import parse_os_text
+        from pcipass.ops.guest_checks import guest_os_option
 
-            guest_os = parse_os_text(args.guest_os)
+        guest_os = guest_os_option(args.guest_os)
         result = attach(
             host,
             address,
@@ -239,16 +237,10 @@ def _guard(args: argparse.Namespace, host: Host) -> int:
 
 def _guests(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json, table, warn
-    from pcipass.ops.attach import GuestContext
-    from pcipass.ops.guard import check_guest
+    from pcipass.ops.guest_checks import check_guests, guest_os_option
     from pcipass.ops.guests import GuestFile, find_guest, name_problem, scan_guests
-    from pcipass.policy.verdict import worst_exit
 
-    guest_os = None
-    if args.guest_os:
-        from pcipass.guests.guest_os import parse_os_text
-
-        guest_os = parse_os_text(args.guest_os)
+    guest_os = guest_os_option(args.guest_os)
     scan = scan_guests(host)
     chosen: list[GuestFile]
     if args.config is not None or args.names:
@@ -291,9 +283,8 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
                 if why is not None:
                     warn(f"guest {guest!r}: {why}")
         return 0
-    context = GuestContext.gather(host, scan)
-    checks = [check_guest(host, g, guest_os=guest_os, context=context) for g in chosen]
-    findings = [f for c in checks for f in c.findings]
+    checked = check_guests(host, scan, chosen, guest_os=guest_os)
+    checks = checked.checks
     if args.json:
         verdicts = []
         for check in checks:
@@ -318,4 +309,4 @@ def _guests(args: argparse.Namespace, host: Host) -> int:
                 print("  no findings")
         for problem in scan.problems:
             warn(f"could not read: {problem}")
-    return worst_exit(findings)
+    return checked.exit_code

@@ -161,11 +161,10 @@ def _backend(args: argparse.Namespace, host: Host) -> Backend:
 def _check(args: argparse.Namespace, host: Host) -> int:
     from pcipass.cli.render import print_json
     from pcipass.ops.check import run_check
-    from pcipass.policy.verdict import worst_exit
 
     report = run_check(host, _addresses(args, host) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())
     else:
         print(report.render())
-    return worst_exit(report.findings)
+    return report.exit_code

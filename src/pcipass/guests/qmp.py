@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -55,9 +56,17 @@ def _shown(raw: object) -> str:
 
 
 class QmpClient:
-    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+    """One QMP connection.  ``opener``, when given, returns an O_PATH
+    descriptor of the socket already resolved inside the root
+    (:meth:`pcipass.host.confined.Confined.open_socket`); ``path`` then only
+    names it in messages.  Without it ``path`` is connected to as it is."""
+
+    def __init__(
+        self, path: str, *, timeout: float = 10.0, opener: Callable[[], int] | None = None
+    ) -> None:
         self.path = path
         self.timeout = timeout
+        self.opener = opener
         self._sock: socket.socket | None = None
         self._buffer = b""
         self.events: list[dict[str, Any]] = []
@@ -65,25 +74,32 @@ class QmpClient:
     def __enter__(self) -> QmpClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        dirfd: int | None = None
+        held_fd: int | None = None
         try:
             target = self.path
-            if len(target.encode()) > 100:
+            if self.opener is not None:
+                # The socket's own inode, by descriptor: nothing on the way
+                # is looked up again, so no link can redirect the connection.
+                held_fd = self.opener()
+                target = f"/proc/self/fd/{held_fd}"
+            elif len(target.encode()) > 100:
                 # sun_path holds 108 bytes; reach a deeper socket through its
                 # directory's descriptor (a --root prefix makes paths long).
-                dirfd = os.open(os.path.dirname(target) or ".", os.O_RDONLY | os.O_DIRECTORY)
-                target = f"/proc/self/fd/{dirfd}/{os.path.basename(target)}"
+                held_fd = os.open(os.path.dirname(target) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                target = f"/proc/self/fd/{held_fd}/{os.path.basename(target)}"
             sock.connect(target)
-        except OSError as error:
+        except BaseException as error:
             sock.close()
+            if not isinstance(error, OSError):
+                raise
             raise OperationFailed(
                 self.path,
                 f"cannot connect to QEMU's QMP socket: {error.strerror or error}",
                 "is the guest running?",
             ) from error
         finally:
-            if dirfd is not None:
-                os.close(dirfd)
+            if held_fd is not None:
+                os.close(held_fd)
         self._sock = sock
         try:
             greeting = self._read_message("greeting", time.monotonic() + self.timeout)

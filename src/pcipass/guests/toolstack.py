@@ -32,12 +32,24 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from typing import Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from pcipass.address import PciAddress
-from pcipass.errors import AddressError, CommandMissing, OperationFailed, PcipassError, UsageError
+from pcipass.errors import (
+    AddressError,
+    CommandMissing,
+    OperationFailed,
+    PcipassError,
+    RefusedError,
+    UsageError,
+)
 from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
 from pcipass.host.context import Host
+from pcipass.host.root import HostRoot
+
+if TYPE_CHECKING:
+    from pcipass.guests.qmp import QmpClient
 
 # What xl says when a domain built without an IOMMU context is given a device
 # (libxl_pci.c pci_add_dm_done).
@@ -328,12 +340,44 @@ class Qmp(Toolstack):
 
     kind = "qemu"
 
-    def __init__(self, socket_path: str, shown_path: str, guest: str, *, timeout: float) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        shown_path: str,
+        guest: str,
+        *,
+        timeout: float,
+        opener: Callable[[], int] | None = None,
+    ) -> None:
         super().__init__(guest)
         self.socket_path = socket_path
         self.shown_path = shown_path
         self.timeout = timeout
+        self.opener = opener
         self.device_id: str | None = None
+
+    @classmethod
+    def at(cls, root: HostRoot, shown_path: str, guest: str, *, timeout: float) -> Qmp:
+        """QEMU's socket as its command line names it (``shown_path``).
+
+        An absolute path is a path of the host under ``root``: every
+        connection opens it through the confined resolver, so a link on the
+        way that leads out of the root is refused (LinkOutOfRoot), never
+        followed (#11).  A relative one is QEMU's own business: used as given.
+        """
+        if not shown_path.startswith("/"):
+            return cls(shown_path, shown_path, guest, timeout=timeout)
+        files = root.files
+
+        def opener() -> int:
+            return files.open_socket(shown_path)
+
+        return cls(str(root.path(shown_path)), shown_path, guest, timeout=timeout, opener=opener)
+
+    def _client(self) -> QmpClient:
+        from pcipass.guests.qmp import QmpClient
+
+        return QmpClient(self.socket_path, timeout=self.timeout, opener=self.opener)
 
     def describe(self, address: PciAddress, action: str) -> list[str]:
         if action == "attach":
@@ -370,11 +414,11 @@ class Qmp(Toolstack):
         return None
 
     def hotplug(self, address: PciAddress, action: str) -> None:
-        from pcipass.guests.qmp import QmpClient, QmpNoAnswer, QmpRefused
+        from pcipass.guests.qmp import QmpNoAnswer, QmpRefused
 
         sent = False  # until device_add/device_del is sent, nothing can have changed
         try:
-            with QmpClient(self.socket_path, timeout=self.timeout) as client:
+            with self._client() as client:
                 found = self._find(client, address)
                 if action == "attach":
                     if found is not None:
@@ -412,12 +456,14 @@ class Qmp(Toolstack):
             raise
         except OperationFailed as error:  # no connection: nothing was sent
             raise HotplugRefused(error.subject, error.problem, error.remedy) from error
+        except RefusedError as error:
+            # The socket turned into a link out of the root after it was
+            # checked: never connected, so nothing was sent.
+            raise HotplugRefused(error.subject, error.problem, error.remedy) from error
 
     def holds(self, address: PciAddress) -> bool | None:
-        from pcipass.guests.qmp import QmpClient
-
         try:
-            with QmpClient(self.socket_path, timeout=self.timeout) as client:
+            with self._client() as client:
                 return self._find(client, address) is not None
         except PcipassError:
             return None

@@ -396,6 +396,29 @@ class Confined:
         except OSError as exc:
             raise os_error(absolute, exc, "open it") from exc
 
+    def open_socket(self, absolute: str) -> int:
+        """An O_PATH descriptor of the unix socket ``absolute`` inside the root.
+
+        connect(2) has no O_NOFOLLOW: handed a path it follows a link in any
+        component, out of the root too.  So the socket is resolved here like
+        every file (links followed only inside the root; one that leads
+        nowhere inside it is refused, naming the link), its inode opened with
+        O_PATH|O_NOFOLLOW and checked to be a socket, and the caller connects
+        to ``/proc/self/fd/N``, which names exactly that inode: a component
+        swapped for a link after this check changes nothing.  OSErrors (no
+        such socket, not a socket) are left to the caller, which knows what
+        a missing socket means.
+        """
+        with self.locate(absolute, strict=True) as (dirfd, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise OSError(errno.ENOTSOCK, os.strerror(errno.ENOTSOCK), absolute)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     # -- reading ---------------------------------------------------------------
 
     def stat(self, absolute: str) -> os.stat_result | None:

@@ -7,7 +7,8 @@ sysfs write seam.
 
 The simulated kernel is chosen here and only here: a tree built by
 ``pcipass-example`` declares itself with the file :data:`SIMULATED_MARKER`,
-and a command on it gets the test kit's fake kernel and says so
+and a command on it gets the simulated kernel (:mod:`pcipass.simkernel`, a
+product package below ``host/``, never the test kit) and says so
 (:attr:`Host.simulated_notice`), so nobody believes a real host was changed.
 The real root ``/`` is never simulated.
 """
@@ -54,12 +55,14 @@ class Host:
         root = HostRoot.at(prefix)
         if root.is_real or not (root.prefix / SIMULATED_MARKER).is_file():
             return cls.open(prefix)
-        # The one edge from host/ to the test kit: the simulated kernel is
-        # the fake kernel the tests use (see tests/test_architecture.py).
-        from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
+        # Imported here: only an example tree pays for the simulated kernel
+        # at start-up.
+        from pcipass.simkernel.kernel import SimKernel
+        from pcipass.simkernel.runner import SimRunner
+        from pcipass.simkernel.tree import SimTree
 
-        kernel = FakeKernel(FakeHost.load(root.prefix))
-        host = cls.open(prefix, runner=FakeRunner(kernel), writer=kernel)
+        kernel = SimKernel(SimTree.load(root.prefix))
+        host = cls.open(prefix, runner=SimRunner(kernel), writer=kernel)
         host.simulated = True
         return host
 

@@ -17,12 +17,9 @@ from pcipass.state.ledger import Ledger
 
 def ledger_claims(host: Host) -> Claims:
     """Owners and hidden identities from the ledger, read-only."""
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         owners = {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
         hidden = {PciAddress.parse(r.address): r.identity for r in ledger.hidden()}
-    finally:
-        ledger.close()
     return Claims(owners, hidden)
 
 

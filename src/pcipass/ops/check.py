@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
-from pcipass.errors import PcipassError
+from pcipass.errors import ExitCode, PcipassError
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.identity import current_identity, identity_mismatch
@@ -14,7 +14,7 @@ from pcipass.host.inventory import DeviceInfo, Inventory
 from pcipass.host.reset_quirks import quirk_notes
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
-from pcipass.policy.verdict import Finding, Severity
+from pcipass.policy.verdict import Finding, Severity, worst_exit
 from pcipass.state.ledger import HiddenRecord, Ledger
 from pcipass.state.lock import StateLock
 
@@ -24,13 +24,16 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, object]:
-        from pcipass.policy.verdict import worst_exit
+    @property
+    def exit_code(self) -> ExitCode:
+        """3 when anything is refused, 1 on warnings, else 0 (docs/cli.md)."""
+        return worst_exit(self.findings)
 
+    def to_json(self) -> dict[str, object]:
         return {
             "checked": self.checked,
             "findings": [f.to_json() for f in self.findings],
-            "exit_code": worst_exit(self.findings),
+            "exit_code": self.exit_code,
         }
 
     def render(self) -> str:
@@ -107,14 +110,11 @@ def run_check(
     configuration."""
     inv = inventory(host)
     report = CheckReport()
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         hidden = {PciAddress.parse(r.address): r for r in ledger.hidden()}
         owned = {PciAddress.parse(o.address) for o in ledger.owners()}
         report.findings += _interrupted_operations(ledger)
         report.findings += _leftover_temp_files(host, ledger)
-    finally:
-        ledger.close()
     if addresses:
         report.checked = [str(a) for a in addresses]
         report.findings += assignability_findings(host, addresses, inv=inv)

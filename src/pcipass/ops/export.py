@@ -188,16 +188,13 @@ def _held_devices(host: Host, inv: Inventory) -> dict[PciAddress, str | None]:
     held: dict[PciAddress, str | None] = {
         d.address: d.device.driver for d in inv.devices if d.device.driver in STUB_DRIVERS
     }
-    ledger = Ledger.open(host.root, readonly=True)
-    try:
+    with Ledger.open(host.root, readonly=True) as ledger:
         for record in ledger.hidden():
             address = PciAddress.parse(record.address)
             if held.get(address) is None:
                 # Older records carry the Xen module name; the driver is pciback.
                 stub = record.stub_driver
                 held[address] = XEN_DRIVER if stub == XEN_MODULE else stub
-    finally:
-        ledger.close()
     return held
 
 

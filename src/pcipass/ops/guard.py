@@ -79,11 +79,8 @@ class GuardResult:
 
 
 def _owned(host: Host, guest: str) -> list[str]:
-    ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
-    try:
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
         return [o.address for o in ledger.owners() if o.guest == guest]
-    finally:
-        ledger.close()
 
 
 def _listed(config: GuestConfig) -> list[str]:
@@ -236,12 +233,9 @@ def check_guest(
                 f"write pci = [ ... ] as a plain list in {guest_file.display}",
             )
         )
-    ledger = Ledger.open(host.root, readonly=True, clock=host.clock)
-    try:
+    with Ledger.open(host.root, readonly=True, clock=host.clock) as ledger:
         owners = {o.address: o.guest for o in ledger.owners()}
         hidden = {h.address: h.stub_driver for h in ledger.hidden()}
-    finally:
-        ledger.close()
     listed: set[str] = set()
     for device in cfg.devices():
         result.devices.append(device.spec_text)

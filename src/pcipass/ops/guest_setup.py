@@ -92,13 +92,9 @@ def guest_setup(host: Host, *, dry_run: bool = False) -> GuestSetupResult:
         from pcipass.state.ledger import Ledger
         from pcipass.state.lock import StateLock
 
-        with StateLock(host.root):
-            ledger = Ledger.open(host.root, clock=host.clock)
-            try:
-                intent = {"files": [e.display for e in edits]}
-                apply_file_operation(ledger, "guest-setup", intent, edits)
-            finally:
-                ledger.close()
+        with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+            intent = {"files": [e.display for e in edits]}
+            apply_file_operation(ledger, "guest-setup", intent, edits)
     if plan.load_argv and plan.running:
         host.runner.run(list(plan.load_argv)).check()
         result.ran.append(" ".join(plan.load_argv))

@@ -167,11 +167,5 @@ def apply_plan(host: Host, plan: HookPlan, kind: str) -> None:
     from pcipass.state.ledger import Ledger
     from pcipass.state.lock import StateLock
 
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            apply_file_operation(
-                ledger, kind, {"files": [e.display for e in plan.edits]}, plan.edits
-            )
-        finally:
-            ledger.close()
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        apply_file_operation(ledger, kind, {"files": [e.display for e in plan.edits]}, plan.edits)

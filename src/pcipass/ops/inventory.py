@@ -24,10 +24,8 @@ def read_owners(host: Host, problems: list[str]) -> dict[PciAddress, str]:
     except PcipassError as error:
         problems.append(f"owners not shown: {error.render()}")
         return {}
-    try:
+    with ledger:
         return {PciAddress.parse(o.address): o.guest for o in ledger.owners()}
-    finally:
-        ledger.close()
 
 
 def inventory(host: Host, *, with_owners: bool = True) -> Inventory:

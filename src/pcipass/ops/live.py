@@ -200,8 +200,7 @@ def toolstack_for_owner(host: Host, owner: OwnerRecord) -> Toolstack | None:
         return XenCli(host, kind, owner.guest)
     if kind == "qemu" and path.startswith("qmp:"):
         shown = path[len("qmp:") :]
-        socket_path = str(host.root.path(shown)) if shown.startswith("/") else shown
-        return Qmp(socket_path, shown, owner.guest, timeout=10.0)
+        return Qmp.at(host.root, shown, owner.guest, timeout=10.0)
     if kind == "libvirt" and "://" in path:
         from pcipass.guests.toolstack import connected_toolstack
 

@@ -10,6 +10,8 @@ the guest: acpiphp, rule PP008).  Ownership (PP101) and the hotplug limiter
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
@@ -142,8 +144,14 @@ def qemu_toolstack(host: Host, qemu: QemuGuest, *, timeout: float = 30.0) -> Qmp
             "has no QMP socket (-qmp unix:PATH,server,nowait): pcipass cannot hot-plug into it",
             "start it with a QMP socket, or use libvirt",
         )
-    socket_path = str(host.root.path(qmp_path)) if qmp_path.startswith("/") else qmp_path
-    return Qmp(socket_path, qmp_path, qemu.name, timeout=timeout)
+    toolstack = Qmp.at(host.root, qmp_path, qemu.name, timeout=timeout)
+    if toolstack.opener is not None:
+        # Refuse a socket behind a link out of the root now, before the
+        # ledger records anything; every connection resolves it again.  A
+        # missing socket is reported by the connection, as before.
+        with contextlib.suppress(OSError):
+            os.close(toolstack.opener())
+    return toolstack
 
 
 def qemu_live(

@@ -104,30 +104,24 @@ def _without_devices(host: Host, guest: str, action: str, operand: str) -> SafeR
     interruption shows in ``status`` and ``recover``."""
     guest_file = _xl_guest(host, guest, action)
     argv = ["xl", action, guest, operand]
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        devices = _owned(ledger, guest)
+        result = SafeResult(action, guest, [str(a) for a in devices])
+        op = ledger.begin(
+            f"safe-{action}", {"guest": guest, "devices": result.devices, "argv": argv}
+        )
+        _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
         try:
-            devices = _owned(ledger, guest)
-            result = SafeResult(action, guest, [str(a) for a in devices])
-            op = ledger.begin(
-                f"safe-{action}", {"guest": guest, "devices": result.devices, "argv": argv}
-            )
-            _hotplug_all(host, ledger, guest_file, guest, devices, action="detach", result=result)
-            try:
-                XenCli(host, "xl", guest).lifecycle(action, guest, operand)
-            except OperationFailed:
-                _hotplug_all(
-                    host, ledger, guest_file, guest, devices, action="attach", result=result
-                )
-                op.finish()
-                raise
-            result.commands.append(argv)
-            if action == "migrate":
-                for address in devices:
-                    ledger.release(address, guest)
+            XenCli(host, "xl", guest).lifecycle(action, guest, operand)
+        except OperationFailed:
+            _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
             op.finish()
-        finally:
-            ledger.close()
+            raise
+        result.commands.append(argv)
+        if action == "migrate":
+            for address in devices:
+                ledger.release(address, guest)
+        op.finish()
     return result
 
 
@@ -145,23 +139,19 @@ def safe_restore(host: Host, source: str, guest: str) -> SafeResult:
     from pcipass.ops.assignability import assignability_findings
     from pcipass.policy.verdict import refusal_error, refusals
 
-    with StateLock(host.root):
-        ledger = Ledger.open(host.root, clock=host.clock)
-        try:
-            devices = _owned(ledger, guest)
-            result = SafeResult("restore", guest, [str(a) for a in devices])
-            # PP105: the addresses must still name the devices that were hidden.
-            blocking = [
-                f
-                for f in refusals(assignability_findings(host, devices, for_guest=guest))
-                if f.rule == "PP105"
-            ]
-            if blocking:
-                raise refusal_error(blocking, f"guest {guest}")
-            result.commands.append(XenCli(host, "xl", guest).lifecycle("restore", source))
-            _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
-        finally:
-            ledger.close()
+    with StateLock(host.root), Ledger.open(host.root, clock=host.clock) as ledger:
+        devices = _owned(ledger, guest)
+        result = SafeResult("restore", guest, [str(a) for a in devices])
+        # PP105: the addresses must still name the devices that were hidden.
+        blocking = [
+            f
+            for f in refusals(assignability_findings(host, devices, for_guest=guest))
+            if f.rule == "PP105"
+        ]
+        if blocking:
+            raise refusal_error(blocking, f"guest {guest}")
+        result.commands.append(XenCli(host, "xl", guest).lifecycle("restore", source))
+        _hotplug_all(host, ledger, guest_file, guest, devices, action="attach", result=result)
     return result
 
 

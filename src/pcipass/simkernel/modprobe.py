@@ -1,6 +1,6 @@
-"""``modprobe`` and ``modprobe -r`` for the fake kernel, reading the tree's configuration.
+"""``modprobe`` and ``modprobe -r`` for the simulated kernel, reading the tree's configuration.
 
-What the fake runner does when pcipass (or a test) runs modprobe on a fake
+What the simulated runner does when pcipass (or a test) runs modprobe on a simulated
 host, as kmod / RHEL 5's module-init-tools do (modprobe.d(5), modprobe.conf(5)):
 
 * ``modprobe -r M...``: each module is unloaded; its driver's ``remove``
@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 from pcipass.runner import CommandResult
 
 if TYPE_CHECKING:
-    from pcipass.testing.fakehost import FakeDriver, FakeKernel
+    from pcipass.simkernel.kernel import SimKernel
+    from pcipass.simkernel.tree import SimDriver
 
 
 def _canon(name: str) -> str:
@@ -88,24 +89,24 @@ class ModprobeConfig:
                 self.alias[module] = _canon(words[2])
 
 
-def _spec(kernel: FakeKernel, module: str) -> FakeDriver | None:
+def _spec(kernel: SimKernel, module: str) -> SimDriver | None:
     return kernel.known_module(module)
 
 
-def _fails(kernel: FakeKernel, action: str, module: str) -> None:
-    """A failure the test asked for (:meth:`FakeKernel.fail_module`)."""
+def _fails(kernel: SimKernel, action: str, module: str) -> None:
+    """A failure the test asked for (:meth:`SimKernel.fail_module`)."""
     for index, (what, name, err) in enumerate(kernel.module_failures):
         if what == action and name == _canon(module):
             del kernel.module_failures[index]
             raise OSError(err, f"could not {action} {module}: {os.strerror(err)}")
 
 
-def module_loaded(kernel: FakeKernel, module: str) -> bool:
+def module_loaded(kernel: SimKernel, module: str) -> bool:
     spec = _spec(kernel, module)
     return spec is not None and kernel.host.driver_dir(spec.name).exists()
 
 
-def load_module(kernel: FakeKernel, module: str, params: Mapping[str, str]) -> None:
+def load_module(kernel: SimKernel, module: str, params: Mapping[str, str]) -> None:
     """The module's init: register the driver, take its parameters, probe."""
     spec = _spec(kernel, module)
     if spec is None:
@@ -134,7 +135,7 @@ def load_module(kernel: FakeKernel, module: str, params: Mapping[str, str]) -> N
             kernel._probe(name)
 
 
-def unload_module(kernel: FakeKernel, module: str) -> None:
+def unload_module(kernel: SimKernel, module: str) -> None:
     """``modprobe -r``: the driver's remove() runs for every function it drives."""
     spec = _spec(kernel, module)
     host = kernel.host
@@ -160,7 +161,7 @@ def unload_module(kernel: FakeKernel, module: str) -> None:
 
 
 def load(
-    kernel: FakeKernel,
+    kernel: SimKernel,
     module: str,
     params: dict[str, str],
     config: ModprobeConfig,
@@ -197,7 +198,7 @@ def load(
     kernel.load_module(module, merged)
 
 
-def run_modprobe(kernel: FakeKernel, args: Sequence[str]) -> CommandResult:
+def run_modprobe(kernel: SimKernel, args: Sequence[str]) -> CommandResult:
     """Answer one ``modprobe`` command line (``args[0]`` is the program)."""
     argv = tuple(args)
     flags = [a for a in argv[1:] if a.startswith("-")]

@@ -1,13 +1,13 @@
-"""Fake xl, xm and virsh that remember what each running guest holds.
+"""Simulated xl, xm and virsh that remember what each running guest holds.
 
 A hotplug test must end with the ledger equal to the toolstack's truth, so
-the fake toolstack keeps that truth: :attr:`FakeToolstack.running` maps a
+the simulated toolstack keeps that truth: :attr:`SimToolstack.running` maps a
 guest name to the PCI addresses its running domain holds.  ``pci-attach``,
 ``pci-detach``, ``attach-device``/``detach-device --live`` change it;
 ``pci-list`` and ``virsh dumpxml`` report it in each tool's own format
 (xl: ``Vdev Device`` rows; xm: hex ``VSlt domain bus slot func`` columns;
 virsh: a domain XML with one ``<hostdev>`` per device).  Only commands of a
-program the :class:`~pcipass.testing.fakehost.FakeRunner` provides reach it.
+program the :class:`~pcipass.simkernel.runner.SimRunner` provides reach it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _ADDRESS_ATTR = re.compile(
 )
 
 
-class FakeToolstack:
+class SimToolstack:
     def __init__(self) -> None:
         self.running: dict[str, set[str]] = {}
 
