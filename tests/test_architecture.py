@@ -6,6 +6,8 @@ and checks the rules of docs/architecture.md:
 * every import points down the layers of :data:`RANK` (or stays in its layer);
   product code never imports the test kit ``pcipass.testing``;
 * ``pcipass.policy`` imports nothing from ``ops``, ``state`` or ``persist``;
+* ``pcipass.persist`` imports nothing from ``policy`` (the rules about
+  persistent hiding are policy's);
 * ``pcipass.cli`` imports nothing from ``policy``, ``guests``, ``persist`` or
   ``state``: it asks ``ops``;
 * ``pcipass.host`` imports only base modules, other host modules and the
@@ -137,6 +139,19 @@ def test_policy_imports_nothing_from_ops_state_or_persist() -> None:
         if _layer(module) == "policy"
         for target in targets
         if _layer(target) in ("ops", "state", "persist", "cli")
+    )
+    assert wrong == []
+
+
+def test_persist_reads_and_edits_and_leaves_the_rules_to_policy() -> None:
+    # PP009/PP010 are findings of policy/persist_rules.py over the parsed
+    # types of host/persisted.py: persist/ produces no finding itself.
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        if _layer(module) == "persist"
+        for target in targets
+        if _layer(target) == "policy"
     )
     assert wrong == []
 

@@ -23,9 +23,9 @@ from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.host.platform import detect_platform
 from pcipass.host.root import HostRoot
 from pcipass.persist.cmdline import (
+    ConfiguredCmdline,
     add_hide,
     collect_grub_files,
-    cross_findings,
     parse_kernel_cmdline,
     read_configured,
     read_running,
@@ -34,6 +34,8 @@ from pcipass.persist.cmdline import (
 )
 from pcipass.persist.modprobe import read_persistent_hides
 from pcipass.persist.shell_assign import ShellFile
+from pcipass.policy.persist_rules import configured_findings, cross_findings
+from pcipass.policy.verdict import Finding
 from pcipass.testing.tools import find_tool
 
 A = PciAddress.parse("0000:09:00.0")
@@ -41,6 +43,11 @@ B = PciAddress.parse("0000:0a:04.1")
 PCIBACK = Backend.PCIBACK
 VFIO = Backend.VFIO
 SH = find_tool("sh")
+
+
+def _findings(configured: ConfiguredCmdline) -> list[Finding]:
+    """The PP009/PP010 findings of a configured command line (policy/persist_rules)."""
+    return configured_findings(configured.problems, configured.hides)
 
 
 def needs_sh(test: Callable[..., None]) -> Callable[..., None]:
@@ -190,7 +197,7 @@ def test_merges_into_the_effective_token_even_in_the_default_variable(tmp_path: 
     )
     configured = read_configured({"/etc/default/grub": original}, xen=True)
     assert configured.hides.hidden() == {PciAddress.parse("0000:02:00.0")}
-    assert [f.code for f in configured.findings] == ["duplicate-hide"]
+    assert [f.code for f in _findings(configured)] == ["duplicate-hide"]
     text = add_hide(original, backend=PCIBACK, addresses=[A])
     assert (
         shell_value(tmp_path, text, "GRUB_CMDLINE_LINUX_DEFAULT")
@@ -295,7 +302,7 @@ def test_grub_d_snippet_that_replaces_the_variable(tmp_path: Path) -> None:
     configured = read_configured(files, xen=True)
     assert configured.variables["GRUB_CMDLINE_LINUX"] == "console=ttyS0 net.ifnames=0"
     assert configured.hides.hidden() == frozenset()
-    (finding,) = configured.findings
+    (finding,) = _findings(configured)
     assert finding.code == "cmdline-overridden"
     assert finding.subject == "/etc/default/grub.d/50-cloud.cfg:1"
     assert configured.sources["GRUB_CMDLINE_LINUX"] == "/etc/default/grub.d/60-append.cfg:1"
@@ -305,12 +312,12 @@ def test_unreadable_values_become_findings_not_errors() -> None:
     configured = read_configured(
         {"/etc/default/grub": b'GRUB_CMDLINE_LINUX="$(cat x)"\nGRUB_CMDLINE_LINUX_DEFAULT=q\n'}
     )
-    assert [f.code for f in configured.findings] == ["cmdline-unreadable"]
+    assert [f.code for f in _findings(configured)] == ["cmdline-unreadable"]
     assert configured.variables == {"GRUB_CMDLINE_LINUX_DEFAULT": "q"}
     bad = read_configured(
         {"/etc/default/grub": b'GRUB_CMDLINE_LINUX="xen-pciback.hide=0000:01:00.0"'}
     )
-    assert [f.code for f in bad.findings] == ["bad-hide"]
+    assert [f.code for f in _findings(bad)] == ["bad-hide"]
 
 
 def test_modprobe_and_command_line_both_hiding_is_pp009() -> None:

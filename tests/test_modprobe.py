@@ -36,7 +36,6 @@ from pcipass.persist.modprobe import (
     HidePlan,
     add_hide,
     collect_modprobe_files,
-    findings,
     install_line,
     kmod_file_order,
     only_header_left,
@@ -47,6 +46,7 @@ from pcipass.persist.modprobe import (
     repair_rhel5_alias,
     split_logical,
 )
+from pcipass.policy.persist_rules import findings
 from pcipass.testing.example import build_rhel5_xen
 from pcipass.testing.tools import find_tool, require_tool
 

@@ -23,11 +23,11 @@ from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.persist.modprobe import (
     HideDevice,
     HidePlan,
-    findings,
     plan_add_hide,
     plan_remove_hide,
     read_persistent_hides,
 )
+from pcipass.policy import persist_rules
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.state.ledger import Ledger
 
@@ -322,10 +322,10 @@ def persistence_findings(host: Host, inv: Inventory) -> list[Finding]:
     )
     running = cmdline.read_running(host.root)
     persist_findings = [
-        *findings(state, platform),
-        *configured.findings,
-        *cmdline.cmdline_findings(running),
-        *cmdline.cross_findings(state, configured.hides),
+        *persist_rules.findings(state, platform),
+        *persist_rules.configured_findings(configured.problems, configured.hides),
+        *persist_rules.cmdline_findings(running),
+        *persist_rules.cross_findings(state, configured.hides),
     ]
     result += persist_findings
     persistent = state.hidden() | configured.hides.hidden() | running.hidden()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, UsageError
+from pcipass.host.persisted import CmdlineHides, CmdlineToken, GrubProblem, module_key
 from pcipass.host.platform import (
     DEFAULT_GRUB_FILE,
     PersistMethod,
@@ -37,12 +38,9 @@ from pcipass.host.platform import (
     Regeneration,
 )
 from pcipass.host.root import HostRoot
-from pcipass.persist.modprobe.findings import persist_finding
-from pcipass.persist.modprobe.installed import PersistentState
-from pcipass.persist.modprobe.syntax import module_key, parse_params
+from pcipass.persist.modprobe.syntax import parse_params
 from pcipass.persist.shell_assign import EOL_NOTE, MARKER, Assignment, ShellFile, Value, evaluate
 from pcipass.persist.stub_values import hide_items, id_items, normalise_device_id, parse_hide_value
-from pcipass.policy.verdict import Finding
 
 BASE = "GRUB_CMDLINE_LINUX"
 BASE_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"
@@ -61,60 +59,6 @@ _HIDE_PARAMS = {
 # --------------------------------------------------------------------------
 # Kernel command line tokens
 # --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CmdlineToken:
-    """One hiding parameter on a kernel command line."""
-
-    where: str  # "/proc/cmdline" or "GRUB_CMDLINE_LINUX (/etc/default/grub:5)"
-    param: str  # as written: xen-pciback.hide
-    stub: str  # kmod-normalised module: xen_pciback, pciback, vfio_pci
-    kind: str  # hide or ids
-    value: str
-    start: int  # index in the command line text of the parameter name
-    value_start: int
-    end: int  # after the whole parameter
-    addresses: tuple[PciAddress, ...] = ()
-    ids: tuple[str, ...] = ()
-    error: str | None = None
-    effective: bool = True
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "where": self.where,
-            "param": self.param,
-            "value": self.value,
-            "addresses": [str(a) for a in self.addresses],
-            "ids": list(self.ids),
-            "error": self.error,
-            "effective": self.effective,
-        }
-
-
-@dataclass(frozen=True)
-class CmdlineHides:
-    """The hiding parameters of one kernel command line, last one winning."""
-
-    tokens: tuple[CmdlineToken, ...]
-
-    def hidden(self, stub: str | None = None) -> frozenset[PciAddress]:
-        return frozenset(
-            a
-            for t in self.tokens
-            if t.effective and t.kind == "hide" and (stub is None or t.stub == module_key(stub))
-            for a in t.addresses
-        )
-
-    def hidden_ids(self) -> frozenset[str]:
-        return frozenset(i for t in self.tokens if t.effective and t.kind == "ids" for i in t.ids)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "hidden": sorted(str(a) for a in self.hidden()),
-            "ids": sorted(self.hidden_ids()),
-            "tokens": [t.to_json() for t in self.tokens],
-        }
 
 
 def hide_tokens(text: str, where: str) -> list[CmdlineToken]:
@@ -169,15 +113,9 @@ class ConfiguredCmdline:
     variables: Mapping[str, str]  # final values of the GRUB_CMDLINE_* variables
     sources: Mapping[str, str]  # variable -> "path:line" of its last assignment
     hides: CmdlineHides  # the hiding parameters, for the entries asked about
-    findings: tuple[Finding, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "variables": dict(self.variables),
-            "sources": dict(self.sources),
-            "hides": self.hides.to_json(),
-            "findings": [f.to_json() for f in self.findings],
-        }
+    #: What pcipass could not follow, or a later file replacing a variable:
+    #: policy/persist_rules.configured_findings turns them into PP010 findings.
+    problems: tuple[GrubProblem, ...]
 
 
 def grub_file_order(paths: Iterable[str]) -> list[str]:
@@ -207,25 +145,25 @@ def read_configured(files: Mapping[str, bytes], *, xen: bool = False) -> Configu
     """
     env: dict[str, str] = {}
     sources: dict[str, str] = {}
-    problems: list[Finding] = []
+    problems: list[GrubProblem] = []
     names = (BASE, BASE_DEFAULT, XEN_REPLACE, XEN_REPLACE_DEFAULT)
     for path in grub_file_order(files):
         shell = ShellFile.parse(files[path], path)
         if shell.error:
-            problems.append(_unreadable(path, shell.error))
+            problems.append(GrubProblem(path, shell.error))
         for name, (why, line) in shell.blocked.items():
             if name in names:
-                problems.append(_unreadable(path, f"{name} is {why} at line {line}"))
+                problems.append(GrubProblem(path, f"{name} is {why} at line {line}"))
         for assignment in shell.assignments:
             if assignment.name not in names:
                 continue
             try:
                 env[assignment.name] = evaluate(shell.data, assignment, env).text
             except ConfigSyntaxError as error:
-                problems.append(_unreadable(path, error.problem))
+                problems.append(GrubProblem(path, error.problem))
                 continue
             if path != DEFAULT_GRUB_FILE and not _self_appends(shell.data, assignment):
-                problems.append(_overridden_by_snippet(path, assignment))
+                problems.append(GrubProblem(path, overridden=assignment.name, line=assignment.line))
             sources[assignment.name] = f"{path}:{assignment.line}"
     base, default = _entry_variables(env, xen)
     tokens: list[CmdlineToken] = []
@@ -233,7 +171,6 @@ def read_configured(files: Mapping[str, bytes], *, xen: bool = False) -> Configu
         where = f"{name} ({sources.get(name, 'unset')})"
         tokens.extend(hide_tokens(env.get(name, ""), where))
     hides = CmdlineHides(_with_effective(tokens))
-    problems.extend(cmdline_findings(hides))
     return ConfiguredCmdline(env, sources, hides, tuple(problems))
 
 
@@ -248,101 +185,6 @@ def _entry_variables(env: Mapping[str, str], xen: bool) -> tuple[str, str]:
 def _self_appends(data: bytes, assignment: Assignment) -> bool:
     raw = data[assignment.value_start : assignment.value_end].decode("latin-1")
     return f"${assignment.name}" in raw or f"${{{assignment.name}}}" in raw
-
-
-def _unreadable(path: str, problem: str) -> Finding:
-    return persist_finding(
-        "PP010",
-        "cmdline-unreadable",
-        "warning",
-        path,
-        f"pcipass cannot follow this file ({problem}); the configured command line is unknown",
-        remedy="simplify the assignment, or check the generated grub.cfg by hand",
-        path=path,
-    )
-
-
-def _overridden_by_snippet(path: str, assignment: Assignment) -> Finding:
-    return persist_finding(
-        "PP010",
-        "cmdline-overridden",
-        "warning",
-        f"{path}:{assignment.line}",
-        f"{assignment.name} is set again after /etc/default/grub, replacing what is there "
-        "(including anything pcipass adds)",
-        remedy=f'make it append instead: {assignment.name}="${assignment.name} ..."',
-        path=path,
-        line=assignment.line,
-    )
-
-
-def cmdline_findings(hides: CmdlineHides) -> list[Finding]:
-    """PP009 for a hiding parameter given twice; PP010 for a value the stub rejects."""
-    result: list[Finding] = []
-    for token in hides.tokens:
-        if token.error is not None:
-            result.append(
-                persist_finding(
-                    "PP010",
-                    f"bad-{token.kind}",
-                    "error",
-                    token.where,
-                    f"{token.param}={token.value!r} cannot be parsed ({token.error})",
-                    remedy="write addresses as (DDDD:BB:DD.F)(...) and ids as vendor:device,...",
-                )
-            )
-        if token.effective:
-            continue
-        winner = next(
-            t for t in hides.tokens if t.effective and (t.stub, t.kind) == (token.stub, token.kind)
-        )
-        same = [t for t in hides.tokens if (t.stub, t.kind) == (token.stub, token.kind)]
-        if token.kind == "hide":
-            merged = format_hide_list(list(dict.fromkeys(a for t in same for a in t.addresses)))
-        else:
-            merged = ",".join(dict.fromkeys(i for t in same for i in t.ids))
-        result.append(
-            persist_finding(
-                "PP009",
-                f"duplicate-{token.kind}",
-                "error",
-                token.where,
-                f"{token.param}= is given again later ({winner.where}); the kernel keeps only "
-                "the last value, so this one is lost",
-                remedy=f"merge them into one: {winner.param}={merged}",
-            )
-        )
-    return result
-
-
-def cross_findings(modprobe: PersistentState, configured: CmdlineHides) -> list[Finding]:
-    """Both modprobe options and the command line set one stub's value.
-
-    kmod appends the command line's options after the files' options
-    (``kmod_config_new`` parses /proc/cmdline last), and the kernel keeps
-    the last value: the command line wins and the modprobe value is lost.
-    """
-    result: list[Finding] = []
-    for entry in modprobe.entries:
-        if not entry.effective:
-            continue
-        for token in configured.tokens:
-            if token.effective and (token.stub, token.kind) == (entry.stub, entry.param):
-                result.append(
-                    persist_finding(
-                        "PP009",
-                        f"cmdline-and-modprobe-{entry.param}",
-                        "error",
-                        f"{entry.path}:{entry.line}",
-                        f"{entry.param}= for {entry.stub.replace('_', '-')} is also on the kernel "
-                        f"command line ({token.where}); the command line value wins and this "
-                        "one is lost",
-                        remedy="keep the devices in one place",
-                        path=entry.path,
-                        line=entry.line,
-                    )
-                )
-    return result
 
 
 # --------------------------------------------------------------------------

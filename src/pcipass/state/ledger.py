@@ -34,7 +34,6 @@ import os
 import re
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import write_file
+from pcipass.state.opening import StateDir, db_uri, open_state_dir, verified
 from pcipass.state.records import (
     EDIT_SELECT,
     HIDDEN_SELECT,
@@ -157,81 +157,107 @@ class Ledger:
         it gives an empty view (an in-memory database with the schema).
         """
         display = root.host_path(root.state_dir / DB_NAME)
-        path = _confined_db_path(root, display, create=not readonly)
-        if readonly:
-            conn = cls._connect_readonly(path, display)
-        else:
-            if rebuild:
-                set_aside(path)
-            conn = cls._connect_writable(path, display, rebuild=rebuild)
+        state = open_state_dir(root, display, create=not readonly)
+        if state is None:
+            if not readonly:  # created above unless something vanished meanwhile
+                raise OperationFailed(display, "the state directory could not be created")
+            # No state directory: nothing recorded.
+            return cls(empty_view(display), root, readonly=True, clock=clock, display=display)
+        try:
+            state.refuse_links()
+            if readonly:
+                conn = cls._connect_readonly(state, display)
+            else:
+                if rebuild:
+                    set_aside(state.fd)
+                conn = cls._connect_writable(state, display, rebuild=rebuild)
+        finally:
+            state.close()
         return cls(conn, root, readonly=readonly, clock=clock, display=display)
 
     @staticmethod
-    def _connect_writable(path: Path, display: str, *, rebuild: bool) -> sqlite3.Connection:
+    def _connect_writable(state: StateDir, display: str, *, rebuild: bool) -> sqlite3.Connection:
+        had_records = not rebuild and used_before(state.fd)
+        db_fd = state.open_db(create=True)
+        assert db_fd is not None  # created if absent
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        except PermissionError as exc:
-            raise permission_error(display, "create the state directory") from exc
-        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            raise permission_error(display, "write the state database")
-        try:
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise open_error(display, exc) from exc
-        try:
-            configure(conn, display, writable=True)
-            # Schema first: a file that is not ours (or is newer) is refused
-            # before anything about it, its journal mode included, changes.
-            ensure_schema(conn, display, had_records=not rebuild and used_before(path))
-            enable_wal(conn, display)
-            mark_used(path)
-        except BaseException:
-            conn.close()
-            raise
+            with verified(state, db_fd) as check:
+                try:
+                    conn = sqlite3.connect(
+                        db_uri(state, "rw"),
+                        uri=True,
+                        timeout=BUSY_TIMEOUT_SECONDS,
+                        isolation_level=None,
+                    )
+                except sqlite3.Error as exc:
+                    raise open_error(display, exc) from exc
+                check(conn)  # before any statement: SQLite holds our inode
+                try:
+                    configure(conn, display, writable=True)
+                    # Schema first: a file that is not ours (or is newer) is refused
+                    # before anything about it, its journal mode included, changes.
+                    ensure_schema(conn, display, had_records=had_records)
+                    enable_wal(conn, display)
+                    check(conn)  # the WAL and its index are ours too
+                    mark_used(state.fd)
+                except BaseException:
+                    conn.close()
+                    raise
+        finally:
+            os.close(db_fd)
         return conn
 
     @staticmethod
-    def _connect_readonly(path: Path, display: str) -> sqlite3.Connection:
-        if not path.exists():
-            if used_before(path):
+    def _connect_readonly(state: StateDir, display: str) -> sqlite3.Connection:
+        db_fd = state.open_db(create=False)
+        if db_fd is None:
+            if used_before(state.fd):
                 raise lost_records(display)
             return empty_view(display)
-        if not os.access(path, os.R_OK):
-            raise permission_error(display, "read the state database")
-        uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+        try:
+            return Ledger._connect_readonly_fd(state, db_fd, display)
+        finally:
+            os.close(db_fd)
+
+    @staticmethod
+    def _connect_readonly_fd(state: StateDir, db_fd: int, display: str) -> sqlite3.Connection:
+        uri = db_uri(state, "ro")
         # A reader of a WAL database must create or map the "-shm" index next
         # to it, and a non-root user cannot create files in /var/lib/pcipass.
         # When no "-wal" file exists (the last writer checkpointed and removed
         # it) the main file is complete and may be read as immutable instead
         # (https://www.sqlite.org/wal.html#readonly, URI parameter "immutable").
         for immutable in (False, True):
-            if immutable and Path(str(path) + "-wal").exists():
+            if immutable and state.lstat(DB_NAME + "-wal") is not None:
                 break
-            try:
-                conn = sqlite3.connect(
-                    uri + ("&immutable=1" if immutable else ""),
-                    uri=True,
-                    timeout=BUSY_TIMEOUT_SECONDS,
-                    isolation_level=None,
-                )
-            except sqlite3.Error as exc:
-                raise open_error(display, exc) from exc
-            try:
-                configure(conn, display, writable=False)
-                check_schema_readonly(conn, display)
-            except ReadonlyNeedsShm:
-                conn.close()
-                continue
-            except EmptyDatabase:
-                # A 0-byte file is an empty database: nothing recorded yet,
-                # unless pcipass recorded something here before.
-                conn.close()
-                if used_before(path):
-                    raise lost_records(display) from None
-                return empty_view(display)
-            except BaseException:
-                conn.close()
-                raise
+            with verified(state, db_fd) as check:
+                try:
+                    conn = sqlite3.connect(
+                        uri + ("&immutable=1" if immutable else ""),
+                        uri=True,
+                        timeout=BUSY_TIMEOUT_SECONDS,
+                        isolation_level=None,
+                    )
+                except sqlite3.Error as exc:
+                    raise open_error(display, exc) from exc
+                check(conn)  # before any statement: SQLite holds our inode
+                try:
+                    configure(conn, display, writable=False)
+                    check_schema_readonly(conn, display)
+                    check(conn)
+                except ReadonlyNeedsShm:
+                    conn.close()
+                    continue
+                except EmptyDatabase:
+                    # A 0-byte file is an empty database: nothing recorded yet,
+                    # unless pcipass recorded something here before.
+                    conn.close()
+                    if used_before(state.fd):
+                        raise lost_records(display) from None
+                    return empty_view(display)
+                except BaseException:
+                    conn.close()
+                    raise
             return conn
         raise permission_error(display, "read the state database while another pcipass writes it")
 
@@ -694,33 +720,6 @@ class Ledger:
                 display, "backup is corrupt (its content does not match its sha256)"
             )
         return data
-
-
-def _confined_db_path(root: HostRoot, display: str, *, create: bool) -> Path:
-    """The database path with the state directory resolved inside the root.
-
-    SQLite opens by name, so the directory is resolved first with the
-    confined walk (a link out of the root is refused) and SQLite is given
-    where it really is; the database and its companion files must not be
-    links themselves.
-    """
-    state_dir = root.host_path(root.state_dir)
-    try:
-        real = root.files.real_dir(state_dir, create=create)
-    except OperationFailed as exc:
-        if "permission denied" in exc.problem or "not permitted" in exc.problem:
-            raise permission_error(display, "create the state directory") from exc
-        raise
-    if real is None:
-        return root.state_dir / DB_NAME
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if (real / (DB_NAME + suffix)).is_symlink():
-            raise RefusedError(
-                display + suffix,
-                "is a symbolic link; pcipass opens its state files only as plain files",
-                "remove the link",
-            )
-    return real / DB_NAME
 
 
 class OperationHandle:

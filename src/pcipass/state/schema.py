@@ -16,7 +16,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Final
 
 from pcipass.errors import NotFoundError, OperationFailed
@@ -159,19 +158,33 @@ def enable_wal(conn: sqlite3.Connection, display: str) -> None:
 USED_MARKER: Final = "state.db.in-use"
 
 
-def used_before(path: Path) -> bool:
-    backups = path.parent / BACKUP_DIR
-    return (path.parent / USED_MARKER).exists() or (backups.is_dir() and any(backups.iterdir()))
-
-
-def mark_used(path: Path) -> None:
-    # ``path`` is already resolved inside the root (ledger._confined_db_path):
-    # the marker is created there, never through a link, and only once.
-    marker = path.parent / USED_MARKER
-    if marker.exists():
-        return
+def used_before(dir_fd: int) -> bool:
+    """Did pcipass record something in this state directory (held as
+    ``dir_fd``, see state/opening.py)?  Looked up by descriptor, never through a link."""
     try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.stat(USED_MARKER, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(BACKUP_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return bool(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def mark_used(dir_fd: int) -> None:
+    # Created through the held state directory, never through a link, and only once.
+    try:
+        fd = os.open(
+            USED_MARKER,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=dir_fd,
+        )
     except FileExistsError:
         return
     try:
@@ -185,17 +198,29 @@ def mark_used(path: Path) -> None:
         os.close(fd)
 
 
-def set_aside(path: Path) -> None:
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def set_aside(dir_fd: int) -> None:
     """Keep a damaged database (and its side files) as ``state.db.lost-N`` for inspection."""
-    if not path.exists():
+    if not _exists(DB_NAME, dir_fd):
         return
     number = 1
-    while path.with_name(f"{path.name}.lost-{number}").exists():
+    while _exists(f"{DB_NAME}.lost-{number}", dir_fd):
         number += 1
     for suffix in ("", "-wal", "-shm"):
-        source = Path(str(path) + suffix)
-        if source.exists():
-            os.replace(source, path.with_name(f"{path.name}.lost-{number}{suffix}"))
+        if _exists(DB_NAME + suffix, dir_fd):
+            os.replace(
+                DB_NAME + suffix,
+                f"{DB_NAME}.lost-{number}{suffix}",
+                src_dir_fd=dir_fd,
+                dst_dir_fd=dir_fd,
+            )
 
 
 def lost_records(display: str) -> OperationFailed:

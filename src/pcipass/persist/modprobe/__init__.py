@@ -3,9 +3,10 @@
 This package is split along its seams: :mod:`.syntax` (kmod's text model),
 :mod:`pcipass.persist.stub_values` (``hide=``/``ids=`` values, shared with the
 kernel command line), :mod:`.edit` (adding and removing lines),
-:mod:`.installed` (what all the host's files configure) and :mod:`.findings`
-(rules PP009/PP010 over that).  The names below are re-exported so callers
-keep one import path.
+:mod:`.installed` (what all the host's files configure, as the types of
+:mod:`pcipass.host.persisted`).  The rules over that (PP009/PP010) are in
+:mod:`pcipass.policy.persist_rules`.  The names below are re-exported so
+callers keep one import path.
 
 The text model follows kmod 30 exactly (``libkmod-config.c``,
 ``getline_wrapped`` in ``libkmod-util.c``) because kmod is what reads these
@@ -53,6 +54,7 @@ comments, kmod and module-init-tools ignore them.
 
 from __future__ import annotations
 
+from pcipass.host.persisted import HideEntry, OrderingEntry, PersistentState, module_key
 from pcipass.persist.modprobe.edit import (
     HEADER,
     AddResult,
@@ -67,15 +69,8 @@ from pcipass.persist.modprobe.edit import (
     remove_hide,
     repair_rhel5_alias,
 )
-from pcipass.persist.modprobe.findings import (
-    findings,
-    persist_finding,
-)
 from pcipass.persist.modprobe.installed import (
     MODPROBE_DIRS,
-    HideEntry,
-    OrderingEntry,
-    PersistentState,
     collect_modprobe_files,
     kmod_file_order,
     read_one_file,
@@ -88,7 +83,6 @@ from pcipass.persist.modprobe.syntax import (
     Logical,
     Marker,
     Param,
-    module_key,
     parse_marker,
     parse_params,
     split_logical,
@@ -120,7 +114,6 @@ __all__ = [
     "ValueItem",
     "add_hide",
     "collect_modprobe_files",
-    "findings",
     "hide_items",
     "id_items",
     "install_line",
@@ -131,7 +124,6 @@ __all__ = [
     "parse_hide_value",
     "parse_marker",
     "parse_params",
-    "persist_finding",
     "plan_add_hide",
     "plan_remove_hide",
     "read_one_file",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, UsageError
+from pcipass.host.persisted import module_key
 from pcipass.host.platform import (
     PersistMethod,
     Platform,
@@ -30,7 +31,6 @@ from pcipass.persist.modprobe.syntax import (
     Document,
     Marker,
     Param,
-    module_key,
     new_marker,
 )
 from pcipass.persist.stub_values import (

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from pcipass.address import PciAddress
+from pcipass.host.persisted import HideEntry, OrderingEntry, PersistentState, module_key
 from pcipass.host.platform import (
     RHEL5_MODPROBE_FILE,
 )
@@ -24,7 +24,6 @@ from pcipass.persist.modprobe.syntax import (
     XEN_STUB_KEYS,
     Directive,
     Document,
-    module_key,
 )
 from pcipass.persist.stub_values import parse_hide_value
 
@@ -41,89 +40,6 @@ MODPROBE_DIRS = (
 # --------------------------------------------------------------------------
 # Reading what is configured (all modprobe files of a host)
 # --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HideEntry:
-    """One ``hide=`` or ``ids=`` value in one options line."""
-
-    path: str
-    line: int
-    module: str  # as written
-    stub: str  # the module it reaches, kmod-normalised: pciback, xen_pciback, vfio_pci
-    param: str  # hide or ids
-    value: str
-    addresses: tuple[PciAddress, ...]
-    ids: tuple[str, ...]
-    managed: bool  # a pcipass marker stands before it
-    effective: bool = True  # False: a later value for the same stub replaces it (PP009)
-    error: str | None = None  # the value cannot be parsed (the stub would reject it)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "line": self.line,
-            "module": self.module,
-            "stub": self.stub,
-            "param": self.param,
-            "value": self.value,
-            "addresses": [str(a) for a in self.addresses],
-            "ids": list(self.ids),
-            "managed": self.managed,
-            "effective": self.effective,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
-class OrderingEntry:
-    """An install, softdep or alias line that concerns a stub or a hidden device's driver."""
-
-    path: str
-    line: int
-    command: str
-    module: str  # the driver (install/softdep) or the alias name
-    text: str
-    loads: tuple[str, ...]  # stub keys it loads first (install/softdep) or names (alias)
-    managed: bool
-
-
-@dataclass(frozen=True)
-class PersistentState:
-    """What the modprobe configuration hides at the next boot, after kmod's rules."""
-
-    entries: tuple[HideEntry, ...]
-    ordering: tuple[OrderingEntry, ...]
-    aliases: Mapping[str, str] = field(default_factory=dict)  # alias key -> module key
-    files: tuple[str, ...] = ()  # in the order kmod reads them
-    ignored_files: tuple[str, ...] = ()  # present but never read (name, or shadowed)
-
-    def hidden(self, stub: str | None = None) -> frozenset[PciAddress]:
-        """Addresses the effective hide values name (optionally for one stub)."""
-        return frozenset(
-            a
-            for e in self.entries
-            if e.effective and e.param == "hide" and (stub is None or e.stub == module_key(stub))
-            for a in e.addresses
-        )
-
-    def hidden_ids(self) -> frozenset[str]:
-        return frozenset(i for e in self.entries if e.effective and e.param == "ids" for i in e.ids)
-
-    def source_of(self, address: PciAddress) -> HideEntry | None:
-        for entry in self.entries:
-            if entry.effective and address in entry.addresses:
-                return entry
-        return None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "hidden": sorted(str(a) for a in self.hidden()),
-            "ids": sorted(self.hidden_ids()),
-            "entries": [e.to_json() for e in self.entries],
-            "files": list(self.files),
-            "ignored_files": list(self.ignored_files),
-        }
 
 
 def kmod_file_order(paths: Iterable[str]) -> tuple[list[str], list[str]]:

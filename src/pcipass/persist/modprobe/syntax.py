@@ -23,17 +23,13 @@ from dataclasses import dataclass, replace
 
 from pcipass.address import PciAddress
 from pcipass.errors import UsageError
+from pcipass.host.persisted import module_key
 from pcipass.host.stubs import VFIO_MODULE, XEN_MODULES
 from pcipass.persist.stub_values import ISSPACE, normalise_device_id
 
 MARKER_PREFIX = "# pcipass:"
 
 SPACE = " \t"  # kmod's strtok delimiters
-
-
-def module_key(name: str) -> str:
-    """kmod's ``underscores()``: ``xen-pciback`` and ``xen_pciback`` are one module."""
-    return name.replace("-", "_")
 
 
 # The stub modules as kmod compares them (host/stubs.py names them).

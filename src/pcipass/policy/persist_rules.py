@@ -1,25 +1,36 @@
-"""Problems in the persistent hiding configuration (rules PP009, PP010).
+"""Rules about persistent hiding: PP009 (a value given twice) and PP010 (a
+hiding that silently does not happen at boot).
 
-Read from the parsed state of :mod:`pcipass.persist.modprobe.installed`:
-a hide value given twice (the kernel keeps the last), values the stub cannot
-parse, ordering lines that never run, and lines the kernel cannot load.
+The modprobe files and the kernel command lines arrive parsed
+(:mod:`pcipass.host.persisted`, read by ``persist/``); these rules only look
+at them: a hide value given twice (the kernel keeps the last), values the
+stub cannot parse, ordering lines that never run, lines the kernel cannot
+load, grub files pcipass cannot follow, and a stub set both in modprobe
+files and on the command line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pcipass.address import format_hide_list
+from pcipass.host.persisted import (
+    CmdlineHides,
+    GrubProblem,
+    OrderingEntry,
+    PersistentState,
+    module_key,
+)
 from pcipass.host.platform import (
     PCIPASS_MODPROBE_FILE,
     RHEL5_MODPROBE_FILE,
     Platform,
     StubState,
 )
-from pcipass.persist.modprobe.installed import OrderingEntry, PersistentState
-from pcipass.persist.modprobe.syntax import module_key
 from pcipass.policy.verdict import Finding, Severity
 
 # --------------------------------------------------------------------------
-# Findings
+# modprobe files
 # --------------------------------------------------------------------------
 
 
@@ -38,11 +49,6 @@ def persist_finding(
     device is not hidden at boot: refuse) or "warning"."""
     level = Severity.REFUSE if severity == "error" else Severity.WARN
     return Finding(rule, level, subject, problem, remedy, code=code, path=path, line=line)
-
-
-# --------------------------------------------------------------------------
-# Findings
-# --------------------------------------------------------------------------
 
 
 def findings(state: PersistentState, platform: Platform | None = None) -> list[Finding]:
@@ -237,3 +243,120 @@ def _rhel5_finding(path: str, line: int, release: str) -> Finding:
         path=path,
         line=line,
     )
+
+
+# --------------------------------------------------------------------------
+# kernel command lines
+# --------------------------------------------------------------------------
+
+
+def _unreadable(path: str, problem: str) -> Finding:
+    return persist_finding(
+        "PP010",
+        "cmdline-unreadable",
+        "warning",
+        path,
+        f"pcipass cannot follow this file ({problem}); the configured command line is unknown",
+        remedy="simplify the assignment, or check the generated grub.cfg by hand",
+        path=path,
+    )
+
+
+def _overridden_by_snippet(path: str, name: str, line: int | None) -> Finding:
+    return persist_finding(
+        "PP010",
+        "cmdline-overridden",
+        "warning",
+        f"{path}:{line}",
+        f"{name} is set again after /etc/default/grub, replacing what is there "
+        "(including anything pcipass adds)",
+        remedy=f'make it append instead: {name}="${name} ..."',
+        path=path,
+        line=line,
+    )
+
+
+def grub_findings(problems: Sequence[GrubProblem]) -> list[Finding]:
+    """PP010 for what pcipass cannot follow in the grub files, and for a
+    later file that replaces a GRUB_CMDLINE_* variable instead of appending."""
+    return [
+        _unreadable(p.path, p.problem)
+        if p.overridden is None
+        else _overridden_by_snippet(p.path, p.overridden, p.line)
+        for p in problems
+    ]
+
+
+def cmdline_findings(hides: CmdlineHides) -> list[Finding]:
+    """PP009 for a hiding parameter given twice; PP010 for a value the stub rejects."""
+    result: list[Finding] = []
+    for token in hides.tokens:
+        if token.error is not None:
+            result.append(
+                persist_finding(
+                    "PP010",
+                    f"bad-{token.kind}",
+                    "error",
+                    token.where,
+                    f"{token.param}={token.value!r} cannot be parsed ({token.error})",
+                    remedy="write addresses as (DDDD:BB:DD.F)(...) and ids as vendor:device,...",
+                )
+            )
+        if token.effective:
+            continue
+        winner = next(
+            t for t in hides.tokens if t.effective and (t.stub, t.kind) == (token.stub, token.kind)
+        )
+        same = [t for t in hides.tokens if (t.stub, t.kind) == (token.stub, token.kind)]
+        if token.kind == "hide":
+            merged = format_hide_list(list(dict.fromkeys(a for t in same for a in t.addresses)))
+        else:
+            merged = ",".join(dict.fromkeys(i for t in same for i in t.ids))
+        result.append(
+            persist_finding(
+                "PP009",
+                f"duplicate-{token.kind}",
+                "error",
+                token.where,
+                f"{token.param}= is given again later ({winner.where}); the kernel keeps only "
+                "the last value, so this one is lost",
+                remedy=f"merge them into one: {winner.param}={merged}",
+            )
+        )
+    return result
+
+
+def cross_findings(modprobe: PersistentState, configured: CmdlineHides) -> list[Finding]:
+    """Both modprobe options and the command line set one stub's value.
+
+    kmod appends the command line's options after the files' options
+    (``kmod_config_new`` parses /proc/cmdline last), and the kernel keeps
+    the last value: the command line wins and the modprobe value is lost.
+    """
+    result: list[Finding] = []
+    for entry in modprobe.entries:
+        if not entry.effective:
+            continue
+        for token in configured.tokens:
+            if token.effective and (token.stub, token.kind) == (entry.stub, entry.param):
+                result.append(
+                    persist_finding(
+                        "PP009",
+                        f"cmdline-and-modprobe-{entry.param}",
+                        "error",
+                        f"{entry.path}:{entry.line}",
+                        f"{entry.param}= for {entry.stub.replace('_', '-')} is also on the kernel "
+                        f"command line ({token.where}); the command line value wins and this "
+                        "one is lost",
+                        remedy="keep the devices in one place",
+                        path=entry.path,
+                        line=entry.line,
+                    )
+                )
+    return result
+
+
+def configured_findings(problems: Sequence[GrubProblem], hides: CmdlineHides) -> list[Finding]:
+    """Everything wrong with the configured command line (read_configured's
+    result): what the grub files hide from pcipass, then the hide values."""
+    return [*grub_findings(problems), *cmdline_findings(hides)]
