@@ -171,7 +171,7 @@ PINNED = steps(("pin", NIC, "guestnic"))
 
 
 def pinned_then_swapped(root: Path) -> None:
-    """The pinned NIC replaced by another model at the same address (PP111)."""
+    """The pinned NIC replaced by another model at the same address (PP114)."""
     PINNED(root)
     fake = FakeHost.load(root)
     fake.remove_device(NIC)

@@ -131,7 +131,7 @@ def test_an_unresolvable_device_refuses_the_whole_apply(
     lab = boot(tmp_path, [Card("00:1b.0"), Card("00:1c.2", GPU, driver="nouveau"), Card("00:1c.1")])
     before = snapshot(tmp_path)
     assert run(tmp_path, "apply") == 3
-    assert "[PP111] 2 devices match pin nic equally well" in capsys.readouterr().err
+    assert "[PP114] 2 devices match pin nic equally well" in capsys.readouterr().err
     assert snapshot(tmp_path) == before  # the GPU, which resolves, was not hidden either
     assert run(tmp_path, "plan", "--detailed-exitcode") == 3
 
@@ -156,7 +156,7 @@ def test_apply_boot_finds_a_moved_card_hides_it_and_never_fails(
     assert f"pcipass: boot: @guestnic -> {moved} (matched by ids): bound to vfio-pci" in out
     assert lab.fake.bound_driver(moved) == "vfio-pci"
     assert lab.fake.bound_driver(nic) == "nouveau"  # what a BDF-based hide would have taken
-    assert "pcipass: boot: left to the host: [PP111] refuse: @gpu: no device matches pin gpu" in out
+    assert "pcipass: boot: left to the host: [PP114] refuse: @gpu: no device matches pin gpu" in out
     assert run(tmp_path, "--json", "check") in (1, 3)
     findings = json.loads(capsys.readouterr().out)["findings"]
     pp113 = [f for f in findings if f["rule"] == "PP113"]

@@ -71,7 +71,7 @@ def test_two_identical_cards_without_serials_moved_off_the_pinned_path_is_refuse
     before = snapshot(tmp_path)
     assert run(tmp_path, "hide", "--now", "--backend", "vfio", "@nic") == 3
     err = capsys.readouterr().err
-    assert "[PP111] 2 devices match pin nic equally well" in err
+    assert "[PP114] 2 devices match pin nic equally well" in err
     assert "0000:01:00.0" in err and "0000:02:00.0" in err
     assert "path pci0000:00/1c.0/00.0 -> pci0000:00/1b.0/00.0" in err
     assert snapshot(tmp_path) == before
@@ -84,7 +84,7 @@ def test_twins_at_pin_time_and_only_one_left_elsewhere_is_refused(tmp_path: Path
     lab = boot(tmp_path, [Card("00:1c.2")])
     with pytest.raises(RefusedError) as err:
         resolve_pin(lab.host, "nic")
-    assert err.value.rule == "PP111"
+    assert err.value.rule == "PP114"
     assert "made among 2 identical cards without a serial" in str(err.value)
 
 
@@ -112,7 +112,7 @@ def test_card_swapped_for_another_model_is_refused_naming_what_differs(
     before = snapshot(tmp_path)
     assert run(tmp_path, "--json", "hide", "--now", "@nic") == 3
     data = json.loads(capsys.readouterr().out)
-    assert data["rule"] == "PP111" and data["exit_code"] == 3
+    assert data["rule"] == "PP114" and data["exit_code"] == 3
     assert "device 10d3 -> 1533" in data["problem"]
     assert "no device matches pin nic" in data["problem"]
     assert lab.fake.bound_driver("0000:01:00.0") == "igb"

@@ -3,7 +3,7 @@
 The one place where the CLI turns a user's device word into an address:
 every command that takes a device calls :func:`device_address` (or
 :func:`device_addresses`), so ``@NAME`` works everywhere with one resolution
-(ops/pins.py, scoring in policy/pin_match.py) and one refusal (PP111).
+(ops/pins.py, scoring in policy/pin_match.py) and one refusal (PP114).
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def run_check(
     if not guests and not addresses:
         from pcipass.ops.desired_check import desired_findings
 
-        report.findings += desired_findings(host)  # PP111-PP113: pcipass.toml vs the host
+        report.findings += desired_findings(host)  # PP114-PP113: pcipass.toml vs the host
     return report
 
 

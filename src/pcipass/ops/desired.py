@@ -1,7 +1,7 @@
 """``plan`` and ``apply``: converge the host on /etc/pcipass/pcipass.toml.
 
 :func:`make_plan` resolves every declared device (pins and identities, rule
-PP111) to where it is *this boot*, and compares what the file declares with
+PP114) to where it is *this boot*, and compares what the file declares with
 the bindings and the ledger: a device not on its stub now, not recorded as
 hidden at boot, not owned by its guest, or held by pcipass while declared the
 host's is a change; a device pcipass holds that the file does not declare is
@@ -84,7 +84,7 @@ class DesiredPlan:
     resolved: list[Resolved] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     undeclared: list[Finding] = field(default_factory=list)  # held but not declared (PP112)
-    refusals: list[Finding] = field(default_factory=list)  # PP111 and the like
+    refusals: list[Finding] = field(default_factory=list)  # PP114 and the like
     preview: list[str] = field(default_factory=list)  # what the dry runs would do
     done: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)  # apply --boot: one line per device

@@ -2,7 +2,7 @@
 
 ``check`` without arguments compares /etc/pcipass/pcipass.toml with the
 ledger and the host both ways (ops/desired.py's plan, as warnings), repeats
-PP111 when a declared device cannot be found, and warns when a device the
+PP114 when a declared device cannot be found, and warns when a device the
 file names by identity is *also* hidden by address: the modprobe ``hide=``
 option, the kernel command line (configured or running), or a driverctl
 override.  After the buses renumber, that address names another card, and

@@ -4,7 +4,7 @@ A pin records a device's fingerprint (host/fingerprint.py) under a name in
 the ledger; ``@NAME`` is then accepted wherever an address is, and means the
 device that matches the fingerprint *now* (policy/pin_match.py), wherever the
 buses put it this boot.  No match, or several equally good ones, is a refusal
-(PP111) that lists the candidates and what differs: never a guess.
+(PP114) that lists the candidates and what differs: never a guess.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def find_identity(
 
 
 def resolve_pin(host: Host, name: str) -> PciAddress:
-    """The address ``@name`` stands for now; PP111 refusal or not found otherwise."""
+    """The address ``@name`` stands for now; PP114 refusal or not found otherwise."""
     check_name(name)
     with Ledger.open(host.root, readonly=True) as ledger:
         record = ledger.get_pin(name)

@@ -1,4 +1,4 @@
-"""Which device a pinned name means now (rule PP111), decided on fingerprints.
+"""Which device a pinned name means now (rule PP114), decided on fingerprints.
 
 The scoring (docs/cli.md "Pinned names"):
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from pcipass.policy.verdict import Finding, Severity
 
-RULE = "PP111"
+RULE = "PP114"
 MODEL_KEYS = ("vendor", "device", "subsystem_vendor", "subsystem_device", "class")
 SERIAL_SCORE = 100
 PATH_SCORE = 10

@@ -104,7 +104,7 @@ _RULES = [
     ),
     Rule("PP106", "sriov-pf", "pcipass", "an SR-IOV PF with active VFs takes them down with it"),
     Rule(
-        "PP111",
+        "PP114",
         "pin-identity",
         "pcipass (devices by identity: policy/pin_match.py)",
         "a pinned name must match exactly one device: no guess between equals",
