@@ -2,9 +2,10 @@
 
 Commands and options come from :func:`pcipass.cli.main.build_parser`, so completion cannot drift
 from the CLI.  Arguments named BDF complete to the PCI addresses of the host (or of the tree given
-with ``--root`` / ``PCIPASS_ROOT``), GUEST to the guest names of its xl/xm and libvirt
-configurations.  Those helpers are a few lines of shell reading the tree directly: a completion
-call costs no Python start-up at all.
+with ``--root`` / ``PCIPASS_ROOT``) and its pinned names (``@NAME``: the ledger read with the
+``sqlite3`` program when installed, and the desired state's ``[device.NAME]`` tables), GUEST to
+the guest names of its xl/xm and libvirt configurations.  Those helpers are a few lines of shell
+reading the tree directly: a completion call costs no Python start-up at all.
 
 Usage: ``python3 packaging/build_completion.py [--output-dir dist]``
 writes ``pcipass.bash`` (for /usr/share/bash-completion/completions/pcipass) and ``_pcipass``
@@ -31,11 +32,22 @@ _pcipass_root() {
   done
   printf '%s' "${PCIPASS_ROOT:-}"
 }
+_pcipass_pins() {
+  # Pinned names, as @NAME: from the ledger when the sqlite3 program is there, and the
+  # [device.NAME] tables of the desired state (a plain file: no program needed).
+  local root=$1
+  if command -v sqlite3 >/dev/null 2>&1 && [ -r "$root/var/lib/pcipass/state.db" ]; then
+    sqlite3 -readonly "$root/var/lib/pcipass/state.db" 'SELECT name FROM pins' 2>/dev/null
+  fi
+  sed -n 's/^[[:space:]]*\[device\.\([A-Za-z0-9_-]*\)\][[:space:]]*$/\1/p' \
+    "$root/etc/pcipass/pcipass.toml" 2>/dev/null
+}
 _pcipass_addresses() {
-  local root devices
+  local root devices pins
   root=$(_pcipass_root)
   devices=$(cd "${root%/}/sys/bus/pci/devices" 2>/dev/null && printf '%s\n' [0-9a-f]*:*)
-  compgen -W "$devices" -- "$1"
+  pins=$(_pcipass_pins "${root%/}" | sort -u | sed 's/^/@/')
+  compgen -W "$devices $pins" -- "$1"
 }
 _pcipass_guests() {
   local root names
@@ -65,9 +77,17 @@ _pcipass_root() {
 }
 _pcipass_addresses() {
   local root=$(_pcipass_root)
-  local -a devices
+  local -a devices pins
   devices=(${root%/}/sys/bus/pci/devices/[0-9a-f]*:*(N:t))
+  pins=(${(f)"$(
+    if (( $+commands[sqlite3] )) && [[ -r ${root%/}/var/lib/pcipass/state.db ]]; then
+      sqlite3 -readonly ${root%/}/var/lib/pcipass/state.db 'SELECT name FROM pins' 2>/dev/null
+    fi
+    sed -n 's/^[[:space:]]*\[device\.\([A-Za-z0-9_-]*\)\][[:space:]]*$/\1/p' \
+      ${root%/}/etc/pcipass/pcipass.toml(N) 2>/dev/null
+  )"})
   compadd -a devices
+  (( ${#pins} )) && compadd -P @ -a pins
 }
 _pcipass_guests() {
   local root=$(_pcipass_root)

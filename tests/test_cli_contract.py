@@ -187,6 +187,27 @@ QEMU_RUNNING = steps(
 # A hand-written modprobe file that gives the host's own NIC to pciback at boot (PP110).
 UPLINK_HIDDEN_AT_BOOT = f"options pciback hide=({ROUTE_NIC})\nsoftdep bnx2 pre: pciback\n"
 
+PINNED = steps(("pin", NIC, "guestnic"))
+
+
+def pinned_then_swapped(root: Path) -> None:
+    """The pinned NIC replaced by another model at the same address (PP114)."""
+    PINNED(root)
+    fake = FakeHost.load(root)
+    fake.remove_device(NIC)
+    fake.add_device(NIC, vendor=0x8086, device=0x10D3, class_code=0x020000, parent="0000:00:03.0")
+
+
+PINNED_THEN_SWAPPED = pinned_then_swapped
+DESIRED = steps(
+    ("pin", NIC, "guestnic"),
+    files={"/etc/pcipass/pcipass.toml": '[device.guestnic]\nbackend = "pciback"\n'},
+)
+FOREIGN_UNIT = steps(files={"/etc/systemd/system/pcipass-boot.service": "[Service]\n"})
+DESIRED_SWAPPED = steps(
+    files={"/etc/pcipass/pcipass.toml": '[device.x.match]\nvendor = "14e4"\ndevice = "1639"\n'}
+)
+
 CASES: tuple[Case, ...] = (
     Case("list", "success", ("list",), 0),
     Case("list", "success", ("list", "--class", "02", "--guests"), 0),
@@ -327,6 +348,34 @@ CASES: tuple[Case, ...] = (
     Case("migrate", "not-found", ("migrate", "nosuch", "h2"), 4),
     Case("migrate", "usage", ("migrate", "rhel5pv"), 2),
     Case("migrate", "failed", ("migrate", "domu", "h2"), 1, setup=XL_ATTACHED),
+    Case("pin", "success", ("pin", NIC, "guestnic"), 0, setup=steps()),
+    Case("pin", "success", ("pin", "--list"), 0, setup=PINNED),
+    Case("pin", "usage", ("pin", NIC), 2),
+    Case("pin", "usage", ("pin", NIC, "no/slash"), 2),
+    Case("pin", "not-found", ("pin", MISSING, "gone"), 4),
+    Case("unpin", "success", ("unpin", "guestnic"), 0, setup=PINNED),
+    Case("unpin", "not-found", ("unpin", "nosuch"), 4),
+    Case("unpin", "usage", ("unpin",), 2),
+    Case("show", "success", ("show", "@guestnic"), 0, setup=PINNED),
+    Case("show", "refusal", ("show", "@guestnic"), 3, setup=PINNED_THEN_SWAPPED),
+    Case("plan", "success", ("plan",), 0, setup=DESIRED),
+    Case("plan", "drift", ("plan", "--detailed-exitcode"), 2, setup=DESIRED, shape="plan"),
+    Case("plan", "refusal", ("plan",), 3, setup=DESIRED_SWAPPED, shape="plan"),
+    Case("plan", "not-found", ("plan",), 4),
+    Case("plan", "usage", ("plan", "--file", "relative.toml"), 2),
+    Case("apply", "success", ("apply",), 0, setup=DESIRED),
+    Case("apply", "success", ("apply", "--dry-run"), 0, setup=DESIRED),
+    Case("apply", "success", ("apply", "--boot"), 0, setup=DESIRED),
+    Case("apply", "success", ("apply", "--boot"), 0),
+    Case("apply", "refusal", ("apply",), 3, setup=DESIRED_SWAPPED),
+    Case("apply", "usage", ("apply", "--bogus"), 2),
+    Case("boot-install", "success", ("boot-install", "--dry-run"), 0),
+    Case("boot-install", "success", ("boot-install",), 0, setup=steps()),
+    Case("boot-install", "usage", ("boot-install",), 2, setup=FOREIGN_UNIT),
+    Case("boot-install", "usage", ("boot-install", "extra"), 2),
+    Case("boot-uninstall", "success", ("boot-uninstall",), 0, setup=steps(("boot-install",))),
+    Case("boot-uninstall", "success", ("boot-uninstall", "--dry-run"), 0),
+    Case("boot-uninstall", "usage", ("boot-uninstall", "--all"), 2),
 )
 
 

@@ -30,7 +30,15 @@ def test_plan_steps_exist_and_needs_come_first(plan_name: str) -> None:
 
 
 def test_expected_plans_are_there() -> None:
-    for name in ("xen-smoke", "xen-full", "xen-boot2", "kvm-smoke", "kvm-full", "kvm-boot2"):
+    for name in (
+        "xen-smoke",
+        "xen-full",
+        "xen-boot2",
+        "kvm-smoke",
+        "kvm-full",
+        "kvm-boot2",
+        "kvm-moved",
+    ):
         assert name in registry.REGISTRY.plans
 
 

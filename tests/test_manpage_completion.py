@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,25 @@ def test_bash_completes_addresses_and_guests_of_the_root(completion: Path, tmp_p
     )
     names = {g["name"] for g in json.loads(listed.stdout)["guests"]}
     assert set(guests) == names
+
+
+def test_bash_completes_pinned_names(completion: Path, tmp_path: Path) -> None:
+    build_rhel5_xen(tmp_path / "host")
+    root = str(tmp_path / "host")
+    script = completion / "pcipass.bash"
+    assert complete(script, ["pcipass", "--root", root, "show", "@"]) == []
+    toml = Path(root) / "etc/pcipass/pcipass.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text('[device.uplink]\nbackend = "pciback"\n[device.spare.match]\nvendor = "14e4"\n')
+    assert complete(script, ["pcipass", "--root", root, "hide", "@"]) == ["@uplink"]
+    if shutil.which("sqlite3") is None:
+        return  # the ledger's pins need the sqlite3 program; the file's names do not
+    subprocess.run(
+        [sys.executable, "-m", "pcipass", "--root", root, "pin", "09:00.0", "guestnic"],
+        capture_output=True,
+        check=True,
+    )
+    assert complete(script, ["pcipass", "--root", root, "hide", "@"]) == ["@guestnic", "@uplink"]
 
 
 def test_completion_runs_no_python(completion: Path) -> None:

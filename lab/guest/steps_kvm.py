@@ -33,7 +33,15 @@ from steplib import (
     run,
     wait_for,
 )
-from topology import KVM_E1000E, KVM_E1000E_PORT, KVM_ICH9, KVM_SPARE_E1000, KVM_UPLINK
+from topology import (
+    KVM_E1000E,
+    KVM_E1000E_PORT,
+    KVM_ICH9,
+    KVM_MOVED_E1000E,
+    KVM_MOVED_PORT,
+    KVM_SPARE_E1000,
+    KVM_UPLINK,
+)
 
 SYS = Path("/sys/bus/pci/devices")
 
@@ -267,6 +275,100 @@ def check_no_drift_kvm() -> str:
     return f"check exit {res.rc}, no PP010; other findings: {rules}"
 
 
+# ---------------------------------------------------------------- pinned names (issue 16)
+
+DESIRED = "/etc/pcipass/pcipass.toml"
+BOOT_UNIT = "/etc/systemd/system/pcipass-boot.service"
+PINNED_PATH = "pci0000:00/05.0/00.0"  # the root port 00:05.0, slot 00.0 below it
+
+
+@step("pin-e1000e", needs=("kvm-list",))
+def pin_e1000e() -> str:
+    """Boot 1: pin the e1000e, declare it hidden in pcipass.toml, install the boot unit; all of
+    it (with the ledger) travels to boot kvm3, where the card sits behind another root port."""
+    doc = pcipass("pin", KVM_E1000E, "guestnic", "--json").json()
+    path = doc["fingerprint"]["path"]
+    if path != PINNED_PATH:
+        raise StepFailed(f"pinned path {path}, expected {PINNED_PATH}")
+    Path(DESIRED).parent.mkdir(parents=True, exist_ok=True)
+    Path(DESIRED).write_text('[device.guestnic]\nbackend = "vfio"\n')
+    planned = pcipass("plan", "--detailed-exitcode", expect=None)
+    wanted = 0 if driver(KVM_E1000E) == "vfio-pci" else 2
+    if planned.rc != wanted:
+        raise StepFailed(
+            f"plan --detailed-exitcode {planned.rc}, expected {wanted}: {planned.tail()}"
+        )
+    pcipass("boot-install")
+    unit = read(BOOT_UNIT)
+    if "apply --boot" not in unit or "Type=oneshot" not in unit:
+        raise StepFailed(f"{BOOT_UNIT} does not run apply --boot: {unit[:300]}")
+    for p in [DESIRED, BOOT_UNIT, *sorted(str(f) for f in Path("/var/lib/pcipass").glob("*"))]:
+        if Path(p).is_file():
+            emit_file(p, bundle="moved")
+    serial = doc["fingerprint"].get("serial", "none")
+    return (
+        f"@guestnic = {KVM_E1000E} ({path}, serial {serial}); plan exit {planned.rc}; unit written"
+    )
+
+
+def _unit_command() -> list[str]:
+    """The ExecStart of the boot unit, as systemd would run it ('-': exit status ignored)."""
+    for line in read(BOOT_UNIT).splitlines():
+        if line.startswith("ExecStart="):
+            import shlex
+
+            return shlex.split(line.split("=", 1)[1].lstrip("-"))
+    raise StepFailed(f"{BOOT_UNIT} has no ExecStart (was it carried from boot 1?)")
+
+
+@step("pinned-found-after-move", timeout=120)
+def pinned_found_after_move() -> str:
+    """Boot kvm3: the e1000e moved from 00:05.0 to 00:06.0 (address 01:00.0 -> 02:00.0) and a
+    virtio NIC took 01:00.0.  The boot unit's command finds the pinned card at its new address and
+    binds vfio-pci; the pinned address, as a BDF-based hide would use it, names the virtio NIC."""
+    for dev in sorted(SYS.iterdir()):  # udev coldplug: the host drivers take their devices first
+        alias = read(dev / "modalias")
+        if alias:
+            run(["/sbin/modprobe", "-q", alias], timeout=60)
+    found = [d.name for d in sorted(SYS.iterdir()) if read(d / "device") == "0x10d3"]
+    if found != [KVM_MOVED_E1000E]:
+        raise StepFailed(f"e1000e expected at {KVM_MOVED_E1000E} only, found at {found}")
+    parent = os.path.basename(os.path.dirname(os.path.realpath(SYS / KVM_MOVED_E1000E)))
+    if parent != KVM_MOVED_PORT:
+        raise StepFailed(f"the e1000e sits below {parent}, not {KVM_MOVED_PORT}")
+    old = SYS / KVM_E1000E
+    old_ids = f"{read(old / 'vendor')}:{read(old / 'device')}" if old.exists() else "nothing"
+    old_driver = driver(KVM_E1000E) if old.exists() else None
+    if old_ids != "0x1af4:0x1041":
+        raise StepFailed(f"{KVM_E1000E} is {old_ids}, expected the virtio NIC (0x1af4:0x1041)")
+    before = driver(KVM_MOVED_E1000E)
+    res = run(_unit_command(), timeout=120)
+    if res.rc != 0:
+        raise StepFailed(f"apply --boot exit {res.rc} (it must never fail): {res.tail()}")
+    # Matched by its serial (QEMU's e1000e has a DSN) or, without one, by its ids: never by path.
+    said = re.search(
+        rf"@guestnic -> {KVM_MOVED_E1000E} \(matched by (serial|ids)\): bound to vfio-pci", res.out
+    )
+    if said is None:
+        raise StepFailed(
+            f"apply --boot did not bind @guestnic at {KVM_MOVED_E1000E}: {res.out[-400:]}"
+        )
+    expect_driver(KVM_MOVED_E1000E, "vfio-pci", "after apply --boot")
+    if driver(KVM_E1000E) != old_driver:
+        raise StepFailed(f"{KVM_E1000E} (the virtio NIC) was moved off {old_driver}")
+    group = group_of(KVM_MOVED_E1000E)
+    if group is None or not Path(f"/dev/vfio/{group}").exists():
+        raise StepFailed(f"no /dev/vfio/{group} for the moved e1000e")
+    info("pinned-found-after-move", res.out.strip())
+    checked = pcipass("check", "--json", expect=None)
+    rules = sorted({f.get("rule", "?") for f in checked.json().get("findings", [])})
+    return (
+        f"e1000e {KVM_E1000E} -> {KVM_MOVED_E1000E} (was on {before}) bound to vfio-pci by the "
+        f"boot unit's apply --boot; a BDF-based hide of {KVM_E1000E} would have taken the virtio "
+        f"NIC there ({old_ids}, on {old_driver}); check exit {checked.rc}, rules {rules}"
+    )
+
+
 # ---------------------------------------------------------------- nested L2 with vfio-pci
 
 L2_LOG = "/tmp/l2-console.log"
@@ -455,6 +557,8 @@ plan(
         "l2-hotplug-limit",
         "nested-stop",
         "persist-vfio",
+        "pin-e1000e",
     ],
 )
 plan("kvm-boot2", ["python-pcipass", "l1-iommu", "boot-claims-vfio", "check-no-drift-kvm"])
+plan("kvm-moved", ["python-pcipass", "l1-iommu", "pinned-found-after-move"])

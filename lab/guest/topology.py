@@ -18,3 +18,9 @@ KVM_ICH9 = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")  # one IOMMU group, 
 KVM_NVME_PORT = "0000:00:06.0"
 KVM_NVME_PF = "0000:02:00.0"  # the PF; QEMU's nvme puts VF n at routing ID PF + 1 + n
 KVM_NVME_VFS = 2
+
+# Boot kvm3 ("the card moved"): a second root port, the e1000e behind it, and a virtio NIC in
+# the e1000e's old place, so the e1000e's pinned address names another card.
+KVM_MOVED_PORT = "0000:00:06.0"  # pcie-root-port, chassis 2
+KVM_E1000E_MAC = "52:54:00:10:d3:01"  # fixed: QEMU derives the e1000e's DSN from its MAC
+KVM_MOVED_E1000E = "0000:02:00.0"  # the e1000e behind it (bus 2: 00:05.0 took bus 1)

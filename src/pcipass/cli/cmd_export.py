@@ -41,15 +41,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def run(name: str, args: argparse.Namespace, host: Host) -> int:
     from pcipass.address import PciAddress
+    from pcipass.cli.addresses import device_addresses
     from pcipass.cli.render import print_json
     from pcipass.ops.export import ExportFormat, export
 
     del name
-    addresses: list[PciAddress] = []
-    for text in args.addresses:
-        address = PciAddress.parse(text)
-        if address not in addresses:
-            addresses.append(address)
+    addresses: list[PciAddress] = device_addresses(host, args.addresses)
     result = export(
         host,
         ExportFormat(args.format),

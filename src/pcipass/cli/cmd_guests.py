@@ -113,11 +113,11 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         return _guard(args, host)
     if name == "guests":
         return _guests(args, host)
-    from pcipass.address import PciAddress
+    from pcipass.cli.addresses import device_address
     from pcipass.cli.render import print_json
     from pcipass.ops.attach import attach, detach
 
-    address = PciAddress.parse(args.address)
+    address = device_address(host, args.address)
     if args.connect and args.config is not None:
         raise UsageError(
             f"{name} --connect",

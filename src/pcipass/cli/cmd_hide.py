@@ -105,15 +105,10 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _addresses(args: argparse.Namespace) -> list[PciAddress]:
-    from pcipass.address import PciAddress
+def _addresses(args: argparse.Namespace, host: Host) -> list[PciAddress]:
+    from pcipass.cli.addresses import device_addresses
 
-    seen: list[PciAddress] = []
-    for text in args.addresses:
-        address = PciAddress.parse(text)
-        if address not in seen:
-            seen.append(address)
-    return seen
+    return device_addresses(host, args.addresses)
 
 
 def _vf_addresses(
@@ -160,7 +155,7 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
         )
     from pcipass.ops.hide import hide, unhide, with_functions, with_groups
 
-    addresses = _addresses(args)
+    addresses = _addresses(args, host)
     if args.reload_driver and (args.now or not args.persist):
         raise UsageError(
             "--reload-driver",
@@ -246,13 +241,13 @@ def _check(args: argparse.Namespace, host: Host) -> int:
             raise UsageError("--next-boot", "forecasts devices, not guests: drop --guest")
         from pcipass.ops.forecast import next_boot
 
-        forecast = next_boot(host, _addresses(args) if args.addresses else [])
+        forecast = next_boot(host, _addresses(args, host) if args.addresses else [])
         if args.json:
             print_json(forecast.to_json())
         else:
             print(forecast.render())
         return forecast.exit_code
-    report = run_check(host, _addresses(args) if args.addresses else [], args.guest)
+    report = run_check(host, _addresses(args, host) if args.addresses else [], args.guest)
     if args.json:
         print_json(report.to_json())
     else:

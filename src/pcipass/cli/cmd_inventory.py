@@ -134,11 +134,11 @@ def _tree(inv: Inventory, shown: set[object]) -> str:
 
 
 def _show(args: argparse.Namespace, host: Host) -> int:
-    from pcipass.address import PciAddress
+    from pcipass.cli.addresses import device_address
     from pcipass.cli.render import print_json, warn
     from pcipass.ops.show import device_report
 
-    address = PciAddress.parse(args.address)
+    address = device_address(host, args.address)
     report = device_report(host, address)
     if args.json:
         print_json(report.to_json())

@@ -21,11 +21,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def run(name: str, args: argparse.Namespace, host: Host) -> int:
     del name
-    from pcipass.address import PciAddress
+    from pcipass.cli.addresses import device_address
     from pcipass.cli.render import print_json
     from pcipass.ops.rom import rom_report
 
-    report = rom_report(host, PciAddress.parse(args.address), save=args.save)
+    report = rom_report(host, device_address(host, args.address), save=args.save)
     if args.json:
         print_json(report.to_json())
     else:

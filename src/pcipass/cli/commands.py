@@ -117,4 +117,10 @@ COMMANDS: tuple[Command, ...] = (
         "install the save/restore/migrate guard as a libvirt hook and xl/xm wrappers (PP003)",
         True,
     ),
+    Command("pin", "cmd_pins", "name a device by its identity (pin --list)", False),
+    Command("unpin", "cmd_pins", "forget a pinned name", False),
+    Command("plan", "cmd_desired", "what apply would change to reach pcipass.toml", False),
+    Command("apply", "cmd_desired", "converge on /etc/pcipass/pcipass.toml (--boot)", True),
+    Command("boot-install", "cmd_boot", "run `apply --boot` at every boot (systemd)", True),
+    Command("boot-uninstall", "cmd_boot", "remove the boot unit boot-install wrote", True),
 )

@@ -152,6 +152,10 @@ def run_check(
         from pcipass.ops.vfs import vf_drift_findings  # the VF boot rule (pcipass vfs --persist)
 
         report.findings += vf_drift_findings(host, addresses)
+    if not guests and not addresses:
+        from pcipass.ops.desired_check import desired_findings
+
+        report.findings += desired_findings(host)  # PP112-PP114: pcipass.toml vs the host
     return report
 
 

@@ -67,6 +67,8 @@ EDITABLE_PREFIXES = (
     "/etc/initramfs-tools/modules",
     "/usr/local/sbin/",
     "/etc/udev/rules.d/70-pcipass-sriov.rules",  # pcipass vfs --persist (persist/udev_vfs.py)
+    "/etc/systemd/system/pcipass-boot.service",  # boot-install (ops/boot_unit.py)
+    "/etc/systemd/system/multi-user.target.d/pcipass-boot.conf",
 )
 
 

@@ -141,6 +141,24 @@ _RULES = [
         "pcipass (the kernel's sriov_numvfs rules, drivers/pci/iov.c)",
         "VFs are created on an SR-IOV PF with a driver, at most sriov_totalvfs of them",
     ),
+    Rule(
+        "PP114",
+        "pin-identity",
+        "pcipass (devices by identity: policy/pin_match.py)",
+        "a pinned name must match exactly one device: no guess between equals",
+    ),
+    Rule(
+        "PP112",
+        "desired-drift",
+        "pcipass (desired state, /etc/pcipass/pcipass.toml)",
+        "the ledger, the host and the desired state agree",
+    ),
+    Rule(
+        "PP113",
+        "pin-and-bdf",
+        "pcipass (BDF drift)",
+        "a device hidden by identity should not also be hidden by address",
+    ),
 ]
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULES}

@@ -61,6 +61,7 @@ from pcipass.state.records import (
     JsonObject,
     OpenOperation,
     OwnerRecord,
+    PinRecord,
     canonical_address,
     check_choice,
     edit_from_row,
@@ -109,6 +110,7 @@ __all__ = [
     "OpenOperation",
     "OperationHandle",
     "OwnerRecord",
+    "PinRecord",
     "format_time",
 ]
 
@@ -305,6 +307,46 @@ class Ledger:
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with sqlite_errors(self.display):
             return list(self._conn.execute(sql, params).fetchall())
+
+    # -- pinned names (``pcipass pin``) ---------------------------------------
+
+    def record_pin(
+        self, name: str, fingerprint: Mapping[str, str], address: PciAddress, *, twins: int
+    ) -> PinRecord:
+        """Record (or replace) the pin ``name``; the name is checked by the caller."""
+        data = dict(fingerprint)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ValueError("fingerprint must map str to str")
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO pins (name, fingerprint, address, twins, since)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint,
+                     address = excluded.address, twins = excluded.twins, since = excluded.since
+                """,
+                (name, to_json("fingerprint", data), str(address), twins, self.clock()),
+            )
+        return PinRecord(name, data, str(address), twins, self.clock())
+
+    def forget_pin(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM pins WHERE name = ?", (name,)).rowcount > 0
+
+    def pins(self) -> list[PinRecord]:
+        """Every pin, by name; none from a version-1 file opened read-only."""
+        has_table = self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pins'")
+        if not has_table:
+            return []
+        rows = self._read("SELECT name, fingerprint, address, twins, since FROM pins ORDER BY name")
+        result = []
+        for name, text, address, twins, since in rows:
+            data = from_json(text)
+            fingerprint = {str(k): str(v) for k, v in data.items()}
+            result.append(PinRecord(str(name), fingerprint, str(address), int(twins), float(since)))
+        return result
+
+    def get_pin(self, name: str) -> PinRecord | None:
+        return next((p for p in self.pins() if p.name == name), None)
 
     # -- hidden devices --------------------------------------------------------
 

@@ -57,6 +57,17 @@ class OwnerRecord:
 
 
 @dataclass(frozen=True)
+class PinRecord:
+    """A pinned name: a device's fingerprint (host/fingerprint.py) under a name."""
+
+    name: str
+    fingerprint: dict[str, str]
+    address: str  # where the device was when pinned
+    twins: int  # cards of the same model (and no serial) on the host then
+    since: float
+
+
+@dataclass(frozen=True)
 class HotplugEvent:
     address: str
     guest: str

@@ -1,10 +1,11 @@
 """The state database's file: schema, opening checks, and errors that name it.
 
 Split from state/ledger.py (which keeps the records API): what a ``state.db``
-must look like (schema version 1), how it is opened (WAL, ``synchronous=FULL``,
-read-only fallbacks for non-root readers), how a file that is not ours, newer,
-damaged or emptied is recognised, and how SQLite errors become one-line
-pcipass errors.  A full or read-only disk is never reported as corruption.
+must look like (schema version 2: version 1 and its migrations), how it is
+opened (WAL, ``synchronous=FULL``, read-only fallbacks for non-root readers),
+how a file that is not ours, newer, damaged or emptied is recognised, and how
+SQLite errors become one-line pcipass errors.  A full or read-only disk is
+never reported as corruption.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Final
 from pcipass.errors import NotFoundError, OperationFailed
 from pcipass.state.presence import BACKUP_DIR, DB_NAME
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# A read-only open (no upgrade possible) accepts an older file whose later
+# versions only added tables: version 2's ``pins`` reads as empty there.
+READABLE_FROM: Final = 1
 
 # How long a writer waits for another writer's transaction before SQLite gives
 # up with "database is locked".  Transactions here are a few statements long;
@@ -88,9 +92,22 @@ SCHEMA_V1: Final = (
     "CREATE INDEX file_edits_by_op ON file_edits (op_id)",
 )
 
+# Version 2: pinned names (``pcipass pin``): a device's fingerprint
+# (host/fingerprint.py) under a name, where it was when pinned, and how many
+# cards of the same model the host had then (policy/pin_match.py).
+PINS_V2: Final = (
+    """CREATE TABLE pins (
+        name        TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        address     TEXT NOT NULL,
+        twins       INTEGER NOT NULL DEFAULT 1,
+        since       REAL NOT NULL
+    )""",
+)
+
 # Migrations from version N to N+1, applied in order inside the opening
-# transaction.  Empty while there is only version 1.
-MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {}
+# transaction.  A new database gets version 1 and every migration after it.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: PINS_V2}
 
 
 # --- opening and errors ---------------------------------------------------------
@@ -226,6 +243,9 @@ def ensure_schema(conn: sqlite3.Connection, display: str, *, had_records: bool =
             if version is None:
                 for statement in SCHEMA_V1:
                     conn.execute(statement)
+                for version_from in sorted(MIGRATIONS):
+                    for statement in MIGRATIONS[version_from]:
+                        conn.execute(statement)
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -263,7 +283,7 @@ def check_schema_readonly(conn: sqlite3.Connection, display: str) -> None:
     if version is None:
         raise EmptyDatabase()
     _refuse_newer(version, display)
-    if version < SCHEMA_VERSION:
+    if version < READABLE_FROM:
         raise OperationFailed(
             display,
             f"the state database has schema version {version}, older than this pcipass "

@@ -21,6 +21,7 @@ import pytest
 # Program -> Debian package providing it.
 TOOL_PACKAGES: dict[str, str] = {
     "lspci": "pciutils",
+    "systemd-analyze": "systemd",
     "setpci": "pciutils",
     "modprobe": "kmod",
     "depmod": "kmod",
