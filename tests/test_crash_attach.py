@@ -540,3 +540,117 @@ def test_connect_killed_at_every_event_and_random_instants_then_recovered(
         except AssertionError as error:
             raise AssertionError(f"killed at {how} {at}: {error}") from None
         shutil.rmtree(base)
+
+
+# --- --connect under SIGINT/SIGTERM, in this process ------------------------------------
+
+
+class SignalAt:
+    """``with SignalAt({k: SIGINT, k + 1: SIGTERM}): main(...)`` sends each
+    signal to this very process from the hook of event k (the event hooks of
+    :class:`KillAt`), with pcipass's handlers installed: the handler raises
+    into the command exactly as a signal from outside would (libvirt's test
+    driver lives in this process, so no child can be signalled instead)."""
+
+    def __init__(self, plan: dict[int, signal.Signals]) -> None:
+        self.plan = plan
+        self.sent: list[tuple[int, str, str]] = []
+        self._kill = KillAt(0, live=True)
+        self._kill.counter.on_event = self._event
+
+    def _event(self, index: int, name: str) -> None:
+        signum = self.plan.get(index)
+        if signum is not None:
+            self.sent.append((index, name, signum.name))
+            os.kill(os.getpid(), signum)
+
+    def __enter__(self) -> SignalAt:
+        self._kill.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill.__exit__(*exc)
+
+
+@pytest.fixture
+def own_signal_handlers() -> Iterator[None]:
+    """main() installs pcipass's SIGINT/SIGTERM handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["defined", "live"])
+@pytest.mark.parametrize("verb", ["attach", "detach"])
+def test_connect_sigint_and_sigterm_at_every_event_roll_back_or_finish(
+    tmp_path: Path,
+    libvirt_held: object,
+    own_signal_handlers: None,
+    capsys: pytest.CaptureFixture[str],
+    verb: str,
+    live: bool,
+) -> None:
+    """attach/detach --connect [--live], a real SIGINT or SIGTERM at every
+    event and the other one at the next event (an impatient second Ctrl-C,
+    often inside the rollback): exit 130/143 without a traceback, and with no
+    recover the ledger, the tree and libvirt's persistent and live XML are
+    together as before or as after a complete run.  (The test driver refuses
+    a live PCI hot-plug, so a complete attach --live fails and leaves
+    "before": the signals then land around libvirt's refusal and its
+    rollback; detach --live finds the device not in the running domain and
+    edits the definition only.)"""
+    truth = _connect_truth(libvirt_held)
+    scenario = SCENARIOS["libvirt"]
+    template = scenario.build(tmp_path / "template")
+
+    def argv(action: str, base: Path, *, with_live: bool = live) -> list[str]:
+        args = [action, "--connect", CONNECT_URI, scenario.device, CONNECT_GUEST]
+        return args + ["--root", str(base)] + (["--live"] if with_live else [])
+
+    def reset(base: Path) -> None:
+        """The domain as the run expects it: without the device, then
+        (for a detach run) with it in the persistent definition and the ledger."""
+        scratch = tmp_path / "reset"
+        copy_tree(template, scratch)
+        main(argv("detach", scratch, with_live=False))
+        shutil.rmtree(scratch)
+        if verb == "detach":
+            assert main(argv("attach", base, with_live=False)) == 0
+
+    first = tmp_path / "first"
+    copy_tree(template, first)
+    reset(first)
+    before = capture(first, truth)
+    with KillAt(0, live=True) as counting:
+        code = main(argv(verb, first))
+    done = capture(first, truth)
+    if live and verb == "attach":
+        assert code == 1 and not done.differences(before)  # libvirt's refusal, nothing kept
+    else:  # detach --live: nothing hot-plugged in the running domain, the definition edited
+        assert code == 0 and done.differences(before)
+    events = counting.seen
+    assert "begin" in events and "finish<" in events
+    capsys.readouterr()
+    for index, event in enumerate(events, 1):
+        first_signal = signal.SIGINT if index % 2 else signal.SIGTERM
+        second = signal.SIGTERM if first_signal == signal.SIGINT else signal.SIGINT
+        base = tmp_path / f"run{index}"
+        copy_tree(template, base)
+        reset(base)
+        capsys.readouterr()
+        where = f"{first_signal.name} at event {index} ({event})"
+        with SignalAt({index: first_signal, index + 1: second}) as signalled:
+            try:
+                code = main(argv(verb, base))
+            except KeyboardInterrupt as escaped:  # would end the whole pytest session
+                raise AssertionError(f"{where}: escaped main: {escaped!r}") from None
+        err = capsys.readouterr().err
+        assert signalled.sent[0][:2] == (index, event), (where, signalled.sent)
+        assert code in (128 + signal.SIGINT, 128 + signal.SIGTERM), (where, code, err)
+        assert "interrupted by SIG" in err and "Traceback" not in err, (where, err)
+        try:
+            check_invariant(base, before, done, truth)
+        except AssertionError as error:
+            raise AssertionError(f"{where}, sent {signalled.sent}: {error}\n{err}") from None
+        shutil.rmtree(base)
