@@ -212,6 +212,19 @@ def test_a_built_in_driver_beats_a_stub_module(
     assert "before any module" in nic["evidence"][0]
 
 
+def test_a_pcie_root_port_stays_on_the_built_in_port_driver(
+    kvm: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pcieport is a bool Kconfig option: in no module index, yet it binds every
+    # PCIe port at kernel start (the KVM lab's root port showed the gap).
+    _, doc = forecast(kvm, capsys)
+    port = device(doc, "0000:00:1c.0")
+    assert (port["driver"], port["stage"]) == ("pcieport", "built-in")
+    assert "CONFIG_PCIEPORTBUS" in port["evidence"][0]
+    host_bridge = device(doc, "0000:00:00.0")  # no driver now, none at boot
+    assert host_bridge["driver"] is None
+
+
 # --- host-used devices and collisions -----------------------------------------------
 
 

@@ -292,6 +292,18 @@ def _driver_name(module: str, names: dict[str, str]) -> str:
     return STUBS[module][0] if module in STUBS else names.get(module, module)
 
 
+# The PCIe port services driver: bool in Kconfig, so never a module and absent
+# from every module index; it takes PCI-to-PCI bridges (class 0604xx) that are
+# PCIe root, upstream or downstream ports.  Seen bound now, it will be again
+# (it cannot be blacklisted or unloaded).
+PCIE_PORT_DRIVER = "pcieport"
+_PCI_BRIDGE_CLASS = 0x0604
+
+
+def _pcie_port_now(device: BootDevice) -> bool:
+    return device.driver_now == PCIE_PORT_DRIVER and device.class_code >> 8 == _PCI_BRIDGE_CLASS
+
+
 def forecast_device(
     facts: BootFacts, device: BootDevice, preloaded: dict[str, list[str]]
 ) -> DeviceForecast:
@@ -309,6 +321,15 @@ def forecast_device(
         result.evidence.append(f"the drivers of {kernel.release} are unknown: {kernel.note}")
         return result
     candidates = kernel.candidates(device.modalias)
+    if not candidates and _pcie_port_now(device):
+        result.driver, result.stage = PCIE_PORT_DRIVER, "built-in"
+        result.evidence.append(
+            f"{PCIE_PORT_DRIVER} drives this PCI bridge now: the PCIe port driver "
+            "(drivers/pci/pcie/portdrv.c, CONFIG_PCIEPORTBUS) is a yes/no option, built into "
+            "the kernel and listed in neither modules.alias nor modules.builtin; it binds every "
+            "PCIe port by class at kernel start"
+        )
+        return result
     if not candidates:
         result.evidence.append(f"no driver of {kernel.release} matches {device.modalias}")
     builtin_stubs = [s for s in STUBS if s in kernel.builtin]
