@@ -165,6 +165,46 @@ def emit_file(path: str, bundle: str = "") -> None:
     say("FILE", f"{key} {base64.b64encode(data).decode()}")
 
 
+def forecast_drivers(doc: Any) -> dict[str, Any]:
+    """address -> driver from ``pcipass check --next-boot --json``."""
+    devices = doc.get("next_boot", {}).get("devices", []) if isinstance(doc, dict) else []
+    return {d.get("address"): d.get("driver") for d in devices if isinstance(d, dict)}
+
+
+def forecast_next_boot(path: str, expected: dict[str, str]) -> str:
+    """#16: pcipass's forecast for the next boot, checked for ``expected`` (address -> driver),
+    kept at ``path`` and carried to the next boot to be compared there."""
+    res = pcipass("check", "--next-boot", "--json", expect=None)
+    doc = res.json()
+    if res.rc not in (0, 1) or mentions(doc, "PP110"):
+        raise StepFailed(f"check --next-boot exit {res.rc}: {res.out[:300]}")
+    drivers = forecast_drivers(doc)
+    if any(drivers.get(bdf) != want for bdf, want in expected.items()):
+        raise StepFailed(f"check --next-boot forecasts {sorted(expected)}: {drivers}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(res.out)
+    emit_file(path)
+    said = ", ".join(f"{bdf} -> {want}" for bdf, want in expected.items())
+    return f"forecast: {said} ({len(drivers)} devices)"
+
+
+def forecast_agrees(path: str) -> str:
+    """The forecast the previous boot kept at ``path`` against what this kernel bound, device by
+    device."""
+    if not Path(path).exists():
+        raise StepFailed(f"no {path} came from the first boot")
+    predicted = forecast_drivers(json.loads(Path(path).read_text()))
+    actual = {d.name: driver(d.name) for d in sorted(Path("/sys/bus/pci/devices").iterdir())}
+    wrong = [
+        f"{bdf}: forecast {predicted.get(bdf)}, bound {actual.get(bdf)}"
+        for bdf in sorted(set(predicted) | set(actual))
+        if predicted.get(bdf) != actual.get(bdf)
+    ]
+    if wrong:
+        raise StepFailed("the forecast missed: " + "; ".join(wrong))
+    return f"all {len(actual)} devices as forecast"
+
+
 LEDGER = "/var/lib/pcipass/state.db"
 SEEDED = "lab-seeded"
 
