@@ -302,6 +302,22 @@ def concat(parts: list[Path], out: Path) -> Path:
     return out
 
 
+def with_nested(report: Report, prep: Prepared, initrd: Path) -> Path:
+    """The L1 image plus the nested QEMU and L2 (an overlay archive); the L1 image alone when
+    the overlay cannot be built (the steps that need it then fail, naming why)."""
+    log: list[str] = []
+    nested = timed(
+        report,
+        "build-nested",
+        lambda: image.build_nested_overlay(prep.work, prep.stage, prep.kver, log),
+    )
+    for line in log:
+        report.info(line)
+    if not isinstance(nested, Path):
+        return initrd
+    return concat([initrd, nested], prep.work / "l1+nested.cpio.gz")
+
+
 def kvm(report: Report, cache: Path, out: Path, smoke: bool) -> None:
     prep = prepare(report, cache, out)
     if prep is None:
@@ -312,19 +328,7 @@ def kvm(report: Report, cache: Path, out: Path, smoke: bool) -> None:
     if smoke:
         run_boot(report, "kvm-smoke", kvm_argv(prep, initrd, "kvm-smoke"), out, 240)
         return
-    log: list[str] = []
-    nested = timed(
-        report,
-        "build-nested",
-        lambda: image.build_nested_overlay(prep.work, prep.stage, prep.kver, log),
-    )
-    for line in log:
-        report.info(line)
-    full = (
-        initrd
-        if not isinstance(nested, Path)
-        else concat([initrd, nested], prep.work / "l1+nested.cpio.gz")
-    )
+    full = with_nested(report, prep, initrd)
     first = run_boot(report, "kvm1", kvm_argv(prep, full, "kvm-full", big=True), out, 720)
     if not first.files:
         report.add("kvm2/boot", False, 0, "no persisted state came back from the first boot")
@@ -369,19 +373,7 @@ def kvm_sriov(report: Report, cache: Path, out: Path) -> None:
     initrd = build(report, prep, "kvm")
     if initrd is None:
         return
-    log: list[str] = []
-    nested = timed(
-        report,
-        "build-nested",
-        lambda: image.build_nested_overlay(prep.work, prep.stage, prep.kver, log),
-    )
-    for line in log:
-        report.info(line)
-    full = (
-        initrd
-        if not isinstance(nested, Path)
-        else concat([initrd, nested], prep.work / "l1+nested.cpio.gz")
-    )
+    full = with_nested(report, prep, initrd)
     argv = sriov_argv(prep, full, "kvm-sriov", big=True)
     first = run_boot(report, "sriov1", argv, out, 720)
     if not first.files:
