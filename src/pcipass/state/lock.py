@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import time
 from collections.abc import Callable
@@ -83,6 +82,8 @@ def _pid_alive(pid: int) -> bool:
 def read_holder(root: HostRoot) -> LockHolder | None:
     """The recorded holder of the state lock, or None when there is no
     usable record (missing, damaged, or its process is gone)."""
+    import json  # only when a command waits (issue #13: every command passes here)
+
     try:
         raw = root.files.read_bytes(root.host_path(root.state_dir / HOLDER_NAME), _HOLDER_LIMIT)
         data = json.loads(raw or b"null")
@@ -197,6 +198,8 @@ class StateLock:
         record that cannot be written costs only the detail of a message).
         Written in place through the confined path; the flock is held, so
         no other pcipass writes it meanwhile."""
+        import json  # only once the lock is taken (issue #13: start-up cost)
+
         record = {"pid": os.getpid(), "command": _Process.command, "since": time.time()}
         data = json.dumps(record).encode()
         try:
