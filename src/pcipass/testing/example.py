@@ -137,8 +137,9 @@ def build_rhel5_xen(base: Path) -> FakeHost:
     return host
 
 
-def build_kvm(base: Path) -> FakeHost:
-    """A current KVM host with real-looking IOMMU groups and ACS."""
+def debian12_host(base: Path, cmdline_extra: str = "") -> FakeHost:
+    """A Debian 12 host with an active Intel IOMMU and no devices yet: the
+    base of the KVM and GPU example hosts."""
     host = FakeHost(base, kernel_release="6.1.0-26-amd64")
     host.write_pci_ids(PCI_IDS)
     host.write_file(
@@ -149,8 +150,15 @@ def build_kvm(base: Path) -> FakeHost:
     host.write_file("/sys/class/iommu/dmar0/devices/.keep", "")
     host.write_file(
         "/proc/cmdline",
-        "BOOT_IMAGE=/vmlinuz-6.1.0-26-amd64 root=/dev/nvme0n1p2 ro quiet intel_iommu=on iommu=pt\n",
+        "BOOT_IMAGE=/vmlinuz-6.1.0-26-amd64 root=/dev/nvme0n1p2 ro quiet intel_iommu=on iommu=pt"
+        f"{cmdline_extra}\n",
     )
+    return host
+
+
+def build_kvm(base: Path) -> FakeHost:
+    """A current KVM host with real-looking IOMMU groups and ACS."""
+    host = debian12_host(base)
     host.add_host_bridge("0000:00:00.0")
     root_port = [pcie(PortType.ROOT_PORT), msi()]
     port_acs = [acs(0x1F, 0x1D)]

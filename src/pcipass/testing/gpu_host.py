@@ -26,8 +26,8 @@ from pathlib import Path
 from pcipass.host.pci_regs import PortType
 from pcipass.testing import fakeconsole
 from pcipass.testing.config_builder import Cap, ExtCap, build_config, msi, pcie, pm, rebar
+from pcipass.testing.example import debian12_host
 from pcipass.testing.fakehost import FakeHost
-from pcipass.testing.pci_ids import PCI_IDS
 from pcipass.testing.rom_builder import chain, rom_image
 
 NVIDIA, AMD = 0x10DE, 0x1002
@@ -100,19 +100,7 @@ def _function(
 
 def build_gpu(base: Path) -> FakeHost:
     """The host described in the module docstring."""
-    host = FakeHost(base, kernel_release="6.1.0-26-amd64")
-    host.write_pci_ids(PCI_IDS)
-    host.write_file(
-        "/etc/os-release",
-        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
-        'NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n',
-    )
-    host.write_file("/sys/class/iommu/dmar0/devices/.keep", "")
-    host.write_file(
-        "/proc/cmdline",
-        "BOOT_IMAGE=/vmlinuz-6.1.0-26-amd64 root=/dev/nvme0n1p2 ro quiet intel_iommu=on "
-        "iommu=pt modprobe.blacklist=amdgpu\n",
-    )
+    host = debian12_host(base, " modprobe.blacklist=amdgpu")
     host.write_file("/etc/modprobe.d/blacklist-amdgpu.conf", "blacklist amdgpu\n")
     host.add_host_bridge("0000:00:00.0")
     root_port = [pcie(PortType.ROOT_PORT, link_speed=3, link_width=16), msi()]
