@@ -106,7 +106,7 @@ bench: venv
 
 # Both scenarios run even when the first fails; the exit status reports either failure.
 lab:
-	rc=0; lab/run xen || rc=1; lab/run kvm || rc=1; exit $$rc
+	rc=0; lab/run xen || rc=1; lab/run kvm || rc=1; lab/run kvm-sriov || rc=1; exit $$rc
 
 lab-smoke:
 	lab/run smoke
