@@ -21,7 +21,6 @@ import random
 import shutil
 import signal
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pcipass.cli.main import main
 from pcipass.testing.crash import (
     KillAt,
     SimulatedKill,
+    killed_at_line,
     read_toolstack,
     run_stopped,
     shared_toolstack,
@@ -247,23 +247,6 @@ def test_killed_in_process_at_every_event_then_recovered(
             ready.check(run)
 
 
-def _trace_kill(lines: int) -> Callable[..., object]:
-    """A tracer that raises SimulatedKill at the ``lines``-th line run in pcipass."""
-    count = [0]
-
-    def tracer(frame: object, event: str, arg: object) -> object:
-        code = getattr(frame, "f_code", None)
-        if code is None or "pcipass" not in code.co_filename or "testing" in code.co_filename:
-            return tracer
-        if event == "line":
-            count[0] += 1
-            if count[0] == lines:
-                raise SimulatedKill(f"killed at line event {lines}")
-        return tracer
-
-    return tracer
-
-
 @pytest.mark.parametrize(("name", "verb"), CASES)
 def test_killed_at_random_instants_then_recovered(
     tmp_path: Path,
@@ -278,13 +261,8 @@ def test_killed_at_random_instants_then_recovered(
     for attempt in range(5):
         with ready.fresh(tmp_path / f"run{attempt}") as run:
             instant = rng.randrange(200, 30000)
-            sys.settrace(_trace_kill(instant))
-            try:
+            with killed_at_line(instant):
                 run.cli(ready.scenario.argv(verb, run.base))
-            except SimulatedKill:
-                pass
-            finally:
-                sys.settrace(None)
             run.recover()
             try:
                 ready.check(run)
@@ -527,13 +505,8 @@ def test_connect_killed_at_every_event_and_random_instants_then_recovered(
             with KillAt(at, live=True), pytest.raises(SimulatedKill):
                 main(argv(verb, base))
         else:
-            sys.settrace(_trace_kill(at))
-            try:
+            with killed_at_line(at):
                 main(argv(verb, base))
-            except SimulatedKill:
-                pass
-            finally:
-                sys.settrace(None)
         assert main(["recover", "--root", str(base)]) == 0
         try:
             check_invariant(base, before, done, truth)

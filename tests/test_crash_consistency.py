@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from pcipass.cli.main import main
 from pcipass.host.context import Host
 from pcipass.ops.recover import recover
-from pcipass.testing.crash import KillAt, SimulatedKill, run_stopped
+from pcipass.testing.crash import KillAt, SimulatedKill, killed_at_line, run_stopped
 from pcipass.testing.example import build_kvm, build_rhel5_xen
 from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
 from pcipass.testing.invariants import capture, check_invariant
@@ -97,23 +96,6 @@ def test_killed_in_process_at_every_event_then_recovered(
         shutil.rmtree(work)
 
 
-def _trace_kill(lines: int) -> Callable[..., object]:
-    """A tracer that raises SimulatedKill at the ``lines``-th line run in pcipass."""
-    count = [0]
-
-    def tracer(frame: object, event: str, arg: object) -> object:
-        code = getattr(frame, "f_code", None)
-        if code is None or "pcipass" not in code.co_filename or "testing" in code.co_filename:
-            return tracer
-        if event == "line":
-            count[0] += 1
-            if count[0] == lines:
-                raise SimulatedKill(f"killed at line event {lines}")
-        return tracer
-
-    return tracer
-
-
 @pytest.mark.parametrize(("kind", "verb"), CASES)
 def test_killed_at_random_instants_then_recovered(tmp_path: Path, kind: str, verb: str) -> None:
     """Any line of pcipass, not only the journalled events (seeded: reproducible)."""
@@ -123,13 +105,8 @@ def test_killed_at_random_instants_then_recovered(tmp_path: Path, kind: str, ver
         work = tmp_path / f"run{attempt}"
         base = prepared.fresh(work)
         instant = rng.randrange(200, 20000)
-        sys.settrace(_trace_kill(instant))
-        try:
+        with killed_at_line(instant):
             main(argv_for(kind, verb, base))
-        except SimulatedKill:
-            pass
-        finally:
-            sys.settrace(None)
         recover(simulated(base))
         prepared.check(base)
         shutil.rmtree(work)

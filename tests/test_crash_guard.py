@@ -10,14 +10,12 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pcipass.cli.main import main
-from pcipass.testing.crash import KillAt, SimulatedKill, run_stopped
+from pcipass.testing.crash import KillAt, SimulatedKill, killed_at_line, run_stopped
 from pcipass.testing.example import build_kvm
 from pcipass.testing.invariants import capture, check_invariant
 
@@ -89,22 +87,6 @@ def test_guard_install_killed_in_process_at_every_event_then_recovered(
         shutil.rmtree(work)
 
 
-def _trace_kill(lines: int) -> Callable[..., object]:
-    count = [0]
-
-    def tracer(frame: object, event: str, arg: object) -> object:
-        code = getattr(frame, "f_code", None)
-        if code is None or "pcipass" not in code.co_filename or "testing" in code.co_filename:
-            return tracer
-        if event == "line":
-            count[0] += 1
-            if count[0] == lines:
-                raise SimulatedKill(f"killed at line event {lines}")
-        return tracer
-
-    return tracer
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_guard_install_killed_at_random_instants_then_recovered(tmp_path: Path, case: str) -> None:
     ready = Prepared(tmp_path, case)
@@ -113,13 +95,8 @@ def test_guard_install_killed_at_random_instants_then_recovered(tmp_path: Path, 
         work = tmp_path / f"run{attempt}"
         base = ready.fresh(work)
         instant = rng.randrange(200, 12000)
-        sys.settrace(_trace_kill(instant))
-        try:
+        with killed_at_line(instant):
             main(ready.argv(case, base))
-        except SimulatedKill:
-            pass
-        finally:
-            sys.settrace(None)
         recover(base)
         try:
             ready.check(base)

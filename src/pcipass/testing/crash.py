@@ -55,6 +55,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 _UNHOOKED_RENAME = os.rename
@@ -222,6 +223,33 @@ class KillAt:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+
+
+@contextlib.contextmanager
+def killed_at_line(lines: int) -> Iterator[None]:
+    """Run the block with :class:`SimulatedKill` raised at the ``lines``-th
+    line pcipass executes (the test kit's own lines not counted): a kill at
+    an arbitrary instant, not only at a journalled event.  The kill ends the
+    block quietly; a block that finishes first is simply done."""
+    count = [0]
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        filename = frame.f_code.co_filename
+        if "pcipass" not in filename or "testing" in filename:
+            return tracer
+        if event == "line":
+            count[0] += 1
+            if count[0] == lines:
+                raise SimulatedKill(f"killed at line event {lines}")
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        yield
+    except SimulatedKill:
+        pass
+    finally:
+        sys.settrace(None)
 
 
 # --- a fake toolstack shared by every process of a test ---------------------------
