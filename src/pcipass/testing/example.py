@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from pcipass.host.pci_regs import PortType
+from pcipass.testing.base_host import debian12_host
 from pcipass.testing.config_builder import acs, dsn, msi, msix, pcie, pm, sriov
 from pcipass.testing.fakehost import FakeHost
 from pcipass.testing.pci_ids import PCI_IDS
@@ -133,25 +134,6 @@ def build_rhel5_xen(base: Path) -> FakeHost:
         'bootloader = "/usr/bin/pygrub"\n'
         "vif = [ 'mac=00:16:3e:00:00:01, bridge=xenbr0' ]\n"
         "disk = [ 'phy:/dev/vg0/rhel5pv,xvda,w' ]\n",
-    )
-    return host
-
-
-def debian12_host(base: Path, cmdline_extra: str = "") -> FakeHost:
-    """A Debian 12 host with an active Intel IOMMU and no devices yet: the
-    base of the KVM and GPU example hosts."""
-    host = FakeHost(base, kernel_release="6.1.0-26-amd64")
-    host.write_pci_ids(PCI_IDS)
-    host.write_file(
-        "/etc/os-release",
-        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
-        'NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n',
-    )
-    host.write_file("/sys/class/iommu/dmar0/devices/.keep", "")
-    host.write_file(
-        "/proc/cmdline",
-        "BOOT_IMAGE=/vmlinuz-6.1.0-26-amd64 root=/dev/nvme0n1p2 ro quiet intel_iommu=on iommu=pt"
-        f"{cmdline_extra}\n",
     )
     return host
 

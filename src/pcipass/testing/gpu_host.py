@@ -25,8 +25,8 @@ from pathlib import Path
 
 from pcipass.host.pci_regs import PortType
 from pcipass.testing import fakeconsole
+from pcipass.testing.base_host import debian12_host
 from pcipass.testing.config_builder import Cap, ExtCap, build_config, msi, pcie, pm, rebar
-from pcipass.testing.example import debian12_host
 from pcipass.testing.fakehost import FakeHost
 from pcipass.testing.rom_builder import chain, rom_image
 
