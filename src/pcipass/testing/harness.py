@@ -46,6 +46,11 @@ def make_lab(fake: FakeHost) -> Lab:
 def inserted(before: bytes, after: bytes) -> bytes:
     """The bytes ``after`` adds to ``before``, asserting nothing else changed:
     cutting one contiguous region out of ``after`` must give ``before``."""
+    start, end = _inserted_region(before, after)
+    return after[start:end]
+
+
+def _inserted_region(before: bytes, after: bytes) -> tuple[int, int]:
     prefix = 0
     limit = min(len(before), len(after))
     while prefix < limit and before[prefix] == after[prefix]:
@@ -57,4 +62,26 @@ def inserted(before: bytes, after: bytes) -> bytes:
     ):
         suffix += 1
     assert prefix + suffix == len(before), "bytes outside the edit changed"
-    return after[prefix : len(after) - suffix]
+    return prefix, len(after) - suffix
+
+
+def inserted_after_a_comma(before: bytes, after: bytes) -> bytes:
+    """Like :func:`inserted`, but ``after`` may also add one comma on the line
+    before the inserted bytes: the xl/xm editor puts a comma right after a
+    last list entry that had none (a comment after it stays on its line), then
+    adds the new entry on the next line.  Nothing else may change."""
+    try:
+        return inserted(before, after)
+    except AssertionError:
+        pass
+    for at in range(len(after)):
+        if after[at : at + 1] != b",":
+            continue
+        without = after[:at] + after[at + 1 :]
+        try:
+            start, end = _inserted_region(before, without)
+        except AssertionError:
+            continue
+        if at <= start and without[at:start].count(b"\n") <= 1:
+            return without[start:end]
+    raise AssertionError("bytes outside the edit changed")
