@@ -37,6 +37,8 @@ BASE = frozenset(
         "pcipass.compat",
         "pcipass.errors",
         "pcipass.interrupt",
+        "pcipass.record",
+        "pcipass._record_runtime",
         "pcipass.runner",
     }
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 import subprocess
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,8 @@ from pcipass.host.config_space import (
     format_dsn,
     parse_config,
 )
+from pcipass.record import fields as record_fields
+from pcipass.record import is_record
 from pcipass.testing.config_builder import (
     Cap,
     ExtCap,
@@ -653,7 +655,7 @@ def test_builder_accepts_extended_caps_mixed_into_caps() -> None:
 
 HEADER_FIELDS = [
     f.name
-    for f in fields(ConfigSpace)
+    for f in record_fields(ConfigSpace)
     if f.name
     not in (
         "length",
@@ -688,8 +690,10 @@ def consistent(part: object, whole: object) -> bool:
     """``part`` is unknown (None) or agrees with ``whole``, field by field for records."""
     if part is None:
         return True
-    if is_dataclass(part) and type(part) is type(whole):
-        return all(consistent(getattr(part, f.name), getattr(whole, f.name)) for f in fields(part))
+    if is_record(part) and type(part) is type(whole):
+        return all(
+            consistent(getattr(part, f.name), getattr(whole, f.name)) for f in record_fields(part)
+        )
     return part == whole
 
 

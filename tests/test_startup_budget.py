@@ -119,6 +119,38 @@ def test_status_without_a_ledger_loads_no_sqlite(plain_host: Path, tmp_path: Pat
     assert data["pci_ids"] == []
 
 
+@pytest.fixture(scope="module")
+def example_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The document's example host, simulated kernel and all (what ``make demo`` builds)."""
+    base = tmp_path_factory.mktemp("example") / "host"
+    build_rhel5_xen(base)
+    return base
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["show", "09:00.0"],
+        ["status"],
+        ["check"],
+        ["guests"],
+        ["hide", "--now", "--dry-run", "09:00.0"],
+        ["hide", "--persist", "--dry-run", "09:00.0"],
+        ["attach", "--dry-run", "--hide", "09:00.0", "rhel5pv"],
+    ],
+    ids=lambda argv: "-".join(a.strip("-") for a in argv[:2]),
+)
+def test_no_verb_loads_dataclasses_or_inspect(
+    example_host: Path, tmp_path: Path, argv: Sequence[str]
+) -> None:
+    """Data classes come from pcipass.record: ``dataclasses`` imports inspect (with
+    ast, dis and tokenize) and compiles every class's methods at import."""
+    data = run_traced(tmp_path, "--root", str(example_host), *argv)
+    assert data["code"] in (0, 1, 3)
+    assert sorted(modules(data) & {"dataclasses", "inspect", "dis", "tokenize"}) == []
+
+
 def test_version_loads_no_parser_host_or_names(tmp_path: Path) -> None:
     data = run_traced(tmp_path, "--version")
     assert data["code"] == 0

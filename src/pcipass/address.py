@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
 
 from pcipass.errors import AddressError
+from pcipass.record import dataclass, field
 
 _BDF = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{1,4}):)?"

@@ -8,10 +8,10 @@ element of ``argv``, never through a shell.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from pcipass.errors import CommandFailed, CommandMissing
+from pcipass.record import dataclass
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from pcipass.address import PciAddress
@@ -40,6 +39,7 @@ from pcipass.compat import zip_equal
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
 from pcipass.guests.guest_os import os_from_kernel_path, os_from_libosinfo_id
 from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
+from pcipass.record import dataclass
 
 if TYPE_CHECKING:
     import xml.etree.ElementTree as ET

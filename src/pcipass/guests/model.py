@@ -17,11 +17,11 @@ with :mod:`pcipass.persist.atomic`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pcipass.address import AddressPattern, PciAddress
 from pcipass.compat import StrEnum
+from pcipass.record import dataclass
 
 
 class GuestKind(StrEnum):

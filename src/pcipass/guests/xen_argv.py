@@ -36,7 +36,8 @@ output to turn it into a name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from pcipass.record import dataclass
 
 XL_GLOBAL_FLAGS = frozenset("vNftTA")
 

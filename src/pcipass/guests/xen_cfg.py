@@ -30,7 +30,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import PurePath
 
 from pcipass.address import PciAddress, parse_xl_spec
@@ -40,6 +39,7 @@ from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
 from pcipass.guests.xen_text import CODE, Item, Lines, Setting
 from pcipass.guests.xl_grammar import parse_xl
 from pcipass.guests.xm_python import WATCHED_KEYS, parse_xm, parse_xm_entry
+from pcipass.record import dataclass
 
 # Keys only xl knows (xl.cfg(5)); xm (Xen 3.x xend) has none of them.
 _XL_ONLY_KEYS = frozenset(

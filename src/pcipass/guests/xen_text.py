@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+
+from pcipass.record import dataclass
 
 PLAIN_STRING = re.compile(rb"""^(?:'[^'\\\r\n]*'|"[^"\\\r\n]*")$""")
 MAX_LIST_DEPTH = 16

@@ -12,7 +12,6 @@ error, as it is for xl.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from pcipass.errors import ConfigSyntaxError
 from pcipass.guests.xen_text import (
@@ -22,6 +21,7 @@ from pcipass.guests.xen_text import (
     Lines,
     Setting,
 )
+from pcipass.record import dataclass
 
 _XL_TOKEN = re.compile(
     rb"""

@@ -15,14 +15,13 @@ operation can journal it and roll it back (libvirt's virhostdev model):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
 from pcipass.errors import OperationFailed
 from pcipass.host.context import Host
 from pcipass.host.platform import running_xen_stub
 from pcipass.host.stubs import VFIO_DRIVER, VFIO_MODULE, XEN_DRIVER
+from pcipass.record import dataclass
 
 
 @dataclass(frozen=True)

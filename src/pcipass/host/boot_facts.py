@@ -9,9 +9,9 @@ Nothing here reads a file.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.record import dataclass, field
 
 
 def module_key(name: str) -> str:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
 
 from pcipass.host.root import HostRoot
+from pcipass.record import dataclass, field
 
 GRUB_CFGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 GRUBENVS = ("/boot/grub/grubenv", "/boot/grub2/grubenv")

@@ -22,9 +22,6 @@ References (the register layouts below cite them):
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-
 from pcipass.host.pci_regs import (
     ACS_CAPABILITY,
     ACS_CONTROL,
@@ -98,6 +95,7 @@ from pcipass.host.pci_regs import (
     HeaderType,
     PortType,
 )
+from pcipass.record import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -398,7 +396,7 @@ def parse_config(data: bytes) -> ConfigSpace:
     if vendor == 0xFFFF:
         # PCI 3.0 §6.2.1: reads of a function that does not exist return all ones.
         problems.append("vendor id ffff: the function did not answer (removed, or read failed)")
-        return dataclasses.replace(header, problems=tuple(problems))
+        return replace(header, problems=tuple(problems))
 
     subsystem, buses, cap_pointer_reg = _layout_registers(reader, layout, problems)
     caps, caps_complete = _walk_caps(reader, status, cap_pointer_reg, problems)
@@ -411,7 +409,7 @@ def parse_config(data: bytes) -> ConfigSpace:
     else:
         ext_caps, ext_complete = [], caps_complete
     ext = _decode_ext_caps(reader, ext_caps, problems)
-    return dataclasses.replace(
+    return replace(
         header,
         subsystem_vendor=subsystem[0],
         subsystem_device=subsystem[1],
@@ -523,9 +521,9 @@ def _decode_caps(reader: _Reader, caps: list[Capability], problems: list[str]) -
             continue
         decoded.add(cap.cap_id)
         if cap.cap_id == CAP_ID_PCIE:
-            found = dataclasses.replace(found, pcie=_decode_pcie(reader, at, problems))
+            found = replace(found, pcie=_decode_pcie(reader, at, problems))
         elif cap.cap_id == CAP_ID_PM:
-            found = dataclasses.replace(found, pm=_decode_pm(reader, at, problems))
+            found = replace(found, pm=_decode_pm(reader, at, problems))
         elif cap.cap_id == CAP_ID_MSI:
             control = reader.u16(at + MSI_CONTROL)
             if control is None:
@@ -537,21 +535,21 @@ def _decode_caps(reader: _Reader, caps: list[Capability], problems: list[str]) -
                 maskable=bool(control & MSI_CONTROL_MASKABLE),
                 max_vectors=1 << ((control & MSI_CONTROL_MMC) >> 1),
             )
-            found = dataclasses.replace(found, msi=msi)
+            found = replace(found, msi=msi)
         elif cap.cap_id == CAP_ID_MSIX:
             control = reader.u16(at + MSIX_CONTROL)
             if control is None:
                 problems.append(f"MSI-X capability at {at:#04x} truncated")
                 continue
             msix = MsixInfo(at, (control & MSIX_CONTROL_TABLE_SIZE) + 1)
-            found = dataclasses.replace(found, msix=msix)
+            found = replace(found, msix=msix)
         elif cap.cap_id == CAP_ID_AF:
             af_caps = reader.u8(at + AF_CAPS)
             if af_caps is None:
                 problems.append(f"Advanced Features capability at {at:#04x} truncated")
                 continue
             af = AfInfo(at, bool(af_caps & AF_CAPS_TP), bool(af_caps & AF_CAPS_FLR))
-            found = dataclasses.replace(found, af=af)
+            found = replace(found, af=af)
     return found
 
 
@@ -656,20 +654,20 @@ def _decode_ext_caps(reader: _Reader, caps: list[ExtCapability], problems: list[
                 control=AcsFlags(acs_ctl & ACS_DEFINED_BITS),
                 egress_vector_size=acs_cap >> 8,
             )
-            found = dataclasses.replace(found, acs=acs)
+            found = replace(found, acs=acs)
         elif cap.cap_id == EXT_CAP_ID_DSN:
             lower = reader.u32(at + DSN_LOWER)
             upper = reader.u32(at + DSN_UPPER)
             if lower is None or upper is None:
                 problems.append(f"Device Serial Number capability at {at:#05x} truncated")
                 continue
-            found = dataclasses.replace(found, dsn=(upper << 32) | lower)
+            found = replace(found, dsn=(upper << 32) | lower)
         elif cap.cap_id == EXT_CAP_ID_SRIOV:
             sriov = _decode_sriov(reader, at)
             if sriov is None:
                 problems.append(f"SR-IOV capability at {at:#05x} truncated")
                 continue
-            found = dataclasses.replace(found, sriov=sriov)
+            found = replace(found, sriov=sriov)
     return found
 
 

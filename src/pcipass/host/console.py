@@ -26,11 +26,11 @@ another device (fbcon moves to it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import PcipassError
 from pcipass.host.context import Host
+from pcipass.record import dataclass, field
 
 # The platform drivers sysfb's devices bind to (efifb, vesafb, simplefb/simpledrm).
 FIRMWARE_FB_DRIVERS = ("efi-framebuffer", "vesa-framebuffer", "simple-framebuffer")

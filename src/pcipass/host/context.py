@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.host.root import HostRoot
 from pcipass.host.sysfs import KernelWriter, Sysfs
+from pcipass.record import dataclass, field
 from pcipass.runner import CommandRunner, OfflineRunner, SubprocessRunner
 
 #: The file by which an example tree declares that its kernel is simulated.

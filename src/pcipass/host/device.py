@@ -9,11 +9,11 @@ must show every other device when one is odd, and `show` says what is missing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, DeviceNotFoundError, NoPciBusError
 from pcipass.host.sysfs import Sysfs
+from pcipass.record import dataclass, field, replace
 
 # PCI Code and ID Assignment spec 1.12, §1: base class 06h subclass 04h is a
 # PCI-to-PCI bridge, 06h/00h a host bridge; header type 1 (PCI 3.0 §6.1) also
@@ -275,8 +275,6 @@ def read_one(sysfs: Sysfs, address: PciAddress) -> PciDevice:
 
 
 def _with_slot(dev: PciDevice, slot: str) -> PciDevice:
-    from dataclasses import replace
-
     return replace(dev, physical_slot=slot)
 
 

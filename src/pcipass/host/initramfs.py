@@ -21,10 +21,10 @@ import lzma
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import IO, Protocol, cast
 
 from pcipass.host.root import HostRoot
+from pcipass.record import dataclass, field
 from pcipass.runner import CommandRunner
 
 NEWC = b"070701"

@@ -11,7 +11,6 @@ which the caller (``pcipass.ops.inventory``) reads and hands in as ``owners``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.host.context import Host
@@ -19,6 +18,7 @@ from pcipass.host.device import PciDevice, iommu_group_members, read_all, read_o
 from pcipass.host.pciids import PciIds
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.host.usage import HostUse, host_uses
+from pcipass.record import dataclass, field
 
 SCHEMA_VERSION = 1
 

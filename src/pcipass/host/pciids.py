@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pcipass.errors import OperationFailed
 from pcipass.host.confined import read_regular
+from pcipass.record import dataclass, field
 
 if TYPE_CHECKING:
     from pcipass.host.root import HostRoot

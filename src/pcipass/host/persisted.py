@@ -8,9 +8,9 @@ which may import this module but nothing of ``persist/``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
+from pcipass.record import dataclass, field
 
 
 def module_key(name: str) -> str:

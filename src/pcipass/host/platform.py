@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.backend import Backend
@@ -35,6 +34,7 @@ from pcipass.host.stubs import (
     is_2_6_kernel,
     xen_stub_module,
 )
+from pcipass.record import dataclass, field
 
 
 class PersistMethod(StrEnum):

@@ -27,12 +27,12 @@ and who owns them); the caller works that out and passes ``bus_reset_possible``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from pcipass.host.config_space import ConfigSpace
 from pcipass.host.context import Host
 from pcipass.host.device import PciDevice
 from pcipass.host.topology import bus_reset_blocker
+from pcipass.record import dataclass, field
 
 # Kernel method names (drivers/pci/pci.c pci_reset_fn_methods, in the kernel's order).
 METHOD_DEVICE_SPECIFIC = "device_specific"

@@ -18,11 +18,11 @@ already in place (vendor-reset loaded and ``reset_method`` set to
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError
 from pcipass.host.context import Host
+from pcipass.record import dataclass
 
 AMD_ATI = 0x1002
 AMD = 0x1022

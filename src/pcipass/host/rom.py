@@ -38,12 +38,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, SysfsWriteError
 from pcipass.host.context import Host
+from pcipass.record import dataclass, field
 
 IMAGE_UNIT = 512  # image length and initialization size are in 512-byte units
 MAX_ROM_BYTES = 16 * 1024 * 1024  # a ROM BAR is at most 16 MiB (the BAR's 24 address bits)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import UsageError
 from pcipass.host.confined import Confined, host_parts
+from pcipass.record import dataclass
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 

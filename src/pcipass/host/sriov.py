@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError
 from pcipass.host.context import Host
+from pcipass.record import dataclass
 
 
 @dataclass(frozen=True)

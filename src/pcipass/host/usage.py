@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError
 from pcipass.host.sysfs import Sysfs
+from pcipass.record import dataclass
 
 
 @dataclass(frozen=True)

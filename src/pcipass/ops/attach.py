@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from pcipass import interrupt
 from pcipass.address import PciAddress
@@ -50,6 +49,7 @@ from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug
 from pcipass.persist.atomic import FileEdit, apply_edit, digest, plan_edit
 from pcipass.policy import guest_rules
 from pcipass.policy.verdict import Finding, Severity, refusal_error
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger, OperationHandle
 from pcipass.state.lock import OperationInProgress, StateLock
 

@@ -19,7 +19,6 @@ file elsewhere gets a warning: the guest would fail to start with
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import PcipassError, UsageError
@@ -27,6 +26,7 @@ from pcipass.host.context import Host
 from pcipass.host.device import read_device
 from pcipass.host.rom import CODE_EFI, X64_RUNNABLE, parse_rom
 from pcipass.policy.verdict import Finding, Severity, raise_refusals
+from pcipass.record import dataclass, field
 
 ROM_LIMIT = 16 * 1024 * 1024  # no PCI ROM BAR is larger (host/rom.py reads no more either)
 READABLE_BY_QEMU = ("/usr/share/", "/var/lib/")

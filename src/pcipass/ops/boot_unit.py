@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass, field
 
 from pcipass.errors import UsageError
 from pcipass.host.context import Host
 from pcipass.persist.atomic import FileEdit, plan_edit
+from pcipass.record import dataclass, field
 
 UNIT = "/etc/systemd/system/pcipass-boot.service"
 WANTS = "/etc/systemd/system/multi-user.target.d/pcipass-boot.conf"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
@@ -16,6 +15,7 @@ from pcipass.host.reset_quirks import quirk_notes
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity, worst_exit
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import HiddenRecord, Ledger
 from pcipass.state.lock import StateLock
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import RefusedError
@@ -34,6 +33,7 @@ from pcipass.host.console import (
 )
 from pcipass.host.context import Host
 from pcipass.ops.rebind import Step
+from pcipass.record import dataclass, field
 
 
 @dataclass

@@ -24,7 +24,6 @@ fails (the boot must go on).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
@@ -37,6 +36,7 @@ from pcipass.ops.desired_file import DesiredDevice, DesiredState
 from pcipass.ops.pins import find_identity
 from pcipass.policy.pin_match import RULE as PIN_RULE
 from pcipass.policy.verdict import Finding, Severity, refusal_error
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 
 DRIFT = "PP112"

@@ -24,13 +24,13 @@ import importlib
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, NotFoundError, OperationFailed
 from pcipass.host.context import Host
 from pcipass.ops.pins import check_name
+from pcipass.record import dataclass, field
 
 DESIRED_PATH = "/etc/pcipass/pcipass.toml"
 PLATFORMS = ("rhel5", "modprobe.d", "cmdline")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError
@@ -19,6 +18,7 @@ from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.host.device import iommu_group_members
 from pcipass.host.stubs import VFIO_DRIVER
+from pcipass.record import dataclass
 
 
 @dataclass(frozen=True)

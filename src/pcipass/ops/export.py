@@ -25,7 +25,6 @@ import json
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.compat import StrEnum
@@ -36,6 +35,7 @@ from pcipass.host.stubs import STUB_DRIVERS, XEN_DRIVER, XEN_MODULE
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, ExitCode
@@ -33,6 +32,7 @@ from pcipass.persist.modprobe.effective import read_module_config
 from pcipass.persist.modprobe.installed import collect_modprobe_files
 from pcipass.policy.forecast import Forecast, forecast
 from pcipass.policy.verdict import Finding, worst_exit
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 
 _RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")

@@ -20,8 +20,6 @@ path prints nothing there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pcipass.errors import (
     ConfigSyntaxError,
     GuestNotFoundError,
@@ -45,6 +43,7 @@ from pcipass.ops.guests import (
 from pcipass.policy import guest_rules
 from pcipass.policy.guest_rules import save_restore_findings
 from pcipass.policy.verdict import Finding, Severity, refusal_error
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 
 OPERATIONS = ("save", "restore", "migrate")

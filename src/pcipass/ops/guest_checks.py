@@ -9,7 +9,6 @@ the findings earn.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pcipass.errors import ExitCode
@@ -18,6 +17,7 @@ from pcipass.guests.model import GuestOs
 from pcipass.ops.attach import GuestContext
 from pcipass.ops.guard import GuestCheck, HeldDevices, check_guest
 from pcipass.policy.verdict import worst_exit
+from pcipass.record import dataclass, field
 
 if TYPE_CHECKING:
     from pcipass.host.context import Host

@@ -9,8 +9,6 @@ this module does it, journalled, and verifies through /proc/modules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
 from pcipass.host.context import Host
 from pcipass.persist.guest_modules import (
     AcpiphpState,
@@ -18,6 +16,7 @@ from pcipass.persist.guest_modules import (
     acpiphp_loaded,
     plan_guest_setup,
 )
+from pcipass.record import dataclass, field, replace
 from pcipass.runner import OfflineRunner
 
 

@@ -21,7 +21,6 @@ import os
 import shlex
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from pcipass.guests.xen_cfg import guess_kind, parse_xen_config
 from pcipass.host.confined import Confined, root_of
 from pcipass.host.context import Host
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 
 XEN_DIR = "/etc/xen"
 LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"

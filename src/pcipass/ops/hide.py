@@ -13,7 +13,6 @@ says "no change".
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
@@ -44,6 +43,7 @@ from pcipass.ops.reload import (
 from pcipass.ops.reset_method import plan_reset_methods
 from pcipass.ops.transaction import ROLLBACK_ON, Transaction
 from pcipass.policy.verdict import raise_refusals
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 

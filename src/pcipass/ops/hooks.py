@@ -26,12 +26,12 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from pcipass.errors import UsageError
 from pcipass.guests.xen_argv import GUARDED_WORDS
 from pcipass.host.context import Host
 from pcipass.persist.atomic import FileEdit, plan_edit
+from pcipass.record import dataclass, field
 
 MARKER = "# pcipass guard hook (rule PP003): installed by `pcipass guard --install`"
 LIBVIRT_HOOKS = ("qemu", "libxl")

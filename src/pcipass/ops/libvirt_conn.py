@@ -22,7 +22,6 @@ Rules of the connection itself:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from pcipass.ops.connect_recover import open_connection as _open
 from pcipass.ops.guests import GuestFile
 from pcipass.ops.live import owned_hotplug
 from pcipass.persist.atomic import FileEdit
+from pcipass.record import dataclass
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 

@@ -26,12 +26,12 @@ ACPI) need not hold the state lock: :func:`begin_hotplug` and
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, PcipassError
 from pcipass.guests.toolstack import HotplugRefused, HotplugUnknown, Toolstack
 from pcipass.host.context import Host
+from pcipass.record import dataclass
 from pcipass.state.ledger import UNCERTAIN_PREFIX, Ledger, OpenOperation, OwnerRecord
 from pcipass.state.limiter import HotplugLimiter, HotplugTicket
 

@@ -11,7 +11,6 @@ command line when the stub is built in.  Every edit is planned (diff for
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
@@ -29,6 +28,7 @@ from pcipass.persist.modprobe import (
 )
 from pcipass.policy import persist_rules
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, RefusedError, UsageError
@@ -19,6 +18,7 @@ from pcipass.host.context import Host
 from pcipass.host.device import PciDevice, read_all, read_one
 from pcipass.host.fingerprint import fingerprint, physical_path
 from pcipass.policy.pin_match import MODEL_KEYS, Resolution, resolve
+from pcipass.record import dataclass
 from pcipass.state.ledger import Ledger, PinRecord
 from pcipass.state.lock import StateLock
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, OperationFailed, RefusedError
@@ -23,6 +22,7 @@ from pcipass.interrupt import Interrupted
 from pcipass.ops.attach_rom import RomChoice
 from pcipass.ops.live import begin_hotplug, finish_hotplug, run_hotplug, settle_interrupted
 from pcipass.policy.verdict import Finding, raise_refusals
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 

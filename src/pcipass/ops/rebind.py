@@ -9,7 +9,6 @@ it was (:func:`reconcile`), so no device is left driverless.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.backend import Backend
@@ -20,6 +19,7 @@ from pcipass.host.context import Host
 from pcipass.host.inventory import Inventory
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.policy.verdict import Finding, Severity, raise_refusals
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import HiddenRecord, Ledger
 
 Undo = dict[str, object]

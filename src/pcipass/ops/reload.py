@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from pcipass.address import PciAddress
@@ -27,6 +26,7 @@ from pcipass.host.inventory import Inventory
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.policy.reload import ReloadImpact, reload_advice, reload_findings, reload_impact
 from pcipass.policy.verdict import Finding, raise_refusals
+from pcipass.record import dataclass, field
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, RefusedError, UsageError
@@ -35,6 +34,7 @@ from pcipass.host.reset import (
 )
 from pcipass.ops.rebind import Step
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 
 KERNEL_METHODS = frozenset(
     {

@@ -19,7 +19,6 @@ the vendor-reset module, or a host reboot.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, RefusedError
@@ -28,6 +27,7 @@ from pcipass.host.context import Host
 from pcipass.host.device import read_device
 from pcipass.host.stubs import STUB_DRIVERS
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 

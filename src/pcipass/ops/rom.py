@@ -11,7 +11,6 @@ or QEMU's ``romfile=``, through the one atomic writer, never outside the root.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.address import PciAddress
@@ -20,6 +19,7 @@ from pcipass.host.context import Host
 from pcipass.host.device import read_device
 from pcipass.host.rom import CODE_EFI, X64_RUNNABLE, RomContents, parse_rom, read_rom
 from pcipass.persist.atomic import write_file
+from pcipass.record import dataclass, field
 
 # Where a ROM file must never go: the kernel's own trees.
 FORBIDDEN_TREES = ("/sys", "/proc", "/dev")

@@ -19,14 +19,13 @@ and the devices stay owned by the guest (nothing is given back to the host).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, RefusedError
 from pcipass.guests.model import GuestKind
 from pcipass.guests.toolstack import HotplugRefused, XenCli
 from pcipass.host.context import Host
 from pcipass.ops.guests import GuestFile, find_guest
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 from pcipass.state.limiter import HotplugLimiter
 from pcipass.state.lock import StateLock

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pcipass.address import PciAddress
 from pcipass.host.config_space import ConfigSpace, format_dsn
 from pcipass.host.context import Host
@@ -14,6 +12,7 @@ from pcipass.host.topology import read_config
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import device_info
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 
 
 @dataclass

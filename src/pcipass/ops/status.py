@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
+from pcipass.record import dataclass, field
 from pcipass.state.presence import ledger_may_exist
 
 if TYPE_CHECKING:

@@ -30,7 +30,6 @@ import errno
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Protocol
 
@@ -41,6 +40,7 @@ from pcipass.host import sriov
 from pcipass.host.context import Host
 from pcipass.ops.rebind import apply_undo, device_state, reconcile
 from pcipass.persist.atomic import FileEdit
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import FileEditRecord, HiddenRecord, Ledger, OperationHandle
 
 # What a rollback runs for: everything but a simulated kill -9 in the tests

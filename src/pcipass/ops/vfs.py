@@ -21,7 +21,6 @@ a PF without a driver, settings for a PF without a network interface (PP125).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
@@ -49,6 +48,7 @@ from pcipass.ops.vf_net import (
 )
 from pcipass.persist import udev_vfs
 from pcipass.persist.atomic import FileEdit, plan_edit
+from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 

@@ -29,11 +29,11 @@ import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from pcipass.errors import OperationFailed, PcipassError
 from pcipass.host.confined import Confined, os_error, root_of
+from pcipass.record import dataclass
 
 #: Every temporary file pcipass creates ends with this.
 TEMP_SUFFIX = ".pcipass-tmp"

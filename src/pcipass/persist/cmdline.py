@@ -25,7 +25,6 @@ to the end of the base variable.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
@@ -41,6 +40,7 @@ from pcipass.host.root import HostRoot
 from pcipass.persist.modprobe.syntax import parse_params
 from pcipass.persist.shell_assign import EOL_NOTE, MARKER, Assignment, ShellFile, Value, evaluate
 from pcipass.persist.stub_values import hide_items, id_items, normalise_device_id, parse_hide_value
+from pcipass.record import dataclass
 
 BASE = "GRUB_CMDLINE_LINUX"
 BASE_DEFAULT = "GRUB_CMDLINE_LINUX_DEFAULT"

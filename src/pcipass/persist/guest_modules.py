@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import re
 import stat
-from dataclasses import dataclass
 
 from pcipass.compat import StrEnum
 from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.root import HostRoot
 from pcipass.persist.atomic import FileEdit, plan_edit
+from pcipass.record import dataclass
 
 MODULE = "acpiphp"
 RHEL_MODULES_FILE = "/etc/sysconfig/modules/acpiphp.modules"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from pcipass.compat import zip_equal
 from pcipass.errors import ConfigSyntaxError
 from pcipass.host.platform import DEFAULT_GRUB_FILE
+from pcipass.record import dataclass, field
 
 #: The comment pcipass writes above a variable it created or extended.
 MARKER = "# pcipass: added"

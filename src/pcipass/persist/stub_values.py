@@ -9,10 +9,10 @@ rules, wherever it is written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, UsageError
+from pcipass.record import dataclass
 
 ISSPACE = " \t\n\v\f\r"  # the kernel's isspace(), used by parse_args()
 _DEVICE_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")

@@ -22,9 +22,9 @@ changed and removed independently, and lines pcipass did not write are kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
+from pcipass.record import dataclass
 
 RULES_FILE = "/etc/udev/rules.d/70-pcipass-sriov.rules"
 IP = "/sbin/ip"  # /sbin/ip exists on Debian, Ubuntu, RHEL and SUSE (merged /usr or not)

@@ -12,7 +12,6 @@ in as :class:`Claims`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress
 from pcipass.errors import DeviceNotFoundError
@@ -26,6 +25,7 @@ from pcipass.host.topology import read_config
 from pcipass.host.usage import HostUse
 from pcipass.policy.console import console_findings
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ first (modprobe.d(5)); a stub loaded before the driver takes the devices its
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from pcipass.address import PciAddress, parse_hide_list
 from pcipass.errors import UsageError
@@ -41,6 +40,7 @@ from pcipass.host.boot_facts import (
 )
 from pcipass.host.stubs import PCI_STUB_DRIVER, VFIO_DRIVER, XEN_DRIVER
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 
 # Stub module key -> (sysfs driver, the parameter naming what it takes).
 STUBS = {

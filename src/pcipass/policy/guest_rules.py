@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.errors import PcipassError
@@ -20,6 +19,7 @@ from pcipass.host.context import Host
 from pcipass.host.platform import Platform
 from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass
 
 PV_DMA_WORDS = (
     "a guest which has access to a non-virtualized PCI device via PCI passthrough also has "

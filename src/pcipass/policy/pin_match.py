@@ -21,9 +21,9 @@ card of that model on the host: if it saw twins, the remaining one may be the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass, field
 
 RULE = "PP114"
 MODEL_KEYS = ("vendor", "device", "subsystem_vendor", "subsystem_device", "class")

@@ -16,12 +16,12 @@ Pure: handed the inventory, reads nothing, imports no ops/state/persist.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from pcipass.address import PciAddress
 from pcipass.host.inventory import Inventory
 from pcipass.host.usage import HostUse
 from pcipass.policy.verdict import Finding, Severity
+from pcipass.record import dataclass
 
 # What the safe ways are, said the same everywhere.
 SAFE_WAYS = "add --now (rebinds only the named devices through sysfs) or reboot instead"

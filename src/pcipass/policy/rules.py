@@ -8,7 +8,7 @@ the wrong device after the bus renumbers, a host that loses its own disk).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pcipass.record import dataclass
 
 
 @dataclass(frozen=True)

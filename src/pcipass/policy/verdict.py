@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pcipass.compat import StrEnum
 from pcipass.errors import ExitCode, RefusedError
+from pcipass.record import dataclass
 
 
 class Severity(StrEnum):

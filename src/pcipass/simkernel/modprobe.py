@@ -27,10 +27,10 @@ import os
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pcipass.record import dataclass, field
 from pcipass.runner import CommandResult
 
 if TYPE_CHECKING:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from pcipass.address import PciAddress
+from pcipass.record import dataclass, field
 
 _Tree = TypeVar("_Tree", bound="SimTree")
 

@@ -17,11 +17,11 @@ cannot overshoot the budget.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Final
 
 from pcipass.address import PciAddress
 from pcipass.errors import RefusedError, UsageError
+from pcipass.record import dataclass
 from pcipass.state.ledger import HotplugEvent, Ledger, format_time
 
 DEFAULT_BUDGET: Final = 32

@@ -29,13 +29,13 @@ import fcntl
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 from pcipass.errors import OperationFailed, PcipassError, StateLockedError
 from pcipass.host.root import HostRoot
+from pcipass.record import dataclass
 
 LOCK_NAME: Final = "lock"
 HOLDER_NAME: Final = "lock.holder"

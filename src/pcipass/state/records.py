@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pcipass.address import PciAddress
 from pcipass.host.stubs import RECORDED_STUBS
+from pcipass.record import dataclass, field
 
 # The stub names a record may carry (host/stubs.py is the one vocabulary).
 STUB_DRIVERS: Final = RECORDED_STUBS

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pcipass.compat import zip_equal
 from pcipass.host import pci_regs as cs
 from pcipass.host.pci_regs import AcsFlags, HeaderType, PortType
+from pcipass.record import dataclass
 
 # Default Command register: Memory Space + Bus Master enabled, as a bound driver leaves it
 # (PCI 3.0 §6.2.2 bits 1 and 2).

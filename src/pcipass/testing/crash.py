@@ -53,10 +53,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from pcipass.record import dataclass, field
 
 _UNHOOKED_RENAME = os.rename
 EVENTS = ("lock<", "begin", "write<", "write>", "step", "edit", "rename<", "rename>", "finish<")

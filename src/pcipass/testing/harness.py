@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcipass.host.context import Host
+from pcipass.record import dataclass, field
 from pcipass.testing.fakehost import FakeHost, FakeKernel, FakeRunner
 
 

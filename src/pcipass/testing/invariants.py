@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pcipass.host.root import HostRoot
+from pcipass.record import dataclass
 from pcipass.state.ledger import Ledger
 from pcipass.testing.fakehost import snapshot
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pcipass.host.pci_regs import PortType
+from pcipass.record import dataclass
 from pcipass.testing.config_builder import dsn, pcie
 from pcipass.testing.fakehost import FakeHost
 from pcipass.testing.harness import Lab, make_lab

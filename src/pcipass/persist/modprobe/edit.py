@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 
 from pcipass.address import PciAddress, format_hide_list
 from pcipass.backend import Backend
@@ -40,6 +39,7 @@ from pcipass.persist.stub_values import (
     id_items,
     normalise_device_id,
 )
+from pcipass.record import dataclass, replace
 
 #: First lines of a modprobe file pcipass creates (so it can delete it again).
 HEADER = (

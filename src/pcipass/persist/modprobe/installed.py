@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 
 from pcipass.host.persisted import HideEntry, OrderingEntry, PersistentState, module_key
 from pcipass.host.platform import (
@@ -26,6 +25,7 @@ from pcipass.persist.modprobe.syntax import (
     Document,
 )
 from pcipass.persist.stub_values import parse_hide_value
+from pcipass.record import replace
 
 #: modprobe.d directories in kmod's order of precedence (a file name found in
 #: an earlier directory hides the same name in later ones).

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 from pcipass.address import PciAddress
 from pcipass.errors import UsageError
 from pcipass.host.persisted import module_key
 from pcipass.host.stubs import VFIO_MODULE, XEN_MODULES
 from pcipass.persist.stub_values import ISSPACE, normalise_device_id
+from pcipass.record import dataclass, replace
 
 MARKER_PREFIX = "# pcipass:"
 
