@@ -21,9 +21,10 @@ from pcipass.ops.attach import attach, detach
 from pcipass.ops.hide import hide_now
 from pcipass.ops.recover import recover
 from pcipass.runner import CommandResult
-from pcipass.state import lock as lock_module
+from pcipass.state import identity
+from pcipass.state.identity import describe_process
 from pcipass.state.ledger import Ledger
-from pcipass.state.lock import HOLDER_NAME, StateLock, describe_process, read_holder
+from pcipass.state.lock import HOLDER_NAME, StateLock, read_holder
 from pcipass.testing.crash import KillAt, run_stopped
 from pcipass.testing.example import build_rhel5_xen
 from pcipass.testing.harness import Lab
@@ -34,9 +35,9 @@ NIC = PciAddress.parse("0000:09:00.0")
 @pytest.fixture
 def notices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     seen: list[str] = []
-    monkeypatch.setattr(lock_module._Process, "command", "pcipass")
-    monkeypatch.setattr(lock_module._Process, "notice", None)
-    describe_process("pcipass hide --now 09:00.0", seen.append)
+    monkeypatch.setattr(identity._Process, "words", ("pcipass",))
+    monkeypatch.setattr(identity._Process, "notice", None)
+    describe_process(["pcipass", "hide", "--now", "09:00.0"], seen.append)
     yield seen
 
 

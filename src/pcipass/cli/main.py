@@ -129,14 +129,12 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
 def _describe_for_the_lock(args_list: list[str]) -> None:
     """Who this command is, for others that wait for the state lock, and how
     it says that it waits itself (once, on stderr: --json keeps stdout)."""
-    import shlex
-
     from pcipass.ops.lock_holder import introduce
 
     def notice(message: str) -> None:
         print(f"pcipass: {message}", file=sys.stderr, flush=True)
 
-    introduce(shlex.join(["pcipass", *args_list]), notice)
+    introduce(["pcipass", *args_list], notice)
 
 
 def _open_host(root: str) -> Host:

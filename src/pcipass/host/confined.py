@@ -23,7 +23,6 @@ exceptions with one-line messages naming the host path.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import stat
@@ -59,20 +58,29 @@ def set_resolution(mode: str) -> str:
     return old
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_syscall: list[Any] = []  # libc's syscall(2), loaded once
+_syscall: list[Any] = []  # (libc's syscall(2), struct open_how), loaded once
 
 
 def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    # ctypes is imported on the first call, not with this module: commands
+    # that resolve no path under a root never pay for it (issue #13).
+    import ctypes
+
     if not _syscall:
+
+        class OpenHow(ctypes.Structure):  # struct open_how, linux/openat2.h
+            _fields_ = [
+                ("flags", ctypes.c_uint64),
+                ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64),
+            ]
+
         function = ctypes.CDLL(None, use_errno=True).syscall
         function.restype = ctypes.c_long
-        _syscall.append(function)
-    how = _OpenHow(flags, 0, resolve)
-    fd = _syscall[0](
+        _syscall.extend((function, OpenHow))
+    call, open_how = _syscall
+    how = open_how(flags, 0, resolve)
+    fd = call(
         ctypes.c_long(_SYS_OPENAT2),
         ctypes.c_int(dirfd),
         ctypes.c_char_p(os.fsencode(path)),

@@ -7,10 +7,14 @@ the holder record beside the state lock (:mod:`pcipass.state.lock`), and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pcipass.state.identity import describe_process
 
-from pcipass.state.lock import describe_process
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
-def introduce(command: str, notice: Callable[[str], None] | None) -> None:
-    describe_process(command, notice)
+def introduce(words: Sequence[str], notice: Callable[[str], None] | None) -> None:
+    """``words``: the command line as run (``pcipass`` first).  Cheap: nothing
+    of the lock is loaded until a command takes it."""
+    describe_process(words, notice)

@@ -28,7 +28,6 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -36,26 +35,11 @@ from typing import Final
 from pcipass.errors import OperationFailed, PcipassError, StateLockedError
 from pcipass.host.root import HostRoot
 from pcipass.record import dataclass
+from pcipass.state.identity import command_line, waiting_notice
 
 LOCK_NAME: Final = "lock"
 HOLDER_NAME: Final = "lock.holder"
 _HOLDER_LIMIT: Final = 4096
-
-
-class _Process:
-    """What this process says about itself in the holder record, and how it
-    tells its user that it waits (set once by the CLI; the library never prints)."""
-
-    command = "pcipass"
-    notice: Callable[[str], None] | None = None
-
-
-def describe_process(command: str, notice: Callable[[str], None] | None) -> None:
-    """Set the command line recorded while this process holds the lock, and
-    the function that shows "waiting for the state lock ..." (None: silent)."""
-    printable = "".join(c if c.isprintable() else "?" for c in command)
-    _Process.command = printable[:300]
-    _Process.notice = notice
 
 
 @dataclass(frozen=True)
@@ -184,7 +168,7 @@ class StateLock:
         return self.root.host_path(self.root.state_dir / HOLDER_NAME)
 
     def _announce_wait(self) -> None:
-        notice = _Process.notice
+        notice = waiting_notice()
         if notice is None:
             return
         holder = read_holder(self.root)
@@ -200,7 +184,7 @@ class StateLock:
         no other pcipass writes it meanwhile."""
         import json  # only once the lock is taken (issue #13: start-up cost)
 
-        record = {"pid": os.getpid(), "command": _Process.command, "since": time.time()}
+        record = {"pid": os.getpid(), "command": command_line(), "since": time.time()}
         data = json.dumps(record).encode()
         try:
             fd = self.root.files.open_file(
