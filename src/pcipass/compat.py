@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
 
 if sys.version_info >= (3, 11):
     StrEnum = enum.StrEnum
@@ -21,8 +20,12 @@ else:
             return str(self.value).__format__(spec)
 
 
-_A = TypeVar("_A")
-_B = TypeVar("_B")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _A = TypeVar("_A")
+    _B = TypeVar("_B")
 
 
 def zip_equal(first: Sequence[_A], second: Sequence[_B]) -> Iterator[tuple[_A, _B]]:

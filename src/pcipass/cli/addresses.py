@@ -9,8 +9,8 @@ every command that takes a device calls :func:`device_address` (or
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.address import PciAddress
     from pcipass.host.context import Host

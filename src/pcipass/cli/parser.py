@@ -12,11 +12,14 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from pcipass import __version__
 from pcipass.cli.commands import COMMANDS
 from pcipass.errors import UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -27,9 +27,12 @@ import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
 
 from pcipass.errors import OperationFailed
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 # QEMU's largest ordinary replies (query-qmp-schema) are a few hundred KiB.
 MAX_MESSAGE_BYTES: Final = 1 << 20

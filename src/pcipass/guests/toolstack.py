@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
 
 from pcipass.address import PciAddress
 from pcipass.errors import (
@@ -47,7 +46,10 @@ from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
 from pcipass.host.context import Host
 from pcipass.host.root import HostRoot
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from typing import Any, Final
+
     from pcipass.guests.qmp import QmpClient
 
 # What xl says when a domain built without an IOMMU context is given a device

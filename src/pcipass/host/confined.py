@@ -28,9 +28,12 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pcipass.errors import OperationFailed, PcipassError, RefusedError, UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Largest configuration file pcipass reads (a guest configuration, a
 #: modprobe file): bigger ones are refused rather than loaded into memory.

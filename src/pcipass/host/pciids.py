@@ -22,12 +22,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pcipass.errors import OperationFailed
 from pcipass.host.confined import read_regular
 from pcipass.record import dataclass, field
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.host.root import HostRoot
 

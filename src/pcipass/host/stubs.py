@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Final
 
 from pcipass.backend import Backend
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 #: Driver names (sysfs).
 XEN_DRIVER: Final = "pciback"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
 from pcipass.errors import ExitCode, PcipassError
@@ -19,6 +18,7 @@ from pcipass.record import dataclass, field
 from pcipass.state.ledger import HiddenRecord, Ledger
 from pcipass.state.lock import StateLock
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.ops.guard import HeldDevices
 

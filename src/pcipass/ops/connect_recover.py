@@ -7,14 +7,16 @@ the connection helpers both use live here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pcipass.address import PciAddress
 from pcipass.errors import OperationFailed, PcipassError, UsageError
 from pcipass.guests.libvirt_xml import parse_domain_xml
 from pcipass.guests.toolstack import libvirt_module
 from pcipass.host.context import Host
 from pcipass.state.ledger import Ledger, OpenOperation
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 # libvirt's test driver runs inside this process and talks to no daemon: the
 # one kind of connection that is safe while pcipass works on another root.

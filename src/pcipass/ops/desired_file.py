@@ -24,13 +24,16 @@ import importlib
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, NotFoundError, OperationFailed
 from pcipass.host.context import Host
 from pcipass.ops.pins import check_name
 from pcipass.record import dataclass, field
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 DESIRED_PATH = "/etc/pcipass/pcipass.toml"
 PLATFORMS = ("rhel5", "modprobe.d", "cmdline")

@@ -9,7 +9,6 @@ the findings earn.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pcipass.errors import ExitCode
 from pcipass.guests.guest_os import parse_os_text
@@ -19,6 +18,7 @@ from pcipass.ops.guard import GuestCheck, HeldDevices, check_guest
 from pcipass.policy.verdict import worst_exit
 from pcipass.record import dataclass, field
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.host.context import Host
     from pcipass.ops.guests import GuestFile, GuestScan

@@ -23,7 +23,6 @@ Rules of the connection itself:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pcipass import interrupt
 from pcipass.address import PciAddress
@@ -46,6 +45,10 @@ from pcipass.persist.atomic import FileEdit
 from pcipass.record import dataclass
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _lookup(libvirt: Any, conn: Any, uri: str, guest: str) -> Any:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pcipass.address import PciAddress
 from pcipass.host import binding
 from pcipass.host.context import Host
 from pcipass.record import dataclass, field
 from pcipass.state.presence import ledger_may_exist
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.state.limiter import HotplugBudget
 

@@ -21,7 +21,6 @@ a PF without a driver, settings for a PF without a network interface (PP125).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
 from pcipass.errors import (
@@ -52,6 +51,7 @@ from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 from pcipass.state.lock import StateLock
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.policy.verdict import Finding
 

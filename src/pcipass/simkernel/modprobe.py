@@ -28,11 +28,11 @@ import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pcipass.record import dataclass, field
 from pcipass.runner import CommandResult
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.simkernel.kernel import SimKernel
     from pcipass.simkernel.tree import SimDriver

@@ -25,12 +25,12 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError
 from pcipass.simkernel.tree import rel_link, write_file
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from pcipass.simkernel.kernel import SimKernel
     from pcipass.simkernel.tree import SimTree

@@ -36,7 +36,6 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
@@ -90,6 +89,10 @@ from pcipass.state.schema import (
     sqlite_errors,
     used_before,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BACKUP_DIR",

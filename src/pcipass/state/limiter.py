@@ -17,12 +17,15 @@ cannot overshoot the budget.
 from __future__ import annotations
 
 import math
-from typing import Final
 
 from pcipass.address import PciAddress
 from pcipass.errors import RefusedError, UsageError
 from pcipass.record import dataclass
 from pcipass.state.ledger import HotplugEvent, Ledger, format_time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 DEFAULT_BUDGET: Final = 32
 DEFAULT_WINDOW_SECONDS: Final = 600.0

@@ -30,12 +30,15 @@ import os
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Final
 
 from pcipass.errors import OperationFailed, PcipassError, StateLockedError
 from pcipass.host.root import HostRoot
 from pcipass.record import dataclass
 from pcipass.state.identity import command_line, waiting_notice
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 LOCK_NAME: Final = "lock"
 HOLDER_NAME: Final = "lock.holder"

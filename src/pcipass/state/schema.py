@@ -16,10 +16,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Final
 
 from pcipass.errors import NotFoundError, OperationFailed
 from pcipass.state.presence import BACKUP_DIR, DB_NAME
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Final
 
 SCHEMA_VERSION: Final = 2
 # A read-only open (no upgrade possible) accepts an older file whose later
