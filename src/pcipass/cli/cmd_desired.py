@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
 from pcipass.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    import argparse
+
     from pcipass.host.context import Host
     from pcipass.ops.desired import DesiredPlan
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from pcipass.compat import zip_equal
@@ -10,6 +9,8 @@ from pcipass.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    import argparse
+
     from pcipass.address import PciAddress
     from pcipass.host.context import Host
 

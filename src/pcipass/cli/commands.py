@@ -6,6 +6,10 @@ command read the table without loading argparse or typing (issue #13).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 
 class Command:
     """One command: its name, the module ``pcipass.cli.<module>`` that defines
@@ -124,3 +128,22 @@ COMMANDS: tuple[Command, ...] = (
     Command("boot-install", "cmd_boot", "run `apply --boot` at every boot (systemd)", True),
     Command("boot-uninstall", "cmd_boot", "remove the boot unit boot-install wrote", True),
 )
+
+
+def command_word(args_list: Sequence[str]) -> str | None:
+    """The command named by ``args_list`` when it can be told without argparse:
+    only the global options (``--root DIR``, ``--root=DIR``, ``--json``) may come
+    before it, and it must be a command's exact name.  None for anything else
+    (help, abbreviations, unknown words, no command): the whole parser then
+    answers, with the same messages as ever."""
+    names = {command.name for command in COMMANDS}
+    index = 0
+    while index < len(args_list):
+        word = args_list[index]
+        if word == "--root":
+            index += 2
+        elif word == "--json" or word.startswith("--root="):
+            index += 1
+        else:
+            return word if word in names else None
+    return None

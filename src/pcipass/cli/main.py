@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from pcipass import __version__
-from pcipass.cli.commands import COMMANDS, Command
+from pcipass.cli.commands import COMMANDS, Command, command_word
 from pcipass.cli.streams import GuardedStdout
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -35,12 +35,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from pcipass.cli import parser
 
     return parser.build_parser(only)
-
-
-def command_word(args_list: Sequence[str]) -> str | None:
-    from pcipass.cli import parser
-
-    return parser.command_word(args_list)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,16 +87,20 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
     from pcipass.errors import ExitCode, PcipassError, UsageError
 
     try:
-        parser = build_parser(command_word(args_list))
-        try:
-            args = parser.parse_args(args_list)
-        except SystemExit as exit_:  # --help and --version: argparse printed them
-            return int(exit_.code) if isinstance(exit_.code, int) else int(ExitCode.USAGE)
-        command: Command | None = getattr(args, "_command", None)
-        if command is None:
-            if not as_json:
-                parser.print_help(sys.stderr)
-            raise UsageError("", "no command given", "see `pcipass --help`")
+        word = command_word(args_list)
+        args = _quick_parse(args_list, word) if word is not None else None
+        if args is None:
+            # Help, usage errors and unusual forms: argparse, with its own messages.
+            parser = build_parser(word)
+            try:
+                args = parser.parse_args(args_list)
+            except SystemExit as exit_:  # --help and --version: argparse printed them
+                return int(exit_.code) if isinstance(exit_.code, int) else int(ExitCode.USAGE)
+            if getattr(args, "_command", None) is None:
+                if not as_json:
+                    parser.print_help(sys.stderr)
+                raise UsageError("", "no command given", "see `pcipass --help`")
+        command: Command = args._command
         interrupt.install()  # SIGINT/SIGTERM roll back like errors (pcipass/interrupt.py)
         _describe_for_the_lock(args_list)
         host = _open_host(args.root)
@@ -124,6 +122,13 @@ def _dispatch(args_list: list[str], *, as_json: bool) -> int:
         )
     except OSError as error:
         return report_error(HostOSError(error), as_json=as_json)
+
+
+def _quick_parse(args_list: list[str], word: str) -> argparse.Namespace | None:
+    """A plain command line, parsed without argparse (pcipass/cli/quick_args.py)."""
+    from pcipass.cli import quick_args
+
+    return quick_args.parse(args_list, word)
 
 
 def _describe_for_the_lock(args_list: list[str]) -> None:

@@ -8,38 +8,17 @@ the man page (packaging/build_manpage.py) and the completion script
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
 
 from pcipass import __version__
+from pcipass.cli import declare
 from pcipass.cli.commands import COMMANDS
 from pcipass.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-
-def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    # Accepted before or after the command: the sub-parser copy must not
-    # overwrite a value given before the command, hence SUPPRESS there.
-    # PCIPASS_ROOT lets hooks and wrappers (which get no --root) act on a tree.
-    default_root = os.environ.get("PCIPASS_ROOT", "/") if top else argparse.SUPPRESS
-    default_json = False if top else argparse.SUPPRESS
-    parser.add_argument(
-        "--root",
-        metavar="DIR",
-        default=default_root,
-        help="treat DIR as the host's / (a fake tree, an image); default /",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=default_json,
-        help="print machine-readable JSON (schema: docs/json.md)",
-    )
 
 
 def _terminal_columns() -> int:
@@ -104,40 +83,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "130 interrupted (143 terminated).",
     )
     parser.add_argument("--version", action="version", version=f"pcipass {__version__}")
-    _global_options(parser, top=True)
+    declare.global_options(parser, top=True, suppress=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         if only is not None and command.name != only:
             continue
         child = sub.add_parser(command.name, help=command.help, description=command.help)
-        _global_options(child, top=False)
-        if command.dry_run:
-            child.add_argument(
-                "--dry-run",
-                action="store_true",
-                help="show what would be done (diffs, sysfs writes); change nothing",
-            )
-        module = importlib.import_module(f"pcipass.cli.{command.module}")
-        adder: Callable[[str, argparse.ArgumentParser], None] = module.add_arguments
-        adder(command.name, child)
-        child.set_defaults(_command=command)
+        declare.command_arguments(command, child, suppress=argparse.SUPPRESS)
     return parser
-
-
-def command_word(args_list: Sequence[str]) -> str | None:
-    """The command named by ``args_list`` when it can be told without argparse:
-    only the global options (``--root DIR``, ``--root=DIR``, ``--json``) may come
-    before it, and it must be a command's exact name.  None for anything else
-    (help, abbreviations, unknown words, no command): the whole parser then
-    answers, with the same messages as ever."""
-    names = {command.name for command in COMMANDS}
-    index = 0
-    while index < len(args_list):
-        word = args_list[index]
-        if word == "--root":
-            index += 2
-        elif word == "--json" or word.startswith("--root="):
-            index += 1
-        else:
-            return word if word in names else None
-    return None
