@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import os
 import shlex
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -137,6 +136,8 @@ def load_module(kernel: SimKernel, module: str, params: Mapping[str, str]) -> No
 
 def unload_module(kernel: SimKernel, module: str) -> None:
     """``modprobe -r``: the driver's remove() runs for every function it drives."""
+    import shutil  # only when the simulated kernel removes a tree
+
     spec = _spec(kernel, module)
     host = kernel.host
     if spec is None or not host.driver_dir(spec.name).exists():

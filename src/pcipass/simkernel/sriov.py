@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -215,6 +214,8 @@ def _create(kernel: SimKernel, pf: str, count: int) -> None:
 
 
 def _remove(tree: SimTree, pf: str) -> None:
+    import shutil  # only when the simulated kernel removes a tree
+
     pf_dir = tree.path_of(pf)
     for index, name in reversed(virtfns(pf_dir)):
         directory = tree.path_of(name)

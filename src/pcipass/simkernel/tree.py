@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from pcipass.address import PciAddress
 from pcipass.record import dataclass, field
 
-_Tree = TypeVar("_Tree", bound="SimTree")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _Tree = TypeVar("_Tree", bound="SimTree")
 
 
 def rel_link(link: Path, target: Path) -> None:
