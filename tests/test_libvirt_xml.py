@@ -16,7 +16,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.guests.libvirt_xml import LibvirtDomain, hostdev_xml, parse_domain_xml
 from pcipass.guests.model import GuestConfig, GuestKind, VirtMode
-from pcipass.testing.harness import inserted
+from pcipass.testing.harness import inserted, missing_members
 from pcipass.testing.tools import require_tool
 
 DATA = Path(__file__).parent / "data" / "guests"
@@ -77,7 +77,7 @@ def test_samples_read(
     passthrough: bool | None,
 ) -> None:
     _, domain = load(name)
-    assert isinstance(domain, GuestConfig)
+    assert missing_members(domain, GuestConfig) == []
     assert domain.kind is GuestKind.LIBVIRT
     assert domain.name == guest
     assert domain.hypervisor == hypervisor

@@ -12,7 +12,7 @@ from pcipass.address import PciAddress
 from pcipass.errors import ConfigSyntaxError, UsageError
 from pcipass.guests.model import GuestConfig, GuestKind, VirtMode
 from pcipass.guests.xen_cfg import CODE, XenConfig, guess_kind, parse_xen_config
-from pcipass.testing.harness import inserted, inserted_after_a_comma
+from pcipass.testing.harness import inserted, inserted_after_a_comma, missing_members
 
 DATA = Path(__file__).parent / "data" / "guests"
 NEW = PciAddress.parse("0000:0b:00.0")
@@ -86,7 +86,7 @@ def test_samples_read(
     name: str, kind: GuestKind, guest: str, mode: VirtMode, os: str, devices: list[str]
 ) -> None:
     _, config = load(name)
-    assert isinstance(config, GuestConfig)
+    assert missing_members(config, GuestConfig) == []
     assert config.kind is kind
     assert config.name == guest
     assert config.virt_mode is mode

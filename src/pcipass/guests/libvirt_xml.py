@@ -32,7 +32,6 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Optional
 
 from pcipass.address import PciAddress
 from pcipass.compat import zip_equal
@@ -41,6 +40,7 @@ from pcipass.guests.guest_os import os_from_kernel_path, os_from_libosinfo_id
 from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
 from pcipass.record import dataclass
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import xml.etree.ElementTree as ET
 
@@ -479,7 +479,10 @@ def hostdev_xml(
 # file='...'/> inside <hostdev>: the guest sees FILE as the device's ROM BAR
 # content, or no ROM BAR at all with bar='off').
 ROM_OPTIONS = ("rom_file", "rom_bar")
-RomSetting = Optional[tuple[Optional[str], Optional[str]]]  # (file, bar); None: no <rom>
+if TYPE_CHECKING:
+    from typing import Optional
+
+    RomSetting = Optional[tuple[Optional[str], Optional[str]]]  # (file, bar); None: no <rom>
 
 
 def _rom_option(options: Mapping[str, str]) -> RomSetting:

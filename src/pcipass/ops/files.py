@@ -10,7 +10,6 @@ holds what pcipass wrote (someone else's later change is never clobbered).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 
 from pcipass import interrupt
@@ -156,6 +155,8 @@ def undo_file_edits(
             except ValueError:
                 report.append(f"{record.display_path}: backup reference invalid; left alone")
                 continue
+            import hashlib  # only when a recorded edit is checked (issue #13)
+
             if hashlib.sha256(before).hexdigest() != record.before_sha:
                 report.append(f"{record.display_path}: backup damaged; left alone")
                 continue

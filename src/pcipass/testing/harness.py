@@ -85,3 +85,11 @@ def inserted_after_a_comma(before: bytes, after: bytes) -> bytes:
         if at <= start and without[at:start].count(b"\n") <= 1:
             return without[start:end]
     raise AssertionError("bytes outside the edit changed")
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The public members ``protocol`` declares that ``obj`` lacks: what
+    ``isinstance`` checks for a runtime-checkable protocol (pcipass's protocols
+    are plain classes at run time, so that typing is not imported)."""
+    declared = [name for name in vars(protocol) if not name.startswith("_")]
+    return [name for name in declared if not hasattr(obj, name)]
