@@ -7,6 +7,7 @@ Import :mod:`pcipass.record`, never this module: its names are typed as
 from __future__ import annotations
 
 import operator
+import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -90,7 +91,9 @@ def replace(obj: Any, /, **changes: Any) -> Any:
     for item in fields(obj):
         if not item.init:
             if item.name in changes:
-                raise ValueError(
+                # dataclasses raises ValueError here before Python 3.13, TypeError since.
+                error = TypeError if sys.version_info >= (3, 13) else ValueError
+                raise error(
                     f"field {item.name} is declared with init=False, "
                     "it cannot be specified with replace()"
                 )
