@@ -62,6 +62,25 @@ def test_all_functions_hides_the_whole_card(tmp_path: Path) -> None:
     assert drivers(base) == ORIGINAL
 
 
+def test_unhide_all_functions_gives_the_whole_card_back(tmp_path: Path) -> None:
+    base = example(tmp_path / "h")
+    assert run(base, "hide", "--now", "--all-functions", "0000:01:00.0") == 0
+    assert run(base, "unhide", "--now", "--all-functions", "0000:01:00.3") == 0
+    assert drivers(base) == ORIGINAL
+
+
+def test_unhide_without_a_device_is_a_usage_error_that_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = example(tmp_path / "h")
+    assert run(base, "hide", "--now", "--all-functions", "0000:01:00.0") == 0
+    before = snapshot(base)
+    capsys.readouterr()
+    assert run(base, "unhide", "--now", "--all-functions") == 2
+    assert "name the devices (BDF), or --vfs PF" in capsys.readouterr().err
+    assert snapshot(base) == before
+
+
 def test_a_function_that_fails_to_move_puts_every_function_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -362,6 +362,40 @@ def test_cli_create_list_json_and_hide_vfs(
     assert all(v["hidden"] for v in doc["vfs"])
 
 
+def test_cli_unhide_vfs_gives_every_vf_back(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["vfs", str(PF), "4", "--root", str(example)]) == 0
+    argv = ["--now", "--vfs", str(PF), "--root", str(example)]
+    assert main(["hide", *argv, "--backend", "vfio"]) == 0
+    assert [v["driver"] for v in _listed(example, capsys)] == ["vfio-pci"] * 4
+    assert main(["unhide", *argv]) == 0
+    listed = _listed(example, capsys)
+    # Given back to the host: its VF driver probes them (they were created for
+    # guests, with no driver, so there is none older to put back).
+    assert [v["driver"] for v in listed] == ["igbvf"] * 4
+    assert not any(v["hidden"] for v in listed)
+
+
+def _listed(example: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    capsys.readouterr()
+    assert main(["vfs", str(PF), "--root", str(example), "--json"]) == 0
+    vfs: list[dict[str, object]] = json.loads(capsys.readouterr().out)["vfs"]
+    return vfs
+
+
+def test_cli_unhide_vfs_of_a_pf_without_vfs_is_refused(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["vfs", str(PF), "0", "--root", str(example)]) == 0
+    before = snapshot(example)
+    capsys.readouterr()
+    assert main(["unhide", "--now", "--vfs", str(PF), "--root", str(example)]) == 3
+    err = capsys.readouterr().err
+    assert "[PP125]" in err and "has no VFs to unhide" in err
+    assert snapshot(example) == before
+
+
 def test_cli_hide_vfs_of_a_pf_without_vfs_is_refused(
     example: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name in ("hide", "unhide", "check"):
-        parser.add_argument("addresses", nargs="+" if name == "unhide" else "*", metavar="BDF")
+        parser.add_argument("addresses", nargs="*", metavar="BDF")
     if name == "check":
         parser.add_argument(
             "--guest",
@@ -51,6 +51,21 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="with --persist: also run the initramfs / grub regeneration command pcipass "
             "names (default: only print it)",
         )
+    if name in ("hide", "unhide"):
+        verb = "hide" if name == "hide" else "give back"
+        parser.add_argument(
+            "--vfs",
+            action="append",
+            default=[],
+            metavar="PF",
+            help=f"{verb} every virtual function of the SR-IOV PF (repeatable)",
+        )
+        parser.add_argument(
+            "--all-functions",
+            action="store_true",
+            help=f"{verb} every function of each device's slot (a GPU with its HDMI audio "
+            "and USB-C functions), all or nothing",
+        )
     if name == "recover":
         parser.add_argument(
             "--rebuild-ledger",
@@ -78,13 +93,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             "--group", action="store_true", help="take the whole IOMMU group of each device"
         )
         parser.add_argument(
-            "--vfs",
-            action="append",
-            default=[],
-            metavar="PF",
-            help="hide every virtual function of the SR-IOV PF (repeatable)",
-        )
-        parser.add_argument(
             "--reset-method",
             metavar="M",
             help="with --now: the kernel's reset methods for each device, in order "
@@ -96,12 +104,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="with --now, on the boot GPU: unbind fbcon and the firmware framebuffer "
             "(efifb/simpledrm/vesafb) first; bound again if the hide fails (PP120)",
-        )
-        parser.add_argument(
-            "--all-functions",
-            action="store_true",
-            help="take every function of each device's slot (a GPU with its HDMI audio and "
-            "USB-C functions), all or nothing",
         )
 
 
@@ -120,7 +122,7 @@ def _vf_addresses(
 
     extra: list[PciAddress] = []
     for text in args.vfs:
-        for vf in vf_addresses(host, PciAddress.parse(text)):
+        for vf in vf_addresses(host, PciAddress.parse(text), verb=args._command.name):
             if vf not in given and vf not in extra:
                 extra.append(vf)
     return extra
@@ -161,12 +163,12 @@ def run(name: str, args: argparse.Namespace, host: Host) -> int:
             "--reload-driver",
             "goes with --persist alone (--now already rebinds the devices one by one)",
         )
+    addresses += _vf_addresses(args, host, addresses)
+    if not addresses:
+        raise UsageError(name, "name the devices (BDF), or --vfs PF")
+    if args.all_functions:
+        addresses = with_functions(host, addresses)
     if name == "hide":
-        addresses += _vf_addresses(args, host, addresses)
-        if not addresses:
-            raise UsageError("hide", "name the devices (BDF), or --vfs PF")
-        if args.all_functions:
-            addresses = with_functions(host, addresses)
         if args.group:
             addresses = with_groups(host, addresses)
         if args.reset_method is not None and not args.now:

@@ -106,8 +106,8 @@ def with_groups(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]
 
 
 def with_functions(host: Host, addresses: Sequence[PciAddress]) -> list[PciAddress]:
-    """``hide --all-functions``: add every other function of each device's slot
-    (a GPU's HDMI audio, USB and UCSI functions); bridges never."""
+    """``hide``/``unhide --all-functions``: add every other function of each
+    device's slot (a GPU's HDMI audio, USB and UCSI functions); bridges never."""
     by = inventory(host).by_address()
     result = list(addresses)
     for address in addresses:

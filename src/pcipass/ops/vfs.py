@@ -199,13 +199,14 @@ def _persisted(host: Host, pf: PciAddress) -> int | None:
     return udev_vfs.persisted_pfs(text.decode("utf-8", "replace")).get(str(pf))
 
 
-def vf_addresses(host: Host, address: PciAddress) -> list[PciAddress]:
-    """``hide --vfs PF``: every VF of the PF, in virtfn order; refused when it has none."""
+def vf_addresses(host: Host, address: PciAddress, *, verb: str = "hide") -> list[PciAddress]:
+    """``hide --vfs PF`` / ``unhide --vfs PF``: every VF of the PF, in virtfn
+    order; refused when it has none."""
     pf = _pf_state(host, address)
     if not pf.vfs:
         raise RefusedError(
             str(address),
-            "has no VFs to hide",
+            f"has no VFs to {verb}",
             f"create them first: pcipass vfs {address} N",
             rule="PP125",
         )
