@@ -170,6 +170,16 @@ def describe(obj: Any) -> dict[str, Any]:
     return {"repr": repr(obj), "attrs": seen}
 
 
+@pytest.fixture(params=["generic", "compiled"])
+def init_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ``__init__`` paths: the generic one, and the compiled one (from the
+    first instance when COMPILE_AFTER is 0)."""
+    after = _record_runtime.COMPILE_AFTER if request.param == "generic" else 0
+    monkeypatch.setattr(_record_runtime, "COMPILE_AFTER", after)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("init_path")
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_behaviour_matches_dataclasses(shape: str) -> None:
     real, ours = build(shape, "dataclasses"), build(shape, "record")
@@ -196,6 +206,7 @@ def test_every_behaviour_matches_dataclasses(shape: str) -> None:
             assert outcome(delattr, twin_real, name) == outcome(delattr, twin_ours, name)
 
 
+@pytest.mark.usefixtures("init_path")
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_replace_and_fields_match_dataclasses(shape: str) -> None:
     real, ours = build(shape, "dataclasses"), build(shape, "record")
@@ -273,17 +284,21 @@ def test_unsupported_forms_are_refused_not_misread() -> None:
         )
 
 
-def test_init_is_compiled_on_first_use_only() -> None:
-    """A class never built costs no compile; once built, the class holds the
-    compiled straight-line __init__ (and a copy or pickle survives)."""
+def test_init_is_compiled_only_for_classes_built_many_times() -> None:
+    """A class built a few times never pays the compiler; past COMPILE_AFTER
+    instances the class holds the compiled straight-line __init__, and what it
+    builds is the same (a copy or pickle survives too)."""
     ours = build("factories", "record")
-    lazy = ours.__init__
-    assert lazy.__code__.co_varnames[:3] == ("self", "args", "kwargs")
-    made = ours(1)
-    assert ours.__init__ is not lazy
+    generic = ours.__init__
+    made = [ours(index) for index in range(_record_runtime.COMPILE_AFTER)]
+    assert ours.__init__ is generic
+    assert generic.__code__.co_varnames[:3] == ("self", "args", "kwargs")
+    made.append(ours(-1, items=[1]))
+    assert ours.__init__ is not generic
     assert ours.__init__.__code__.co_varnames[:5] == ("self", "a", "items", "table", "flag")
-    assert made.items == [] and ours(2).items is not made.items
-    assert pickle.loads(pickle.dumps(made)) == made
+    assert [m.a for m in made[:3]] == [0, 1, 2] and made[-1].items == [1]
+    assert made[0].items == [] and made[0].items is not made[1].items
+    assert pickle.loads(pickle.dumps(made[0])) == made[0]
 
 
 def test_record_is_dataclasses_for_type_checkers_only() -> None:
