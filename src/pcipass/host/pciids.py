@@ -1,9 +1,17 @@
 """Vendor, device and class names from the system's ``pci.ids``.
 
 The file is large (~1.3 MB) and pcipass needs a handful of names, so it is
-never parsed whole: the bytes are searched for each vendor's line, then for
-the device's line inside that vendor's block, and only the lines found are
-decoded.  No order is assumed (subsets written by tests are not sorted).
+never parsed whole (issue #13).  pci.ids lists vendors in ascending order, so
+a vendor's line is found by bisection with probes that each read at most a
+few hundred bytes; its devices are sorted too and found the same way inside
+its block; the class section closes the file and is found from the end.
+Only the lines found are decoded.
+
+Order is never trusted for the answer: a line is used only when its id is
+the one asked, and whenever the sorted-order search does not find an id, a
+plain search of the bytes decides, exactly as before (subsets written by
+tests are not sorted; hand-edited files may not be).  The cost of that
+choice: an id that is really absent costs one plain search.
 A missing or corrupt file only costs names (callers show the numeric ids,
 as ``lspci -n`` does).
 
@@ -20,7 +28,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pcipass.errors import OperationFailed
@@ -38,6 +47,8 @@ SYSTEM_PCI_IDS: tuple[Path, ...] = (
     Path("/usr/share/pci.ids"),
 )
 
+_SIZE_LIMIT = 64 * 1024 * 1024
+
 
 @dataclass
 class PciIds:
@@ -45,9 +56,12 @@ class PciIds:
     source: str | None
     problem: str | None = None
     note: str | None = None  # said once by the caller: where the names came from
-    _vendors: dict[int, tuple[str | None, int, int]] = field(default_factory=dict)
+    _vendors: dict[int, tuple[str | None, int]] = field(default_factory=dict)
+    _block_ends: dict[int, int] = field(default_factory=dict)
     _devices: dict[tuple[int, int], str | None] = field(default_factory=dict)
-    _classes: dict[int, str] | None = None
+    _classes: dict[int, str] | None = None  # from the class section found from the end
+    _classes_complete: bool = False  # that section provably holds every class line
+    _all_classes: dict[int, str] | None = None  # from the first class line, when needed
 
     @classmethod
     def load(cls, candidates: list[Path]) -> PciIds:
@@ -61,7 +75,7 @@ class PciIds:
             except OSError as error:
                 return cls(None, str(path), f"cannot read {path}: {error.strerror}")
             try:
-                data = read_regular(fd, str(path), 64 * 1024 * 1024)
+                data = _read_whole(fd, str(path), _SIZE_LIMIT)
             except OperationFailed as error:
                 return cls(None, str(path), f"cannot read {path}: {error.problem}")
             except OSError as error:
@@ -91,111 +105,310 @@ class PciIds:
         return fallback
 
     def vendor(self, vendor: int) -> str | None:
-        return self._vendor_block(vendor)[0]
+        return self._vendor_line(vendor)[0]
 
     def device(self, vendor: int, device: int) -> str | None:
-        """The name on the device's line of the vendor's block: found by a byte
-        search bounded to the block, never a walk over its lines (Intel's block
-        is ~10k lines, and that walk was a fifth of ``list``'s time, issue #13)."""
+        """The name on the first line of the vendor's block for that device id:
+        by bisection over the block's device lines (sorted in pci.ids), by a
+        byte search bounded to the block when bisection does not find it."""
         key = (vendor, device)
         if key in self._devices:
             return self._devices[key]
         name: str | None = None
-        _, start, end = self._vendor_block(vendor)
         data = self.data
-        if data is not None and start < end:
-            at = data.find(b"\n\t%04x" % device, start, end)
+        start = self._vendor_line(vendor)[1]
+        if data is not None and start >= 0:
+            end = self._block_end(data, vendor, start)
+            at = _bisect_device(data, device, start, end)
+            if at < 0:  # not sorted there, or absent: the plain search decides
+                at = data.find(b"\n\t%04x" % device, start, end)
             if at >= 0:
                 name = _name_at(data, at + 1, 5)
         self._devices[key] = name
         return name
 
-    def _vendor_block(self, vendor: int) -> tuple[str | None, int, int]:
-        """The vendor's name and its block's bytes [start, end): from the end of
-        the vendor line to the newline before the next line that is neither a
-        device/subsystem line (tab), a comment nor empty."""
+    def _vendor_line(self, vendor: int) -> tuple[str | None, int]:
+        """The vendor's name and where its line ends (the newline that starts
+        its block), or ``(None, -1)`` when the file does not list it."""
         cached = self._vendors.get(vendor)
         if cached is not None:
             return cached
-        result: tuple[str | None, int, int] = (None, 0, 0)
+        result: tuple[str | None, int] = (None, -1)
         data = self.data
         if data is not None:
-            start = _bisect_vendor(data, vendor)
-            if start < 0:  # not sorted there, or absent: the plain search decides
-                start = data.find(b"\n%04x  " % vendor)
-            if start >= 0:
-                line_end = data.find(b"\n", start + 1)
+            at = _VendorSearch(data, vendor).run()
+            if at < 0:  # not sorted there, or absent: the plain search decides
+                at = data.find(b"\n%04x  " % vendor)
+            if at >= 0:
+                line_end = data.find(b"\n", at + 1)
                 line_end = len(data) if line_end < 0 else line_end
-                name = _name_at(data, start + 1, 6) or None
-                following = _NEXT_TOP_LINE.search(data, line_end)
-                result = (name, line_end, following.start() if following else len(data))
+                result = (_name_at(data, at + 1, 6) or None, line_end)
         self._vendors[vendor] = result
         return result
 
+    def _block_end(self, data: bytes, vendor: int, start: int) -> int:
+        """Where the block starting at ``start`` ends: the newline before the
+        next line that is neither a device/subsystem line (tab), a comment nor
+        empty.  Found by one search, only when a device of the vendor is asked
+        (it reads the whole block: ~370 KB for Intel)."""
+        end = self._block_ends.get(vendor)
+        if end is None:
+            following = _NEXT_TOP_LINE.search(data, start)
+            end = following.start() if following else len(data)
+            self._block_ends[vendor] = end
+        return end
+
     def class_name(self, class_code: int) -> str | None:
         """Most specific name for a 24-bit class code (prog-if, subclass, class)."""
-        classes = self._class_table()
         base, sub, _prog = class_code >> 16, (class_code >> 8) & 0xFF, class_code & 0xFF
-        return classes.get((base << 8) | sub) or classes.get(base << 8 | 0x10000)
+        return self._class_entry((base << 8) | sub) or self._class_entry(base << 8 | 0x10000)
 
-    def _class_table(self) -> dict[int, str]:
-        if self._classes is not None:
-            return self._classes
-        table: dict[int, str] = {}
+    def _class_entry(self, key: int) -> str | None:
+        """The class table's entry for ``key``, as a walk from the file's first
+        class line gives it.  The walk starts at the class section found from
+        the end of the file: from any class line on, the walk sets every entry
+        it reaches to what the whole walk would (each ``C`` line resets the
+        context and the last line for a key wins), so only keys it never
+        reaches need the walk from the first class line."""
         data = self.data
-        start = data.find(b"\nC ") if data is not None else -1
-        if data is not None and start >= 0:
-            base: int | None = None
-            for line in data[start + 1 :].decode("utf-8", "replace").splitlines():
-                if line.startswith("C "):
-                    try:
-                        base = int(line[2:4], 16)
-                    except ValueError:
-                        base = None
-                        continue
-                    table[base << 8 | 0x10000] = line[4:].strip()
-                elif line.startswith("\t\t") or not line.startswith("\t"):
-                    continue
-                elif base is not None:
-                    try:
-                        sub = int(line[1:3], 16)
-                    except ValueError:
-                        continue
-                    table[(base << 8) | sub] = line[3:].strip()
-        self._classes = table
-        return table
+        if data is None:
+            return None
+        if self._classes is None:
+            start, self._classes_complete = _last_class_section(data)
+            self._classes = _walk_classes(data, start)
+        if key in self._classes or self._classes_complete:
+            return self._classes.get(key)
+        if self._all_classes is None:
+            first = _CLASS_LINE.search(data)  # a regex: ~2x faster than bytes.find here
+            self._all_classes = _walk_classes(data, first.start() if first else -1)
+        return self._all_classes.get(key)
 
 
 # A line that ends a vendor's block: not empty, not a comment, not indented.
 # A lookahead: the character-class form is ~6x slower in CPython's re.
 _NEXT_TOP_LINE = re.compile(rb"\n(?=[^\t#\n])")
 
-
 # The newline before a vendor line ("8086  Intel Corporation").
 _VENDOR_LINE = re.compile(rb"\n(?=[0-9a-f]{4}  )")
+_VENDOR_LOOKAHEAD = 6  # bytes the vendor pattern reads after its newline
+
+# The newline before a device line ("\t10d3  82574L Gigabit Network Connection"),
+# as the plain search b"\n\t%04x" sees one: anything may follow the four digits.
+_DEVICE_LINE = re.compile(rb"\n(?=\t[0-9a-f]{4})")
+_DEVICE_LOOKAHEAD = 5
+
+# The newline before a class line ("C 02  Network controller").
+_CLASS_LINE = re.compile(rb"\nC ")
+
+# Bytes a vendor probe reads: most blocks are shorter (half are under ~300 bytes).
+_WINDOW = 512
+# Past this many bytes read, a vendor search stops and the plain search decides.
+# No vendor of the 2023 pci.ids needs more than ~105 KB (benchmarks/bench_pciids.py).
+_SEARCH_BUDGET = 192 * 1024
 
 
-def _bisect_vendor(data: bytes, vendor: int) -> int:
-    """Where the vendor's line starts (its preceding newline), by bisection over
-    the file's byte range: pci.ids lists vendors in ascending order, so ~20
-    short searches replace a scan of up to 1.3 MB.  -1 when bisection does not
-    find it (absent, or a file that is not sorted): the caller then searches."""
-    lo, hi = 0, len(data)
+class _VendorSearch:
+    """Bisection for a vendor's line, assuming vendors in ascending order.
+
+    Each probe reads one short window and narrows the range [lo, hi) by the
+    vendor lines in it.  A window inside a long block (Intel's is ~370 KB)
+    holds no vendor line and says nothing, so a round tries windows halfway
+    towards each end of the range, where the next lines must be; if all are
+    empty, windows read inward from both ends (doubling), where every empty
+    window moves an end.  Reading to the next vendor line from a probe instead
+    would cost the rest of a long block per probe.
+
+    ``run`` gives where the line starts (its preceding newline), or -1 when
+    the search does not find it (absent, or not sorted there)."""
+
+    def __init__(self, data: bytes, vendor: int) -> None:
+        self.data = data
+        self.vendor = vendor
+        self.lo, self.hi = 0, len(data)
+        self.scanned = 0  # bytes handed to the regex: bounded by _SEARCH_BUDGET
+
+    def run(self) -> int:
+        while self.lo < self.hi and self.scanned <= _SEARCH_BUDGET:
+            if self.hi - self.lo <= _WINDOW:
+                found = self._take(self._lines(self.lo, self.hi), self.lo)
+                return -1 if found is None else found
+            had_lines, found = self._sparse_round()
+            if found is None and not had_lines:
+                found = self._from_ends()
+            if found is not None:
+                return found
+        return -1
+
+    def _lines(self, start: int, end: int) -> list[int]:
+        """Where the vendor lines beginning in [start, end) start."""
+        self.scanned += end - start
+        stop = min(end + _VENDOR_LOOKAHEAD, len(self.data))
+        return [found.start() for found in _VENDOR_LINE.finditer(self.data, start, stop)]
+
+    def _id_at(self, at: int) -> int:
+        return int(self.data[at + 1 : at + 5], 16)
+
+    def _take(self, lines: list[int], start: int) -> int | None:
+        """Narrow the range by ``lines``, the vendor lines found from ``start``
+        on; the target's own line when it is among them."""
+        for at in lines:
+            seen = self._id_at(at)
+            if seen == self.vendor:
+                return at
+            if seen > self.vendor:
+                # The target comes before this line: before ``start`` when no
+                # smaller id was seen since ``start``.
+                self.hi = at if self.lo > start else start
+                return None
+            self.lo = at + 1
+        return None
+
+    def _probe_points(self) -> Iterator[int]:
+        """The middle, then points halfway towards each end in turn."""
+        lo, hi = self.lo, self.hi
+        left = right = (lo + hi) // 2
+        yield left
+        while True:
+            moved = False
+            if left - lo > 2 * _WINDOW:
+                left = (lo + left) // 2
+                moved = True
+                yield left
+            if hi - right > 3 * _WINDOW:
+                right = (right + hi) // 2
+                moved = True
+                yield right
+            if not moved:
+                return
+
+    def _sparse_round(self) -> tuple[bool, int | None]:
+        """Whether some probe window held vendor lines, and the target's line if
+        one of them was it."""
+        for start in self._probe_points():
+            lines = self._lines(start, min(start + _WINDOW, self.hi))
+            if lines:
+                return True, self._take(lines, start)
+        return False, None
+
+    def _from_ends(self) -> int | None:
+        """Read inward from both ends of the range, doubling the window, until
+        a vendor line shows; None when the range narrowed (search on)."""
+        width = _WINDOW
+        while self.lo < self.hi and self.scanned <= _SEARCH_BUDGET:
+            end = min(self.hi, self.lo + width)
+            lines = self._lines(self.lo, end)
+            if lines:
+                return self._take(lines, self.lo)
+            self.lo = end
+            start = max(self.lo, self.hi - width)
+            lines = self._lines(start, self.hi)
+            if lines:
+                return self._take_from_right(lines, start)
+            self.hi = start
+            width *= 2
+        return -1
+
+    def _take_from_right(self, lines: list[int], start: int) -> int | None:
+        """Narrow the range by the last vendor lines before ``hi`` (found from
+        ``start``), walking back from the last one."""
+        for at in reversed(lines):
+            seen = self._id_at(at)
+            if seen == self.vendor:
+                return at
+            if seen < self.vendor:
+                self.lo = self.hi  # it would follow this line, and none does
+                return -1
+            self.hi = at
+        self.hi = start  # no vendor line between ``start`` and the first one seen
+        return None
+
+
+def _bisect_device(data: bytes, device: int, start: int, end: int) -> int:
+    """Where the first line for ``device`` in the block [start, end) starts,
+    by bisection over the block's device lines (ascending in pci.ids); -1 when
+    bisection does not find it.  Each probe reads to the next device line:
+    short, as device lines are dense (subsystem lines are all between them)."""
+    lo, hi, found = start, end, -1
     while lo < hi:
         mid = (lo + hi) // 2
-        found = _VENDOR_LINE.search(data, mid)
-        if found is None or found.start() >= hi:
-            hi = mid  # no vendor line in [mid, hi)
+        line = _DEVICE_LINE.search(data, mid, min(hi + _DEVICE_LOOKAHEAD, len(data)))
+        if line is None:
+            hi = mid  # no device line in [mid, hi)
             continue
-        at = found.start()
-        seen = int(data[at + 1 : at + 5], 16)
-        if seen == vendor:
-            return at
-        if seen < vendor:
+        at = line.start()
+        seen = int(data[at + 2 : at + 6], 16)
+        if seen < device:
             lo = at + 1
-        else:
-            hi = mid
-    return -1
+            continue
+        if seen == device:
+            found = at  # an earlier one may still come: keep halving below
+        hi = mid
+    return found
+
+
+# How far back from one class line the previous one is looked for; the class
+# lines of pci.ids are at most ~1 KB apart, its last vendor block ends further.
+_CLASS_GAP = 16 * 1024
+_CLASS_LINES_MAX = 4096  # a hostile file with a million class lines: stop there
+
+
+def _last_class_section(data: bytes) -> tuple[int, bool]:
+    """The newline before the first class line of the run of class lines that
+    closes the file (found from the end: pci.ids lists classes last), and
+    whether no class line comes before it at all.  -1 when there is no class
+    line (then the answer is complete too)."""
+    at = data.rfind(b"\nC ")
+    if at < 0:
+        return -1, True
+    for _ in range(_CLASS_LINES_MAX):
+        floor = max(0, at - _CLASS_GAP)
+        before = data.rfind(b"\nC ", floor, at)
+        if before < 0:
+            return at, floor == 0
+        at = before
+    return at, False
+
+
+def _walk_classes(data: bytes, start: int) -> dict[int, str]:
+    """The class table read line by line from the class line after ``start``:
+    class names under ``base << 8 | 0x10000``, subclass names under
+    ``base << 8 | sub``; empty when ``start`` is -1."""
+    table: dict[int, str] = {}
+    if start < 0:
+        return table
+    base: int | None = None
+    for line in data[start + 1 :].decode("utf-8", "replace").splitlines():
+        if line.startswith("C "):
+            try:
+                base = int(line[2:4], 16)
+            except ValueError:
+                base = None
+                continue
+            table[base << 8 | 0x10000] = line[4:].strip()
+        elif line.startswith("\t\t") or not line.startswith("\t"):
+            continue
+        elif base is not None:
+            try:
+                sub = int(line[1:3], 16)
+            except ValueError:
+                continue
+            table[(base << 8) | sub] = line[3:].strip()
+    return table
+
+
+def _read_whole(fd: int, display: str, limit: int) -> bytes:
+    """The open file in one read of the size fstat gives: reading 1.3 MB in
+    1 MiB chunks then joining them touches twice the memory, and those page
+    faults were most of the cost of loading pci.ids (issue #13).  Anything
+    else (not a regular file, too large, a size that changed while read) goes
+    to read_regular, which checks it and reports it in its own words."""
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
+        data = os.read(fd, info.st_size + 1)
+        if len(data) == info.st_size and not os.read(fd, 1):
+            return data
+        os.lseek(fd, 0, os.SEEK_SET)
+    return read_regular(fd, display, limit)
 
 
 def _name_at(data: bytes, line_start: int, skip: int) -> str:
