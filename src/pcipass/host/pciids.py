@@ -201,10 +201,14 @@ _DEVICE_LOOKAHEAD = 5
 _CLASS_LINE = re.compile(rb"\nC ")
 
 # Bytes a vendor probe reads: most blocks are shorter (half are under ~300 bytes).
-_WINDOW = 512
+_WINDOW = 1024
 # Past this many bytes read, a vendor search stops and the plain search decides.
 # No vendor of the 2023 pci.ids needs more than ~105 KB (benchmarks/bench_pciids.py).
 _SEARCH_BUDGET = 192 * 1024
+
+
+class _OverBudget(Exception):
+    """A vendor search read its budget without deciding: the plain search will."""
 
 
 class _VendorSearch:
@@ -228,19 +232,28 @@ class _VendorSearch:
         self.scanned = 0  # bytes handed to the regex: bounded by _SEARCH_BUDGET
 
     def run(self) -> int:
-        while self.lo < self.hi and self.scanned <= _SEARCH_BUDGET:
-            if self.hi - self.lo <= _WINDOW:
-                found = self._take(self._lines(self.lo, self.hi), self.lo)
-                return -1 if found is None else found
-            had_lines, found = self._sparse_round()
-            if found is None and not had_lines:
-                found = self._from_ends()
-            if found is not None:
-                return found
+        try:
+            while self.lo < self.hi:
+                if self.hi - self.lo <= _WINDOW:
+                    found = self._take(self._lines(self.lo, self.hi), self.lo)
+                    return -1 if found is None else found
+                had_lines, found = self._sparse_round()
+                if found is None and not had_lines:
+                    found = self._from_ends()
+                if found is not None:
+                    return found
+        except _OverBudget:
+            pass
         return -1
+
+    def _allow(self, count: int) -> None:
+        """Refuse a read that would take the search past its budget."""
+        if self.scanned + count > _SEARCH_BUDGET:
+            raise _OverBudget
 
     def _lines(self, start: int, end: int) -> list[int]:
         """Where the vendor lines beginning in [start, end) start."""
+        self._allow(end - start)
         self.scanned += end - start
         stop = min(end + _VENDOR_LOOKAHEAD, len(self.data))
         return [found.start() for found in _VENDOR_LINE.finditer(self.data, start, stop)]
@@ -256,9 +269,9 @@ class _VendorSearch:
             if seen == self.vendor:
                 return at
             if seen > self.vendor:
-                # The target comes before this line: before ``start`` when no
-                # smaller id was seen since ``start``.
-                self.hi = at if self.lo > start else start
+                # The target comes before this line: before ``start``, or after a
+                # smaller id seen since ``start``, nowhere (the range empties).
+                self.hi = start
                 return None
             self.lo = at + 1
         return None
@@ -285,16 +298,20 @@ class _VendorSearch:
         """Whether some probe window held vendor lines, and the target's line if
         one of them was it."""
         for start in self._probe_points():
-            lines = self._lines(start, min(start + _WINDOW, self.hi))
-            if lines:
-                return True, self._take(lines, start)
+            end = min(start + _WINDOW, self.hi)
+            self._allow(end - start)
+            line = _VENDOR_LINE.search(self.data, start, end + _VENDOR_LOOKAHEAD)
+            if line is not None:
+                self.scanned += line.start() - start
+                return True, self._take([line.start()], start)
+            self.scanned += end - start
         return False, None
 
     def _from_ends(self) -> int | None:
         """Read inward from both ends of the range, doubling the window, until
         a vendor line shows; None when the range narrowed (search on)."""
         width = _WINDOW
-        while self.lo < self.hi and self.scanned <= _SEARCH_BUDGET:
+        while self.lo < self.hi:
             end = min(self.hi, self.lo + width)
             lines = self._lines(self.lo, end)
             if lines:
@@ -316,8 +333,7 @@ class _VendorSearch:
             if seen == self.vendor:
                 return at
             if seen < self.vendor:
-                self.lo = self.hi  # it would follow this line, and none does
-                return -1
+                return -1  # it would follow this line, and no vendor line does
             self.hi = at
         self.hi = start  # no vendor line between ``start`` and the first one seen
         return None
