@@ -51,7 +51,7 @@ VENDORS = (
     ("vendor 0001 (first)", 0x0001),
     ("vendor 1af4", 0x1AF4),
     ("vendor 15b3", 0x15B3),
-    ("vendor 10de (after a 100 KB block)", 0x10DE),
+    ("vendor 10de (opens a 100 KB block)", 0x10DE),
     ("vendor 8086 (372 KB block)", 0x8086),
     ("vendor 8088 (just after Intel)", 0x8088),
     ("vendor ffff (last)", 0xFFFF),
