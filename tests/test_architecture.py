@@ -37,6 +37,7 @@ BASE = frozenset(
         "pcipass.compat",
         "pcipass.errors",
         "pcipass.interrupt",
+        "pcipass.patterns",
         "pcipass.record",
         "pcipass._record_runtime",
         "pcipass.runner",

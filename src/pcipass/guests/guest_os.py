@@ -21,6 +21,7 @@ import re
 
 from pcipass.errors import UsageError
 from pcipass.guests.model import GuestOs
+from pcipass.patterns import lazy
 
 # Spellings people and tools use for a family, to our family names.
 _FAMILY_ALIASES: dict[str, str] = {
@@ -61,10 +62,10 @@ _FAMILY_ALIASES: dict[str, str] = {
 }
 
 # "rhel6.10", "RHEL 5.4", "centos-stream9", "win2k8r2", "ubuntu22.04", "fedora 38".
-_OS_TEXT = re.compile(
+_OS_TEXT = lazy(
     r"^(?P<family>[a-z]+(?:[ -][a-z]+)*?)[ _-]?(?P<version>(?:2k|xp|vista)?[0-9][0-9a-z.]*)?$"
 )
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.]{0,15}$")
+_VERSION = lazy(r"^[0-9A-Za-z][0-9A-Za-z.]{0,15}$")
 
 # First kernel build of each RHEL minor release (Red Hat knowledge base
 # "Red Hat Enterprise Linux Release Dates", kernel column): 2.6.18-164 is
@@ -103,7 +104,7 @@ _RHEL_KERNEL_BASE = {5: "2.6.18", 6: "2.6.32"}
 
 # vmlinuz-2.6.18-164.el5xen, vmlinuz-2.6.32-431.el6.x86_64, 4.18.0-425.el8_7,
 # vmlinuz-6.2.9-300.fc38.x86_64.  The dist tag is ".elN" / ".fcNN".
-_KERNEL_RELEASE = re.compile(
+_KERNEL_RELEASE = lazy(
     r"(?P<base>[0-9]+\.[0-9]+(?:\.[0-9]+)?)-(?P<build>[0-9]+)(?:\.[0-9]+)*"
     r"\.(?P<tag>el|fc)(?P<dist>[0-9]+)(?![0-9])"
 )
@@ -177,7 +178,7 @@ def _rhel_version(major: int, base: str, build: int) -> str:
 
 # http://redhat.com/rhel/6.10, http://microsoft.com/win/10,
 # http://centos.org/centos/7.0, http://fedoraproject.org/fedora/38
-_LIBOSINFO_ID = re.compile(
+_LIBOSINFO_ID = lazy(
     r"^https?://[A-Za-z0-9.-]+/(?P<family>[A-Za-z][A-Za-z0-9_-]*)/(?P<version>[A-Za-z0-9._-]+)/?$"
 )
 

@@ -38,6 +38,7 @@ from pcipass.compat import zip_equal
 from pcipass.errors import AddressError, ConfigSyntaxError, UsageError
 from pcipass.guests.guest_os import os_from_kernel_path, os_from_libosinfo_id
 from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
+from pcipass.patterns import lazy, lazy_bytes
 from pcipass.record import dataclass
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -61,13 +62,13 @@ _OS_TYPES = {
 DRIVERS = frozenset({"vfio", "xen", "kvm"})
 _YES_NO = frozenset({"yes", "no"})
 _FORBIDDEN = (b"<!DOCTYPE", b"<!ENTITY")
-_ENCODING = re.compile(rb"""^<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
-_NUMBER = re.compile(r"^(?:0[xX](?P<hex>[0-9a-fA-F]+)|(?P<oct>0[0-7]*)|(?P<dec>[1-9][0-9]*))$")
+_ENCODING = lazy_bytes(rb"""^<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_NUMBER = lazy(r"^(?:0[xX](?P<hex>[0-9a-fA-F]+)|(?P<oct>0[0-7]*)|(?P<dec>[1-9][0-9]*))$")
 
 # Markup in a well-formed document (ElementTree has already checked it):
 # every '<' starts a comment, CDATA section, processing instruction or tag,
 # and attribute values may hold '>'.
-_MARKUP = re.compile(
+_MARKUP = lazy_bytes(
     rb"""
     <!--.*?-->
   | <!\[CDATA\[.*?\]\]>
@@ -76,7 +77,7 @@ _MARKUP = re.compile(
     """,
     re.S | re.X,
 )
-_NEWLINE = re.compile(rb"\r\n|\n|\r")
+_NEWLINE = lazy_bytes(rb"\r\n|\n|\r")
 
 
 @dataclass

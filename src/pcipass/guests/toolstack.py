@@ -30,7 +30,6 @@ lists for the one runner, never a shell.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 
 from pcipass.address import PciAddress
@@ -45,6 +44,7 @@ from pcipass.errors import (
 from pcipass.guests.libvirt_xml import hostdev_xml, parse_domain_xml
 from pcipass.host.context import Host
 from pcipass.host.root import HostRoot
+from pcipass.patterns import lazy
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -114,11 +114,9 @@ def command_line_operand(program: str, guest: str) -> str:
 
 # --- xl / xm ---------------------------------------------------------------
 
-_BDF_TEXT = re.compile(r"\b(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b")
+_BDF_TEXT = lazy(r"\b(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b")
 # xm pci-list prints "VSlt domain bus slot func" as hex columns.
-_XM_ROW = re.compile(
-    r"^\s*0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-7])\s*$"
-)
+_XM_ROW = lazy(r"^\s*0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-7])\s*$")
 
 
 def parse_pci_list(output: str) -> set[PciAddress]:

@@ -39,6 +39,7 @@ from pcipass.guests.model import AssignedDevice, GuestKind, GuestOs, VirtMode
 from pcipass.guests.xen_text import CODE, Item, Lines, Setting
 from pcipass.guests.xl_grammar import parse_xl
 from pcipass.guests.xm_python import WATCHED_KEYS, parse_xm, parse_xm_entry
+from pcipass.patterns import lazy, lazy_bytes
 from pcipass.record import dataclass
 
 # Keys only xl knows (xl.cfg(5)); xm (Xen 3.x xend) has none of them.
@@ -60,7 +61,7 @@ _XL_ONLY_KEYS = frozenset(
         "max_grant_version",
     }
 )
-_XL_ONLY_LINE = re.compile(
+_XL_ONLY_LINE = lazy_bytes(
     rb"^[ \t]*(?:("
     + b"|".join(k.encode() for k in sorted(_XL_ONLY_KEYS))
     + rb")[ \t]*=|[a-z][_0-9a-z]*[ \t]*\+=)",
@@ -75,12 +76,12 @@ _PASSTHROUGH_VALUES = _PASSTHROUGH_ON | {"disabled", "default"}
 # What pcipass writes when it adds passthrough (attach of an xl guest); the
 # last detach removes exactly such a line and nothing else.
 PASSTHROUGH_MARK = "# added by pcipass attach; its last detach removes it"
-_ADDED_PASSTHROUGH = re.compile(
+_ADDED_PASSTHROUGH = lazy_bytes(
     rb"""passthrough[ \t]*=[ \t]*(["'])enabled\1[ \t]*""" + re.escape(PASSTHROUGH_MARK.encode())
 )
 
-_SPEC_SAFE = re.compile(r"^[A-Za-z0-9_.:,=@*-]+$")
-_SCALAR_SAFE = re.compile(r"^[^'\"\\\x00-\x1f\x7f]*$")
+_SPEC_SAFE = lazy(r"^[A-Za-z0-9_.:,=@*-]+$")
+_SCALAR_SAFE = lazy(r"^[^'\"\\\x00-\x1f\x7f]*$")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import bisect
 import re
 
+from pcipass.patterns import lazy_bytes
 from pcipass.record import dataclass
 
-PLAIN_STRING = re.compile(rb"""^(?:'[^'\\\r\n]*'|"[^"\\\r\n]*")$""")
+PLAIN_STRING = lazy_bytes(rb"""^(?:'[^'\\\r\n]*'|"[^"\\\r\n]*")$""")
 MAX_LIST_DEPTH = 16
 
 
@@ -73,8 +74,8 @@ class Lines:
         return match.start(), match.end()
 
 
-XL_NEWLINE = re.compile(rb"\r?\n")
-PY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+XL_NEWLINE = lazy_bytes(rb"\r?\n")
+PY_NEWLINE = lazy_bytes(rb"\r\n|\r|\n")
 
 
 def plain_quote(source: bytes) -> str | None:

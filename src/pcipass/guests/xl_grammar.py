@@ -21,9 +21,10 @@ from pcipass.guests.xen_text import (
     Lines,
     Setting,
 )
+from pcipass.patterns import lazy_bytes
 from pcipass.record import dataclass
 
-_XL_TOKEN = re.compile(
+_XL_TOKEN = lazy_bytes(
     rb"""
     (?P<ws>[ \t]+)
   | (?P<newline>\r?\n)

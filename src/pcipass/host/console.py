@@ -30,14 +30,15 @@ import re
 from pcipass.address import PciAddress
 from pcipass.errors import PcipassError
 from pcipass.host.context import Host
+from pcipass.patterns import lazy
 from pcipass.record import dataclass, field
 
 # The platform drivers sysfb's devices bind to (efifb, vesafb, simplefb/simpledrm).
 FIRMWARE_FB_DRIVERS = ("efi-framebuffer", "vesa-framebuffer", "simple-framebuffer")
-_FIRMWARE_FB_DEVICE = re.compile(r"^(efi|vesa|simple)-framebuffer\.[0-9]+$")
-_VTCON = re.compile(r"^vtcon[0-9]+$")
+_FIRMWARE_FB_DEVICE = lazy(r"^(efi|vesa|simple)-framebuffer\.[0-9]+$")
+_VTCON = lazy(r"^vtcon[0-9]+$")
 # console= names that are virtual terminals (drawn by fbcon/vgacon), not a serial line.
-_VIRTUAL_CONSOLE = re.compile(r"^tty[0-9]*$")
+_VIRTUAL_CONSOLE = lazy(r"^tty[0-9]*$")
 
 
 def valid_fb_device(name: str) -> bool:

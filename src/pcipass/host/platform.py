@@ -34,6 +34,7 @@ from pcipass.host.stubs import (
     is_2_6_kernel,
     xen_stub_module,
 )
+from pcipass.patterns import lazy
 from pcipass.record import dataclass, field
 
 
@@ -70,7 +71,7 @@ RHEL5_MODPROBE_FILE = "/etc/modprobe.conf"
 DEFAULT_GRUB_FILE = "/etc/default/grub"
 
 # RHEL 5 has only /etc/redhat-release; it names the product and the release.
-_REDHAT_RELEASE = re.compile(r"^(?P<name>.*?)\s+release\s+(?P<version>[0-9][0-9.]*)", re.IGNORECASE)
+_REDHAT_RELEASE = lazy(r"^(?P<name>.*?)\s+release\s+(?P<version>[0-9][0-9.]*)", re.IGNORECASE)
 _REDHAT_FAMILIES = (
     ("red hat enterprise linux", "rhel"),
     ("centos", "centos"),
@@ -81,7 +82,7 @@ _REDHAT_FAMILIES = (
     ("scientific linux", "scientific"),
 )
 _RHEL_LIKE = frozenset({"rhel", "centos", "rocky", "almalinux", "ol", "scientific"})
-_MODULE_SUFFIX = re.compile(r"\.ko(?:\.(?:gz|xz|zst|bz2))?$")
+_MODULE_SUFFIX = lazy(r"\.ko(?:\.(?:gz|xz|zst|bz2))?$")
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ values or names checked by :func:`safe_name`.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from pcipass.address import PciAddress
 from pcipass.errors import UsageError
 from pcipass.host.confined import Confined, host_parts
+from pcipass.patterns import lazy
 from pcipass.record import dataclass
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+_SAFE_NAME = lazy(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 
 def safe_name(kind: str, text: str) -> str:

@@ -22,7 +22,6 @@ Export only reads and formats: it writes nothing and runs nothing (the
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from collections.abc import Sequence
 
@@ -34,6 +33,7 @@ from pcipass.host.inventory import DeviceInfo, Inventory
 from pcipass.host.stubs import STUB_DRIVERS, XEN_DRIVER, XEN_MODULE
 from pcipass.ops.assignability import assignability_findings
 from pcipass.ops.inventory import inventory
+from pcipass.patterns import lazy
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
@@ -56,7 +56,7 @@ RESOURCE_DOMAIN = "pcipass.io"
 
 # A host name as Proxmox accepts it for a node (a DNS label), checked because
 # it is written into pci.cfg, where a comma or newline would change the entry.
-_NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NODE_NAME = lazy(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 @dataclass

@@ -8,7 +8,6 @@ says where each fact came from.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from pcipass.address import PciAddress
@@ -27,6 +26,7 @@ from pcipass.host.initramfs import initramfs_candidates, list_initramfs, module_
 from pcipass.host.kernel_index import read_kernel_modules
 from pcipass.host.stubs import XEN_DRIVER, XEN_MODULE
 from pcipass.ops.inventory import inventory
+from pcipass.patterns import lazy
 from pcipass.persist.cmdline import collect_grub_files, entry_text, read_configured
 from pcipass.persist.modprobe.effective import read_module_config
 from pcipass.persist.modprobe.installed import collect_modprobe_files
@@ -35,7 +35,7 @@ from pcipass.policy.verdict import Finding, worst_exit
 from pcipass.record import dataclass, field
 from pcipass.state.ledger import Ledger
 
-_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
+_RELEASE = lazy(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
 DRIVERCTL_DIR = "/etc/driverctl.d"
 MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/run/modules-load.d", "/usr/lib/modules-load.d")
 

@@ -9,7 +9,6 @@ buses put it this boot.  No match, or several equally good ones, is a refusal
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from pcipass.address import PciAddress
@@ -17,13 +16,14 @@ from pcipass.errors import NotFoundError, RefusedError, UsageError
 from pcipass.host.context import Host
 from pcipass.host.device import PciDevice, read_all, read_one
 from pcipass.host.fingerprint import fingerprint, physical_path
+from pcipass.patterns import lazy
 from pcipass.policy.pin_match import MODEL_KEYS, Resolution, resolve
 from pcipass.record import dataclass
 from pcipass.state.ledger import Ledger, PinRecord
 from pcipass.state.lock import StateLock
 
 # A name is a word a shell, a TOML key and a journal line carry unquoted.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME = lazy(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def check_name(name: str) -> str:

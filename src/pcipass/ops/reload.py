@@ -13,7 +13,6 @@ it (:func:`reload_for_persist`).
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 from pcipass.address import PciAddress
@@ -23,6 +22,7 @@ from pcipass.host.binding import StubDriver
 from pcipass.host.context import Host
 from pcipass.host.inventory import Inventory
 from pcipass.host.stubs import STUB_DRIVERS
+from pcipass.patterns import lazy
 from pcipass.policy.reload import ReloadImpact, reload_advice, reload_findings, reload_impact
 from pcipass.policy.verdict import Finding, raise_refusals
 from pcipass.record import dataclass, field
@@ -170,7 +170,7 @@ def checked_reload(
 # --- running it (inside one transaction: ops/hide.py) --------------------------------
 
 # A module name as modprobe takes it; anything else in a journal was not written by pcipass.
-_MODULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MODULE_NAME = lazy(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable, Sequence
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, OperationFailed, UsageError
 from pcipass.host.context import Host
+from pcipass.patterns import lazy
 from pcipass.record import dataclass
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NETDEV = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ 16 with the NUL
+_MAC = lazy(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NETDEV = lazy(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ 16 with the NUL
 SWITCHES = ("on", "off")
 
 

@@ -22,12 +22,12 @@ caller applies them and checks ``/proc/modules`` afterwards with
 
 from __future__ import annotations
 
-import re
 import stat
 
 from pcipass.compat import StrEnum
 from pcipass.host.platform import Platform, detect_platform
 from pcipass.host.root import HostRoot
+from pcipass.patterns import lazy_bytes
 from pcipass.persist.atomic import FileEdit, plan_edit
 from pcipass.record import dataclass
 
@@ -49,8 +49,8 @@ _MODULES_LOAD_DIRS = (
     "/usr/lib/modules-load.d",
     "/lib/modules-load.d",
 )
-_BUILTIN_PATH = re.compile(rb"(?:^|/)acpiphp\.ko(?:\.\w+)?$")
-_MODPROBE_ACPIPHP = re.compile(rb"^\s*(?:/sbin/|/usr/sbin/)?modprobe\s+(?:-\S+\s+)*acpiphp\s*$")
+_BUILTIN_PATH = lazy_bytes(rb"(?:^|/)acpiphp\.ko(?:\.\w+)?$")
+_MODPROBE_ACPIPHP = lazy_bytes(rb"^\s*(?:/sbin/|/usr/sbin/)?modprobe\s+(?:-\S+\s+)*acpiphp\s*$")
 
 
 class AcpiphpState(StrEnum):

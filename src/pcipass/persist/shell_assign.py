@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pcipass.compat import zip_equal
 from pcipass.errors import ConfigSyntaxError
 from pcipass.host.platform import DEFAULT_GRUB_FILE
+from pcipass.patterns import lazy
 from pcipass.record import dataclass, field
 
 #: The comment pcipass writes above a variable it created or extended.
@@ -24,7 +25,7 @@ MARKER = "# pcipass: added"
 #: Appended to MARKER when pcipass also added the newline before the comment.
 EOL_NOTE = " (and the newline before this comment)"
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = lazy(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_OPEN = frozenset({"if", "while", "until", "for", "case", "select", "{"})
 _RESERVED_CLOSE = frozenset({"fi", "done", "esac", "}"})
 _RESERVED_LEAD = frozenset({"then", "do", "else", "elif", "!"})

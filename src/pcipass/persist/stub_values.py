@@ -12,10 +12,11 @@ import re
 
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, UsageError
+from pcipass.patterns import lazy
 from pcipass.record import dataclass
 
 ISSPACE = " \t\n\v\f\r"  # the kernel's isspace(), used by parse_args()
-_DEVICE_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
+_DEVICE_ID = lazy(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 # --------------------------------------------------------------------------
 # Values: hide=(...)(...) and ids=a:b,c:d
 # --------------------------------------------------------------------------

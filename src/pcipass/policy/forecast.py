@@ -26,8 +26,6 @@ first (modprobe.d(5)); a stub loaded before the driver takes the devices its
 
 from __future__ import annotations
 
-import re
-
 from pcipass.address import PciAddress, parse_hide_list
 from pcipass.errors import UsageError
 from pcipass.host.boot_facts import (
@@ -39,6 +37,7 @@ from pcipass.host.boot_facts import (
     module_key,
 )
 from pcipass.host.stubs import PCI_STUB_DRIVER, VFIO_DRIVER, XEN_DRIVER
+from pcipass.patterns import lazy
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.record import dataclass, field
 
@@ -61,7 +60,7 @@ FRAMEBUFFERS = ("efifb", "simpledrm", "vesafb", "simplefb")
 FRAMEBUFFER_OFF = ("video=efifb:off", "video=vesafb:off", "initcall_blacklist=sysfb_init")
 
 # An install command that loads nothing (the "disable a module" idiom).
-_NOOP_INSTALL = re.compile(r"^\s*(/usr)?/s?bin/(true|false)\s*$|^\s*(true|false|:)\s*$")
+_NOOP_INSTALL = lazy(r"^\s*(/usr)?/s?bin/(true|false)\s*$|^\s*(true|false|:)\s*$")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pcipass.guests.model import GuestConfig, GuestOs, VirtMode
 from pcipass.host.context import Host
 from pcipass.host.platform import Platform
 from pcipass.host.stubs import KVM_GUEST_DRIVERS, STUB_DRIVERS, XEN_GUEST_DRIVERS
+from pcipass.patterns import lazy
 from pcipass.policy.verdict import Finding, Severity
 from pcipass.record import dataclass
 
@@ -28,18 +29,18 @@ PV_DMA_WORDS = (
 
 # Xen's physinfo flags (xl info / xm info "virt_caps"): *_directio means the
 # hypervisor has an IOMMU it can use for device assignment.
-_VIRT_CAPS = re.compile(r"^virt_caps\s*:\s*(?P<caps>.*)$", re.M)
+_VIRT_CAPS = lazy(r"^virt_caps\s*:\s*(?P<caps>.*)$", re.M)
 # Xen prints "I/O virtualisation enabled|disabled" at boot (xen/drivers/
 # passthrough/iommu.c); RHEL 5's Xen 3.1 has no virt_caps, only this line.
 # Xen 3.2/3.3 (RHEL 5.4's backports among them) print "Intel VT-d has been
 # enabled" instead.
-_IO_VIRT = re.compile(
+_IO_VIRT = lazy(
     r"I/O virtuali[sz]ation (?P<state>enabled|disabled)|Intel VT-d has been (?P<vtd>enabled)"
 )
 # xendomains(8) settings: where running domains are saved at dom0 shutdown
 # ("Set to empty to disable saving").  Read as text, never sourced.
 XENDOMAINS_FILES = ("/etc/sysconfig/xendomains", "/etc/default/xendomains")
-_XENDOMAINS_SAVE = re.compile(r"^[ \t]*XENDOMAINS_SAVE=(?P<value>[^#\n]*)", re.M)
+_XENDOMAINS_SAVE = lazy(r"^[ \t]*XENDOMAINS_SAVE=(?P<value>[^#\n]*)", re.M)
 
 
 def hidden_findings(
@@ -345,7 +346,7 @@ def save_restore_findings(
 
 
 LIBVIRT_GUESTS_FILES = ("/etc/sysconfig/libvirt-guests", "/etc/default/libvirt-guests")
-_ON_SHUTDOWN = re.compile(r"^[ \t]*ON_SHUTDOWN=(?P<value>[^#\n]*)", re.M)
+_ON_SHUTDOWN = lazy(r"^[ \t]*ON_SHUTDOWN=(?P<value>[^#\n]*)", re.M)
 
 
 class SettingsFiles:

@@ -12,14 +12,14 @@ program the :class:`~pcipass.simkernel.runner.SimRunner` provides reach it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from pcipass.address import PciAddress
 from pcipass.errors import PcipassError
+from pcipass.patterns import lazy
 from pcipass.runner import CommandResult
 
-_ADDRESS_ATTR = re.compile(
+_ADDRESS_ATTR = lazy(
     r"domain=['\"]0x([0-9a-fA-F]+)['\"]\s+bus=['\"]0x([0-9a-fA-F]+)['\"]\s+"
     r"slot=['\"]0x([0-9a-fA-F]+)['\"]\s+function=['\"]0x([0-7])['\"]"
 )

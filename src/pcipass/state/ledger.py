@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -39,6 +38,7 @@ from pathlib import Path
 from pcipass.address import PciAddress
 from pcipass.errors import NotFoundError, OperationFailed, RefusedError
 from pcipass.host.root import HostRoot
+from pcipass.patterns import lazy
 from pcipass.persist.atomic import write_file
 from pcipass.state.opening import StateDir, db_uri, open_state_dir, verified
 from pcipass.state.presence import BACKUP_DIR, DB_NAME
@@ -116,7 +116,7 @@ __all__ = [
     "format_time",
 ]
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = lazy(r"^[0-9a-f]{64}$")
 
 
 # --- the ledger ------------------------------------------------------------
