@@ -221,3 +221,14 @@ def test_the_dry_run_option_comes_from_the_table() -> None:
         child = sub.choices[command.name]
         has = any("--dry-run" in a.option_strings for a in child._actions)
         assert has == command.dry_run, command.name
+
+
+def test_check_loads_the_vf_and_desired_state_machinery_only_when_used(
+    example_host: Path, tmp_path: Path
+) -> None:
+    """No VF boot rule and no pcipass.toml on the example host: ``check`` reads
+    the two files' absence and loads neither the VF operations nor the planner."""
+    data = run_traced(tmp_path, "--root", str(example_host), "check")
+    assert data["code"] in (0, 1, 3)
+    unused = {"pcipass.ops.vfs", "pcipass.ops.vf_net", "pcipass.ops.desired", "pcipass.ops.pins"}
+    assert sorted(modules(data) & unused) == []

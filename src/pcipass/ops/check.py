@@ -149,7 +149,7 @@ def run_check(
         report.checked += checked
     if not guests:
         report.findings += _persistence_findings(host, inv, addresses)
-        from pcipass.ops.vfs import vf_drift_findings  # the VF boot rule (pcipass vfs --persist)
+        from pcipass.ops.vf_drift import vf_drift_findings  # the VF boot rule (vfs --persist)
 
         report.findings += vf_drift_findings(host, addresses)
     if not guests and not addresses:

@@ -14,10 +14,12 @@ from __future__ import annotations
 from pcipass.address import PciAddress
 from pcipass.errors import AddressError, NotFoundError, PcipassError
 from pcipass.host.context import Host
-from pcipass.ops.desired import DesiredPlan, make_plan
 from pcipass.ops.desired_file import DESIRED_PATH, load
 from pcipass.policy.verdict import Finding, Severity
-from pcipass.state.ledger import Ledger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from pcipass.ops.desired import DesiredPlan
 
 DRIVERCTL_DIR = "/etc/driverctl.d"
 
@@ -29,6 +31,10 @@ def desired_findings(host: Host, path: str = DESIRED_PATH) -> list[Finding]:
         return []  # no desired state: nothing to compare
     except PcipassError as error:
         return [Finding("PP112", Severity.WARN, path, error.problem, error.remedy)]
+    # The planner (and the ledger, pins...) only when there is a desired state:
+    # most hosts have none, and every check paid for it (issue #13).
+    from pcipass.ops.desired import make_plan
+
     plan = make_plan(host, state)
     return plan.findings() + address_forms(host, plan)
 
@@ -65,6 +71,8 @@ def address_forms(host: Host, plan: DesiredPlan) -> list[Finding]:
     bdf = _bdf_hides(host)
     if not bdf:
         return []
+    from pcipass.state.ledger import Ledger
+
     with Ledger.open(host.root, readonly=True) as ledger:
         pinned_at = {p.name: PciAddress.parse(p.address) for p in ledger.pins()}
     result: list[Finding] = []

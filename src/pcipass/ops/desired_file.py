@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from pcipass.backend import Backend
 from pcipass.errors import ConfigSyntaxError, NotFoundError, OperationFailed
 from pcipass.host.context import Host
-from pcipass.ops.pins import check_name
 from pcipass.record import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -145,6 +144,8 @@ def _device(path: str, name: str, table: object, defaults: Mapping[str, object])
     where = f"[device.{name}]"
     if not isinstance(table, dict):
         raise ConfigSyntaxError(path, f"{where} must be a table")
+    from pcipass.ops.pins import check_name  # only when there is a file to read
+
     try:
         check_name(name)
     except Exception:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pcipass.address import PciAddress
 from pcipass.errors import (
-    AddressError,
     DeviceNotFoundError,
     OperationFailed,
     PcipassError,
@@ -53,7 +52,7 @@ from pcipass.state.lock import StateLock
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from pcipass.policy.verdict import Finding
+    pass
 
 
 @dataclass
@@ -561,39 +560,3 @@ def _restore_settings(
         except (PcipassError, OSError):
             left.append(setting.describe())
     return left
-
-
-# --- drift (pcipass check) ------------------------------------------------------------
-
-
-def vf_drift_findings(host: Host, addresses: Sequence[PciAddress]) -> list[Finding]:
-    """PP010: a PF whose VF count now differs from the one its boot rule gives it."""
-    from pcipass.policy.verdict import Finding, Severity
-
-    text = host.root.files.read_bytes(udev_vfs.RULES_FILE)
-    if text is None:
-        return []
-    found = []
-    for name, count in udev_vfs.persisted_pfs(text.decode("utf-8", "replace")).items():
-        try:
-            address = PciAddress.parse(name)
-        except AddressError:
-            continue
-        if addresses and address not in addresses:
-            continue
-        state = sriov.read_pf(host, address)
-        now = "is not an SR-IOV PF on this host" if state is None else f"has {state.num} now"
-        if state is not None and state.num == count:
-            continue
-        found.append(
-            Finding(
-                "PP010",
-                Severity.WARN,
-                name,
-                f"its boot rule gives it {count} VFs; it {now}",
-                f"pcipass vfs {name} {count} (now), or pcipass vfs {name} N --persist (at boot)",
-                code="vf-count",
-                path=udev_vfs.RULES_FILE,
-            )
-        )
-    return found
