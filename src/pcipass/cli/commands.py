@@ -136,7 +136,16 @@ def command_word(args_list: Sequence[str]) -> str | None:
     before it, and it must be a command's exact name.  None for anything else
     (help, abbreviations, unknown words, no command): the whole parser then
     answers, with the same messages as ever."""
-    names = {command.name for command in COMMANDS}
+    index = command_index(args_list)
+    if index is None:
+        return None
+    word = args_list[index]
+    return word if any(command.name == word for command in COMMANDS) else None
+
+
+def command_index(args_list: Sequence[str]) -> int | None:
+    """Where the first word that is not a global option is (the command word,
+    if any): ``--root DIR``, ``--root=DIR`` and ``--json`` may come before it."""
     index = 0
     while index < len(args_list):
         word = args_list[index]
@@ -145,5 +154,5 @@ def command_word(args_list: Sequence[str]) -> str | None:
         elif word == "--json" or word.startswith("--root="):
             index += 1
         else:
-            return word if word in names else None
+            return index
     return None

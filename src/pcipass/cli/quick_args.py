@@ -19,7 +19,7 @@ from __future__ import annotations
 import types
 
 from pcipass.cli import declare
-from pcipass.cli.commands import COMMANDS, Command
+from pcipass.cli.commands import COMMANDS, Command, command_index
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -162,8 +162,8 @@ def _parse(words: list[str], command: Command) -> Any:
     stand_in = sub
     declare.command_arguments(command, stand_in, suppress=SUPPRESS)
 
-    at = _command_index(words)
-    if words[at] != command.name:
+    at = command_index(words)
+    if at is None or words[at] != command.name:
         raise Unsupported("another command word")
     values = _defaults(top)
     values["command"] = command.name
@@ -176,21 +176,6 @@ def _parse(words: list[str], command: Command) -> Any:
     _assign_operands(sub.operands, operands, sub_values)
     values.update(sub_values)
     return types.SimpleNamespace(**values)
-
-
-def _command_index(words: list[str]) -> int:
-    """Where the command word is: only ``--root DIR``, ``--root=DIR`` and
-    ``--json`` come before it (as :func:`pcipass.cli.parser.command_word` reads it)."""
-    index = 0
-    while index < len(words):
-        word = words[index]
-        if word == "--root":
-            index += 2
-        elif word == "--json" or word.startswith("--root="):
-            index += 1
-        else:
-            return index
-    raise Unsupported("no command word")
 
 
 def _defaults(recorder: Recorder) -> dict[str, object]:
