@@ -248,3 +248,23 @@ def test_an_image_s_absolute_lib_link_stays_in_the_image(tree: tuple[Path, Path]
     (root / "lib").symlink_to("/usr/lib")
     assert acpiphp_module_present(HostRoot.at(root), release) is True
     assert acpiphp_module_present(HostRoot.at(root), "9.9.9-none") is None
+
+
+def test_list_files_names_regular_files_and_links_to_them_inside_the_root(tmp_path: Path) -> None:
+    xen = tmp_path / "etc/xen"
+    (xen / "auto").mkdir(parents=True)
+    (xen / "g1.cfg").write_text("name = 'g1'\n")
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv/g2.cfg").write_text("name = 'g2'\n")
+    os.symlink("/srv/g2.cfg", xen / "g2.cfg")  # absolute: resolved inside the root
+    os.symlink("/srv", xen / "srv-link")  # a directory
+    os.symlink("/nowhere", xen / "dangling")
+    os.mkfifo(xen / "fifo")
+    os.symlink("/etc/xen/g1.cfg", xen / "auto/g1.cfg")
+    files = Confined(tmp_path)
+    assert files.list_files("/etc/xen") == ["g1.cfg", "g2.cfg"]
+    assert files.list_files("/etc/xen/auto") == ["g1.cfg"]
+    assert files.list_files("/etc/missing") == []
+    # The same answer as asking name by name.
+    names = files.list_dir("/etc/xen")
+    assert files.list_files("/etc/xen") == [n for n in names if files.is_file(f"/etc/xen/{n}")]

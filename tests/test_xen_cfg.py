@@ -614,3 +614,29 @@ def test_crlf_one_entry_per_line_keeps_its_line_ends() -> None:
     added = config.with_device_added(NEW)
     assert added == b"name = 'g'\r\npci = [\r\n    '09:00.0',  # NIC\r\n    '0000:0b:00.0'\r\n]\r\n"
     assert reparse(config, added).with_device_removed(NEW) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(XEN_SAMPLES),
+    position=st.floats(0, 1, exclude_max=True),
+    replacement=st.sampled_from([b"", b"\n", b"\r\n", b"#", b"'", b" ", b"\t"]),
+)
+def test_token_lines_are_the_lines_of_their_offsets(
+    name: str, position: float, replacement: bytes
+) -> None:
+    """The xl tokenizer counts lines from its newline tokens; they must be the
+    line numbers of the tokens' offsets, as ``Lines`` (the error messages') counts."""
+    from pcipass.errors import ConfigSyntaxError
+    from pcipass.guests.xen_text import XL_NEWLINE, Lines
+    from pcipass.guests.xl_grammar import _tokenize_xl
+
+    data = (DATA / name).read_bytes()
+    at = int(position * len(data))
+    text = data[:at] + replacement + data[at + 1 :]
+    lines = Lines(text, XL_NEWLINE)
+    try:
+        tokens = _tokenize_xl(text, name, lines, [])
+    except ConfigSyntaxError:
+        return
+    assert [t.line for t in tokens] == [lines.line_of(t.start) for t in tokens]

@@ -51,9 +51,13 @@ def _tokenize_xl(data: bytes, display: str, lines: Lines, notes: list[str]) -> l
     tokens: list[_Token] = []
     position = 0
     crlf_noted = False
-    while position < len(data):
-        match = _XL_TOKEN.match(data, position)
-        line = lines.line_of(position)
+    # The line is counted from the newline tokens (XL_NEWLINE's own definition,
+    # as ``lines`` counts): no string, comment or blank run holds a newline.
+    line = 1
+    match_at = _XL_TOKEN.match
+    end = len(data)
+    while position < end:
+        match = match_at(data, position)
         if match is None:
             char = data[position : position + 1]
             problem = f"unexpected {char.decode('latin-1')!r}"
@@ -61,16 +65,24 @@ def _tokenize_xl(data: bytes, display: str, lines: Lines, notes: list[str]) -> l
                 problem += " (this looks like Python; xl.cfg(5) has no expressions)"
             elif char in b"'\"":
                 problem = "unterminated string (strings end on the same line)"
-            raise ConfigSyntaxError(display, problem, line)
+            raise ConfigSyntaxError(display, problem, lines.line_of(position))
         kind = match.lastgroup or ""
-        if kind == "newline" and match.group().startswith(b"\r") and not crlf_noted:
-            notes.append("CRLF line ends: xl itself rejects carriage returns (use dos2unix)")
-            crlf_noted = True
-        if kind == "comment" and match.end() == len(data):
-            notes.append(f"line {line}: xl rejects a comment without a final newline")
-        if kind not in ("ws", "comment"):
-            tokens.append(_Token(kind, match.group(), match.start(), match.end(), line))
-        position = match.end()
+        after = match.end()
+        if kind == "ws":
+            position = after
+            continue
+        if kind == "newline":
+            if not crlf_noted and data[position] == 0x0D:
+                notes.append("CRLF line ends: xl itself rejects carriage returns (use dos2unix)")
+                crlf_noted = True
+            tokens.append(_Token(kind, match.group(), position, after, line))
+            line += 1
+        elif kind == "comment":
+            if after == end:
+                notes.append(f"line {line}: xl rejects a comment without a final newline")
+        else:
+            tokens.append(_Token(kind, match.group(), position, after, line))
+        position = after
     return tokens
 
 

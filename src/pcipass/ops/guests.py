@@ -172,12 +172,14 @@ def parse_guest_file(path: Path, display: str, data: bytes) -> GuestConfig:
 def read_guest_file(path: Path, display: str) -> GuestFile:
     # Resolved inside the root, FIFO- and size-safe (pcipass.host.confined).
     files = Confined(root_of(path, display))
-    info = files.stat(display)
-    if info is not None and stat.S_ISDIR(info.st_mode):
-        raise UsageError(display, "is a directory, not a guest configuration")
-    if info is not None and info.st_size > _MAX_CONFIG_BYTES:
-        raise ConfigSyntaxError(display, "larger than 4 MiB; not a guest configuration")
-    data = files.read_bytes(display, limit=_MAX_CONFIG_BYTES, strict=True)
+
+    def refuse(info: os.stat_result) -> None:
+        if stat.S_ISDIR(info.st_mode):
+            raise UsageError(display, "is a directory, not a guest configuration")
+        if info.st_size > _MAX_CONFIG_BYTES:
+            raise ConfigSyntaxError(display, "larger than 4 MiB; not a guest configuration")
+
+    data = files.read_bytes(display, limit=_MAX_CONFIG_BYTES, strict=True, inspect=refuse)
     if data is None:
         raise UsageError(display, "no such file")
     return GuestFile(parse_guest_file(path, display, data), path, display, data)
@@ -264,27 +266,23 @@ def _check_name(found: GuestFile, guest: str) -> GuestFile:
 
 
 def _xen_dir_entries(host: Host) -> list[Path]:
+    # Regular files only (links to them too): scripts/, auto/ (links to guests
+    # listed here too) and the like are not.
     result = []
-    for name in host.root.files.list_dir(XEN_DIR):
-        entry = host.root.path(f"{XEN_DIR}/{name}")
+    for name in host.root.files.list_files(XEN_DIR):
         if name.startswith(".") or name in _XEN_NOT_GUESTS:
             continue
         if name.startswith(_XEN_NOT_GUEST_PREFIXES) or name.endswith(_XEN_NOT_GUEST_SUFFIXES):
             continue
-        if host.root.files.is_file(
-            f"{XEN_DIR}/{name}"
-        ):  # scripts/, auto/ (links to guests listed here too)...
-            result.append(entry)
+        result.append(host.root.path(f"{XEN_DIR}/{name}"))
     return result
 
 
 def _xml_entries(host: Host, absolute: str) -> list[Path]:
     return [
         host.root.path(f"{absolute}/{name}")
-        for name in host.root.files.list_dir(absolute)
-        if name.endswith(".xml")
-        and not name.startswith(".")
-        and host.root.files.is_file(f"{absolute}/{name}")
+        for name in host.root.files.list_files(absolute)
+        if name.endswith(".xml") and not name.startswith(".")
     ]
 
 
