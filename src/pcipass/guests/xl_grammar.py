@@ -216,6 +216,8 @@ _XL_ESCAPES = {
 def _xl_dequote(token: _Token, display: str) -> str:
     """Undo a quoted string's escapes as libxlu's xlu__cfgl_dequote does."""
     body = token.text[1:-1]
+    if b"\\" not in body:
+        return body.decode("utf-8", "replace")  # nothing to undo (most strings)
     out = bytearray()
     index = 0
     while index < len(body):
