@@ -496,29 +496,27 @@ class Confined:
 
     def list_dir(self, absolute: str) -> list[str]:
         """Sorted names in the directory ``absolute``; [] when it does not exist."""
-        try:
-            with self.locate(absolute) as (dirfd, name):
-                fd = os.open(
-                    name,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=dirfd,
-                )
-                try:
-                    return sorted(os.listdir(fd))
-                finally:
-                    os.close(fd)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as exc:
-            raise os_error(absolute, exc, "list the directory") from exc
+        entries = self._entries(absolute)
+        return sorted(name for name, _kind in entries)
 
     def list_files(self, absolute: str) -> list[str]:
         """Sorted names of the regular files in the directory ``absolute`` (a
         link counts when it leads to one inside the root); [] when it does not
         exist.  One listing with the entries' types instead of a resolution
         per name: /etc/xen can hold hundreds of guests (issue #13)."""
-        plain: list[str] = []
-        linked: list[str] = []
+        entries = self._entries(absolute)
+        plain = [name for name, kind in entries if kind == "file"]
+        plain += [
+            name
+            for name, kind in entries
+            if kind == "link" and self.is_file(f"{absolute.rstrip('/')}/{name}")
+        ]
+        return sorted(plain)
+
+    def _entries(self, absolute: str) -> list[tuple[str, str]]:
+        """The directory's entries as (name, "file" | "link" | "other"), from
+        one listing of the directory opened inside the root; [] when absent."""
+        found: list[tuple[str, str]] = []
         try:
             with self.locate(absolute) as (dirfd, name):
                 fd = os.open(
@@ -527,20 +525,22 @@ class Confined:
                     dir_fd=dirfd,
                 )
                 try:
-                    with os.scandir(fd) as entries:
-                        for entry in entries:
+                    with os.scandir(fd) as listing:
+                        for entry in listing:
                             if entry.is_symlink():
-                                linked.append(entry.name)
+                                kind = "link"
                             elif entry.is_file(follow_symlinks=False):
-                                plain.append(entry.name)
+                                kind = "file"
+                            else:
+                                kind = "other"
+                            found.append((entry.name, kind))
                 finally:
                     os.close(fd)
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
             raise os_error(absolute, exc, "list the directory") from exc
-        plain += [n for n in linked if self.is_file(f"{absolute.rstrip('/')}/{n}")]
-        return sorted(plain)
+        return found
 
     def read_bytes(
         self,
